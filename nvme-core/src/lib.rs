@@ -1,0 +1,28 @@
+//! # nvme-core
+//!
+//! A `no_std` NVMe host driver core. It speaks the NVMe protocol (NVMe Base Specification 2.1,
+//! NVM Command Set Specification 1.1, NVMe over PCIe Transport) and reaches hardware only
+//! through the traits in [`hw`]: [`hw::Bar`] for registers and doorbells,
+//! [`hw::DmaAllocator`] for device-visible memory and [`hw::InterruptSource`] for MSI-X, plus
+//! a [`hw::Clock`] for deadlines.
+//!
+//! Layout:
+//! - [`spec`]: registers, submission and completion entries, opcodes, status codes, Identify
+//!   and log page structures (`forbid(unsafe_code)`), shared with the simulator;
+//! - [`hw`]: the hardware boundary;
+//! - [`dma`]: the one audited module that touches DMA memory, and the owning buffer type;
+//! - [`prp`]: PRP entries and lists;
+//! - [`queue`]: submission and completion rings;
+//! - [`controller`]: bring-up, admin commands, shutdown;
+//! - [`io`]: I/O queue pairs and the safe I/O API;
+//! - [`error`]: typed errors.
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod hw;
+#[forbid(unsafe_code)]
+pub mod spec;

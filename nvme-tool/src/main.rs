@@ -1,0 +1,2 @@
+//! nvme-tool
+fn main() {}
