@@ -128,7 +128,8 @@ impl DmaRegion {
 
 /// Hands out memory the device can read and write.
 ///
-/// # Safety (for backend authors)
+/// # Safety
+/// For backend authors:
 /// An implementation must guarantee, for every region returned by [`allocate`](Self::allocate)
 /// until it is passed to [`free`](Self::free):
 /// - `ptr` is valid for reads and writes of `len` bytes through raw pointers, by any thread,

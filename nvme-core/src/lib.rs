@@ -23,6 +23,18 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod controller;
+pub mod dma;
+mod engine;
+pub mod error;
 pub mod hw;
+pub mod io;
+pub mod prp;
+pub mod queue;
 #[forbid(unsafe_code)]
 pub mod spec;
+
+pub use controller::{Controller, ControllerConfig, Namespace};
+pub use dma::DmaBuffer;
+pub use error::{Error, Result};
+pub use io::{DsmRange, IoCompletion, IoError, IoQueuePair};

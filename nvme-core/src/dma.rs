@@ -1,0 +1,269 @@
+//! The one audited module that touches DMA memory, and [`DmaBuffer`], the owning, safe handle
+//! to a device-visible buffer.
+//!
+//! # Rules
+//! - No Rust reference (`&T`, `&[u8]`) ever points into DMA memory: the device may write it
+//!   at any time, which a reference's aliasing guarantees forbid. Every access goes through
+//!   raw pointers in [`Mem`], bounds- and alignment-checked.
+//! - Queue entries are read and written with volatile dword accesses; the completion dword
+//!   that carries the phase tag is read with an `Acquire` atomic load (see [`Mem::load_acquire_u32`]).
+//! - A [`DmaBuffer`] exists only while the host owns the memory: while a command may use it,
+//!   the buffer is moved into the queue's request slot, so safe code cannot free or reuse it.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::error::Error;
+use crate::hw::{DmaAllocator, DmaRegion, Platform};
+
+/// A bounds-checked view of a [`DmaRegion`] for the core's own accesses.
+///
+/// Holding a `Mem` grants nothing by itself; each owner (queue, buffer) decides who may access
+/// which bytes when.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mem {
+    region: DmaRegion,
+}
+
+impl Mem {
+    pub(crate) const fn new(region: DmaRegion) -> Self {
+        Self { region }
+    }
+    pub(crate) const fn region(&self) -> DmaRegion {
+        self.region
+    }
+    pub(crate) const fn iova(&self) -> u64 {
+        self.region.iova()
+    }
+    pub(crate) const fn len(&self) -> usize {
+        self.region.len()
+    }
+
+    /// Pointer to byte `off` if `off + size` fits and `off` is `align`-aligned.
+    fn ptr(&self, off: usize, size: usize, align: usize) -> Option<*mut u8> {
+        let end = off.checked_add(size)?;
+        if end > self.region.len() || off % align != 0 {
+            return None;
+        }
+        // `wrapping_add` keeps this safe; the bounds check above keeps it in the region.
+        Some(self.region.ptr().as_ptr().wrapping_add(off))
+    }
+
+    /// Volatile 32-bit read; `None` if out of bounds or misaligned.
+    pub(crate) fn read_u32(&self, off: usize) -> Option<u32> {
+        let p = self.ptr(off, 4, 4)? as *const u32;
+        // SAFETY: `p` is in bounds and 4-byte aligned (checked by `ptr`; the region itself is
+        // page aligned by the DmaAllocator contract) and valid for reads for as long as the
+        // region is allocated, which the owner of this `Mem` guarantees.
+        Some(u32::from_le(unsafe { p.read_volatile() }))
+    }
+
+    /// Volatile 32-bit write; ignored if out of bounds or misaligned.
+    pub(crate) fn write_u32(&self, off: usize, v: u32) {
+        if let Some(p) = self.ptr(off, 4, 4) {
+            // SAFETY: in bounds, aligned, valid for writes (see `read_u32`).
+            unsafe { (p as *mut u32).write_volatile(v.to_le()) }
+        }
+    }
+
+    /// Volatile 64-bit write as two dwords (PRP list entries).
+    pub(crate) fn write_u64(&self, off: usize, v: u64) {
+        self.write_u32(off, v as u32);
+        self.write_u32(off + 4, (v >> 32) as u32);
+    }
+
+    /// Atomic load with `Acquire` ordering: used for the completion dword carrying the phase
+    /// tag, so that the rest of the entry, read afterwards, is at least as new (§4.2.4: the
+    /// phase tag tells the host a new entry was posted).
+    pub(crate) fn load_acquire_u32(&self, off: usize) -> Option<u32> {
+        let p = self.ptr(off, 4, 4)? as *mut u32;
+        // SAFETY: `p` is in bounds, 4-byte aligned and valid for the region's lifetime;
+        // AtomicU32 has the same size and alignment as u32. The memory is only ever accessed
+        // through raw pointers (never a Rust reference), so an atomic view is sound.
+        let a = unsafe { AtomicU32::from_ptr(p) };
+        Some(u32::from_le(a.load(Ordering::Acquire)))
+    }
+
+    /// Copies `src` into the region at `off`. Returns `false` (and copies nothing) if out of
+    /// bounds.
+    pub(crate) fn copy_in(&self, off: usize, src: &[u8]) -> bool {
+        match self.ptr(off, src.len(), 1) {
+            Some(p) => {
+                // SAFETY: `p .. p + src.len()` is inside the region (checked), valid for
+                // writes, and cannot overlap `src`, which is ordinary host memory.
+                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Copies from the region at `off` into `dst`. Returns `false` if out of bounds.
+    pub(crate) fn copy_out(&self, off: usize, dst: &mut [u8]) -> bool {
+        match self.ptr(off, dst.len(), 1) {
+            Some(p) => {
+                // SAFETY: as in `copy_in`, reading instead of writing.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(p as *const u8, dst.as_mut_ptr(), dst.len())
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fills `off .. off + len` with `byte`.
+    pub(crate) fn fill(&self, off: usize, len: usize, byte: u8) -> bool {
+        match self.ptr(off, len, 1) {
+            Some(p) => {
+                // SAFETY: in bounds and valid for writes (checked).
+                unsafe { core::ptr::write_bytes(p, byte, len) };
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Allocates a region, mapping the backend's error into [`Error::Dma`].
+pub(crate) fn allocate<P: Platform>(p: &P, len: usize) -> Result<DmaRegion, Error> {
+    use crate::hw::DmaError;
+    p.dma().allocate(len).map_err(|e| Error::Dma {
+        kind: e.kind(),
+        len,
+        source: alloc::boxed::Box::new(e),
+    })
+}
+
+/// An owned buffer of device-visible memory.
+///
+/// The memory is freed when the buffer is dropped. While a command uses it, the buffer is
+/// moved into the queue and handed back with the completion, so no safe code can free or
+/// touch memory the device may still write. Its contents are reached through copies
+/// ([`read`](Self::read), [`write`](Self::write)), never through references into DMA memory.
+pub struct DmaBuffer<P: Platform> {
+    platform: Arc<P>,
+    mem: Mem,
+    len: usize,
+    /// False once the region was handed to the graveyard: then Drop must not free it.
+    owned: bool,
+}
+
+impl<P: Platform> core::fmt::Debug for DmaBuffer<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DmaBuffer")
+            .field("iova", &format_args!("{:#x}", self.mem.iova()))
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<P: Platform> DmaBuffer<P> {
+    /// Allocates a zeroed buffer of `len` bytes (rounded up to the allocator's page size
+    /// underneath; [`len`](Self::len) reports `len`).
+    ///
+    /// # Errors
+    /// [`Error::Dma`] if the allocator fails; [`Error::InvalidArgument`] for `len == 0`.
+    pub fn new(platform: &Arc<P>, len: usize) -> Result<Self, Error> {
+        if len == 0 {
+            return Err(Error::InvalidArgument(
+                "a DMA buffer needs at least one byte",
+            ));
+        }
+        let region = allocate(&**platform, len)?;
+        if region.len() < len
+            || region.iova() % 4096 != 0
+            || region.ptr().as_ptr() as usize % 4096 != 0
+        {
+            // The allocator broke its contract; do not use the region.
+            // SAFETY: the region came from this allocator and was never given to the device.
+            unsafe { platform.dma().free(region) };
+            return Err(Error::Backend(
+                "DMA allocator returned a short or misaligned region",
+            ));
+        }
+        Ok(Self {
+            platform: platform.clone(),
+            mem: Mem::new(region),
+            len,
+            owned: true,
+        })
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True if the length is zero (never, for a constructed buffer).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Bus address of the first byte.
+    pub fn iova(&self) -> u64 {
+        self.mem.iova()
+    }
+    /// Copies `dst.len()` bytes starting at `offset` out of the buffer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the range is outside the buffer.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), Error> {
+        self.check(offset, dst.len())?;
+        self.mem.copy_out(offset, dst);
+        Ok(())
+    }
+    /// Copies `src` into the buffer at `offset`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the range is outside the buffer.
+    pub fn write(&mut self, offset: usize, src: &[u8]) -> Result<(), Error> {
+        self.check(offset, src.len())?;
+        self.mem.copy_in(offset, src);
+        Ok(())
+    }
+    /// Fills the whole buffer with `byte`.
+    pub fn fill(&mut self, byte: u8) {
+        self.mem.fill(0, self.len, byte);
+    }
+    /// The whole buffer as a vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = alloc::vec![0u8; self.len];
+        self.mem.copy_out(0, &mut v);
+        v
+    }
+    fn check(&self, offset: usize, len: usize) -> Result<(), Error> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Error::InvalidArgument("range outside the DMA buffer")),
+        }
+    }
+    pub(crate) fn mem(&self) -> Mem {
+        self.mem
+    }
+    /// Gives up ownership of the memory without freeing it (for the graveyard).
+    pub(crate) fn into_region(mut self) -> DmaRegion {
+        self.owned = false;
+        self.mem.region()
+    }
+}
+
+impl<P: Platform> Drop for DmaBuffer<P> {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        // SAFETY: a DmaBuffer is only reachable by safe code while no command uses it: it is
+        // moved into a request slot for the duration of a command (see `crate::io`), and slots
+        // that may still be in use by the device hand their regions to the controller's
+        // graveyard instead of dropping the buffer.
+        unsafe { self.platform.dma().free(self.mem.region()) }
+    }
+}
+
+/// Regions that must not be freed until the controller has been disabled, because the device
+/// may still access them (a queue whose deletion failed, a timed-out command's buffer).
+#[derive(Debug, Default)]
+pub(crate) struct Graveyard {
+    pub(crate) regions: Vec<DmaRegion>,
+    /// Set once the controller is disabled: from then on regions are freed immediately.
+    pub(crate) controller_disabled: bool,
+}

@@ -1,0 +1,356 @@
+//! The request engine shared by the admin queue and the I/O queue pairs: one SQ, one CQ, a
+//! fixed table of request slots (allocated once, at queue creation: no heap allocation per
+//! command), PRP list pages per slot, deadlines, and validation of every completion.
+
+use alloc::vec::Vec;
+
+use crate::dma::Mem;
+use crate::error::Error;
+use crate::hw::Bar;
+use crate::prp::{self, PrpError, PrpListPages};
+use crate::queue::{CidCodec, CompQueue, QueueStats, SubQueue};
+use crate::spec::{Command, Completion, PAGE_SIZE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    InFlight,
+    /// The caller was told the request timed out; the payload stays here until the device
+    /// completes it or the queue is torn down.
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Slot<T> {
+    state: SlotState,
+    generation: u16,
+    opcode: u8,
+    deadline_ns: u64,
+    payload: Option<T>,
+}
+
+/// A completion matched to its request.
+#[derive(Debug)]
+pub(crate) struct Reaped<T> {
+    pub(crate) cid: u16,
+    pub(crate) completion: Completion,
+    pub(crate) payload: T,
+    /// Opcode of the request.
+    pub(crate) opcode: u8,
+    /// The request had already been reported as timed out.
+    pub(crate) late: bool,
+}
+
+/// A data transfer for [`Engine::submit`]: bytes `offset .. offset + len` of `mem`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Transfer {
+    pub(crate) mem: Mem,
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+}
+
+struct SlotLists<'a> {
+    mem: Mem,
+    first: usize,
+    count: usize,
+    _p: core::marker::PhantomData<&'a ()>,
+}
+
+impl PrpListPages for SlotLists<'_> {
+    fn count(&self) -> usize {
+        self.count
+    }
+    fn iova(&self, i: usize) -> u64 {
+        self.mem.iova() + ((self.first + i) * PAGE_SIZE) as u64
+    }
+    fn write(&mut self, page: usize, index: usize, value: u64) {
+        self.mem
+            .write_u64((self.first + page) * PAGE_SIZE + index * 8, value);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Engine<T> {
+    pub(crate) sq: SubQueue,
+    pub(crate) cq: CompQueue,
+    codec: CidCodec,
+    slots: Vec<Slot<T>>,
+    free: Vec<u16>,
+    lists: Option<Mem>,
+    lists_per_slot: usize,
+    pub(crate) stats: QueueStats,
+    next_deadline_ns: u64,
+}
+
+impl<T> Engine<T> {
+    /// `lists` holds `slots × lists_per_slot` pages of PRP lists (or is `None` when no
+    /// transfer needs a list).
+    pub(crate) fn new(
+        sq: SubQueue,
+        cq: CompQueue,
+        lists: Option<Mem>,
+        lists_per_slot: usize,
+    ) -> Self {
+        // One SQ entry always stays empty, so at most entries - 1 commands are outstanding.
+        let nslots = sq.entries() - 1;
+        let mut slots = Vec::with_capacity(nslots as usize);
+        let mut free = Vec::with_capacity(nslots as usize);
+        for i in 0..nslots {
+            slots.push(Slot {
+                state: SlotState::Free,
+                generation: 0,
+                opcode: 0,
+                deadline_ns: u64::MAX,
+                payload: None,
+            });
+            free.push(nslots - 1 - i);
+        }
+        Self {
+            sq,
+            cq,
+            codec: CidCodec::new(nslots),
+            slots,
+            free,
+            lists,
+            lists_per_slot,
+            stats: QueueStats::default(),
+            next_deadline_ns: u64::MAX,
+        }
+    }
+
+    pub(crate) fn qid(&self) -> u16 {
+        self.sq.qid()
+    }
+    pub(crate) fn outstanding(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+    pub(crate) fn has_free_slot(&self) -> bool {
+        !self.free.is_empty() && !self.sq.is_full()
+    }
+
+    /// Places `cmd` in the SQ with a fresh CID and PRPs for `data`. The doorbell is not
+    /// written (see [`Engine::ring`]). On error the payload is handed back untouched.
+    pub(crate) fn submit(
+        &mut self,
+        mut cmd: Command,
+        data: Option<Transfer>,
+        payload: T,
+        deadline_ns: u64,
+    ) -> Result<u16, (Error, T)> {
+        if !self.has_free_slot() {
+            return Err((
+                Error::QueueFull {
+                    qid: self.qid(),
+                    depth: self.outstanding() as u16,
+                },
+                payload,
+            ));
+        }
+        let Some(&slot_idx) = self.free.last() else {
+            return Err((
+                Error::QueueFull {
+                    qid: self.qid(),
+                    depth: self.outstanding() as u16,
+                },
+                payload,
+            ));
+        };
+        if let Some(t) = data {
+            if t.offset
+                .checked_add(t.len)
+                .is_none_or(|end| end > t.mem.len())
+            {
+                return Err((
+                    Error::BufferSize {
+                        need: t.len,
+                        have: t.mem.len().saturating_sub(t.offset),
+                    },
+                    payload,
+                ));
+            }
+            let mut lists = SlotLists {
+                mem: self.lists.unwrap_or(t.mem),
+                first: slot_idx as usize * self.lists_per_slot,
+                count: if self.lists.is_some() {
+                    self.lists_per_slot
+                } else {
+                    0
+                },
+                _p: core::marker::PhantomData,
+            };
+            match prp::build(t.mem.iova() + t.offset as u64, t.len, PAGE_SIZE, &mut lists) {
+                Ok(p) => {
+                    cmd.set_prps(p.prp1, p.prp2);
+                }
+                Err(PrpError::Misaligned) => {
+                    return Err((Error::Misaligned { offset: t.offset }, payload))
+                }
+                Err(PrpError::TooLong { .. }) => {
+                    return Err((
+                        Error::TransferTooLarge {
+                            bytes: t.len as u64,
+                            max: (self.lists_per_slot * (PAGE_SIZE / 8 - 1) * PAGE_SIZE) as u64,
+                        },
+                        payload,
+                    ))
+                }
+                Err(PrpError::Empty) => {
+                    return Err((Error::InvalidArgument("zero-length transfer"), payload))
+                }
+                Err(PrpError::Invalid) => {
+                    return Err((
+                        Error::InvalidArgument("transfer address overflows"),
+                        payload,
+                    ))
+                }
+            }
+        }
+        self.free.pop();
+        let slot = &mut self.slots[slot_idx as usize];
+        let cid = self.codec.encode(slot_idx, slot.generation);
+        cmd.set_cid(cid);
+        slot.state = SlotState::InFlight;
+        slot.opcode = cmd.opcode();
+        slot.deadline_ns = deadline_ns;
+        slot.payload = Some(payload);
+        self.next_deadline_ns = self.next_deadline_ns.min(deadline_ns);
+        let pushed = self.sq.push(&cmd);
+        debug_assert!(pushed, "has_free_slot checked the ring");
+        self.stats.submitted += 1;
+        Ok(cid)
+    }
+
+    /// Writes the SQ tail doorbell if anything was submitted since the last ring.
+    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) {
+        if self.sq.ring(bar) {
+            self.stats.sq_doorbells += 1;
+        }
+    }
+
+    /// Consumes every posted completion, validating SQID, SQHD and CID, and hands each matched
+    /// request to `f`. Writes the CQ head doorbell once at the end. Returns how many entries
+    /// were consumed (matched or not).
+    pub(crate) fn reap<B: Bar + ?Sized>(
+        &mut self,
+        bar: &B,
+        max: usize,
+        mut f: impl FnMut(Reaped<T>),
+    ) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(c) = self.cq.pop() else { break };
+            n += 1;
+            if c.sqid() != self.qid() {
+                // §4.2.1: SQID identifies the SQ the command came from; this CQ serves one SQ.
+                self.stats.bad_sqid += 1;
+                continue;
+            }
+            if !self.sq.update_head(c.sqhd()) {
+                self.stats.bad_sqhd += 1;
+            }
+            let (idx, generation) = self.codec.decode(c.cid());
+            let Some(slot) = self.slots.get_mut(idx as usize) else {
+                self.stats.bad_cid += 1;
+                continue;
+            };
+            if slot.state == SlotState::Free || slot.generation != generation {
+                // Unknown, duplicate or stale: logged and survived (never trusted).
+                self.stats.bad_cid += 1;
+                continue;
+            }
+            let late = slot.state == SlotState::TimedOut;
+            let Some(payload) = slot.payload.take() else {
+                self.stats.bad_cid += 1;
+                continue;
+            };
+            slot.state = SlotState::Free;
+            slot.generation = self.codec.next_generation(slot.generation);
+            slot.deadline_ns = u64::MAX;
+            self.free.push(idx);
+            if late {
+                self.stats.late += 1;
+            } else {
+                self.stats.completed += 1;
+            }
+            f(Reaped {
+                cid: c.cid(),
+                completion: c,
+                payload,
+                opcode: slot.opcode,
+                late,
+            });
+        }
+        if self.cq.ring(bar) {
+            self.stats.cq_doorbells += 1;
+        }
+        n
+    }
+
+    /// Marks every in-flight request whose deadline passed as timed out and reports it to
+    /// `f(cid, opcode, &mut payload)`. Cheap when nothing can have expired.
+    pub(crate) fn expire(&mut self, now_ns: u64, mut f: impl FnMut(u16, u8, &mut T)) -> usize {
+        if now_ns < self.next_deadline_ns {
+            return 0;
+        }
+        let mut next = u64::MAX;
+        let mut n = 0;
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if s.state != SlotState::InFlight {
+                continue;
+            }
+            if s.deadline_ns <= now_ns {
+                s.state = SlotState::TimedOut;
+                n += 1;
+                self.stats.timeouts += 1;
+                if let Some(p) = s.payload.as_mut() {
+                    f(self.codec.encode(i as u16, s.generation), s.opcode, p);
+                }
+            } else {
+                next = next.min(s.deadline_ns);
+            }
+        }
+        self.next_deadline_ns = next;
+        n
+    }
+
+    /// The state of a CID: `Some(true)` in flight, `Some(false)` timed out, `None` free or
+    /// unknown.
+    pub(crate) fn is_in_flight(&self, cid: u16) -> Option<bool> {
+        let (idx, generation) = self.codec.decode(cid);
+        let s = self.slots.get(idx as usize)?;
+        if s.generation != generation {
+            return None;
+        }
+        match s.state {
+            SlotState::InFlight => Some(true),
+            SlotState::TimedOut => Some(false),
+            SlotState::Free => None,
+        }
+    }
+
+    /// Takes every outstanding payload (in flight or timed out), resetting the slots. Only
+    /// for when the device can no longer touch them (queue deleted, controller disabled).
+    pub(crate) fn take_all(&mut self, mut f: impl FnMut(T)) {
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if s.state != SlotState::Free {
+                s.state = SlotState::Free;
+                s.generation = self.codec.next_generation(s.generation);
+                if let Some(p) = s.payload.take() {
+                    f(p);
+                }
+                self.free.push(i as u16);
+            }
+        }
+        self.next_deadline_ns = u64::MAX;
+    }
+
+    /// The regions this engine owns (rings and PRP lists), for teardown.
+    pub(crate) fn regions(&self) -> impl Iterator<Item = Mem> {
+        [Some(self.sq.mem()), Some(self.cq.mem()), self.lists]
+            .into_iter()
+            .flatten()
+    }
+}

@@ -1,0 +1,829 @@
+//! I/O queue pairs and the safe I/O API (NVM Command Set Specification §3).
+//!
+//! An [`IoQueuePair`] owns one SQ and its CQ. It is `Send`: give each thread its own pair.
+//! Buffers move into the pair with a command and come back with its completion, so memory the
+//! device may write can never be freed or reused by safe code. Once the pair exists, nothing
+//! is heap-allocated per command: the slot table, PRP list pages and the parking space for
+//! completions are sized at creation.
+//!
+//! Two styles:
+//! - asynchronous: [`IoQueuePair::submit_read`] (and friends) queue commands without writing
+//!   the doorbell, [`IoQueuePair::ring`] writes it once for the batch, [`IoQueuePair::poll`]
+//!   or [`IoQueuePair::wait`] deliver [`IoCompletion`]s;
+//! - blocking: [`IoQueuePair::read`], [`IoQueuePair::write`], ... submit one command and wait
+//!   for it (completions of other commands that arrive meanwhile are parked, not lost).
+//!
+//! Transfers larger than the controller's MDTS (or the configured maximum) are refused with
+//! [`Error::TransferTooLarge`]: the caller splits them.
+
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use core::time::Duration;
+
+use crate::controller::{Namespace, Shared};
+use crate::dma::DmaBuffer;
+use crate::engine::{Engine, Reaped, Transfer};
+use crate::error::{Error, Result};
+use crate::hw::{Bar, Clock, DmaAllocator, InterruptSource, Platform};
+use crate::queue::QueueStats;
+use crate::spec::{Command, Completion, NvmOpcode, Status, PAGE_SIZE};
+
+/// One request's state inside a queue slot.
+pub(crate) struct IoReq<P: Platform> {
+    buffer: Option<DmaBuffer<P>>,
+    tag: u64,
+}
+
+impl<P: Platform> core::fmt::Debug for IoReq<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IoReq")
+            .field("tag", &self.tag)
+            .field("buffer", &self.buffer.is_some())
+            .finish()
+    }
+}
+
+impl<P: Platform> IoReq<P> {
+    /// Hands the buffer to the graveyard (the device may still use it).
+    pub(crate) fn retire(self, shared: &Shared<P>, generation: u32) {
+        if let Some(b) = self.buffer {
+            shared.retire(b.into_region(), generation);
+        }
+    }
+}
+
+/// The outcome of one I/O command.
+pub struct IoCompletion<P: Platform> {
+    /// The caller's tag given at submission.
+    pub tag: u64,
+    /// The command ID used.
+    pub cid: u16,
+    /// `Ok` for Successful Completion; [`Error::Command`] with the status otherwise;
+    /// [`Error::Timeout`] if the deadline passed (then `buffer` is `None`: it stays with the
+    /// queue until the device lets go of it).
+    pub result: Result<()>,
+    /// Completion DW0.
+    pub dw0: u32,
+    /// The buffer given at submission, back in the caller's hands.
+    pub buffer: Option<DmaBuffer<P>>,
+}
+
+impl<P: Platform> core::fmt::Debug for IoCompletion<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IoCompletion")
+            .field("tag", &self.tag)
+            .field("cid", &self.cid)
+            .field("result", &self.result)
+            .finish()
+    }
+}
+
+/// A failed submission or blocking I/O: the error, and the buffer when it is safe to give
+/// back (always, unless the command timed out).
+pub struct IoError<P: Platform> {
+    /// What went wrong.
+    pub error: Error,
+    /// The buffer, if the device can no longer touch it.
+    pub buffer: Option<DmaBuffer<P>>,
+}
+
+impl<P: Platform> core::fmt::Debug for IoError<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IoError")
+            .field("error", &self.error)
+            .field("buffer", &self.buffer.is_some())
+            .finish()
+    }
+}
+
+impl<P: Platform> core::fmt::Display for IoError<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<P: Platform> core::error::Error for IoError<P> {}
+
+impl<P: Platform> From<IoError<P>> for Error {
+    fn from(e: IoError<P>) -> Self {
+        e.error
+    }
+}
+
+/// One DSM range (NVM Command Set §3.3.3, Figure "Dataset Management – Range Definition"):
+/// 16 bytes: context attributes, length in logical blocks, starting LBA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DsmRange {
+    /// Starting LBA.
+    pub slba: u64,
+    /// Length in logical blocks.
+    pub nlb: u32,
+    /// Context attributes.
+    pub attributes: u32,
+}
+
+/// An I/O submission/completion queue pair.
+pub struct IoQueuePair<P: Platform> {
+    shared: Arc<Shared<P>>,
+    engine: Engine<IoReq<P>>,
+    vector: Option<u16>,
+    max_transfer: usize,
+    generation: u32,
+    /// Completions reaped by a blocking call on behalf of other requests.
+    parked: VecDeque<IoCompletion<P>>,
+    dead: bool,
+    released: bool,
+}
+
+impl<P: Platform> core::fmt::Debug for IoQueuePair<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IoQueuePair")
+            .field("qid", &self.qid())
+            .field("outstanding", &self.outstanding())
+            .field("vector", &self.vector)
+            .finish()
+    }
+}
+
+/// The tag the blocking helpers use; asynchronous callers should use others.
+const SYNC_TAG: u64 = u64::MAX;
+
+impl<P: Platform> IoQueuePair<P> {
+    pub(crate) fn new(
+        shared: Arc<Shared<P>>,
+        engine: Engine<IoReq<P>>,
+        vector: Option<u16>,
+        max_transfer: usize,
+        generation: u32,
+    ) -> Self {
+        let cap = engine.capacity();
+        Self {
+            shared,
+            engine,
+            vector,
+            max_transfer,
+            generation,
+            parked: VecDeque::with_capacity(cap),
+            dead: false,
+            released: false,
+        }
+    }
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation
+    }
+    /// Tears the pair down after `Controller::delete_io_queue_pair`: if both deletions
+    /// succeeded the device holds no reference and everything is freed now; otherwise it all
+    /// waits in the graveyard for the next controller disable.
+    pub(crate) fn release(&mut self, deleted: bool) {
+        let shared = self.shared.clone();
+        let generation = self.generation;
+        if deleted {
+            self.engine.take_all(drop);
+            for m in self.engine.regions() {
+                // SAFETY: the SQ and the CQ were deleted (§5.2.3, §5.2.4): the controller no
+                // longer refers to the rings or the PRP lists.
+                unsafe { shared.platform.dma().free(m.region()) };
+            }
+        } else {
+            self.engine.take_all(|req| req.retire(&shared, generation));
+            for m in self.engine.regions() {
+                shared.retire(m.region(), generation);
+            }
+        }
+        self.released = true;
+    }
+    /// The queue ID (SQ and CQ share it).
+    pub fn qid(&self) -> u16 {
+        self.engine.qid()
+    }
+    /// Commands outstanding (including timed-out ones the device has not released).
+    pub fn outstanding(&self) -> usize {
+        self.engine.outstanding()
+    }
+    /// Most commands that can be outstanding at once (queue entries − 1).
+    pub fn depth(&self) -> usize {
+        self.engine.capacity()
+    }
+    /// True while command `cid` is outstanding (in flight, or timed out and not yet released
+    /// by the device).
+    pub fn is_outstanding(&self, cid: u16) -> bool {
+        self.engine.is_in_flight(cid).is_some()
+    }
+    /// The MSI-X vector of the CQ, or `None` when polled.
+    pub fn vector(&self) -> Option<u16> {
+        self.vector
+    }
+    /// Bytes one command may transfer.
+    pub fn max_transfer(&self) -> usize {
+        self.max_transfer
+    }
+    /// Counters, including what the device did wrong.
+    pub fn stats(&self) -> QueueStats {
+        self.engine.stats
+    }
+    /// Allocates a DMA buffer on this pair's platform.
+    ///
+    /// # Errors
+    /// [`Error::Dma`].
+    pub fn alloc_buffer(&self, len: usize) -> Result<DmaBuffer<P>> {
+        DmaBuffer::new(&self.shared.platform, len)
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if !self.dead && self.shared.generation.load(Ordering::Acquire) != self.generation {
+            self.dead = true;
+            // The controller was reset: every command was discarded and the device holds no
+            // reference to any buffer; fail them all, giving the buffers back.
+            let (parked, engine) = (&mut self.parked, &mut self.engine);
+            engine.take_all(|req| {
+                parked.push_back(IoCompletion {
+                    tag: req.tag,
+                    cid: 0,
+                    result: Err(Error::ControllerReset),
+                    dw0: 0,
+                    buffer: req.buffer,
+                });
+            });
+        }
+        if self.dead {
+            return Err(Error::ControllerReset);
+        }
+        Ok(())
+    }
+
+    /// Submits any I/O command (raw passthrough, like `nvme io-passthru`); PRPs are built
+    /// from `buffer`. The doorbell is not written until [`IoQueuePair::ring`] (or a blocking
+    /// call). Returns the command ID.
+    ///
+    /// # Errors
+    /// [`Error::QueueFull`], [`Error::ControllerReset`], PRP errors; the buffer comes back in
+    /// the error.
+    pub fn submit(
+        &mut self,
+        cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+        tag: u64,
+    ) -> core::result::Result<u16, IoError<P>> {
+        self.submit_range(cmd, buffer, 0, None, tag)
+    }
+
+    /// As [`IoQueuePair::submit`], transferring `len` bytes at `offset` in the buffer (the
+    /// offset must be dword aligned, §4.3.1). `len = None` means the rest of the buffer.
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::submit`].
+    pub fn submit_range(
+        &mut self,
+        cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+        offset: usize,
+        len: Option<usize>,
+        tag: u64,
+    ) -> core::result::Result<u16, IoError<P>> {
+        if let Err(error) = self.check_alive() {
+            return Err(IoError { error, buffer });
+        }
+        let data = match &buffer {
+            Some(b) => {
+                let len = len.unwrap_or(b.len().saturating_sub(offset));
+                if offset.checked_add(len).is_none_or(|e| e > b.len()) {
+                    return Err(IoError {
+                        error: Error::BufferSize {
+                            need: offset.saturating_add(len),
+                            have: b.len(),
+                        },
+                        buffer,
+                    });
+                }
+                if len > self.max_transfer {
+                    return Err(IoError {
+                        error: Error::TransferTooLarge {
+                            bytes: len as u64,
+                            max: self.max_transfer as u64,
+                        },
+                        buffer,
+                    });
+                }
+                Some(Transfer {
+                    mem: b.mem(),
+                    offset,
+                    len,
+                })
+            }
+            None => None,
+        };
+        let deadline = self
+            .shared
+            .now_ns()
+            .saturating_add(self.shared.io_timeout_ns);
+        match self
+            .engine
+            .submit(cmd, data, IoReq { buffer, tag }, deadline)
+        {
+            Ok(cid) => Ok(cid),
+            Err((error, req)) => Err(IoError {
+                error,
+                buffer: req.buffer,
+            }),
+        }
+    }
+
+    /// Writes the SQ tail doorbell for everything submitted since the last ring.
+    pub fn ring(&mut self) {
+        if self.check_alive().is_ok() {
+            self.engine.ring(self.shared.platform.bar());
+        }
+    }
+
+    fn lba_check(&self, ns: &Namespace, slba: u64, nlb: u32) -> Result<()> {
+        if nlb == 0 || nlb > 65536 {
+            return Err(Error::InvalidArgument(
+                "the number of logical blocks must be 1..=65536 per command",
+            ));
+        }
+        let end = slba.checked_add(nlb as u64).ok_or(Error::LbaOutOfRange {
+            nsid: ns.nsid,
+            slba,
+            end: u64::MAX,
+            nsze: ns.blocks,
+        })?;
+        if end > ns.blocks {
+            return Err(Error::LbaOutOfRange {
+                nsid: ns.nsid,
+                slba,
+                end,
+                nsze: ns.blocks,
+            });
+        }
+        Ok(())
+    }
+
+    fn data_cmd(
+        &mut self,
+        op: NvmOpcode,
+        ns: &Namespace,
+        slba: u64,
+        buffer: DmaBuffer<P>,
+        tag: u64,
+        fua: bool,
+    ) -> core::result::Result<u16, IoError<P>> {
+        let lba = ns.lba_size as usize;
+        if buffer.len() % lba != 0 {
+            return Err(IoError {
+                error: Error::BufferSize {
+                    need: buffer.len().div_ceil(lba) * lba,
+                    have: buffer.len(),
+                },
+                buffer: Some(buffer),
+            });
+        }
+        let nlb = (buffer.len() / lba) as u32;
+        if let Err(error) = self.lba_check(ns, slba, nlb) {
+            return Err(IoError {
+                error,
+                buffer: Some(buffer),
+            });
+        }
+        let cmd = Command::rw(op, ns.nsid, slba, (nlb - 1) as u16, fua);
+        self.submit(cmd, Some(buffer), tag)
+    }
+
+    /// Queues a Read (NVM §3.3.4) of `buffer.len() / lba_size` blocks at `slba` into
+    /// `buffer` (its length must be a multiple of the LBA size).
+    ///
+    /// # Errors
+    /// [`Error::LbaOutOfRange`], [`Error::TransferTooLarge`], [`Error::BufferSize`],
+    /// [`Error::QueueFull`]; the buffer comes back in the error.
+    pub fn submit_read(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buffer: DmaBuffer<P>,
+        tag: u64,
+    ) -> core::result::Result<u16, IoError<P>> {
+        self.data_cmd(NvmOpcode::READ, ns, slba, buffer, tag, false)
+    }
+
+    /// Queues a Write (NVM §3.3.6) of `buffer` at `slba`.
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::submit_read`].
+    pub fn submit_write(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buffer: DmaBuffer<P>,
+        tag: u64,
+    ) -> core::result::Result<u16, IoError<P>> {
+        self.data_cmd(NvmOpcode::WRITE, ns, slba, buffer, tag, false)
+    }
+
+    /// Queues a Compare (NVM §3.3.1) of `buffer` against the blocks at `slba`. A mismatch
+    /// completes with Compare Failure (SCT 2h, SC 85h).
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::submit_read`].
+    pub fn submit_compare(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buffer: DmaBuffer<P>,
+        tag: u64,
+    ) -> core::result::Result<u16, IoError<P>> {
+        self.data_cmd(NvmOpcode::COMPARE, ns, slba, buffer, tag, false)
+    }
+
+    /// Processes completions that have arrived, without waiting, handing each to `f`. Also
+    /// reports requests whose deadline passed (as [`Error::Timeout`]). Returns how many
+    /// were delivered.
+    ///
+    /// # Errors
+    /// [`Error::DeviceGone`] if the CQ is silent and the device reads as all-ones.
+    pub fn poll(&mut self, mut f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
+        let mut n = 0;
+        while let Some(c) = self.parked.pop_front() {
+            f(c);
+            n += 1;
+        }
+        if self.check_alive().is_err() {
+            while let Some(c) = self.parked.pop_front() {
+                f(c);
+                n += 1;
+            }
+            return Ok(n);
+        }
+        let bar = self.shared.platform.bar();
+        n += self.engine.reap(bar, usize::MAX, |r| {
+            if let Some(c) = Self::to_completion(r) {
+                f(c)
+            }
+        });
+        if n == 0 && self.engine.outstanding() > 0 {
+            let now = self.shared.now_ns();
+            let qid = self.qid();
+            let waited_ms = self.shared.io_timeout_ns / 1_000_000;
+            n += self.engine.expire(now, |cid, opcode, req| {
+                f(IoCompletion {
+                    tag: req.tag,
+                    cid,
+                    result: Err(Error::Timeout {
+                        qid,
+                        cid,
+                        opcode,
+                        waited_ms,
+                    }),
+                    dw0: 0,
+                    buffer: None,
+                });
+            });
+        }
+        Ok(n)
+    }
+
+    fn to_completion(r: Reaped<IoReq<P>>) -> Option<IoCompletion<P>> {
+        if r.late {
+            // Already reported as timed out; the device is done with the buffer now, so it
+            // is freed here.
+            return None;
+        }
+        let c: Completion = r.completion;
+        let st: Status = c.status();
+        let result = if st.is_success() {
+            Ok(())
+        } else {
+            Err(Error::Command {
+                opcode: r.opcode,
+                opcode_name: NvmOpcode(r.opcode).name().unwrap_or("I/O command"),
+                status: st,
+                dw0: c.dw0(),
+            })
+        };
+        Some(IoCompletion {
+            tag: r.payload.tag,
+            cid: r.cid,
+            result,
+            dw0: c.dw0(),
+            buffer: r.payload.buffer,
+        })
+    }
+
+    /// Waits until at least one completion (or timeout report) is delivered, or `timeout`
+    /// passes; uses the CQ's interrupt vector when there is one, else polls.
+    ///
+    /// # Errors
+    /// [`Error::DeviceGone`], [`Error::ControllerFatal`].
+    pub fn wait(&mut self, timeout: Duration, mut f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
+        let p = self.shared.platform.clone();
+        let deadline = crate::hw::Deadline::after(p.clock(), timeout);
+        let mut spins: u32 = 0;
+        loop {
+            let n = self.poll(&mut f)?;
+            if n > 0 || self.dead {
+                return Ok(n);
+            }
+            if deadline.expired(p.clock()) {
+                return Ok(0);
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 256 == 0 {
+                self.check_device()?;
+            }
+            match self.vector {
+                Some(v) => {
+                    p.irq().wait(
+                        v,
+                        deadline.remaining(p.clock()).min(Duration::from_millis(10)),
+                    );
+                }
+                None => p.clock().relax(),
+            }
+        }
+    }
+
+    fn check_device(&self) -> Result<()> {
+        let csts = crate::spec::Csts(
+            self.shared
+                .platform
+                .bar()
+                .read32(crate::spec::regs::offset::CSTS),
+        );
+        if csts.is_all_ones() {
+            return Err(Error::DeviceGone);
+        }
+        if csts.cfs() {
+            return Err(Error::ControllerFatal);
+        }
+        Ok(())
+    }
+
+    /// Submits, rings and waits for one command; other completions are parked for the next
+    /// [`IoQueuePair::poll`].
+    fn run(
+        &mut self,
+        submitted: core::result::Result<u16, IoError<P>>,
+    ) -> core::result::Result<(u32, Option<DmaBuffer<P>>), IoError<P>> {
+        let cid = submitted?;
+        self.ring();
+        let p = self.shared.platform.clone();
+        let qid = self.qid();
+        let waited_ms = self.shared.io_timeout_ns / 1_000_000;
+        let mut spins: u32 = 0;
+        loop {
+            if let Err(error) = self.check_alive() {
+                // Our request was among those failed by the reset: it's in `parked`.
+                let buffer = self.take_parked(cid).and_then(|c| c.buffer);
+                return Err(IoError { error, buffer });
+            }
+            let mut mine: Option<IoCompletion<P>> = None;
+            let bar = p.bar();
+            let parked = &mut self.parked;
+            self.engine.reap(bar, usize::MAX, |r| {
+                if let Some(c) = Self::to_completion(r) {
+                    if c.cid == cid && c.tag == SYNC_TAG && mine.is_none() {
+                        mine = Some(c);
+                    } else {
+                        parked.push_back(c);
+                    }
+                }
+            });
+            if let Some(c) = mine {
+                return match c.result {
+                    Ok(()) => Ok((c.dw0, c.buffer)),
+                    Err(error) => Err(IoError {
+                        error,
+                        buffer: c.buffer,
+                    }),
+                };
+            }
+            let now = p.clock().now_ns();
+            let mut timed_out = false;
+            self.engine.expire(now, |c, opcode, req| {
+                let e = Error::Timeout {
+                    qid,
+                    cid: c,
+                    opcode,
+                    waited_ms,
+                };
+                if c == cid {
+                    timed_out = true;
+                } else {
+                    parked.push_back(IoCompletion {
+                        tag: req.tag,
+                        cid: c,
+                        result: Err(e),
+                        dw0: 0,
+                        buffer: None,
+                    });
+                }
+            });
+            if timed_out {
+                return Err(IoError {
+                    error: Error::Timeout {
+                        qid,
+                        cid,
+                        opcode: 0xFF,
+                        waited_ms,
+                    },
+                    buffer: None,
+                });
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 256 == 0 {
+                if let Err(error) = self.check_device() {
+                    return Err(IoError {
+                        error,
+                        buffer: None,
+                    });
+                }
+            }
+            match self.vector {
+                Some(v) => {
+                    p.irq().wait(v, Duration::from_millis(10));
+                }
+                None => p.clock().relax(),
+            }
+        }
+    }
+
+    fn with_buffer(
+        (_, b): (u32, Option<DmaBuffer<P>>),
+    ) -> core::result::Result<DmaBuffer<P>, IoError<P>> {
+        b.ok_or(IoError {
+            error: Error::Backend("a data command lost its buffer"),
+            buffer: None,
+        })
+    }
+
+    fn take_parked(&mut self, cid: u16) -> Option<IoCompletion<P>> {
+        let i = self
+            .parked
+            .iter()
+            .position(|c| c.tag == SYNC_TAG && (c.cid == cid || c.cid == 0))?;
+        self.parked.remove(i)
+    }
+
+    /// Reads `buffer.len() / lba_size` blocks at `slba` and waits. The buffer comes back
+    /// filled.
+    ///
+    /// # Errors
+    /// Validation errors before submission; [`Error::Command`] with the device's status;
+    /// [`Error::Timeout`] (then the buffer stays with the queue).
+    pub fn read(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buffer: DmaBuffer<P>,
+    ) -> core::result::Result<DmaBuffer<P>, IoError<P>> {
+        let s = self.submit_read(ns, slba, buffer, SYNC_TAG);
+        self.run(s).and_then(Self::with_buffer)
+    }
+
+    /// Writes `buffer` at `slba` and waits.
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::read`].
+    pub fn write(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buffer: DmaBuffer<P>,
+    ) -> core::result::Result<DmaBuffer<P>, IoError<P>> {
+        let s = self.submit_write(ns, slba, buffer, SYNC_TAG);
+        self.run(s).and_then(Self::with_buffer)
+    }
+
+    /// Compares `buffer` with the blocks at `slba` and waits; `Ok(false)` on Compare
+    /// Failure.
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::read`], except that Compare Failure is `Ok((false, buffer))`.
+    pub fn compare(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        buffer: DmaBuffer<P>,
+    ) -> core::result::Result<(bool, DmaBuffer<P>), IoError<P>> {
+        let s = self.submit_compare(ns, slba, buffer, SYNC_TAG);
+        match self.run(s) {
+            Ok(r) => Self::with_buffer(r).map(|b| (true, b)),
+            Err(IoError {
+                error: Error::Command { status, .. },
+                buffer: Some(b),
+            }) if status.is(
+                crate::spec::StatusCodeType::MEDIA,
+                crate::spec::status::media::COMPARE_FAILURE,
+            ) =>
+            {
+                Ok((false, b))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Flush (NVM §3.3.2): commits the volatile write cache of namespace `nsid`
+    /// (`0xFFFF_FFFF` for all namespaces).
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::read`].
+    pub fn flush(&mut self, nsid: u32) -> Result<()> {
+        let s = self.submit(Command::flush(nsid), None, SYNC_TAG);
+        self.run(s).map(|_| ()).map_err(Error::from)
+    }
+
+    /// Write Zeroes (NVM §3.3.8) of `nlb` blocks at `slba`; `deallocate` sets DEAC.
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::read`].
+    pub fn write_zeroes(
+        &mut self,
+        ns: &Namespace,
+        slba: u64,
+        nlb: u32,
+        deallocate: bool,
+    ) -> Result<()> {
+        self.lba_check(ns, slba, nlb)?;
+        let s = self.submit(
+            Command::write_zeroes(ns.nsid, slba, (nlb - 1) as u16, deallocate),
+            None,
+            SYNC_TAG,
+        );
+        self.run(s).map(|_| ()).map_err(Error::from)
+    }
+
+    /// Verify (NVM §3.3.7) of `nlb` blocks at `slba`: the controller checks the data without
+    /// transferring it.
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::read`].
+    pub fn verify(&mut self, ns: &Namespace, slba: u64, nlb: u32) -> Result<()> {
+        self.lba_check(ns, slba, nlb)?;
+        let s = self.submit(
+            Command::verify(ns.nsid, slba, (nlb - 1) as u16),
+            None,
+            SYNC_TAG,
+        );
+        self.run(s).map(|_| ()).map_err(Error::from)
+    }
+
+    /// Dataset Management with the Deallocate attribute (NVM §3.3.3): up to 256 ranges.
+    /// The range list is built in a buffer allocated for the call.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for 0 or more than 256 ranges, [`Error::LbaOutOfRange`],
+    /// and as [`IoQueuePair::read`].
+    pub fn deallocate(&mut self, ns: &Namespace, ranges: &[DsmRange]) -> Result<()> {
+        if ranges.is_empty() || ranges.len() > 256 {
+            return Err(Error::InvalidArgument(
+                "Dataset Management takes 1..=256 ranges",
+            ));
+        }
+        for r in ranges {
+            let end = r.slba.saturating_add(r.nlb as u64);
+            if end > ns.blocks {
+                return Err(Error::LbaOutOfRange {
+                    nsid: ns.nsid,
+                    slba: r.slba,
+                    end,
+                    nsze: ns.blocks,
+                });
+            }
+        }
+        let mut buf = self.alloc_buffer(PAGE_SIZE)?;
+        for (i, r) in ranges.iter().enumerate() {
+            let mut e = [0u8; 16];
+            e[0..4].copy_from_slice(&r.attributes.to_le_bytes());
+            e[4..8].copy_from_slice(&r.nlb.to_le_bytes());
+            e[8..16].copy_from_slice(&r.slba.to_le_bytes());
+            buf.write(i * 16, &e)?;
+        }
+        let cmd = Command::dataset_management(ns.nsid, (ranges.len() - 1) as u8, true);
+        let s = self.submit_range(cmd, Some(buf), 0, Some(ranges.len() * 16), SYNC_TAG);
+        self.run(s).map(|_| ()).map_err(Error::from)
+    }
+
+    /// Runs any I/O command and waits; returns the completion DW0 and the buffer.
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::read`].
+    pub fn passthrough(
+        &mut self,
+        cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+    ) -> core::result::Result<(u32, Option<DmaBuffer<P>>), IoError<P>> {
+        let s = self.submit(cmd, buffer, SYNC_TAG);
+        self.run(s)
+    }
+}
+
+impl<P: Platform> Drop for IoQueuePair<P> {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // A pair dropped without `Controller::delete_io_queue_pair`: the device may still
+        // own its rings and buffers, so they go to the graveyard (freed at the next disable),
+        // or are freed now if a reset already cut the device off.
+        self.release(false);
+    }
+}

@@ -1,0 +1,237 @@
+//! Submission and completion rings (NVMe Base §3.3.1 "Memory-based Transport Queue Model",
+//! §4.1 and §4.2), command-ID allocation, and the memory ordering of the doorbell protocol.
+//!
+//! # Ordering
+//! - Host → device: the host writes a submission entry with volatile stores, then issues a
+//!   `Release` fence, then writes the SQ tail doorbell. The fence orders the entry (and the
+//!   data buffer and PRP list the host filled earlier) before the doorbell, so the device
+//!   never fetches a stale entry. Volatile stores alone do not order normal memory against
+//!   MMIO on weakly ordered CPUs.
+//! - Device → host: the host reads the completion dword that carries the phase tag with an
+//!   `Acquire` load; only if the phase matches does it read the other dwords, which are then
+//!   at least as new. After consuming entries it writes the CQ head doorbell once per batch
+//!   (§3.3.1.2), which releases those entries back to the device.
+//! - Nothing in an entry the device wrote is trusted: SQHD, SQID and CID are checked, and a
+//!   bad value is counted, never a panic.
+
+use crate::dma::Mem;
+use crate::hw::Bar;
+use crate::spec::regs::{cq_head_doorbell, sq_tail_doorbell};
+use crate::spec::{Command, Completion, CQE_SIZE, SQE_SIZE};
+use core::sync::atomic::{fence, Ordering};
+
+/// A submission queue ring in DMA memory.
+#[derive(Debug)]
+pub(crate) struct SubQueue {
+    mem: Mem,
+    qid: u16,
+    entries: u16,
+    tail: u16,
+    /// Head as last reported by the controller in SQHD.
+    head: u16,
+    /// Tail value last written to the doorbell.
+    rung: u16,
+    doorbell: usize,
+}
+
+impl SubQueue {
+    pub(crate) fn new(mem: Mem, qid: u16, entries: u16, dstrd: u8) -> Self {
+        Self {
+            mem,
+            qid,
+            entries,
+            tail: 0,
+            head: 0,
+            rung: 0,
+            doorbell: sq_tail_doorbell(qid, dstrd),
+        }
+    }
+    pub(crate) fn entries(&self) -> u16 {
+        self.entries
+    }
+    pub(crate) fn mem(&self) -> Mem {
+        self.mem
+    }
+    /// Free entries: one slot always stays empty so that full and empty differ (§4.1.1: the
+    /// queue is full when tail + 1 == head).
+    pub(crate) fn free(&self) -> u16 {
+        let used = (self.tail + self.entries - self.head) % self.entries;
+        self.entries - 1 - used
+    }
+    pub(crate) fn is_full(&self) -> bool {
+        self.free() == 0
+    }
+    /// Writes `cmd` at the tail and advances it. The doorbell is not written: see
+    /// [`SubQueue::ring`]. Returns `false` if the ring is full.
+    pub(crate) fn push(&mut self, cmd: &Command) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let base = self.tail as usize * SQE_SIZE;
+        for (i, d) in cmd.dwords().iter().enumerate() {
+            self.mem.write_u32(base + 4 * i, *d);
+        }
+        self.tail = (self.tail + 1) % self.entries;
+        true
+    }
+    /// Writes the tail doorbell if the tail moved since the last ring (batched doorbells:
+    /// several pushes, one MMIO write).
+    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) -> bool {
+        if self.tail == self.rung {
+            return false;
+        }
+        // Release: the entries, PRP lists and write buffers stored before this point are
+        // visible to the device before it sees the new tail.
+        fence(Ordering::Release);
+        bar.write32(self.doorbell, self.tail as u32);
+        self.rung = self.tail;
+        true
+    }
+    /// Applies an SQHD value from a completion. Valid values lie in the consumed window
+    /// `head ..= rung` (circularly); others are rejected and the caller counts them.
+    pub(crate) fn update_head(&mut self, sqhd: u16) -> bool {
+        if sqhd >= self.entries {
+            return false;
+        }
+        let outstanding = (self.rung + self.entries - self.head) % self.entries;
+        let advance = (sqhd + self.entries - self.head) % self.entries;
+        if advance > outstanding {
+            return false;
+        }
+        self.head = sqhd;
+        true
+    }
+    pub(crate) fn qid(&self) -> u16 {
+        self.qid
+    }
+}
+
+/// A completion queue ring in DMA memory.
+#[derive(Debug)]
+pub(crate) struct CompQueue {
+    mem: Mem,
+    entries: u16,
+    head: u16,
+    phase: bool,
+    /// Head value last written to the doorbell.
+    rung: u16,
+    doorbell: usize,
+}
+
+impl CompQueue {
+    pub(crate) fn new(mem: Mem, qid: u16, entries: u16, dstrd: u8) -> Self {
+        // §4.2.4: the phase tag of every entry is 0 after creation (the memory is zeroed by
+        // the allocator contract), and the controller posts its first pass with phase 1.
+        Self {
+            mem,
+            entries,
+            head: 0,
+            phase: true,
+            rung: 0,
+            doorbell: cq_head_doorbell(qid, dstrd),
+        }
+    }
+    pub(crate) fn mem(&self) -> Mem {
+        self.mem
+    }
+    /// Takes the next completion if the device has posted one (its phase tag matches).
+    pub(crate) fn pop(&mut self) -> Option<Completion> {
+        let base = self.head as usize * CQE_SIZE;
+        // Acquire on the dword holding the phase tag; see the module docs.
+        let dw3 = self.mem.load_acquire_u32(base + 12)?;
+        if (dw3 & (1 << 16) != 0) != self.phase {
+            return None;
+        }
+        let dw0 = self.mem.read_u32(base)?;
+        let dw1 = self.mem.read_u32(base + 4)?;
+        let dw2 = self.mem.read_u32(base + 8)?;
+        self.head += 1;
+        if self.head == self.entries {
+            self.head = 0;
+            self.phase = !self.phase;
+        }
+        Some(Completion::from_dwords([dw0, dw1, dw2, dw3]))
+    }
+    /// Writes the head doorbell if entries were consumed since the last write.
+    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) -> bool {
+        if self.head == self.rung {
+            return false;
+        }
+        // Release: our reads of the consumed entries happen before the device may reuse them.
+        fence(Ordering::Release);
+        bar.write32(self.doorbell, self.head as u32);
+        self.rung = self.head;
+        true
+    }
+}
+
+/// Command identifiers: slot index in the low bits, a generation in the high bits, so a stale
+/// or duplicated completion for a reused slot is detected (the generation moves on every
+/// reuse).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CidCodec {
+    slot_bits: u32,
+}
+
+impl CidCodec {
+    pub(crate) fn new(slots: u16) -> Self {
+        let slot_bits = (u16::BITS - (slots.max(2) - 1).leading_zeros()).min(15);
+        Self { slot_bits }
+    }
+    pub(crate) fn encode(&self, slot: u16, generation: u16) -> u16 {
+        let gen_mask = (1u32 << (16 - self.slot_bits)) - 1;
+        (slot as u32 | ((generation as u32 & gen_mask) << self.slot_bits)) as u16
+    }
+    /// Returns (slot, generation).
+    pub(crate) fn decode(&self, cid: u16) -> (u16, u16) {
+        let mask = (1u16 << self.slot_bits) - 1;
+        (cid & mask, cid >> self.slot_bits)
+    }
+    pub(crate) fn next_generation(&self, generation: u16) -> u16 {
+        let gen_mask = ((1u32 << (16 - self.slot_bits)) - 1) as u16;
+        generation.wrapping_add(1) & gen_mask
+    }
+}
+
+/// Counters of what the device did wrong on one queue (the core survives all of these).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Commands submitted.
+    pub submitted: u64,
+    /// Completions matched to a request.
+    pub completed: u64,
+    /// SQ doorbell writes.
+    pub sq_doorbells: u64,
+    /// CQ doorbell writes.
+    pub cq_doorbells: u64,
+    /// Completions whose CID matched no outstanding request (unknown, duplicate or stale).
+    pub bad_cid: u64,
+    /// Completions naming another SQ.
+    pub bad_sqid: u64,
+    /// Completions with an SQHD outside the consumed window.
+    pub bad_sqhd: u64,
+    /// Completions that arrived after their request timed out.
+    pub late: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cid_codec() {
+        let c = CidCodec::new(256);
+        assert_eq!(c.slot_bits, 8);
+        let cid = c.encode(5, 3);
+        assert_eq!(c.decode(cid), (5, 3));
+        assert_eq!(c.next_generation(255), 0);
+        let c = CidCodec::new(31);
+        assert_eq!(c.slot_bits, 5);
+        assert_eq!(c.decode(c.encode(30, 0x7FF)), (30, 0x7FF));
+        let c = CidCodec::new(u16::MAX);
+        assert_eq!(c.slot_bits, 15);
+        assert_eq!(c.decode(c.encode(0x7FFF, 1)), (0x7FFF, 1));
+    }
+}
