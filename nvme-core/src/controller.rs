@@ -111,6 +111,17 @@ pub(crate) struct Shared<P: Platform> {
 }
 
 impl<P: Platform> Shared<P> {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn detached(platform: Arc<P>, io_timeout: Duration) -> Self {
+        Self {
+            platform,
+            dstrd: 0,
+            generation: AtomicU32::new(0),
+            graveyard: spin::Mutex::new(Graveyard::default()),
+            io_timeout_ns: u64::try_from(io_timeout.as_nanos()).unwrap_or(u64::MAX),
+            vectors: core::sync::atomic::AtomicU16::new(0),
+        }
+    }
     /// Frees `region` now if the device can no longer reach it, otherwise parks it until the
     /// controller is disabled.
     pub(crate) fn retire(&self, region: crate::hw::DmaRegion, generation: u32) {

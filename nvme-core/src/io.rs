@@ -816,6 +816,61 @@ impl<P: Platform> IoQueuePair<P> {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+impl<P: Platform> IoQueuePair<P> {
+    /// A queue pair attached to no controller, for driving the completion path against a
+    /// fake (hostile) device in fuzzers: the caller plays the device, reading SQ entries at
+    /// [`IoQueuePair::sq_iova`] and writing completions at [`IoQueuePair::cq_iova`]. No admin
+    /// command is sent. Only with the `fuzzing` feature.
+    ///
+    /// # Errors
+    /// DMA allocation failures.
+    pub fn detached(
+        platform: Arc<P>,
+        qid: u16,
+        entries: u16,
+        max_transfer: usize,
+        io_timeout: Duration,
+    ) -> Result<Self> {
+        use crate::dma::Mem;
+        use crate::queue::{CompQueue, SubQueue};
+        let entries = entries.max(2);
+        let shared = Arc::new(Shared::detached(platform.clone(), io_timeout));
+        let lists_per_slot = crate::prp::max_list_pages(max_transfer, PAGE_SIZE);
+        let sq = Mem::new(crate::dma::allocate(&*platform, entries as usize * 64)?);
+        let cq = Mem::new(crate::dma::allocate(&*platform, entries as usize * 16)?);
+        let lists = if lists_per_slot > 0 {
+            Some(Mem::new(crate::dma::allocate(
+                &*platform,
+                (entries as usize - 1) * lists_per_slot * PAGE_SIZE,
+            )?))
+        } else {
+            None
+        };
+        let engine = Engine::new(
+            SubQueue::new(sq, qid, entries, 0),
+            CompQueue::new(cq, qid, entries, 0),
+            lists,
+            lists_per_slot,
+        );
+        Ok(Self::new(shared, engine, None, max_transfer, 0))
+    }
+    /// Bus address of the SQ ring.
+    pub fn sq_iova(&self) -> u64 {
+        self.engine.sq.mem().iova()
+    }
+    /// Bus address of the CQ ring.
+    pub fn cq_iova(&self) -> u64 {
+        self.engine.cq.mem().iova()
+    }
+    /// Declares the fake device stopped (as a controller disable would): everything
+    /// outstanding is failed and handed back, and the rings are freed on drop.
+    pub fn detach_device(&mut self) {
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.shared.graveyard.lock().controller_disabled = true;
+    }
+}
+
 impl<P: Platform> Drop for IoQueuePair<P> {
     fn drop(&mut self) {
         if self.released {

@@ -20,7 +20,8 @@
 #![warn(missing_docs)]
 
 extern crate alloc;
-#[cfg(test)]
+// Tests, and the `arbitrary` derive (fuzzing only), need std; the driver itself never does.
+#[cfg(any(test, feature = "arbitrary"))]
 extern crate std;
 
 pub mod controller;
