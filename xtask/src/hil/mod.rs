@@ -1,0 +1,344 @@
+//! `cargo xtask hil`: hardware-in-the-loop without hardware.
+//!
+//! One boot per LBA size: QEMU (TCG unless a real KVM is there) with a virtual IOMMU and an
+//! emulated NVMe controller (one raw image per namespace), a Debian kernel, and an initramfs
+//! whose `/init` binds the controller to `vfio-pci` and runs the payload: `vfio-info`, the
+//! conformance harness and `nvme-tool` read/write checks, once per interrupt mode. The host
+//! plants `host.bin` in namespace 1 before boot (the guest reads and compares it) and checks
+//! after QEMU exits that the image holds the guest's `guest.bin`. Pass/fail comes only from the
+//! serial log's `HIL-*` lines and those image checks. See `shared/docs/hil-recipe.md`.
+
+mod initramfs;
+mod kernel;
+mod opts;
+mod payload;
+mod qemu;
+mod tools;
+mod util;
+mod verdict;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+
+pub use opts::HilArgs;
+use opts::{BootConfig, PayloadKind};
+use verdict::ConfigResult;
+
+/// Size of each namespace's raw image.
+const IMAGE_BYTES: u64 = 64 << 20;
+/// LBA where the host plants `host.bin` before boot.
+const HOST_LBA: u64 = 1000;
+/// LBA where the first interrupt mode writes `guest.bin`.
+const GUEST_LBA: u64 = 2000;
+
+/// The workspace root (the parent of this crate).
+fn workspace_root() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("xtask has no parent directory"))
+}
+
+/// Everything shared by the boots of one run.
+struct Env<'a> {
+    args: &'a HilArgs,
+    tools: tools::HostTools,
+    kernel: kernel::Kernel,
+    payload: Vec<(String, PathBuf)>,
+    modules: Vec<String>,
+    late_modules: Vec<String>,
+    logs: PathBuf,
+}
+
+/// Runs `cargo xtask hil`. `Ok(false)` means the suite ran and something failed.
+pub fn main(args: &HilArgs) -> Result<bool> {
+    if args.install_deps {
+        tools::install_deps()?;
+        tools::check()?;
+        eprintln!("xtask: host tools for `cargo xtask hil` are installed");
+        return Ok(true);
+    }
+    let t0 = Instant::now();
+    let boots = opts::plan(args)?;
+    let tools = tools::check()?;
+    let ws = workspace_root()?;
+    let cache = ws.join(".hil-cache");
+    fs::create_dir_all(&cache)?;
+    let kernel = kernel::prepare(&tools, &cache)?;
+    let t_kernel = t0.elapsed();
+
+    let specs = match args.payload {
+        PayloadKind::Real => payload::REAL,
+        PayloadKind::Standin => payload::STANDIN,
+    };
+    let built = payload::build(&ws, specs)?;
+    let t_payload = t0.elapsed() - t_kernel;
+    let modules = kernel::modules_for(&kernel, &["vfio-pci"])?;
+    let late_modules = match args.payload {
+        // The stand-in's nvme-tool moves the controller to the kernel's nvme driver for I/O.
+        PayloadKind::Standin => kernel::modules_for(&kernel, &["nvme"])?
+            .into_iter()
+            .filter(|m| !modules.contains(m))
+            .collect(),
+        PayloadKind::Real => Vec::new(),
+    };
+    let logs = cache.join("logs");
+    fs::create_dir_all(&logs)?;
+    let env = Env {
+        args,
+        tools,
+        kernel,
+        payload: built.into_iter().map(|b| (b.guest_name, b.path)).collect(),
+        modules,
+        late_modules,
+        logs,
+    };
+    eprintln!(
+        "xtask: setup done (kernel {} {:.1} s, payload build {:.1} s); {} boot(s), accel {}",
+        env.kernel.package,
+        t_kernel.as_secs_f64(),
+        t_payload.as_secs_f64(),
+        boots.len(),
+        if qemu::kvm_usable() { "kvm" } else { "tcg" }
+    );
+
+    let mut results: Vec<ConfigResult> = Vec::new();
+    for boot in &boots {
+        results.extend(run_boot(&env, boot)?);
+    }
+    Ok(summarize(&results, t0.elapsed()))
+}
+
+fn summarize(results: &[ConfigResult], wall: Duration) -> bool {
+    let passed = results.iter().filter(|r| r.pass()).count();
+    let failed = results.len() - passed;
+    let per: Vec<String> = results
+        .iter()
+        .map(|r| {
+            let (p, f) = r.counts();
+            let conf = match r.conformance {
+                Some(c) => format!(
+                    ", conformance {}/{} ({} allowed)",
+                    c.passed,
+                    c.total(),
+                    c.allowed
+                ),
+                None => String::new(),
+            };
+            format!(
+                "{} {} {p} passed {f} failed{conf}",
+                r.name,
+                if r.pass() { "PASS" } else { "FAIL" }
+            )
+        })
+        .collect();
+    let ok = failed == 0 && !results.is_empty();
+    println!(
+        "HIL-SUMMARY: {} {passed}/{} configurations [{}] wall {:.1} s",
+        if ok { "PASS" } else { "FAIL" },
+        results.len(),
+        per.join("; "),
+        wall.as_secs_f64()
+    );
+    println!("hil: {passed} passed, {failed} failed");
+    ok
+}
+
+/// Writes `data` at byte `offset` of `image`.
+fn write_at(image: &Path, offset: u64, data: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).open(image)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Host-side check that `image` holds `want` at byte `offset`.
+fn image_holds(image: &Path, offset: u64, want: &[u8]) -> Result<(), String> {
+    let mut got = vec![0u8; want.len()];
+    let mut f = fs::File::open(image).map_err(|e| format!("open {}: {e}", image.display()))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+    f.read_exact(&mut got).map_err(|e| e.to_string())?;
+    match got.iter().zip(want).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(_) if got.iter().all(|&b| b == 0) => Err(format!(
+            "image is all zeros at byte {offset}: never written"
+        )),
+        Some(i) => Err(format!(
+            "image differs from guest.bin at byte {} (offset {i} in the data)",
+            offset + i as u64
+        )),
+    }
+}
+
+fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
+    let tag = boot.tag();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("hil-{tag}-"))
+        .tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let _keep = if env.args.keep {
+        eprintln!("xtask: [{tag}] keeping {}", dir.display());
+        let _ = tmp.keep();
+        None
+    } else {
+        Some(tmp)
+    };
+
+    let images: Vec<PathBuf> = (1..=boot.namespaces)
+        .map(|n| dir.join(format!("ns{n}.img")))
+        .collect();
+    for img in &images {
+        util::run(
+            Command::new(&env.tools.qemu_img)
+                .args(["create", "-q", "-f", "raw"])
+                .arg(img)
+                .arg(IMAGE_BYTES.to_string()),
+        )?;
+    }
+    let plan = initramfs::GuestPlan {
+        tag: tag.clone(),
+        kver: env.kernel.kver.clone(),
+        modules: env.modules.clone(),
+        late_modules: env.late_modules.clone(),
+        irq_modes: boot.irq_modes.clone(),
+        lba_size: boot.lba_size,
+        blocks: boot.check_blocks(),
+        host_lba: HOST_LBA,
+        guest_lba: GUEST_LBA,
+    };
+    let size = usize::try_from(plan.data_size())?;
+    let mut rng = util::TestRng::from_entropy();
+    let host_bin = rng.bytes(size);
+    let guest_bin = rng.bytes(size);
+    let lba = u64::from(boot.lba_size);
+    write_at(&images[0], HOST_LBA * lba, &host_bin).context("planting host.bin")?;
+
+    let initrd = dir.join("initramfs.cpio.gz");
+    let data: [(&str, &[u8]); 2] = [("host.bin", &host_bin), ("guest.bin", &guest_bin)];
+    initramfs::build(
+        &env.tools,
+        &initramfs::Contents {
+            plan: &plan,
+            modules_dir: &env.kernel.modules_dir(),
+            payload: &env.payload,
+            data: &data,
+        },
+        &dir.join("initramfs"),
+        &initrd,
+    )?;
+
+    let qc = qemu::QemuConfig {
+        kernel: env.kernel.vmlinux.clone(),
+        initrd: initrd.clone(),
+        images: images.clone(),
+        lba_size: boot.lba_size,
+        max_ioqpairs: boot.max_ioqpairs,
+        mdts: boot.mdts,
+        kvm: qemu::kvm_usable(),
+    };
+    let qargs = qemu::args(&qc);
+    let log = env.logs.join(format!("{tag}.log"));
+    eprintln!(
+        "xtask: [{tag}] booting (initramfs {} KiB, irq {:?}, serial log {})",
+        fs::metadata(&initrd)?.len() >> 10,
+        boot.irq_modes
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>(),
+        log.display()
+    );
+    if env.args.verbose {
+        eprintln!(
+            "xtask: [{tag}] {} {}",
+            env.tools.qemu.display(),
+            qargs.join(" ")
+        );
+    }
+    let t = Instant::now();
+    let outcome = qemu::run(
+        &env.tools.qemu,
+        &qargs,
+        &log,
+        Duration::from_secs(env.args.timeout),
+        env.args.verbose,
+    )?;
+    let boot_secs = t.elapsed().as_secs_f64();
+    let boot_error = match outcome {
+        qemu::Outcome::TimedOut => Some(format!(
+            "QEMU killed after the {} s timeout",
+            env.args.timeout
+        )),
+        qemu::Outcome::Exited(s) if !s.success() => Some(format!("QEMU exited with {s}")),
+        qemu::Outcome::Exited(_) => None,
+    };
+
+    let report = verdict::parse_log(&fs::read(&log)?);
+    let host_checks: Vec<Result<(), String>> = (0..plan.irq_modes.len())
+        .map(|i| image_holds(&images[0], plan.guest_lba_for(i) * lba, &guest_bin))
+        .collect();
+    let results = verdict::judge(&tag, &plan, &report, &host_checks, boot_error.as_deref());
+    eprintln!(
+        "xtask: [{tag}] QEMU ran {boot_secs:.1} s; devices: {:?}",
+        report.devices
+    );
+    if let Some((_, v)) = &report.verdict {
+        eprintln!("xtask: [{tag}] guest: HIL-VERDICT: {v}");
+    }
+    let mut any_failed = false;
+    for r in &results {
+        let (p, f) = r.counts();
+        eprintln!(
+            "xtask: {} {}: {p} checks passed, {f} failed",
+            r.name,
+            if r.pass() { "PASS" } else { "FAIL" }
+        );
+        for c in r.checks.iter().filter(|c| !c.pass) {
+            any_failed = true;
+            eprintln!("xtask:     FAIL {}: {}", c.name, c.detail);
+        }
+    }
+    if any_failed && !env.args.verbose {
+        let text = String::from_utf8_lossy(&fs::read(&log)?).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(60);
+        eprintln!(
+            "xtask: [{tag}] last {} lines of {}:",
+            lines.len() - from,
+            log.display()
+        );
+        for l in &lines[from..] {
+            eprintln!("    | {l}");
+        }
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_check_reports_zero_and_mismatch() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("i.img");
+        fs::write(&img, vec![0u8; 8192]).unwrap();
+        let want = vec![0xA5u8; 512];
+        assert!(image_holds(&img, 1024, &want)
+            .unwrap_err()
+            .contains("never written"));
+        write_at(&img, 1024, &want).unwrap();
+        assert_eq!(image_holds(&img, 1024, &want), Ok(()));
+        let mut other = want.clone();
+        other[7] = 0;
+        assert!(image_holds(&img, 1024, &other)
+            .unwrap_err()
+            .contains("byte 1031"));
+        assert!(image_holds(&img, 8000, &want).is_err()); // past the end
+    }
+}

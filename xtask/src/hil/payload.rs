@@ -1,0 +1,214 @@
+//! The guest payload: static Rust binaries built for `x86_64-unknown-linux-gnu` with
+//! `+crt-static` into `target/hil` (so the host build is not invalidated), described as data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::tools::elf_is_static;
+use super::util;
+
+/// The guest target triple; `--target` is required or proc-macro crates break with
+/// `+crt-static`.
+pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// One binary to build and where it goes in the guest.
+#[derive(Debug, Clone, Copy)]
+pub struct PayloadSpec {
+    /// Names under `/bin` in the guest (a multi-call binary gets several).
+    pub guest_names: &'static [&'static str],
+    /// The cargo subcommand and the arguments that select the target.
+    pub cargo_args: &'static [&'static str],
+    /// A manifest outside the workspace (relative to the workspace root), if any.
+    pub manifest: Option<&'static str>,
+    /// `target.name` of the compiler artifact that is the executable.
+    pub target_name: &'static str,
+    /// One of `target.kind` of that artifact (`bin`, `test`, `example`).
+    pub target_kind: &'static str,
+}
+
+/// The real payload, in the order the guest runs it.
+pub const REAL: &[PayloadSpec] = &[
+    PayloadSpec {
+        guest_names: &["vfio-info"],
+        cargo_args: &["build", "-p", "vfio-backend", "--example", "vfio-info"],
+        manifest: None,
+        target_name: "vfio-info",
+        target_kind: "example",
+    },
+    PayloadSpec {
+        guest_names: &["conformance"],
+        cargo_args: &[
+            "test",
+            "-p",
+            "conformance-tests",
+            "--test",
+            "conformance",
+            "--no-run",
+        ],
+        manifest: None,
+        target_name: "conformance",
+        target_kind: "test",
+    },
+    PayloadSpec {
+        guest_names: &["nvme-tool"],
+        cargo_args: &["build", "-p", "nvme-tool", "--bin", "nvme-tool"],
+        manifest: None,
+        target_name: "nvme-tool",
+        target_kind: "bin",
+    },
+];
+
+/// xtask's stand-in: one multi-call binary playing all three parts (see `xtask/hil-standin`).
+pub const STANDIN: &[PayloadSpec] = &[PayloadSpec {
+    guest_names: &["vfio-info", "conformance", "nvme-tool"],
+    cargo_args: &["build", "--bin", "hil-standin"],
+    manifest: Some("xtask/hil-standin/Cargo.toml"),
+    target_name: "hil-standin",
+    target_kind: "bin",
+}];
+
+/// A built payload binary.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Name under `/bin` in the guest.
+    pub guest_name: String,
+    /// Host path of the static executable.
+    pub path: PathBuf,
+}
+
+/// The `executable` of the compiler artifact named `name` of kind `kind` in cargo's
+/// `--message-format=json` output (the last one, if cargo reports it more than once).
+pub fn find_executable(json_lines: &str, name: &str, kind: &str) -> Option<PathBuf> {
+    json_lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact")
+        .filter(|v| v["target"]["name"] == name)
+        .filter(|v| {
+            v["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|x| x == kind))
+        })
+        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .next_back()
+}
+
+fn describe(spec: &PayloadSpec) -> String {
+    let mut s = format!("cargo {}", spec.cargo_args.join(" "));
+    if let Some(m) = spec.manifest {
+        s.push_str(&format!(" --manifest-path {m}"));
+    }
+    s
+}
+
+/// Builds every spec as a static release binary into `<workspace>/target/hil`.
+/// Any failure is an error naming the part: the run never goes on without it.
+pub fn build(workspace: &Path, specs: &[PayloadSpec]) -> Result<Vec<Built>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = workspace.join("target/hil");
+    let mut built = Vec::new();
+    for spec in specs {
+        eprintln!(
+            "xtask: building guest payload: {} (static, {GUEST_TARGET})",
+            describe(spec)
+        );
+        let mut c = Command::new(&cargo);
+        c.args(spec.cargo_args)
+            .args([
+                "--release",
+                "--target",
+                GUEST_TARGET,
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(workspace)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            // Small initramfs: no DWARF, but keep symbols for readable backtraces.
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(m) = spec.manifest {
+            c.arg("--manifest-path").arg(workspace.join(m));
+        }
+        let shown = util::show(&c);
+        let out = c
+            .output()
+            .with_context(|| format!("cannot start `{shown}`"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "building the guest payload `{}` failed ({}; {}). The HIL run needs every part of the \
+                 payload; `--payload standin` checks the HIL path alone.",
+                spec.target_name,
+                describe(spec),
+                out.status
+            );
+        }
+        let exe =
+            find_executable(&stdout, spec.target_name, spec.target_kind).ok_or_else(|| {
+                anyhow!(
+                    "`{}` reported no executable for {} `{}`",
+                    describe(spec),
+                    spec.target_kind,
+                    spec.target_name
+                )
+            })?;
+        let bytes = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
+        if elf_is_static(&bytes) != Some(true) {
+            bail!(
+                "{} is not a static executable (the guest has no libc)",
+                exe.display()
+            );
+        }
+        for name in spec.guest_names {
+            built.push(Built {
+                guest_name: (*name).to_owned(),
+                path: exe.clone(),
+            });
+        }
+    }
+    Ok(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = r#"{"reason":"compiler-artifact","package_id":"x","target":{"kind":["lib"],"name":"conformance_tests"},"executable":null}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"conformance_tests"},"executable":"/t/deps/conformance_tests-1"}
+{"reason":"compiler-artifact","target":{"kind":["test"],"name":"conformance"},"executable":"/t/deps/conformance-abc"}
+{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"conformance"},"executable":"/t/release/conformance"}
+not json at all
+{"reason":"build-finished","success":true}"#;
+
+    #[test]
+    fn picks_the_executable_by_name_and_kind() {
+        assert_eq!(
+            find_executable(OUT, "conformance", "test"),
+            Some(PathBuf::from("/t/deps/conformance-abc"))
+        );
+        assert_eq!(
+            find_executable(OUT, "conformance", "bin"),
+            Some(PathBuf::from("/t/release/conformance"))
+        );
+        assert_eq!(find_executable(OUT, "conformance_tests", "lib"), None);
+        assert_eq!(find_executable(OUT, "nvme-tool", "bin"), None);
+    }
+
+    #[test]
+    fn payload_lists_cover_every_guest_program() {
+        for specs in [REAL, STANDIN] {
+            let mut names: Vec<_> = specs
+                .iter()
+                .flat_map(|s| s.guest_names.iter().copied())
+                .collect();
+            names.sort_unstable();
+            assert_eq!(names, ["conformance", "nvme-tool", "vfio-info"]);
+        }
+    }
+}

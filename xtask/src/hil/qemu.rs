@@ -1,0 +1,245 @@
+//! The QEMU command line (per `hil-recipe.md`) and a runner with a wall-clock limit that
+//! copies the serial console into a log file.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+
+/// Inputs of one QEMU boot.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// Uncompressed ELF kernel.
+    pub kernel: PathBuf,
+    /// gzip'd newc initramfs.
+    pub initrd: PathBuf,
+    /// One raw image per namespace, namespace 1 first.
+    pub images: Vec<PathBuf>,
+    /// Logical block size of every namespace.
+    pub lba_size: u32,
+    /// `max_ioqpairs`, if set.
+    pub max_ioqpairs: Option<u32>,
+    /// `mdts`, if set.
+    pub mdts: Option<u8>,
+    /// Use KVM (only on a real Intel/AMD host) instead of TCG.
+    pub kvm: bool,
+}
+
+/// Whether KVM can boot a stock kernel here: only when `kvm_intel` or `kvm_amd` is loaded
+/// (`/dev/kvm` from kvm-pvm cannot).
+pub fn kvm_usable() -> bool {
+    Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
+}
+
+/// The QEMU arguments.
+pub fn args(c: &QemuConfig) -> Vec<String> {
+    let accel = if c.kvm { "kvm" } else { "tcg" };
+    let mut a: Vec<String> = [
+        "-machine",
+        &format!("q35,accel={accel},kernel-irqchip=split"),
+        "-cpu",
+        if c.kvm { "host" } else { "max" },
+        "-smp",
+        "1",
+        "-m",
+        "512M",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-kernel",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    a.push(c.kernel.display().to_string());
+    a.push("-initrd".into());
+    a.push(c.initrd.display().to_string());
+    a.push("-append".into());
+    a.push("console=ttyS0 panic=-1 quiet loglevel=4 intel_iommu=on".into());
+    // The IOMMU must come before the devices it translates.
+    a.push("-device".into());
+    a.push("intel-iommu,intremap=on".into());
+    let mut ctrl = "nvme,id=n0,serial=deadbeef".to_owned();
+    if let Some(q) = c.max_ioqpairs {
+        ctrl.push_str(&format!(",max_ioqpairs={q}"));
+    }
+    if let Some(m) = c.mdts {
+        ctrl.push_str(&format!(",mdts={m}"));
+    }
+    a.push("-device".into());
+    a.push(ctrl);
+    for (i, img) in c.images.iter().enumerate() {
+        let n = i + 1;
+        a.push("-drive".into());
+        a.push(format!("file={},if=none,id=d{n},format=raw", img.display()));
+        a.push("-device".into());
+        a.push(format!(
+            "nvme-ns,drive=d{n},bus=n0,nsid={n},logical_block_size={0},physical_block_size={0}",
+            c.lba_size
+        ));
+    }
+    a
+}
+
+/// How a boot ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// QEMU exited by itself (the guest powered off) with this status.
+    Exited(std::process::ExitStatus),
+    /// The wall-clock limit passed; QEMU was killed.
+    TimedOut,
+}
+
+/// Runs QEMU, copying its serial output to `log` (and to stderr when `verbose`), killing it
+/// after `timeout`.
+pub fn run(
+    qemu: &Path,
+    args: &[String],
+    log: &Path,
+    timeout: Duration,
+    verbose: bool,
+) -> Result<Outcome> {
+    let mut child = Command::new(qemu)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", qemu.display()))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no QEMU stdout"))?;
+    let mut err = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow!("no QEMU stderr"))?;
+    let mut file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let copier = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = out.read(&mut buf)?;
+            if n == 0 {
+                return file.flush();
+            }
+            file.write_all(&buf[..n])?;
+            if verbose {
+                let mut e = std::io::stderr().lock();
+                e.write_all(&buf[..n])?;
+                e.flush()?;
+            }
+        }
+    });
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let outcome = loop {
+        if let Some(status) = child.try_wait()? {
+            break Outcome::Exited(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Outcome::TimedOut;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    copier
+        .join()
+        .map_err(|_| anyhow!("serial copier panicked"))??;
+    let stderr = errs.join().unwrap_or_default();
+    if !stderr.trim().is_empty() {
+        eprintln!("xtask: qemu stderr:\n{}", stderr.trim_end());
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(n: usize) -> QemuConfig {
+        QemuConfig {
+            kernel: "/c/vmlinux".into(),
+            initrd: "/t/initramfs.cpio.gz".into(),
+            images: (1..=n)
+                .map(|i| PathBuf::from(format!("/t/ns{i}.img")))
+                .collect(),
+            lba_size: 4096,
+            max_ioqpairs: Some(4),
+            mdts: None,
+            kvm: false,
+        }
+    }
+
+    #[test]
+    fn recipe_command_line_with_namespaces() {
+        let a = args(&cfg(2));
+        let s = a.join(" ");
+        assert!(
+            s.starts_with("-machine q35,accel=tcg,kernel-irqchip=split -cpu max -smp 1 -m 512M")
+        );
+        assert!(s.contains("-kernel /c/vmlinux -initrd /t/initramfs.cpio.gz"));
+        assert!(s.contains("-append console=ttyS0 panic=-1 quiet loglevel=4 intel_iommu=on"));
+        assert!(s.contains("-device nvme,id=n0,serial=deadbeef,max_ioqpairs=4 "));
+        assert!(!s.contains("mdts"));
+        assert!(s.contains("-drive file=/t/ns2.img,if=none,id=d2,format=raw"));
+        assert!(s.contains(
+            "nvme-ns,drive=d2,bus=n0,nsid=2,logical_block_size=4096,physical_block_size=4096"
+        ));
+        let iommu = s.find("intel-iommu,intremap=on").unwrap();
+        assert!(
+            iommu < s.find("-device nvme,").unwrap(),
+            "the IOMMU must precede the controller"
+        );
+        assert!(
+            s.contains("-no-reboot") && s.contains("-nodefaults") && s.contains("-serial stdio")
+        );
+    }
+
+    #[test]
+    fn kvm_changes_accel_and_cpu() {
+        let mut c = cfg(1);
+        c.kvm = true;
+        let s = args(&c).join(" ");
+        assert!(s.contains("accel=kvm") && s.contains("-cpu host"));
+    }
+
+    #[test]
+    fn runner_kills_on_timeout_and_keeps_output() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let t0 = Instant::now();
+        let o = run(
+            Path::new("/bin/sh"),
+            &["-c".into(), "echo HIL-BEGIN x; exec sleep 30".into()],
+            &log,
+            Duration::from_millis(500),
+            false,
+        )
+        .unwrap();
+        assert!(matches!(o, Outcome::TimedOut));
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "HIL-BEGIN x\n");
+        let o = run(
+            Path::new("/bin/sh"),
+            &["-c".into(), "echo hi".into()],
+            &log,
+            Duration::from_secs(20),
+            false,
+        )
+        .unwrap();
+        assert!(matches!(o, Outcome::Exited(s) if s.success()));
+    }
+}

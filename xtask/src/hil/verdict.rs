@@ -1,0 +1,419 @@
+//! Pass/fail from the guest's serial log (byte search: SeaBIOS and the kernel put escape
+//! sequences and other noise on the same console) plus the host-side image checks.
+
+use std::collections::BTreeMap;
+
+use super::initramfs::{GuestPlan, MODE_STEPS};
+use super::opts::IrqMode;
+
+/// Counts from the conformance harness's last line:
+/// `conformance: N passed, M failed` or `conformance: N passed, K allowed, M failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Cases that passed outright.
+    pub passed: u32,
+    /// Cases that matched a documented peer deviation (the allowance table).
+    pub allowed: u32,
+    /// Cases that failed.
+    pub failed: u32,
+}
+
+impl Counts {
+    /// All cases run.
+    pub fn total(&self) -> u32 {
+        self.passed + self.allowed + self.failed
+    }
+}
+
+/// Parses a harness summary line; `None` unless it names both passed and failed counts.
+pub fn parse_summary(line: &str) -> Option<Counts> {
+    let rest = &line[line.find("conformance:")? + "conformance:".len()..];
+    let mut c = Counts::default();
+    let (mut got_passed, mut got_failed) = (false, false);
+    for part in rest.split(',') {
+        let mut w = part.split_whitespace();
+        let (Some(n), Some(what)) = (w.next(), w.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u32>() else { continue };
+        match what.trim_end_matches(|ch: char| !ch.is_ascii_alphabetic()) {
+            "passed" => (c.passed, got_passed) = (n, true),
+            "allowed" => c.allowed = n,
+            "failed" => (c.failed, got_failed) = (n, true),
+            _ => {}
+        }
+    }
+    (got_passed && got_failed).then_some(c)
+}
+
+/// The end of one step as the guest reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepEnd {
+    /// Passed?
+    pub pass: bool,
+    /// Exit status the guest saw.
+    pub rc: i64,
+}
+
+/// Everything the host reads from one serial log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestReport {
+    /// `HIL-BEGIN` was seen: the kernel ran our `/init`.
+    pub began: bool,
+    /// `HIL-DEVICE` lines.
+    pub devices: Vec<String>,
+    /// Step name → its `END` line.
+    pub steps: BTreeMap<String, StepEnd>,
+    /// Step name → the last harness summary printed inside that step.
+    pub summaries: BTreeMap<String, Counts>,
+    /// The `HIL-VERDICT:` line (text after the marker) and whether it says PASS.
+    pub verdict: Option<(bool, String)>,
+}
+
+/// Parses a serial log.
+pub fn parse_log(log: &[u8]) -> GuestReport {
+    let mut r = GuestReport::default();
+    let mut current: Option<String> = None;
+    for raw in log.split(|&b| b == b'\n') {
+        let line = String::from_utf8_lossy(raw);
+        let line = line.trim_end_matches('\r');
+        if let Some(at) = line.find("HIL-") {
+            let m = &line[at..];
+            if m.starts_with("HIL-BEGIN") {
+                r.began = true;
+                continue;
+            }
+            if let Some(d) = m.strip_prefix("HIL-DEVICE ") {
+                r.devices.push(d.trim().to_owned());
+                continue;
+            }
+            if let Some(v) = m.strip_prefix("HIL-VERDICT:") {
+                let v = v.trim();
+                r.verdict = Some((v.split_whitespace().next() == Some("PASS"), v.to_owned()));
+                continue;
+            }
+            if let Some(s) = m.strip_prefix("HIL-STEP ") {
+                let w: Vec<&str> = s.split_whitespace().collect();
+                match w.as_slice() {
+                    [name, "BEGIN"] => current = Some((*name).to_owned()),
+                    [name, "END", result, rc, ..] => {
+                        let rc = rc
+                            .strip_prefix("rc=")
+                            .and_then(|x| x.parse().ok())
+                            .unwrap_or(-1);
+                        r.steps.insert(
+                            (*name).to_owned(),
+                            StepEnd {
+                                pass: *result == "PASS",
+                                rc,
+                            },
+                        );
+                        current = None;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+        }
+        if let (Some(step), Some(c)) = (&current, parse_summary(line)) {
+            r.summaries.insert(step.clone(), c);
+        }
+    }
+    r
+}
+
+/// One named check with its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Name, e.g. `nvme-read[polled]`.
+    pub name: String,
+    /// Passed?
+    pub pass: bool,
+    /// Why it failed (empty when it passed).
+    pub detail: String,
+}
+
+/// The outcome of one configuration (one LBA size × one interrupt mode).
+#[derive(Debug, Clone)]
+pub struct ConfigResult {
+    /// E.g. `lba512-ns1/polled`.
+    pub name: String,
+    /// Every check, boot-level ones included.
+    pub checks: Vec<Check>,
+    /// The harness counts, if it printed them.
+    pub conformance: Option<Counts>,
+}
+
+impl ConfigResult {
+    /// Whether every check passed.
+    pub fn pass(&self) -> bool {
+        self.checks.iter().all(|c| c.pass)
+    }
+    /// `(passed, failed)` check counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let p = self.checks.iter().filter(|c| c.pass).count();
+        (p, self.checks.len() - p)
+    }
+}
+
+fn check(name: &str, pass: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.to_owned(),
+        pass,
+        detail: if pass { String::new() } else { detail.into() },
+    }
+}
+
+fn step_check(r: &GuestReport, name: &str) -> Check {
+    match r.steps.get(name) {
+        Some(e) => check(name, e.pass, format!("guest step failed (rc={})", e.rc)),
+        None => check(name, false, "no END line in the serial log"),
+    }
+}
+
+/// Judges one boot: a [`ConfigResult`] per interrupt mode. `host_image[i]` is the host-side
+/// check of mode `i`'s write (`Err` holds why it failed); `boot_error` is set when QEMU
+/// could not run to the end (timeout, crash).
+pub fn judge(
+    tag: &str,
+    plan: &GuestPlan,
+    r: &GuestReport,
+    host_image: &[Result<(), String>],
+    boot_error: Option<&str>,
+) -> Vec<ConfigResult> {
+    let mut boot = vec![check(
+        "boot",
+        boot_error.is_none() && r.began,
+        boot_error.unwrap_or("no HIL-BEGIN line: the guest never ran /init"),
+    )];
+    // Boot-level steps are the expected ones that belong to no interrupt mode.
+    boot.extend(plan.expected_steps().iter().filter(|s| !s.contains('[')).map(|s| step_check(r, s)));
+    boot.push(match &r.verdict {
+        Some((pass, text)) => check("guest-verdict", *pass, format!("HIL-VERDICT: {text}")),
+        None => check("guest-verdict", false, "no HIL-VERDICT line"),
+    });
+    plan.irq_modes
+        .iter()
+        .enumerate()
+        .map(|(i, m): (usize, &IrqMode)| {
+            let mut checks = boot.clone();
+            let conf_name = format!("{}[{m}]", MODE_STEPS[0]);
+            let counts = r.summaries.get(&conf_name).copied();
+            let mut conf = step_check(r, &conf_name);
+            match counts {
+                None => {
+                    conf.pass = false;
+                    conf.detail =
+                        format!("{}; no `conformance: N passed, M failed` line", conf.detail)
+                            .trim_start_matches("; ")
+                            .to_owned();
+                }
+                Some(c) if c.failed > 0 => {
+                    conf = check(&conf_name, false, format!("{} cases failed", c.failed))
+                }
+                Some(c) if c.passed + c.allowed == 0 => {
+                    conf = check(&conf_name, false, "the harness ran no case")
+                }
+                Some(_) => {}
+            }
+            checks.push(conf);
+            checks.extend(
+                MODE_STEPS[1..]
+                    .iter()
+                    .map(|s| step_check(r, &format!("{s}[{m}]"))),
+            );
+            let img = host_image
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Err("not checked".into()));
+            checks.push(check(
+                &format!("host-image[{m}]"),
+                img.is_ok(),
+                img.err().unwrap_or_default(),
+            ));
+            ConfigResult {
+                name: format!("{tag}/{m}"),
+                checks,
+                conformance: counts,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_variants() {
+        let c = |p, a, f| {
+            Some(Counts {
+                passed: p,
+                allowed: a,
+                failed: f,
+            })
+        };
+        assert_eq!(
+            parse_summary("conformance: 12 passed, 0 failed"),
+            c(12, 0, 0)
+        );
+        assert_eq!(
+            parse_summary("conformance: 40 passed, 3 allowed, 1 failed"),
+            c(40, 3, 1)
+        );
+        assert_eq!(
+            parse_summary("\x1b[0mconformance: 5 passed, 2 failed; finished in 3.1s"),
+            c(5, 0, 2)
+        );
+        assert_eq!(
+            parse_summary("[  3.2] x conformance:  7 passed , 1 allowed , 0 failed\r"),
+            c(7, 1, 0)
+        );
+        assert_eq!(parse_summary("conformance: 7 passed"), None);
+        assert_eq!(parse_summary("conformance: running 7 cases"), None);
+        assert_eq!(parse_summary("7 passed, 0 failed"), None);
+        assert_eq!(parse_summary("conformance: x passed, 0 failed"), None);
+    }
+
+    fn plan(modes: &[IrqMode]) -> GuestPlan {
+        GuestPlan {
+            tag: "t".into(),
+            kver: "k".into(),
+            modules: vec![],
+            late_modules: vec![],
+            irq_modes: modes.to_vec(),
+            lba_size: 512,
+            blocks: 8,
+            host_lba: 100,
+            guest_lba: 200,
+        }
+    }
+
+    const GOOD: &[u8] = b"\x1b[2J\x1bcSeaBIOS (version 1.16)\r\n\
+HIL-BEGIN lba512-ns1\r\n\
+HIL-STEP modules BEGIN\nHIL-STEP modules END PASS rc=0\n\
+HIL-STEP bind BEGIN\nHIL-DEVICE 0000:00:03.0 driver=vfio-pci iommu_group=3\nHIL-STEP bind END PASS rc=0\n\
+HIL-STEP hugepages BEGIN\nHIL-STEP hugepages END PASS rc=0\n\
+HIL-STEP vfio-info BEGIN\nBAR0 0x4000\nHIL-STEP vfio-info END PASS rc=0\n\
+HIL-STEP conformance[polled] BEGIN\nconformance: 1 passed, 0 failed\n\
+[    2.1] vfio-pci 0000:00:03.0: something\nconformance: 40 passed, 1 allowed, 0 failed\n\
+HIL-STEP conformance[polled] END PASS rc=0\n\
+HIL-CONFORMANCE[polled] conformance: 40 passed, 1 allowed, 0 failed\n\
+HIL-STEP nvme-read[polled] BEGIN\nHIL-STEP nvme-read[polled] END PASS rc=0\n\
+HIL-STEP nvme-cmp[polled] BEGIN\nHIL-STEP nvme-cmp[polled] END PASS rc=0\n\
+HIL-STEP nvme-write[polled] BEGIN\nHIL-STEP nvme-write[polled] END PASS rc=0\n\
+HIL-VERDICT: PASS steps=8/8 conformance[polled]=40/41 allowed[polled]=1 io[polled]=ok\n";
+
+    #[test]
+    fn good_log_passes_every_check() {
+        let r = parse_log(GOOD);
+        assert!(r.began);
+        assert_eq!(r.devices, ["0000:00:03.0 driver=vfio-pci iommu_group=3"]);
+        assert_eq!(
+            r.summaries["conformance[polled]"],
+            Counts {
+                passed: 40,
+                allowed: 1,
+                failed: 0
+            }
+        );
+        assert_eq!(r.verdict.as_ref().unwrap().0, true);
+        let res = judge("lba512-ns1", &plan(&[IrqMode::Polled]), &r, &[Ok(())], None);
+        assert_eq!(res.len(), 1);
+        assert!(res[0].pass(), "{:?}", res[0].checks);
+        assert_eq!(res[0].counts(), (11, 0));
+        assert_eq!(res[0].name, "lba512-ns1/polled");
+    }
+
+    #[test]
+    fn host_image_failure_and_missing_mode_fail() {
+        let r = parse_log(GOOD);
+        let res = judge(
+            "t",
+            &plan(&[IrqMode::Polled, IrqMode::Msix]),
+            &r,
+            &[Err("differs at byte 3".into())],
+            None,
+        );
+        assert!(!res[0].pass());
+        assert_eq!(res[0].counts(), (10, 1));
+        assert!(!res[1].pass()); // no msix steps in the log at all
+        let failed: Vec<_> = res[1]
+            .checks
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(failed.contains(&"conformance[msix]") && failed.contains(&"host-image[msix]"));
+    }
+
+    #[test]
+    fn failed_cases_or_no_summary_fail_even_with_rc_zero() {
+        let log = String::from_utf8_lossy(GOOD)
+            .replace("40 passed, 1 allowed, 0 failed", "40 passed, 2 failed");
+        let res = judge(
+            "t",
+            &plan(&[IrqMode::Polled]),
+            &parse_log(log.as_bytes()),
+            &[Ok(())],
+            None,
+        );
+        assert!(!res[0].pass());
+        let log = String::from_utf8_lossy(GOOD).replace("conformance: ", "summary: ");
+        let res = judge(
+            "t",
+            &plan(&[IrqMode::Polled]),
+            &parse_log(log.as_bytes()),
+            &[Ok(())],
+            None,
+        );
+        assert!(!res[0].pass());
+        assert!(res[0].conformance.is_none());
+    }
+
+    #[test]
+    fn timeout_and_empty_log_fail() {
+        let res = judge(
+            "t",
+            &plan(&[IrqMode::Polled]),
+            &parse_log(GOOD),
+            &[Ok(())],
+            Some("timed out after 5 s"),
+        );
+        assert!(!res[0].pass());
+        assert_eq!(res[0].checks[0].detail, "timed out after 5 s");
+        let res = judge(
+            "t",
+            &plan(&[IrqMode::Polled]),
+            &parse_log(b""),
+            &[Ok(())],
+            None,
+        );
+        assert!(!res[0].pass());
+    }
+
+    #[test]
+    fn guest_fail_verdict_fails() {
+        let log = String::from_utf8_lossy(GOOD).replace("HIL-VERDICT: PASS", "HIL-VERDICT: FAIL");
+        let res = judge(
+            "t",
+            &plan(&[IrqMode::Polled]),
+            &parse_log(log.as_bytes()),
+            &[Ok(())],
+            None,
+        );
+        assert!(!res[0].pass());
+        let log = String::from_utf8_lossy(GOOD).replace(
+            "nvme-cmp[polled] END PASS rc=0",
+            "nvme-cmp[polled] END FAIL rc=1",
+        );
+        let res = judge(
+            "t",
+            &plan(&[IrqMode::Polled]),
+            &parse_log(log.as_bytes()),
+            &[Ok(())],
+            None,
+        );
+        assert_eq!(res[0].counts().1, 1);
+    }
+}
