@@ -1,1 +1,499 @@
-//! sim-backend
+//! # sim-backend
+//!
+//! A software NVMe controller: a model, not a mock. It implements the NVMe Base
+//! Specification 2.1 register file and controller state machine, the mandatory admin
+//! commands and the NVM command set (NVM Command Set Specification 1.1) on a memory or raw
+//! file backing image, and exposes them to `nvme-core` through the hardware traits
+//! ([`nvme_core::hw::Platform`]): a driver that works on it must work on a real SSD, and a
+//! driver that breaks the spec is caught by its strict checker.
+//!
+//! - [`Simulator`]: the controller and the handle tests use (violations, statistics, the
+//!   medium's back door, power events, [`FaultInjector`]).
+//! - [`SimPlatform`]: what the driver gets: [`SimBar`] (registers and doorbells),
+//!   [`SimDma`] (device-visible memory with IOVAs and an IOMMU-like translation),
+//!   [`SimIrq`] (MSI-X vectors) and [`StdClock`].
+//! - [`SimConfig`]: capabilities (queue sizes, MDTS, queue pairs, vectors, doorbell
+//!   stride, namespaces, …) and the mode: [`SimMode::Inline`] (deterministic: a doorbell
+//!   write processes the commands before it returns) or [`SimMode::Thread`] (a device
+//!   thread).
+//!
+//! ```
+//! use nvme_core::hw::{Bar, Platform};
+//! use nvme_core::spec::regs::{offset, Cap};
+//! use sim_backend::{SimConfig, Simulator};
+//!
+//! let sim = Simulator::new(SimConfig::default()).unwrap();
+//! let platform = sim.platform();
+//! let cap = Cap(platform.bar().read64(offset::CAP));
+//! assert_eq!(cap.mqes_z(), 1023);
+//! sim.assert_no_violations();
+//! ```
+//!
+//! No `unsafe` anywhere except the one `unsafe impl DmaAllocator` that the trait requires
+//! (see [`SimDma`]).
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod ctrl;
+mod dma;
+mod fault;
+mod irq;
+mod namespace;
+mod prp;
+mod violation;
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nvme_core::hw::{Bar, Clock, Platform};
+
+pub use config::{Backing, NamespaceConfig, SimConfig, SimMode};
+pub use ctrl::BAR_SIZE;
+pub use dma::{SimDma, SimDmaError, DMA_PAGE, IOVA_BASE};
+pub use fault::{CommandMatch, FaultInjector, QueueMatch};
+pub use irq::{SimIrq, SimIrqError};
+pub use violation::{SimStats, Violation, ViolationKind};
+
+use ctrl::Controller;
+use dma::DmaSpace;
+use irq::{IrqCore, Service};
+use namespace::Namespace;
+
+/// Why a simulator could not be built, or a back-door access failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The configuration is invalid.
+    #[error("invalid simulator configuration: {0}")]
+    Config(String),
+    /// A namespace's backing file could not be used.
+    #[error("namespace backing: {0}")]
+    Io(#[from] std::io::Error),
+    /// A back-door access named a namespace or LBA range that does not exist.
+    #[error("no such namespace range: {0}")]
+    Range(String),
+}
+
+/// The device thread's wake-up flag.
+#[derive(Debug, Default)]
+struct Wake {
+    state: Mutex<(bool, bool)>, // (kicked, stop)
+    cond: Condvar,
+}
+
+impl Wake {
+    fn kick(&self) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 = true;
+        drop(g);
+        self.cond.notify_all();
+    }
+}
+
+/// Everything one simulated controller is made of, shared by every handle.
+pub(crate) struct Shared {
+    ctrl: Mutex<Controller>,
+    wake: Arc<Wake>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    irq: Arc<IrqCore>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Controller> {
+        self.ctrl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the controller, then raises collected interrupts and wakes the device
+    /// thread if work was queued.
+    pub(crate) fn with_ctrl<R>(&self, f: impl FnOnce(&mut Controller) -> R) -> R {
+        let mut c = self.lock();
+        let r = f(&mut c);
+        c.raise_interrupts();
+        let kick = std::mem::take(&mut c.kick);
+        drop(c);
+        if kick {
+            self.wake.kick();
+        }
+        r
+    }
+
+    /// Power cycle (`clean`: the cache is written back) or power loss.
+    pub(crate) fn power(&self, clean: bool) {
+        self.with_ctrl(|c| c.power_cycle(clean));
+        self.irq.wake_all();
+    }
+}
+
+impl Service for Shared {
+    fn service(&self) -> Option<Duration> {
+        self.with_ctrl(|c| c.service(Instant::now()))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        {
+            let mut g = self.wake.state.lock().unwrap_or_else(|e| e.into_inner());
+            g.1 = true;
+        }
+        self.wake.cond.notify_all();
+        let handle = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            // The device thread may itself drop the last handle: it cannot join itself.
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// The device thread of [`SimMode::Thread`]: processes submission queues when a doorbell
+/// kicks it and delivers timed events.
+fn device_thread(weak: Weak<Shared>, wake: Arc<Wake>) {
+    loop {
+        let timeout = {
+            let Some(sh) = weak.upgrade() else {
+                return;
+            };
+            let next = sh.with_ctrl(|c| {
+                let n = c.service(Instant::now());
+                c.process();
+                n
+            });
+            next.unwrap_or(Duration::from_millis(50))
+                .min(Duration::from_millis(50))
+        };
+        let mut g = wake.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.0 && !g.1 {
+            g = wake
+                .cond
+                .wait_timeout(g, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if g.1 {
+            return;
+        }
+        g.0 = false;
+    }
+}
+
+/// A monotonic [`Clock`] on [`std::time::Instant`]; `relax` yields the thread.
+#[derive(Debug, Clone, Copy)]
+pub struct StdClock {
+    epoch: Instant,
+}
+
+impl Default for StdClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StdClock {
+    /// A clock whose epoch is now.
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Clock for StdClock {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+    fn relax(&self) {
+        std::thread::yield_now();
+    }
+}
+
+/// BAR0 of the simulated controller: the register file (NVMe Base §3.1.4) and the
+/// doorbells at `1000h` with the CAP.DSTRD stride. [`BAR_SIZE`] bytes.
+///
+/// In [`SimMode::Inline`] a submission queue tail doorbell write executes the new commands
+/// and posts their completions before `write32` returns.
+#[derive(Clone)]
+pub struct SimBar {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SimBar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimBar").field("size", &BAR_SIZE).finish()
+    }
+}
+
+impl Bar for SimBar {
+    fn size(&self) -> usize {
+        BAR_SIZE
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        self.shared.with_ctrl(|c| c.read32(offset))
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.shared.with_ctrl(|c| c.write32(offset, value));
+    }
+}
+
+/// The simulator's [`Platform`]: `name()` is `"sim"`.
+#[derive(Debug)]
+pub struct SimPlatform {
+    bar: SimBar,
+    dma: SimDma,
+    irq: SimIrq,
+    clock: StdClock,
+}
+
+impl Platform for SimPlatform {
+    type Bar = SimBar;
+    type Dma = SimDma;
+    type Irq = SimIrq;
+    type Clock = StdClock;
+    fn bar(&self) -> &SimBar {
+        &self.bar
+    }
+    fn dma(&self) -> &SimDma {
+        &self.dma
+    }
+    fn irq(&self) -> &SimIrq {
+        &self.irq
+    }
+    fn clock(&self) -> &StdClock {
+        &self.clock
+    }
+    fn name(&self) -> &str {
+        "sim"
+    }
+}
+
+/// A simulated NVMe controller. Cheap to clone (an `Arc` inside); every clone is a handle to
+/// the same controller. In [`SimMode::Thread`] the device thread stops and is joined when
+/// the last handle (including platforms) is dropped.
+#[derive(Clone)]
+pub struct Simulator {
+    shared: Arc<Shared>,
+    platform: Arc<SimPlatform>,
+}
+
+impl fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Simulator").finish_non_exhaustive()
+    }
+}
+
+fn validate(cfg: &SimConfig) -> Result<(), SimError> {
+    let bad = |s: String| Err(SimError::Config(s));
+    if cfg.mqes_z == 0 {
+        return bad("mqes_z must be at least 1".into());
+    }
+    if cfg.max_io_queues == 0 || cfg.max_io_queues == u16::MAX {
+        return bad("max_io_queues must be in 1..65535".into());
+    }
+    if cfg.dstrd > 8 {
+        return bad("dstrd must be at most 8".into());
+    }
+    let last = nvme_core::spec::regs::cq_head_doorbell(cfg.max_io_queues, cfg.dstrd);
+    if last + 4 > BAR_SIZE {
+        return bad(format!(
+            "{} queue pairs with DSTRD {} do not fit in the {BAR_SIZE:#x}-byte BAR",
+            cfg.max_io_queues, cfg.dstrd
+        ));
+    }
+    if cfg.msix_vectors > 2048 {
+        return bad("at most 2048 MSI-X vectors".into());
+    }
+    if cfg.mdts > 20 {
+        return bad("mdts above 20 (4 GiB) is not supported".into());
+    }
+    for (name, s, max) in [
+        ("serial", &cfg.serial, 20),
+        ("model", &cfg.model, 40),
+        ("firmware", &cfg.firmware, 8),
+    ] {
+        if s.len() > max || !s.bytes().all(|b| (0x20..0x7F).contains(&b)) {
+            return bad(format!("{name} must be at most {max} printable ASCII characters"));
+        }
+    }
+    Ok(())
+}
+
+impl Simulator {
+    /// Builds a simulator (and, in [`SimMode::Thread`], starts its device thread).
+    ///
+    /// # Errors
+    /// [`SimError::Config`] for an invalid configuration (an unsupported LBA size, a zero
+    /// queue count, doorbells that do not fit in the BAR, …); [`SimError::Io`] if a backing
+    /// file cannot be opened or sized.
+    pub fn new(config: SimConfig) -> Result<Self, SimError> {
+        validate(&config)?;
+        let mut namespaces = Vec::new();
+        for (i, nc) in config.namespaces.iter().enumerate() {
+            namespaces.push(Namespace::open(i as u32 + 1, nc).map_err(SimError::Config)?);
+        }
+        let dma = Arc::new(DmaSpace::new());
+        let irq = Arc::new(IrqCore::new(config.msix_vectors));
+        let mode = config.mode;
+        let ctrl = Controller::new(config, namespaces, dma.clone(), irq.clone());
+        let wake = Arc::new(Wake::default());
+        let shared = Arc::new(Shared {
+            ctrl: Mutex::new(ctrl),
+            wake: wake.clone(),
+            thread: Mutex::new(None),
+            irq: irq.clone(),
+        });
+        if mode == SimMode::Thread {
+            let weak = Arc::downgrade(&shared);
+            let h = std::thread::Builder::new()
+                .name("nvme-sim".into())
+                .spawn(move || device_thread(weak, wake))
+                .map_err(SimError::Io)?;
+            *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+        }
+        let service: Weak<dyn Service> = Arc::downgrade(&shared) as Weak<dyn Service>;
+        let platform = Arc::new(SimPlatform {
+            bar: SimBar {
+                shared: shared.clone(),
+            },
+            dma: SimDma::new(dma),
+            irq: SimIrq::new(irq, service),
+            clock: StdClock::new(),
+        });
+        Ok(Self { shared, platform })
+    }
+
+    /// The platform to give the driver.
+    pub fn platform(&self) -> Arc<SimPlatform> {
+        self.platform.clone()
+    }
+
+    /// Every host protocol violation recorded so far (strict mode).
+    pub fn violations(&self) -> Vec<Violation> {
+        self.shared.with_ctrl(|c| c.violations.clone())
+    }
+
+    /// Forgets the recorded violations.
+    pub fn clear_violations(&self) {
+        self.shared.with_ctrl(|c| c.violations.clear());
+    }
+
+    /// Asserts that no violation was recorded.
+    ///
+    /// # Panics
+    /// If any was, listing them all. Meant for tests.
+    #[track_caller]
+    pub fn assert_no_violations(&self) {
+        let v = self.violations();
+        if !v.is_empty() {
+            let list: Vec<String> = v.iter().map(|v| format!("  - {v}")).collect();
+            panic!(
+                "the simulated controller recorded {} host protocol violation(s):\n{}",
+                v.len(),
+                list.join("\n")
+            );
+        }
+    }
+
+    /// The fault injector.
+    pub fn faults(&self) -> FaultInjector {
+        FaultInjector {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Counters: commands per opcode, doorbell writes, completions, interrupts, resets.
+    pub fn stats(&self) -> SimStats {
+        let irq = self.shared.irq.raised();
+        let mut s = self.shared.with_ctrl(|c| c.stats.clone());
+        s.interrupts_raised = s.interrupts_raised.max(irq);
+        s
+    }
+
+    /// Delivers timed events that are due (RDY changes, shutdown completion, delayed
+    /// completions). Register accesses and interrupt waits do this too; a test that only
+    /// polls completion queue memory in [`SimMode::Inline`] can call it. Returns the time
+    /// until the next timed event, if any.
+    pub fn service(&self) -> Option<Duration> {
+        Service::service(&*self.shared)
+    }
+
+    /// Test back door: `count` blocks from `lba` of namespace `nsid` as the host would read
+    /// them (unflushed cache contents included).
+    ///
+    /// # Errors
+    /// [`SimError::Range`] for an unknown namespace or a range beyond its size;
+    /// [`SimError::Io`] if the backing file cannot be read.
+    pub fn namespace_bytes(&self, nsid: u32, lba: u64, count: u64) -> Result<Vec<u8>, SimError> {
+        self.shared.with_ctrl(|c| {
+            let i = c
+                .ns_index(nsid)
+                .map_err(|_| SimError::Range(format!("namespace {nsid}")))?;
+            let ns = &c.namespaces[i];
+            if lba.checked_add(count).is_none_or(|e| e > ns.blocks) {
+                return Err(SimError::Range(format!(
+                    "blocks {lba}+{count} of namespace {nsid} ({} blocks)",
+                    ns.blocks
+                )));
+            }
+            let mut out = vec![0u8; (count * u64::from(ns.lba_size())) as usize];
+            ns.read(lba, count, &mut out)?;
+            Ok(out)
+        })
+    }
+
+    /// Test back door: writes `data` at block `lba` of namespace `nsid` straight to the
+    /// medium (persistent, bypassing the cache). A partial last block keeps its other
+    /// bytes.
+    ///
+    /// # Errors
+    /// As [`namespace_bytes`](Self::namespace_bytes).
+    pub fn write_namespace_bytes(&self, nsid: u32, lba: u64, data: &[u8]) -> Result<(), SimError> {
+        self.shared.with_ctrl(|c| {
+            let i = c
+                .ns_index(nsid)
+                .map_err(|_| SimError::Range(format!("namespace {nsid}")))?;
+            let ns = &mut c.namespaces[i];
+            let bs = u64::from(ns.lba_size());
+            let count = (data.len() as u64).div_ceil(bs);
+            if lba.checked_add(count).is_none_or(|e| e > ns.blocks) {
+                return Err(SimError::Range(format!(
+                    "blocks {lba}+{count} of namespace {nsid} ({} blocks)",
+                    ns.blocks
+                )));
+            }
+            ns.backdoor_write(lba, data)?;
+            Ok(())
+        })
+    }
+
+    /// The logical block size of namespace `nsid` now (it changes with Format NVM).
+    pub fn lba_size(&self, nsid: u32) -> Option<u32> {
+        self.shared.with_ctrl(|c| {
+            c.ns_index(nsid)
+                .ok()
+                .map(|i| c.namespaces[i].lba_size())
+        })
+    }
+
+    /// An orderly power cycle: the volatile write cache is written back, the controller
+    /// returns to its power-on state (registers cleared, queues gone, faults like surprise
+    /// removal cleared), SMART Power Cycles counts it, and Unsafe Shutdowns too unless the
+    /// host completed a shutdown notification (CC.SHN) first. MSI-X enablement is host
+    /// state and is kept.
+    pub fn power_cycle(&self) {
+        self.shared.power(true);
+    }
+
+    /// Power loss: like [`power_cycle`](Self::power_cycle), but unflushed writes in the
+    /// volatile write cache are lost.
+    pub fn power_loss(&self) {
+        self.shared.power(false);
+    }
+}

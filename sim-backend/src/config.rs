@@ -1,0 +1,139 @@
+//! Configuration of a simulated controller.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the simulated controller runs its command processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimMode {
+    /// The SQ tail doorbell write processes the new commands synchronously, inside
+    /// [`nvme_core::hw::Bar::write32`]. Deterministic: for tests and fuzzing.
+    #[default]
+    Inline,
+    /// A device thread, woken by doorbell writes, processes the commands (like a real
+    /// device). The thread is joined when the last handle to the simulator is dropped.
+    Thread,
+}
+
+/// Where a namespace keeps its logical blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backing {
+    /// Sparse heap memory, lost when the simulator is dropped.
+    #[default]
+    Memory,
+    /// A raw image file, byte-compatible with `qemu-img create -f raw`: LBA `n` is at byte
+    /// `n × lba_size`. Created (or extended) to `blocks × lba_size` bytes if it is missing
+    /// or shorter.
+    File(PathBuf),
+}
+
+/// One namespace of the simulated controller. Namespace IDs are given in order: the first
+/// entry of [`SimConfig::namespaces`] is NSID 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceConfig {
+    /// Logical block size in bytes: 512, 1024, 2048 or 4096 (the LBA formats the
+    /// simulator offers; Format NVM can switch between them).
+    pub lba_size: u32,
+    /// Number of logical blocks (NSZE = NCAP).
+    pub blocks: u64,
+    /// The medium.
+    pub backing: Backing,
+}
+
+impl NamespaceConfig {
+    /// A memory-backed namespace of `bytes` bytes with `lba_size`-byte blocks.
+    pub fn memory(lba_size: u32, bytes: u64) -> Self {
+        Self {
+            lba_size,
+            blocks: bytes / u64::from(lba_size.max(1)),
+            backing: Backing::Memory,
+        }
+    }
+    /// A file-backed namespace (raw image) of `bytes` bytes with `lba_size`-byte blocks.
+    pub fn file(lba_size: u32, bytes: u64, path: impl Into<PathBuf>) -> Self {
+        Self {
+            lba_size,
+            blocks: bytes / u64::from(lba_size.max(1)),
+            backing: Backing::File(path.into()),
+        }
+    }
+}
+
+/// The simulated controller's capabilities and behaviour. [`Default`] is a sensible
+/// controller: 1024-entry queues, 128 KiB MDTS, 8 I/O queue pairs, 9 MSI-X vectors, two
+/// namespaces (512 B and 4 KiB blocks, 64 MiB each), a volatile write cache, strict checking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    /// CAP.MQES, maximum queue entries, 0's based (NVMe Base §3.1.4.1). At least 1.
+    pub mqes_z: u16,
+    /// Identify Controller MDTS: maximum transfer `2^mdts` minimum pages (0: no limit).
+    pub mdts: u8,
+    /// Maximum number of I/O submission/completion queue pairs granted by Set Features
+    /// Number of Queues (§5.1.25.2.1). At least 1.
+    pub max_io_queues: u16,
+    /// Number of MSI-X vectors the function offers.
+    pub msix_vectors: u16,
+    /// CAP.DSTRD, doorbell stride `4 << dstrd` bytes (0..=8 here, so the doorbells of every
+    /// queue fit in the 16 KiB BAR).
+    pub dstrd: u8,
+    /// CAP.TO in units of 500 ms.
+    pub cap_to: u8,
+    /// How long CSTS.RDY takes to follow CC.EN (and CSTS.SHST to reach "complete"). RDY is
+    /// never 1 right after EN=1 unless this is zero.
+    pub ready_delay: Duration,
+    /// Identify Controller AERL, 0's based.
+    pub aerl: u8,
+    /// Identify Controller ACL, 0's based.
+    pub acl: u8,
+    /// Serial number (Identify Controller SN, up to 20 ASCII characters).
+    pub serial: String,
+    /// Model number (MN, up to 40 characters).
+    pub model: String,
+    /// Firmware revision (FR, up to 8 characters).
+    pub firmware: String,
+    /// The namespaces, NSID 1 first.
+    pub namespaces: Vec<NamespaceConfig>,
+    /// Inline or threaded processing.
+    pub mode: SimMode,
+    /// Record host protocol violations.
+    pub strict: bool,
+    /// Whether the controller has a volatile write cache (Identify Controller VWC bit 0,
+    /// feature 06h).
+    pub volatile_write_cache: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            mqes_z: 1023,
+            mdts: 5,
+            max_io_queues: 8,
+            msix_vectors: 9,
+            dstrd: 0,
+            cap_to: 2,
+            ready_delay: Duration::from_millis(1),
+            aerl: 3,
+            acl: 3,
+            serial: "SIM0000000001".into(),
+            model: "nvme-sim controller model".into(),
+            firmware: "1.0".into(),
+            namespaces: vec![
+                NamespaceConfig::memory(512, 64 << 20),
+                NamespaceConfig::memory(4096, 64 << 20),
+            ],
+            mode: SimMode::Inline,
+            strict: true,
+            volatile_write_cache: true,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The default configuration in [`SimMode::Thread`].
+    pub fn threaded() -> Self {
+        Self {
+            mode: SimMode::Thread,
+            ..Self::default()
+        }
+    }
+}

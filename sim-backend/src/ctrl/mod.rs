@@ -1,0 +1,1164 @@
+//! The controller model: register file, enable/disable/shutdown state machine, queues,
+//! doorbells, command fetch and completion posting. Admin commands are in [`admin`], NVM
+//! commands in [`nvm`].
+
+mod admin;
+mod nvm;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nvme_core::spec::log::{error_event, event_type, lid};
+use nvme_core::spec::regs::{offset, shst, Aqa, Cap, Cc, Csts, NSSR_RESET};
+use nvme_core::spec::status::generic;
+use nvme_core::spec::{AsyncEvent, Command, Completion, ErrorLogEntry, Status, CQE_SIZE, SQE_SIZE};
+
+use crate::config::SimConfig;
+use crate::dma::DmaSpace;
+use crate::fault::{CompletionFault, FaultState};
+use crate::irq::IrqCore;
+use crate::namespace::Namespace;
+use crate::prp::{self, PrpError};
+use crate::violation::{SimStats, Violation, ViolationKind};
+
+/// Size of BAR0 (registers at 0h, doorbells at 1000h).
+pub const BAR_SIZE: usize = 0x4000;
+/// Error Information log entries kept (Identify ELPE + 1).
+pub(crate) const ERROR_LOG_ENTRIES: usize = 64;
+/// Default composite temperature, kelvin (37 °C).
+pub(crate) const DEFAULT_TEMPERATURE: u16 = 310;
+/// WCTEMP, kelvin (70 °C): the default over-temperature threshold.
+pub(crate) const WCTEMP: u16 = 343;
+/// CCTEMP, kelvin (80 °C).
+pub(crate) const CCTEMP: u16 = 353;
+
+/// An I/O or admin submission queue (NVMe Base §3.3.1, §4.1).
+#[derive(Debug)]
+pub(crate) struct Sq {
+    base: u64,
+    size: u32,
+    head: u32,
+    tail: u32,
+    cqid: u16,
+    /// Commands fetched whose completion is not yet in the CQ memory.
+    outstanding: HashSet<u16>,
+    /// CIDs an Abort asked for before they were fetched.
+    abort_on_fetch: HashSet<u16>,
+}
+
+/// A completion waiting for room in its CQ.
+#[derive(Debug, Clone, Copy)]
+struct PendingCqe {
+    sqid: u16,
+    cid: u16,
+    dw0: u32,
+    dw1: u32,
+    status: Status,
+}
+
+/// A completion queue (§3.3.1, §4.2).
+#[derive(Debug)]
+pub(crate) struct Cq {
+    base: u64,
+    size: u32,
+    /// Next slot the controller writes.
+    tail: u32,
+    /// Head as last written by the host.
+    head: u32,
+    phase: bool,
+    ien: bool,
+    iv: u16,
+    /// Completions that found the CQ full: posted in order as the host frees entries.
+    backlog: VecDeque<PendingCqe>,
+}
+
+impl Cq {
+    fn full(&self) -> bool {
+        (self.tail + 1) % self.size == self.head
+    }
+}
+
+/// The result of executing one command.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    /// Complete with this.
+    Done(Done),
+    /// Completed later (an Asynchronous Event Request).
+    Deferred,
+}
+
+/// A finished command.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Done {
+    pub(crate) dw0: u32,
+    pub(crate) dw1: u32,
+    pub(crate) status: Status,
+    /// For the error log.
+    pub(crate) nsid: u32,
+    /// For the error log (media errors).
+    pub(crate) lba: Option<u64>,
+}
+
+impl Done {
+    pub(crate) fn ok(dw0: u32) -> Outcome {
+        Outcome::Done(Done {
+            dw0,
+            dw1: 0,
+            status: Status::SUCCESS,
+            nsid: 0,
+            lba: None,
+        })
+    }
+    pub(crate) fn err(status: Status) -> Outcome {
+        Outcome::Done(Done {
+            dw0: 0,
+            dw1: 0,
+            status,
+            nsid: 0,
+            lba: None,
+        })
+    }
+}
+
+/// A completion held back by a fault (delayed or dropped).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    sqid: u16,
+    cid: u16,
+    opcode: u8,
+    /// `None`: held until aborted or reset.
+    due: Option<Instant>,
+    done: Done,
+}
+
+/// Current values of the features (§5.1.25).
+#[derive(Debug, Clone)]
+pub(crate) struct Features {
+    pub(crate) arbitration: u32,
+    pub(crate) power_management: u32,
+    pub(crate) temp_over: u16,
+    pub(crate) temp_under: u16,
+    pub(crate) error_recovery: u32,
+    pub(crate) vwc: bool,
+    pub(crate) irq_coalescing: u32,
+    pub(crate) irq_vector_cd: Vec<bool>,
+    pub(crate) write_atomicity: u32,
+    pub(crate) async_event_config: u32,
+}
+
+impl Features {
+    fn defaults(cfg: &SimConfig) -> Self {
+        Self {
+            arbitration: 0,
+            power_management: 0,
+            temp_over: WCTEMP,
+            temp_under: 0,
+            error_recovery: 0,
+            vwc: cfg.volatile_write_cache,
+            irq_coalescing: 0,
+            irq_vector_cd: vec![false; usize::from(cfg.msix_vectors)],
+            write_atomicity: 0,
+            async_event_config: 0,
+        }
+    }
+}
+
+/// Asynchronous events (§5.1.2): outstanding requests, events not yet reported, and the
+/// types masked until their log page is read.
+#[derive(Debug, Default)]
+struct AerState {
+    outstanding: VecDeque<u16>,
+    pending: VecDeque<AsyncEvent>,
+    masked: [bool; 8],
+}
+
+/// SMART counters that survive resets and power cycles.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Health {
+    pub(crate) bytes_read: u128,
+    pub(crate) bytes_written: u128,
+    pub(crate) host_reads: u128,
+    pub(crate) host_writes: u128,
+    pub(crate) power_cycles: u128,
+    pub(crate) unsafe_shutdowns: u128,
+    pub(crate) media_errors: u128,
+    pub(crate) temperature: u16,
+}
+
+/// The whole controller.
+pub(crate) struct Controller {
+    pub(crate) cfg: SimConfig,
+    cap: Cap,
+    cc: Cc,
+    rdy: bool,
+    cfs: bool,
+    shst: u8,
+    nssro: bool,
+    intms: u32,
+    aqa: u32,
+    asq: u64,
+    acq: u64,
+    /// A pending change of CSTS.RDY: (when, to what).
+    rdy_change: Option<(Instant, bool)>,
+    shutdown_done_at: Option<Instant>,
+    /// A shutdown notification completed since the last enable (for "unsafe shutdowns").
+    shutdown_clean: bool,
+    sqs: Vec<Option<Sq>>,
+    cqs: Vec<Option<Cq>>,
+    /// Granted I/O SQs / CQs (1's based).
+    granted: (u16, u16),
+    io_queues_created: bool,
+    pub(crate) feat: Features,
+    aer: AerState,
+    error_log: VecDeque<ErrorLogEntry>,
+    error_count: u64,
+    pub(crate) health: Health,
+    pub(crate) namespaces: Vec<Namespace>,
+    held: Vec<Held>,
+    pub(crate) violations: Vec<Violation>,
+    pub(crate) stats: SimStats,
+    pub(crate) faults: FaultState,
+    dma: Arc<DmaSpace>,
+    irq: Arc<IrqCore>,
+    pending_irqs: Vec<u16>,
+    inline: bool,
+    /// Thread mode: work for the device thread.
+    pub(crate) kick: bool,
+    pub(crate) created: Instant,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("cc", &self.cc)
+            .field("rdy", &self.rdy)
+            .field("cfs", &self.cfs)
+            .field("namespaces", &self.namespaces)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    pub(crate) fn new(
+        cfg: SimConfig,
+        namespaces: Vec<Namespace>,
+        dma: Arc<DmaSpace>,
+        irq: Arc<IrqCore>,
+    ) -> Self {
+        let cap = Cap::build(cfg.mqes_z, true, cfg.cap_to, cfg.dstrd, true, 0x01, 0, 4);
+        let nq = usize::from(cfg.max_io_queues) + 1;
+        let max = cfg.max_io_queues;
+        let inline = cfg.mode == crate::SimMode::Inline;
+        Self {
+            feat: Features::defaults(&cfg),
+            cap,
+            cc: Cc(0),
+            rdy: false,
+            cfs: false,
+            shst: shst::NORMAL,
+            nssro: false,
+            intms: 0,
+            aqa: 0,
+            asq: 0,
+            acq: 0,
+            rdy_change: None,
+            shutdown_done_at: None,
+            shutdown_clean: true,
+            sqs: (0..nq).map(|_| None).collect(),
+            cqs: (0..nq).map(|_| None).collect(),
+            granted: (max, max),
+            io_queues_created: false,
+            aer: AerState::default(),
+            error_log: VecDeque::new(),
+            error_count: 0,
+            health: Health {
+                temperature: DEFAULT_TEMPERATURE,
+                ..Health::default()
+            },
+            namespaces,
+            held: Vec::new(),
+            violations: Vec::new(),
+            stats: SimStats::default(),
+            faults: FaultState::default(),
+            dma,
+            irq,
+            pending_irqs: Vec::new(),
+            inline,
+            kick: false,
+            created: Instant::now(),
+            cfg,
+        }
+    }
+
+    // ---------------------------------------------------------------- bookkeeping
+
+    /// Records a host protocol violation (strict mode only).
+    pub(crate) fn violation(&mut self, kind: ViolationKind, detail: impl Into<String>) {
+        if self.cfg.strict {
+            self.violations.push(Violation {
+                kind,
+                detail: detail.into(),
+            });
+        }
+    }
+
+    fn prp_violation(&mut self, e: PrpError) -> Status {
+        self.violation(e.kind, e.detail);
+        e.status
+    }
+
+    /// Memory page size from CC.MPS (§3.1.4.5).
+    pub(crate) fn page_size(&self) -> usize {
+        4096usize << self.cc.mps()
+    }
+
+    /// MDTS in bytes (Identify Controller MDTS, units of CAP.MPSMIN = 4 KiB), `None` for no
+    /// limit.
+    pub(crate) fn max_transfer(&self) -> Option<usize> {
+        (self.cfg.mdts != 0).then(|| 4096usize << self.cfg.mdts)
+    }
+
+    fn stride(&self) -> usize {
+        4usize << self.cfg.dstrd
+    }
+
+    /// Controller Fatal Status (§3.1.4.6 CSTS.CFS, §9.5): processing stops until reset.
+    pub(crate) fn set_fatal(&mut self, why: &str) {
+        let _ = why;
+        self.cfs = true;
+    }
+
+    /// RDY, not shutting down, not fatal, not removed: doorbells are accepted.
+    fn operational(&self) -> bool {
+        self.cc.en()
+            && self.rdy
+            && !self.cfs
+            && self.shst == shst::NORMAL
+            && self.cc.shn() == 0
+            && !self.faults.removed
+    }
+
+    /// Raises the interrupts collected while posting (after the entries were written).
+    pub(crate) fn raise_interrupts(&mut self) {
+        let mut v = std::mem::take(&mut self.pending_irqs);
+        v.sort_unstable();
+        v.dedup();
+        for vector in v {
+            if self.irq.raise(vector) {
+                self.stats.interrupts_raised += 1;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// Applies every timed transition that is due: RDY following EN, shutdown completing,
+    /// delayed completions. Returns the time to the next timed event.
+    pub(crate) fn service(&mut self, now: Instant) -> Option<Duration> {
+        if let Some((at, v)) = self.rdy_change {
+            if now >= at {
+                self.rdy = v;
+                self.rdy_change = None;
+            }
+        }
+        if let Some(at) = self.shutdown_done_at {
+            if now >= at {
+                self.shst = shst::COMPLETE;
+                self.shutdown_done_at = None;
+                self.shutdown_clean = true;
+            }
+        }
+        if self.held.iter().any(|h| h.due.is_some_and(|d| now >= d)) {
+            let (due, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|h| h.due.is_some_and(|d| now >= d));
+            self.held = keep;
+            for h in due {
+                self.post(h.sqid, h.cid, h.done);
+            }
+            self.raise_interrupts();
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        };
+        if let Some((at, _)) = self.rdy_change {
+            consider(at);
+        }
+        if let Some(at) = self.shutdown_done_at {
+            consider(at);
+        }
+        for h in &self.held {
+            if let Some(d) = h.due {
+                consider(d);
+            }
+        }
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    // ---------------------------------------------------------------- registers
+
+    /// A 32-bit register read (§3.1.4). Unknown offsets read 0; a misaligned or
+    /// out-of-range access, or any read after surprise removal, reads all-ones.
+    pub(crate) fn read32(&mut self, off: usize) -> u32 {
+        if self.faults.removed || off % 4 != 0 || off + 4 > BAR_SIZE {
+            return u32::MAX;
+        }
+        self.service(Instant::now());
+        match off {
+            offset::CAP => self.cap.0 as u32,
+            0x04 => (self.cap.0 >> 32) as u32,
+            // VS: NVMe 2.0.0 (§3.1.4.2).
+            offset::VS => 0x0002_0000,
+            offset::INTMS | offset::INTMC => self.intms,
+            offset::CC => self.cc.0,
+            offset::CSTS => Csts::build(self.rdy, self.cfs, self.shst, self.nssro).0,
+            offset::AQA => self.aqa,
+            offset::ASQ => self.asq as u32,
+            0x2C => (self.asq >> 32) as u32,
+            offset::ACQ => self.acq as u32,
+            0x34 => (self.acq >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    /// A 32-bit register or doorbell write.
+    pub(crate) fn write32(&mut self, off: usize, v: u32) {
+        if self.faults.removed {
+            return;
+        }
+        if off % 4 != 0 || off + 4 > BAR_SIZE {
+            self.violation(
+                ViolationKind::UndefinedRegister,
+                format!("write of {v:#x} at BAR offset {off:#x} (misaligned or outside BAR0)"),
+            );
+            return;
+        }
+        let now = Instant::now();
+        self.service(now);
+        match off {
+            offset::INTMS => self.intms |= v,
+            offset::INTMC => self.intms &= !v,
+            offset::CC => self.write_cc(Cc(v), now),
+            // CSTS.NSSRO is RW1C (§3.1.4.6); the other bits are read-only.
+            offset::CSTS => {
+                if v & 0x10 != 0 {
+                    self.nssro = false;
+                }
+            }
+            offset::NSSR => {
+                if v == NSSR_RESET && self.cap.nssrs() {
+                    self.subsystem_reset(now);
+                }
+            }
+            offset::AQA | offset::ASQ | 0x2C | offset::ACQ | 0x34 => {
+                if self.cc.en() {
+                    self.violation(
+                        ViolationKind::ConfigChangedWhileEnabled,
+                        format!("admin queue register {off:#x} written while CC.EN = 1"),
+                    );
+                    return;
+                }
+                match off {
+                    offset::AQA => self.aqa = v,
+                    offset::ASQ => self.asq = (self.asq & !0xFFFF_FFFF) | u64::from(v),
+                    0x2C => self.asq = (self.asq & 0xFFFF_FFFF) | u64::from(v) << 32,
+                    offset::ACQ => self.acq = (self.acq & !0xFFFF_FFFF) | u64::from(v),
+                    _ => self.acq = (self.acq & 0xFFFF_FFFF) | u64::from(v) << 32,
+                }
+            }
+            o if o >= offset::DBS => self.doorbell(o, v),
+            // CAP, VS and reserved offsets: writes are ignored.
+            _ => {}
+        }
+        self.raise_interrupts();
+    }
+
+    /// NVM Subsystem Reset (§3.1.4.7, §3.7.1): a controller reset with CSTS.NSSRO set.
+    fn subsystem_reset(&mut self, now: Instant) {
+        self.reset(now);
+        self.cc = Cc(0);
+        self.rdy = false;
+        self.rdy_change = None;
+        self.nssro = true;
+    }
+
+    /// CC write: the enable/disable/shutdown state machine (§3.1.4.5, §3.5.1 "Memory-based
+    /// Controller Initialization", §3.6.1 "Memory-based Controller Shutdown", §3.7.2
+    /// "Controller Reset").
+    fn write_cc(&mut self, new: Cc, now: Instant) {
+        let old = self.cc;
+        if new.en() != old.en() && old.en() != self.rdy {
+            self.violation(
+                ViolationKind::EnableWhileTransitioning,
+                format!(
+                    "CC.EN written {} while CC.EN = {} and CSTS.RDY = {} (§3.5.1: wait for RDY to follow EN)",
+                    new.en() as u8,
+                    old.en() as u8,
+                    self.rdy as u8
+                ),
+            );
+        }
+        let mut cc = new;
+        if old.en() && new.en() {
+            let frozen = |c: Cc| (c.css(), c.mps(), c.ams());
+            if frozen(old) != frozen(new) {
+                self.violation(
+                    ViolationKind::ConfigChangedWhileEnabled,
+                    format!("CC.CSS/MPS/AMS changed while enabled: {:#x} -> {:#x}", old.0, new.0),
+                );
+                cc = cc.with_css(old.css()).with_mps(old.mps()).with_ams(old.ams());
+            }
+        }
+        self.cc = cc;
+        // Shutdown notification (§3.6.1): flush, SHST 01b, then 10b.
+        if new.shn() != 0 && old.shn() == 0 {
+            for ns in &mut self.namespaces {
+                let _ = ns.flush();
+            }
+            if self.cfg.ready_delay.is_zero() {
+                self.shst = shst::COMPLETE;
+                self.shutdown_clean = true;
+            } else {
+                self.shst = shst::OCCURRING;
+                self.shutdown_done_at = Some(now + self.cfg.ready_delay);
+            }
+        }
+        match (old.en(), new.en()) {
+            (false, true) => self.enable(now),
+            (true, false) => {
+                self.reset(now);
+                self.schedule_rdy(now, false);
+            }
+            _ => {}
+        }
+    }
+
+    fn schedule_rdy(&mut self, now: Instant, to: bool) {
+        if self.cfg.ready_delay.is_zero() {
+            self.rdy = to;
+            self.rdy_change = None;
+        } else {
+            self.rdy_change = Some((now + self.cfg.ready_delay, to));
+        }
+    }
+
+    /// CC.EN 0 → 1: check the admin queue configuration and CC, then create the admin
+    /// queues; RDY rises after `ready_delay`. An invalid configuration sets CSTS.CFS
+    /// (§3.5.1; the spec leaves the reaction open, a fatal status is what QEMU and real
+    /// controllers do).
+    fn enable(&mut self, now: Instant) {
+        let ps = self.page_size() as u64;
+        let aqa = Aqa(self.aqa);
+        let mut problems = Vec::new();
+        if self.cc.mps() < self.cap.mpsmin() || self.cc.mps() > self.cap.mpsmax() {
+            problems.push(format!(
+                "CC.MPS {} outside CAP.MPSMIN..MPSMAX {}..{}",
+                self.cc.mps(),
+                self.cap.mpsmin(),
+                self.cap.mpsmax()
+            ));
+        }
+        // CAP.CSS = NVM only: CC.CSS must be 000b (§3.1.4.5).
+        if self.cc.css() != nvme_core::spec::regs::css::NVM {
+            problems.push(format!("CC.CSS {:#b} not supported by CAP.CSS {:#x}", self.cc.css(), self.cap.css()));
+        }
+        // CAP.AMS = 0: round robin only.
+        if self.cc.ams() != 0 {
+            problems.push(format!("CC.AMS {:#b} not supported (CAP.AMS = 0)", self.cc.ams()));
+        }
+        if aqa.asqs_z() == 0 || aqa.acqs_z() == 0 {
+            problems.push(format!("AQA {:#x}: admin queue sizes must be at least 2 entries", self.aqa));
+        }
+        if self.asq % ps != 0 || self.asq == 0 {
+            problems.push(format!("ASQ {:#x} not aligned to the memory page size", self.asq));
+        }
+        if self.acq % ps != 0 || self.acq == 0 {
+            problems.push(format!("ACQ {:#x} not aligned to the memory page size", self.acq));
+        }
+        if (self.cc.iosqes() != 0 && self.cc.iosqes() != 6) || (self.cc.iocqes() != 0 && self.cc.iocqes() != 4) {
+            problems.push(format!(
+                "CC.IOSQES {} / IOCQES {}: Identify SQES/CQES allow only 6 / 4",
+                self.cc.iosqes(),
+                self.cc.iocqes()
+            ));
+        }
+        self.shst = shst::NORMAL;
+        self.shutdown_done_at = None;
+        self.shutdown_clean = false;
+        if !problems.is_empty() {
+            let kind = if problems.iter().any(|p| p.contains("ASQ") || p.contains("ACQ")) {
+                ViolationKind::MisalignedQueueBase
+            } else if problems.iter().any(|p| p.contains("IOSQES")) {
+                ViolationKind::QueueEntrySize
+            } else {
+                ViolationKind::InvalidEnableConfig
+            };
+            self.violation(kind, format!("CC.EN = 1 refused: {}", problems.join("; ")));
+            self.set_fatal("invalid configuration at enable");
+            return;
+        }
+        self.sqs[0] = Some(Sq {
+            base: self.asq,
+            size: u32::from(aqa.asqs_z()) + 1,
+            head: 0,
+            tail: 0,
+            cqid: 0,
+            outstanding: HashSet::new(),
+            abort_on_fetch: HashSet::new(),
+        });
+        self.cqs[0] = Some(Cq {
+            base: self.acq,
+            size: u32::from(aqa.acqs_z()) + 1,
+            tail: 0,
+            head: 0,
+            phase: true,
+            ien: true,
+            iv: 0,
+            backlog: VecDeque::new(),
+        });
+        if self.rdy {
+            // EN toggled back on before RDY fell: the transition starts over.
+            self.rdy = false;
+        }
+        self.schedule_rdy(now, true);
+    }
+
+    /// Controller Level Reset (§3.7.2): every queue is deleted, outstanding commands are
+    /// dropped, features return to their defaults, CFS clears. The media and the volatile
+    /// write cache are kept (the device stays powered).
+    fn reset(&mut self, _now: Instant) {
+        for q in &mut self.sqs {
+            *q = None;
+        }
+        for q in &mut self.cqs {
+            *q = None;
+        }
+        self.held.clear();
+        self.aer = AerState::default();
+        self.feat = Features::defaults(&self.cfg);
+        self.granted = (self.cfg.max_io_queues, self.cfg.max_io_queues);
+        self.io_queues_created = false;
+        self.cfs = false;
+        self.pending_irqs.clear();
+        self.irq.clear_pending();
+        self.stats.resets += 1;
+    }
+
+    /// Power off and on (clean: the cache is written back; otherwise it is lost).
+    pub(crate) fn power_cycle(&mut self, clean: bool) {
+        let now = Instant::now();
+        self.service(now);
+        if !self.shutdown_clean {
+            self.health.unsafe_shutdowns += 1;
+        }
+        self.health.power_cycles += 1;
+        for ns in &mut self.namespaces {
+            if clean {
+                let _ = ns.flush();
+            } else {
+                ns.lose_cache();
+            }
+        }
+        self.reset(now);
+        self.faults.removed = false;
+        self.cc = Cc(0);
+        self.rdy = false;
+        self.rdy_change = None;
+        self.shst = shst::NORMAL;
+        self.shutdown_done_at = None;
+        self.shutdown_clean = true;
+        self.nssro = false;
+        self.intms = 0;
+        self.aqa = 0;
+        self.asq = 0;
+        self.acq = 0;
+    }
+
+    // ---------------------------------------------------------------- doorbells
+
+    /// An asynchronous event of type error for a bad doorbell write (§5.1.2.1, §3.1.4
+    /// doorbell registers: "Invalid Doorbell Write Value" / "Write to Invalid Doorbell
+    /// Register").
+    fn doorbell_event(&mut self, info: u8) {
+        self.raise_event(AsyncEvent {
+            event_type: event_type::ERROR,
+            info,
+            log_page: lid::ERROR_INFO,
+        });
+    }
+
+    /// SQ y Tail / CQ y Head doorbell write (§3.1.4, NVMe over PCIe doorbells at
+    /// `1000h + (2y [+1]) × (4 << CAP.DSTRD)`; invalid writes per §3.3.1.2 / §5.1.2.1).
+    fn doorbell(&mut self, off: usize, v: u32) {
+        self.stats.doorbell_writes += 1;
+        let rel = off - offset::DBS;
+        if rel % self.stride() != 0 {
+            self.violation(
+                ViolationKind::UndefinedRegister,
+                format!("write at {off:#x} between doorbells (stride {})", self.stride()),
+            );
+            return;
+        }
+        let idx = rel / self.stride();
+        let qid = idx / 2;
+        let is_cq = idx % 2 == 1;
+        let name = if is_cq { "CQ" } else { "SQ" };
+        if !self.operational() {
+            self.violation(
+                ViolationKind::DoorbellWhileNotReady,
+                format!(
+                    "{name} {qid} doorbell written with {v} while the controller is not ready (CC.EN {}, RDY {}, CFS {}, SHST {})",
+                    self.cc.en() as u8, self.rdy as u8, self.cfs as u8, self.shst
+                ),
+            );
+            return;
+        }
+        let exists = if is_cq {
+            self.cqs.get(qid).is_some_and(|q| q.is_some())
+        } else {
+            self.sqs.get(qid).is_some_and(|q| q.is_some())
+        };
+        if !exists {
+            self.violation(
+                ViolationKind::DoorbellNonexistentQueue,
+                format!("{name} {qid} doorbell written with {v}, but the queue does not exist"),
+            );
+            self.doorbell_event(error_event::INVALID_DOORBELL_REGISTER);
+            return;
+        }
+        if is_cq {
+            self.cq_doorbell(qid, v);
+        } else {
+            self.sq_doorbell(qid, v);
+        }
+    }
+
+    fn sq_doorbell(&mut self, qid: usize, v: u32) {
+        let Some(sq) = self.sqs[qid].as_ref() else {
+            return;
+        };
+        let (size, head, tail, base) = (sq.size, sq.head, sq.tail, sq.base);
+        if v >= size {
+            self.violation(
+                ViolationKind::DoorbellValueOutOfRange,
+                format!("SQ {qid} tail {v} is beyond the queue size {size}"),
+            );
+            self.doorbell_event(error_event::INVALID_DOORBELL_VALUE);
+            return;
+        }
+        if v == tail {
+            self.violation(
+                ViolationKind::DoorbellNoProgress,
+                format!("SQ {qid} tail {v} written again with nothing new"),
+            );
+            return;
+        }
+        let added = (v + size - tail) % size;
+        let used = (tail + size - head) % size;
+        if added > size - 1 - used {
+            self.violation(
+                ViolationKind::SqOverflow,
+                format!(
+                    "SQ {qid} tail {tail} -> {v} adds {added} entries, but only {} of {size} slots are free (head {head})",
+                    size - 1 - used
+                ),
+            );
+            self.doorbell_event(error_event::INVALID_DOORBELL_VALUE);
+            return;
+        }
+        // CIDs must be unique among the commands outstanding on one SQ (§4.1): look for a
+        // duplicate within the new batch (one outstanding at fetch is caught there).
+        let mut seen = HashSet::new();
+        let mut i = tail;
+        while i != v {
+            let mut b = [0u8; 4];
+            if self.dma.read(base + u64::from(i) * SQE_SIZE as u64, &mut b).is_ok() {
+                let cid = (u32::from_le_bytes(b) >> 16) as u16;
+                if !seen.insert(cid) {
+                    self.violation(
+                        ViolationKind::CidConflict,
+                        format!("SQ {qid}: CID {cid} submitted twice in one batch (slot {i})"),
+                    );
+                }
+            }
+            i = (i + 1) % size;
+        }
+        if let Some(sq) = self.sqs[qid].as_mut() {
+            sq.tail = v;
+        }
+        self.work();
+    }
+
+    fn cq_doorbell(&mut self, qid: usize, v: u32) {
+        let Some(cq) = self.cqs[qid].as_ref() else {
+            return;
+        };
+        let (size, head, tail) = (cq.size, cq.head, cq.tail);
+        if v >= size {
+            self.violation(
+                ViolationKind::DoorbellValueOutOfRange,
+                format!("CQ {qid} head {v} is beyond the queue size {size}"),
+            );
+            self.doorbell_event(error_event::INVALID_DOORBELL_VALUE);
+            return;
+        }
+        if v == head {
+            self.violation(
+                ViolationKind::DoorbellNoProgress,
+                format!("CQ {qid} head {v} written again without consuming an entry"),
+            );
+            return;
+        }
+        let consumed = (v + size - head) % size;
+        let available = (tail + size - head) % size;
+        if consumed > available {
+            self.violation(
+                ViolationKind::CqConsumeFromEmpty,
+                format!(
+                    "CQ {qid} head {head} -> {v} consumes {consumed} entries, only {available} were posted"
+                ),
+            );
+            self.doorbell_event(error_event::INVALID_DOORBELL_VALUE);
+            return;
+        }
+        let stalled = {
+            let cq = self.cqs[qid].as_mut().expect("checked above");
+            cq.head = v;
+            !cq.backlog.is_empty()
+        };
+        if stalled {
+            self.drain_cq(qid as u16);
+            self.work();
+        }
+    }
+
+    /// New work: process it now (inline) or wake the device thread.
+    fn work(&mut self) {
+        if self.inline {
+            self.process();
+        } else {
+            self.kick = true;
+        }
+    }
+
+    // ---------------------------------------------------------------- processing
+
+    /// Fetches and executes commands until every SQ is empty or stalled: round robin, one
+    /// command per SQ per round, the admin queue first (§3.4.1 "Round Robin Arbitration").
+    /// An SQ whose CQ has completions waiting for room is not fetched from.
+    pub(crate) fn process(&mut self) {
+        loop {
+            if !self.operational() {
+                break;
+            }
+            let mut progressed = false;
+            for qid in 0..self.sqs.len() {
+                let ready = match &self.sqs[qid] {
+                    Some(sq) if sq.head != sq.tail => self
+                        .cqs
+                        .get(usize::from(sq.cqid))
+                        .and_then(|c| c.as_ref())
+                        .is_some_and(|cq| cq.backlog.is_empty()),
+                    _ => false,
+                };
+                if ready {
+                    self.fetch_and_execute(qid as u16);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.raise_interrupts();
+    }
+
+    fn fetch_and_execute(&mut self, sqid: u16) {
+        let Some(sq) = self.sqs[usize::from(sqid)].as_mut() else {
+            return;
+        };
+        let addr = sq.base + u64::from(sq.head) * SQE_SIZE as u64;
+        let mut raw = [0u8; SQE_SIZE];
+        if let Err(f) = self.dma.read(addr, &mut raw) {
+            self.violation(
+                ViolationKind::UnmappedDma,
+                format!("SQ {sqid} entry fetch: {f}"),
+            );
+            // The controller cannot fetch: it is broken until reset.
+            self.set_fatal("SQ entry fetch failed");
+            return;
+        }
+        sq.head = (sq.head + 1) % sq.size;
+        let cmd = Command::from_le_bytes(&raw);
+        let cid = cmd.cid();
+        let opcode = cmd.opcode();
+        let counter = if sqid == 0 {
+            &mut self.stats.admin_commands
+        } else {
+            &mut self.stats.io_commands
+        };
+        *counter.entry(opcode).or_default() += 1;
+
+        if sq.outstanding.contains(&cid) {
+            self.violation(
+                ViolationKind::CidConflict,
+                format!("SQ {sqid}: CID {cid} reused while a command with it is outstanding"),
+            );
+            self.post_unchecked(sqid, cid, Status::generic(generic::CID_CONFLICT, true));
+            return;
+        }
+        sq.outstanding.insert(cid);
+        if sq.abort_on_fetch.remove(&cid) {
+            self.post(sqid, cid, done_status(Status::generic(generic::ABORT_REQUESTED, false)));
+            return;
+        }
+        let fault = self.faults.take_completion_fault(sqid, opcode);
+        if let Some(CompletionFault::Status(s)) = fault {
+            self.post(sqid, cid, done_status(s));
+            return;
+        }
+        let outcome = if sqid == 0 {
+            self.admin(&cmd, cid)
+        } else {
+            self.io(sqid, &cmd)
+        };
+        let Outcome::Done(done) = outcome else {
+            return;
+        };
+        let now = Instant::now();
+        match fault {
+            Some(CompletionFault::Delay(d)) => self.held.push(Held {
+                sqid,
+                cid,
+                opcode,
+                due: Some(now + d),
+                done,
+            }),
+            Some(CompletionFault::Drop) => self.held.push(Held {
+                sqid,
+                cid,
+                opcode,
+                due: None,
+                done,
+            }),
+            _ => self.post(sqid, cid, done),
+        }
+    }
+
+    /// Queues a completion for `sqid`'s CQ and records failed commands in the Error
+    /// Information log (§5.1.12.1.2).
+    pub(crate) fn post(&mut self, sqid: u16, cid: u16, done: Done) {
+        let st = done.status;
+        if !st.is_success()
+            && !st.is(nvme_core::spec::StatusCodeType::GENERIC, generic::ABORT_REQUESTED)
+            && !st.is(nvme_core::spec::StatusCodeType::GENERIC, generic::ABORTED_SQ_DELETION)
+        {
+            self.error_count += 1;
+            self.error_log.push_front(ErrorLogEntry {
+                error_count: self.error_count,
+                sqid,
+                cid,
+                status_field: st.bits() << 1,
+                param_error_location: 0xFFFF,
+                lba: done.lba.unwrap_or(0),
+                nsid: done.nsid,
+                ..Default::default()
+            });
+            self.error_log.truncate(ERROR_LOG_ENTRIES);
+        }
+        let Some(sq) = self.sqs.get(usize::from(sqid)).and_then(|s| s.as_ref()) else {
+            return;
+        };
+        let cqid = sq.cqid;
+        let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        cq.backlog.push_back(PendingCqe {
+            sqid,
+            cid,
+            dw0: done.dw0,
+            dw1: done.dw1,
+            status: st,
+        });
+        self.drain_cq(cqid);
+    }
+
+    /// Posts a completion for a command that is not tracked as outstanding (CID conflict).
+    fn post_unchecked(&mut self, sqid: u16, cid: u16, status: Status) {
+        self.post(sqid, cid, done_status(status));
+    }
+
+    /// Writes backlogged completions while the CQ has room (never past the host's head,
+    /// §4.2.4 "a Completion Queue is full when Head = Tail + 1"), with the phase tag and
+    /// the SQ head at posting time (§4.2.1 SQHD).
+    fn drain_cq(&mut self, cqid: u16) {
+        loop {
+            let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|c| c.as_mut()) else {
+                return;
+            };
+            if cq.full() {
+                return;
+            }
+            let Some(p) = cq.backlog.pop_front() else {
+                return;
+            };
+            let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
+            let phase = cq.phase;
+            let (ien, iv) = (cq.ien, cq.iv);
+            let sq = self.sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut());
+            let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
+            let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, phase, p.status);
+            if let Err(f) = self.dma.write_cqe(addr, &cqe.to_le_bytes()) {
+                self.violation(
+                    ViolationKind::UnmappedDma,
+                    format!("CQ {cqid} entry post: {f}"),
+                );
+                self.set_fatal("CQ entry post failed");
+                return;
+            }
+            if let Some(sq) = self.sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut()) {
+                sq.outstanding.remove(&p.cid);
+            }
+            let cq = self.cqs[usize::from(cqid)].as_mut().expect("exists");
+            cq.tail = (cq.tail + 1) % cq.size;
+            if cq.tail == 0 {
+                cq.phase = !cq.phase;
+            }
+            self.stats.completions_posted += 1;
+            if ien {
+                self.pending_irqs.push(iv);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- data transfer
+
+    /// Walks the command's PRPs for `len` bytes.
+    pub(crate) fn prps(&mut self, cmd: &Command, len: usize) -> Result<Vec<(u64, usize)>, Status> {
+        let ps = self.page_size();
+        prp::walk(&self.dma, cmd.prp1(), cmd.prp2(), len, ps).map_err(|e| self.prp_violation(e))
+    }
+
+    /// Controller-to-host transfer of `data` through the command's PRPs.
+    pub(crate) fn to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
+        let segs = self.prps(cmd, data.len())?;
+        prp::scatter(&self.dma, &segs, data).map_err(|e| self.prp_violation(e))
+    }
+
+    /// Host-to-controller transfer of `len` bytes through the command's PRPs.
+    pub(crate) fn from_host(&mut self, cmd: &Command, len: usize) -> Result<Vec<u8>, Status> {
+        let segs = self.prps(cmd, len)?;
+        prp::gather(&self.dma, &segs, len).map_err(|e| self.prp_violation(e))
+    }
+
+    // ---------------------------------------------------------------- events
+
+    /// Generates an asynchronous event (§5.1.2): reported to an outstanding Asynchronous
+    /// Event Request unless its type is masked (reported before and its log page not yet
+    /// read with RAE = 0); otherwise kept until one is.
+    pub(crate) fn raise_event(&mut self, ev: AsyncEvent) {
+        let t = usize::from(ev.event_type & 7);
+        if self.aer.masked[t] || self.aer.pending.iter().any(|p| p.event_type == ev.event_type) {
+            return;
+        }
+        self.aer.pending.push_back(ev);
+        self.dispatch_events();
+    }
+
+    fn dispatch_events(&mut self) {
+        while let Some(&cid) = self.aer.outstanding.front() {
+            let Some(pos) = self
+                .aer
+                .pending
+                .iter()
+                .position(|e| !self.aer.masked[usize::from(e.event_type & 7)])
+            else {
+                return;
+            };
+            let ev = self.aer.pending.remove(pos).expect("position is valid");
+            self.aer.outstanding.pop_front();
+            self.aer.masked[usize::from(ev.event_type & 7)] = true;
+            self.post(0, cid, Done {
+                dw0: ev.to_dw0(),
+                dw1: 0,
+                status: Status::SUCCESS,
+                nsid: 0,
+                lba: None,
+            });
+        }
+    }
+
+    /// A log page was read with RAE = 0: the event types it reports are unmasked (§5.1.2,
+    /// §5.1.12 RAE).
+    pub(crate) fn log_read(&mut self, log: u8) {
+        let types: &[u8] = match log {
+            lid::ERROR_INFO => &[event_type::ERROR],
+            lid::SMART => &[event_type::SMART],
+            _ => &[],
+        };
+        for &t in types {
+            self.aer.masked[usize::from(t)] = false;
+        }
+        self.dispatch_events();
+    }
+
+    /// The composite temperature changed (fault injection) or a threshold changed: update
+    /// the SMART critical warning bit 1 and raise a SMART event if feature 0Bh enables it
+    /// (§5.1.12.1.3, §5.1.25.2.x Temperature Threshold).
+    pub(crate) fn check_temperature(&mut self) {
+        let t = self.health.temperature;
+        let over = t > self.feat.temp_over || (self.feat.temp_under != 0 && t < self.feat.temp_under);
+        if over && self.feat.async_event_config & 0x02 != 0 {
+            self.raise_event(AsyncEvent {
+                event_type: event_type::SMART,
+                info: 0x01,
+                log_page: lid::SMART,
+            });
+        }
+        self.raise_interrupts();
+    }
+
+    pub(crate) fn set_temperature(&mut self, kelvin: u16) {
+        self.health.temperature = kelvin;
+        self.check_temperature();
+    }
+
+    /// SMART critical warning byte: bit 1 temperature.
+    pub(crate) fn critical_warning(&self) -> u8 {
+        let t = self.health.temperature;
+        let over = t > self.feat.temp_over || (self.feat.temp_under != 0 && t < self.feat.temp_under);
+        if over {
+            0x02
+        } else {
+            0
+        }
+    }
+
+    pub(crate) fn error_log(&self) -> impl Iterator<Item = &ErrorLogEntry> {
+        self.error_log.iter()
+    }
+
+    pub(crate) fn error_count(&self) -> u64 {
+        self.error_count
+    }
+
+    /// Namespace index of an active NSID, else Invalid Namespace or Format (§4.2.3.1).
+    pub(crate) fn ns_index(&self, nsid: u32) -> Result<usize, Status> {
+        if nsid == 0 || nsid as usize > self.namespaces.len() {
+            return Err(Status::generic(generic::INVALID_NAMESPACE, true));
+        }
+        Ok(nsid as usize - 1)
+    }
+}
+
+pub(crate) fn done_status(status: Status) -> Done {
+    Done {
+        dw0: 0,
+        dw1: 0,
+        status,
+        nsid: 0,
+        lba: None,
+    }
+}

@@ -1,0 +1,406 @@
+//! Device-visible memory without `unsafe`: the simulator's IOMMU.
+//!
+//! Each region handed out by [`SimDma`] is a heap chunk of [`AtomicU64`], over-allocated by
+//! one page so that the CPU pointer can be 4096-aligned. The host writes through the raw
+//! pointer (the atomics' interior mutability makes that legal); the device side translates an
+//! IOVA to its chunk and reads or writes with atomic loads and stores. IOVAs come from the
+//! simulator's own space, starting at [`IOVA_BASE`], page aligned, never reused, with an
+//! unmapped guard page after every region: an access by the device to an unmapped or freed
+//! IOVA fails (a Data Transfer Error for the command, NVMe Base §9.3), just as an IOMMU
+//! fault would.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use nvme_core::hw::{DmaAllocator, DmaError, DmaErrorKind, DmaRegion};
+
+/// The first IOVA the simulator hands out. Far from any heap address, so a host that puts a
+/// CPU pointer where an IOVA belongs is caught.
+pub const IOVA_BASE: u64 = 0x1_0000_0000;
+/// The allocation granule and alignment of [`SimDma`].
+pub const DMA_PAGE: usize = 4096;
+/// The most memory one simulator maps at once (the allocator fails beyond it, like a
+/// pinning limit).
+pub const DMA_LIMIT: usize = 2 << 30;
+
+const WORDS_PER_PAGE: usize = DMA_PAGE / 8;
+
+/// Why an access by the device to host memory failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DmaFault {
+    /// The first address of the failed access.
+    pub iova: u64,
+    /// Its length.
+    pub len: usize,
+}
+
+impl fmt::Display for DmaFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "device access to unmapped IOVA range {:#x}..{:#x}",
+            self.iova,
+            self.iova.saturating_add(self.len as u64)
+        )
+    }
+}
+
+struct Mapping {
+    len: usize,
+    words: Box<[AtomicU64]>,
+    first_word: usize,
+}
+
+#[derive(Default)]
+struct SpaceInner {
+    regions: BTreeMap<u64, Mapping>,
+    next_iova: u64,
+    mapped: usize,
+}
+
+/// The IOVA space of one simulator, shared by the allocator (host side) and the controller
+/// (device side).
+pub(crate) struct DmaSpace {
+    inner: RwLock<SpaceInner>,
+}
+
+impl fmt::Debug for DmaSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("DmaSpace")
+            .field("regions", &g.regions.len())
+            .field("mapped", &g.mapped)
+            .finish()
+    }
+}
+
+impl DmaSpace {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: RwLock::new(SpaceInner {
+                next_iova: IOVA_BASE,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, SpaceInner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the mapping holding `iova .. iova + len` and the word/byte position of
+    /// `iova` in it.
+    fn with_mapping<R>(
+        &self,
+        iova: u64,
+        len: usize,
+        f: impl FnOnce(&Mapping, usize) -> R,
+    ) -> Result<R, DmaFault> {
+        let fault = DmaFault { iova, len };
+        let g = self.read_lock();
+        let (start, m) = g.regions.range(..=iova).next_back().ok_or(fault)?;
+        let off = usize::try_from(iova - start).map_err(|_| fault)?;
+        let end = off.checked_add(len).ok_or(fault)?;
+        if end > m.len {
+            return Err(fault);
+        }
+        Ok(f(m, off))
+    }
+
+    /// True if `iova .. iova + len` lies in one mapped region.
+    pub(crate) fn is_mapped(&self, iova: u64, len: usize) -> bool {
+        self.with_mapping(iova, len, |_, _| ()).is_ok()
+    }
+
+    /// Device read of host memory.
+    pub(crate) fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+        // Relaxed: the data's visibility is ordered by the doorbell write (a mutex in this
+        // model) that made the device look at it.
+        self.read_ordered(iova, buf, Ordering::Relaxed)
+    }
+
+    /// Device write of host memory.
+    pub(crate) fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
+        // Relaxed: published to the host by the Release store of the completion's phase word
+        // (or the interrupt) that follows.
+        self.write_ordered(iova, data, Ordering::Relaxed)
+    }
+
+    pub(crate) fn read_ordered(
+        &self,
+        iova: u64,
+        buf: &mut [u8],
+        order: Ordering,
+    ) -> Result<(), DmaFault> {
+        self.with_mapping(iova, buf.len(), |m, off| {
+            let mut pos = 0;
+            while pos < buf.len() {
+                let byte = off + pos;
+                let w = m.first_word + byte / 8;
+                let in_word = byte % 8;
+                let n = (8 - in_word).min(buf.len() - pos);
+                let v = m.words[w].load(order).to_ne_bytes();
+                buf[pos..pos + n].copy_from_slice(&v[in_word..in_word + n]);
+                pos += n;
+            }
+        })
+    }
+
+    pub(crate) fn write_ordered(
+        &self,
+        iova: u64,
+        data: &[u8],
+        order: Ordering,
+    ) -> Result<(), DmaFault> {
+        let load = if order == Ordering::Release {
+            Ordering::Relaxed
+        } else {
+            order
+        };
+        self.with_mapping(iova, data.len(), |m, off| {
+            let mut pos = 0;
+            while pos < data.len() {
+                let byte = off + pos;
+                let w = m.first_word + byte / 8;
+                let in_word = byte % 8;
+                let n = (8 - in_word).min(data.len() - pos);
+                if n == 8 {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(&data[pos..pos + 8]);
+                    m.words[w].store(u64::from_ne_bytes(a), order);
+                } else {
+                    // A partial word: merge, so bytes of the word outside this access (which
+                    // the host may own) are preserved.
+                    let _ = m.words[w].fetch_update(order, load, |old| {
+                        let mut b = old.to_ne_bytes();
+                        b[in_word..in_word + n].copy_from_slice(&data[pos..pos + n]);
+                        Some(u64::from_ne_bytes(b))
+                    });
+                }
+                pos += n;
+            }
+        })
+    }
+
+    /// Writes a 16-byte completion queue entry at a 16-byte aligned `iova`: dwords 0–1 first,
+    /// then dwords 2–3 (which hold the phase tag) with Release ordering, so a host that reads
+    /// the phase with Acquire sees the whole entry (NVMe Base §4.2.1, §4.2.4).
+    pub(crate) fn write_cqe(&self, iova: u64, bytes: &[u8; 16]) -> Result<(), DmaFault> {
+        if iova % 16 != 0 {
+            return Err(DmaFault { iova, len: 16 });
+        }
+        self.with_mapping(iova, 16, |m, off| {
+            let w = m.first_word + off / 8;
+            let mut lo = [0u8; 8];
+            let mut hi = [0u8; 8];
+            lo.copy_from_slice(&bytes[..8]);
+            hi.copy_from_slice(&bytes[8..]);
+            // Relaxed: ordered before the Release store below.
+            m.words[w].store(u64::from_ne_bytes(lo), Ordering::Relaxed);
+            // Release: the phase tag is in this word; it publishes the entry.
+            m.words[w + 1].store(u64::from_ne_bytes(hi), Ordering::Release);
+        })
+    }
+
+    fn allocate(&self, len: usize) -> Result<DmaRegion, SimDmaError> {
+        if len == 0 {
+            return Err(SimDmaError::new(
+                DmaErrorKind::InvalidRequest,
+                "zero-length allocation",
+            ));
+        }
+        let rounded = len
+            .checked_next_multiple_of(DMA_PAGE)
+            .ok_or(SimDmaError::new(
+                DmaErrorKind::InvalidRequest,
+                "length overflows",
+            ))?;
+        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if g.mapped.saturating_add(rounded) > DMA_LIMIT {
+            return Err(SimDmaError::new(
+                DmaErrorKind::OutOfMemory,
+                "simulated DMA limit reached",
+            ));
+        }
+        // One extra page so that the CPU pointer can be aligned to a page.
+        let nwords = rounded / 8 + WORDS_PER_PAGE;
+        let words: Box<[AtomicU64]> = (0..nwords).map(|_| AtomicU64::new(0)).collect();
+        let base = words.as_ptr() as *mut u8;
+        let misalign = base as usize % DMA_PAGE;
+        let pad = (DMA_PAGE - misalign) % DMA_PAGE;
+        // `pad` is a multiple of 8 (AtomicU64 is 8-aligned), so the aligned pointer starts at
+        // a word boundary, and it stays inside the chunk (pad < one page of slack).
+        let first_word = pad / 8;
+        let ptr = NonNull::new(base.wrapping_add(pad)).ok_or(SimDmaError::new(
+            DmaErrorKind::Other,
+            "null allocation",
+        ))?;
+        let iova = g.next_iova;
+        // A guard page after each region, and IOVAs are never reused: a stale or
+        // overrunning device access always faults.
+        let next = iova
+            .checked_add(rounded as u64 + DMA_PAGE as u64)
+            .ok_or(SimDmaError::new(
+                DmaErrorKind::NoIovaSpace,
+                "IOVA space exhausted",
+            ))?;
+        g.next_iova = next;
+        g.mapped += rounded;
+        g.regions.insert(
+            iova,
+            Mapping {
+                len: rounded,
+                words,
+                first_word,
+            },
+        );
+        Ok(DmaRegion::new(ptr, iova, rounded, iova))
+    }
+
+    fn free(&self, region: DmaRegion) -> bool {
+        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        match g.regions.get(&region.cookie()) {
+            Some(m) if m.len == region.len() && region.iova() == region.cookie() => {
+                let len = m.len;
+                g.regions.remove(&region.cookie());
+                g.mapped -= len;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Number of mapped regions.
+    #[allow(dead_code)]
+    pub(crate) fn regions(&self) -> usize {
+        self.read_lock().regions.len()
+    }
+}
+
+/// The error of [`SimDma`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("simulated DMA allocation failed: {msg}")]
+pub struct SimDmaError {
+    kind: DmaErrorKind,
+    msg: &'static str,
+}
+
+impl SimDmaError {
+    const fn new(kind: DmaErrorKind, msg: &'static str) -> Self {
+        Self { kind, msg }
+    }
+}
+
+impl DmaError for SimDmaError {
+    fn kind(&self) -> DmaErrorKind {
+        self.kind
+    }
+}
+
+/// The simulator's [`DmaAllocator`]: zeroed, page-aligned regions with IOVAs from the
+/// simulator's own space (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct SimDma {
+    space: Arc<DmaSpace>,
+}
+
+impl SimDma {
+    pub(crate) fn new(space: Arc<DmaSpace>) -> Self {
+        Self { space }
+    }
+    /// Number of regions currently mapped (for leak checks in tests).
+    pub fn mapped_regions(&self) -> usize {
+        self.space.regions()
+    }
+
+    /// Host-side write of `data` at bus address `iova`, without a raw pointer: a safe back
+    /// door for tests and fuzzers that play the host. Release ordering: everything written
+    /// before is visible to a device that sees these bytes. Returns `false` (and writes
+    /// nothing) if the range is not inside one mapped region.
+    pub fn host_write(&self, iova: u64, data: &[u8]) -> bool {
+        self.space
+            .write_ordered(iova, data, Ordering::Release)
+            .is_ok()
+    }
+
+    /// Host-side read of `buf.len()` bytes at bus address `iova` (Acquire ordering, so a
+    /// completion entry read this way is complete once its phase tag is seen). Returns
+    /// `false` if the range is not inside one mapped region.
+    pub fn host_read(&self, iova: u64, buf: &mut [u8]) -> bool {
+        self.space
+            .read_ordered(iova, buf, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+// SAFETY: the contract of `DmaAllocator` holds:
+// - every region is a distinct heap chunk of `AtomicU64` owned by the space's map until
+//   `free`, so `ptr .. ptr + len` is valid for raw reads and writes by any thread (the atomics'
+//   `UnsafeCell` makes writes through a pointer derived from a shared borrow legal) and
+//   overlaps no other allocation; the chunk has one page of slack, so the page-aligned
+//   pointer plus the page-rounded `len` stays inside it;
+// - `ptr` is aligned to 4096 by construction, `iova` is a multiple of 4096 (IOVA_BASE and
+//   every increment are), `len` is a non-zero multiple of 4096 and at least the request;
+// - the device reads and writes exactly these words when it accesses `iova .. iova + len`;
+// - the chunk is created from `AtomicU64::new(0)`: zeroed.
+// A `free` of a region this allocator did not hand out, or of one already freed, is ignored
+// (the map lookup fails), so it cannot release memory that is still in use.
+#[allow(unsafe_code)]
+unsafe impl DmaAllocator for SimDma {
+    type Error = SimDmaError;
+
+    fn page_size(&self) -> usize {
+        DMA_PAGE
+    }
+
+    fn allocate(&self, len: usize) -> Result<DmaRegion, Self::Error> {
+        self.space.allocate(len)
+    }
+
+    unsafe fn free(&self, region: DmaRegion) {
+        let _ = self.space.free(region);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_aligned_zeroed_and_translated() {
+        let space = Arc::new(DmaSpace::new());
+        let dma = SimDma::new(space.clone());
+        let r = dma.allocate(100).unwrap();
+        assert_eq!(r.len(), 4096);
+        assert_eq!(r.ptr().as_ptr() as usize % 4096, 0);
+        assert_eq!(r.iova() % 4096, 0);
+        assert!(r.iova() >= IOVA_BASE);
+        assert_ne!(r.iova(), r.ptr().as_ptr() as u64);
+        let mut buf = [0xAAu8; 4096];
+        space.read(r.iova(), &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        space.write(r.iova() + 3, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+        let mut b = [0u8; 12];
+        space.read(r.iova(), &mut b).unwrap();
+        assert_eq!(b, [0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        // The guard page after the region is unmapped.
+        assert!(space.read(r.iova() + 4096, &mut b).is_err());
+        assert!(space.read(r.iova() + 4090, &mut b).is_err());
+        let r2 = dma.allocate(8192).unwrap();
+        assert!(r2.iova() >= r.iova() + 8192);
+        assert_eq!(dma.mapped_regions(), 2);
+        let fake = DmaRegion::new(r.ptr(), r.iova() + 4096, 4096, r.iova() + 4096);
+        assert!(!space.free(fake));
+        assert!(space.free(r));
+        assert!(!space.free(r));
+        assert!(space.read(r.iova(), &mut b).is_err());
+        assert!(dma.allocate(0).is_err());
+        assert_eq!(
+            dma.allocate(usize::MAX).unwrap_err().kind(),
+            DmaErrorKind::InvalidRequest
+        );
+    }
+}
