@@ -153,8 +153,8 @@ fn conformance() -> bool {
             ("bound to vfio-pci", expect("driver", link_name(d.join("driver")).ok_or_else(|| "no driver".into()), "vfio-pci")),
             ("has an IOMMU group", group_id.as_ref().map(|_| ()).ok_or_else(|| "no iommu_group link".into())),
             ("alone in its IOMMU group", match &group_id {
-                Some(g) => match fs::read_dir(format!("/sys/kernel/iommu_groups/{g}/devices")) {
-                    Ok(rd) if rd.count() == 1 => Ok(()),
+                Some(g) => match fs::read_dir(format!("/sys/kernel/iommu_groups/{g}/devices")).map(Iterator::count) {
+                    Ok(1) => Ok(()),
                     Ok(_) => Err("group has other devices".into()),
                     Err(e) => Err(e.to_string()),
                 },
@@ -177,9 +177,11 @@ fn conformance() -> bool {
                 None => Err("no group".into()),
             }),
             ("/dev/vfio/vfio opens", fs::OpenOptions::new().read(true).write(true).open("/dev/vfio/vfio").map(drop).map_err(|e| e.to_string())),
-            ("a DMAR IOMMU is present", match fs::read_dir("/sys/class/iommu") {
-                Ok(rd) if rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("dmar")) => Ok(()),
-                Ok(_) => Err("no dmar unit".into()),
+            ("a DMAR IOMMU is present", match fs::read_dir("/sys/class/iommu")
+                .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("dmar")))
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("no dmar unit".into()),
                 Err(e) => Err(e.to_string()),
             }),
         ],
@@ -266,11 +268,10 @@ fn bind(bdf: &str, driver: &str) -> Res<()> {
         write_sysfs(d.join("driver/unbind"), bdf)?;
     }
     write_sysfs("/sys/bus/pci/drivers_probe", bdf)?;
-    let got = link_name(d.join("driver"));
-    if got.as_deref() != Some(driver) {
-        return Err(format!("{bdf} bound to {got:?} instead of {driver}"));
-    }
-    Ok(())
+    // nvme probes asynchronously: the driver link shows up a little later.
+    wait_for(&format!("{bdf} to bind to {driver}"), Duration::from_secs(30), || {
+        (link_name(d.join("driver")).as_deref() == Some(driver)).then_some(())
+    })
 }
 
 fn nvme_tool(args: &[String]) -> Res<bool> {

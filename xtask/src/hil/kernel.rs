@@ -24,9 +24,16 @@ pub const DEB_MEMBERS: &[&str] = &[
     "./lib/modules/*/modules.*",
     "./lib/modules/*/kernel/drivers/vfio/*",
     "./lib/modules/*/kernel/virt/lib/*",
-    // The kernel's own NVMe driver: only the stand-in payload's nvme-tool loads it.
+    // The kernel's own NVMe driver and what it needs (t10-pi, crc64): only the stand-in
+    // payload's nvme-tool loads it.
     "./lib/modules/*/kernel/drivers/nvme/host/*",
+    "./lib/modules/*/kernel/block/*",
+    "./lib/modules/*/kernel/lib/*",
+    "./lib/modules/*/kernel/crypto/*",
 ];
+
+/// Bumped whenever [`DEB_MEMBERS`] or the unpacking changes, so old caches are rebuilt.
+const CACHE_LAYOUT: u32 = 2;
 
 /// The xz stream header magic.
 pub const XZ_MAGIC: [u8; 6] = [0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00];
@@ -218,12 +225,15 @@ fn resolve_package(tools: &HostTools) -> Result<(String, String)> {
     Ok((pkg, version))
 }
 
-/// Reads `<package> <version> <kver>` from the stamp.
+/// Reads `<package> <version> <layout> <kver>` from the stamp as (`<package> <version>
+/// <layout>`, `<kver>`).
 fn read_stamp(path: &Path) -> Option<(String, String)> {
     let s = fs::read_to_string(path).ok()?;
-    let mut w = s.split_whitespace();
-    let (pkg, ver, kver) = (w.next()?, w.next()?, w.next()?);
-    Some((format!("{pkg} {ver}"), kver.to_owned()))
+    let w: Vec<&str> = s.split_whitespace().collect();
+    match w.as_slice() {
+        [pkg, ver, layout, kver] => Some((format!("{pkg} {ver} {layout}"), (*kver).to_owned())),
+        _ => None,
+    }
 }
 
 /// Returns the cached kernel, downloading and unpacking it first if the cache is missing or
@@ -258,7 +268,7 @@ pub fn prepare(tools: &HostTools, cache: &Path) -> Result<Kernel> {
             ));
         }
     };
-    let want = format!("{pkg} {version}");
+    let want = format!("{pkg} {version} layout{CACHE_LAYOUT}");
     if let Some((package, kver)) = cached.filter(|(p, _)| *p == want) {
         eprintln!("xtask: guest kernel {package} (cached)");
         return Ok(Kernel {

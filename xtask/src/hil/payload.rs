@@ -141,13 +141,12 @@ pub fn build(workspace: &Path, specs: &[PayloadSpec]) -> Result<Vec<Built>> {
             .with_context(|| format!("cannot start `{shown}`"))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
-            bail!(
-                "building the guest payload `{}` failed ({}; {}). The HIL run needs every part of the \
-                 payload; `--payload standin` checks the HIL path alone.",
-                spec.target_name,
-                describe(spec),
-                out.status
-            );
+            let hint = if spec.manifest.is_none() {
+                " The HIL run needs every part of the payload; `--payload standin` checks the HIL path alone."
+            } else {
+                ""
+            };
+            bail!("building the guest payload `{}` failed ({}; {}).{hint}", spec.target_name, describe(spec), out.status);
         }
         let exe =
             find_executable(&stdout, spec.target_name, spec.target_kind).ok_or_else(|| {
