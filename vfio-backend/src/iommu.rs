@@ -163,8 +163,10 @@ pub(crate) fn usable_iova_space(
     (trimmed, defaulted)
 }
 
-/// [`usable_iova_space`] as a list of `(start, last)` ranges, and whether the default was
-/// used: what the DMA allocator of a platform with this `info` would draw from.
+/// The IOVA ranges `(start, last)` the DMA allocator of a platform with this `info` draws
+/// from, and whether the default was used: the kernel's usable ranges (or
+/// [`DEFAULT_IOVA_RANGE`] if absent), minus [`MSI_WINDOW`], minus everything below
+/// [`IOVA_FLOOR`], minus the `reserved` windows, trimmed to whole `granule`s.
 pub fn usable_iova_ranges(
     info: &IommuInfo,
     reserved: &[(u64, u64)],

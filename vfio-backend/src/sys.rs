@@ -520,6 +520,8 @@ pub(crate) fn memlock_limit() -> Option<u64> {
     if ret != 0 || r.rlim_cur == libc::RLIM_INFINITY {
         None
     } else {
+        // `rlim_t` is 32 bits wide on some 32-bit targets.
+        #[allow(clippy::unnecessary_cast)]
         Some(r.rlim_cur as u64)
     }
 }
