@@ -236,6 +236,7 @@ pub struct Controller<P: Platform> {
     identify: IdentifyController,
     namespaces: Vec<Namespace>,
     granted: NumberOfQueues,
+    allocated: NumberOfQueues,
     qids_in_use: Vec<bool>,
     raw_queues: Vec<RawQueue>,
     events: VecDeque<AsyncEvent>,
@@ -422,6 +423,7 @@ impl<P: Platform> Controller<P> {
             identify: IdentifyController::default(),
             namespaces: Vec::new(),
             granted: NumberOfQueues { nsq_z: 0, ncq_z: 0 },
+            allocated: NumberOfQueues { nsq_z: 0, ncq_z: 0 },
             qids_in_use: Vec::new(),
             raw_queues: Vec::new(),
             events: VecDeque::new(),
@@ -520,6 +522,7 @@ impl<P: Platform> Controller<P> {
         };
         let dw0 = self.set_features(FeatureId::NUMBER_OF_QUEUES, req.to_dword(), false)?;
         let got = NumberOfQueues::from_dword(dw0);
+        self.allocated = got;
         // Use no more than requested, even if the controller grants more.
         self.granted = NumberOfQueues {
             nsq_z: got.nsq_z.min(req.nsq_z),
@@ -610,6 +613,11 @@ impl<P: Platform> Controller<P> {
     /// The raw Number of Queues grant (0's based counts).
     pub fn granted_queues(&self) -> NumberOfQueues {
         self.granted
+    }
+    /// What Set Features Number of Queues reported the controller allocated (0's based
+    /// counts, §5.1.25.2.1): the valid I/O QIDs are 1 ..= count.
+    pub fn queues_allocated(&self) -> NumberOfQueues {
+        self.allocated
     }
     /// Bytes one command may transfer (MDTS and the configured bound).
     pub fn max_transfer(&self) -> usize {
@@ -703,6 +711,17 @@ impl<P: Platform> Controller<P> {
     ) -> Result<(Completion, AdminReq<P>)> {
         self.check_usable()?;
         let p = self.shared.platform.clone();
+        // One register read per admin command (never on the I/O path): a removed or fatal
+        // controller fails the command here instead of receiving a doorbell it cannot serve.
+        let csts = Csts(p.bar().read32(offset::CSTS));
+        if csts.is_all_ones() {
+            self.needs_reset = Some("the device is gone");
+            return Err(Error::DeviceGone);
+        }
+        if csts.cfs() {
+            self.needs_reset = Some("Controller Fatal Status");
+            return Err(Error::ControllerFatal);
+        }
         let deadline_ns = p
             .clock()
             .now_ns()

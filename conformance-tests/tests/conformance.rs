@@ -1,0 +1,75 @@
+//! The conformance harness (`harness = false`): runs every case on the simulator (MSI-X and
+//! polled), and on a device bound to `vfio-pci` when `NVME_TEST_PCI` names one.
+//!
+//! Environment:
+//! - `NVME_TEST_PCI=0000:03:00.0`: also run on this device (DESTROYS DATA on its namespaces);
+//! - `NVME_TEST_IRQ=msix|polled|both` (default both): interrupt modes for the device;
+//! - `NVME_TEST_ONLY_VFIO=1`: skip the simulator (used inside the HIL guest);
+//! - `CONFORMANCE_RESULTS=path`: also write one `RESULT` line per case and backend there.
+//!
+//! Arguments: an optional substring filter on case IDs and titles (flags are ignored).
+
+use std::process::ExitCode;
+
+use conformance_tests::runner::{counts, run_suite, tsv, CaseResult};
+use conformance_tests::{cases, Backend, SimBackend, VfioBackend};
+use sim_backend::SimConfig;
+
+fn run<B: Backend>(b: &B, filter: Option<&str>, all: &mut Vec<(String, Vec<CaseResult>)>) {
+    let cases = cases::all::<B>();
+    let r = run_suite(b, &cases, filter);
+    let (p, a, f, s) = counts(&r);
+    println!(
+        "{}: {p} passed ({a} through allowances), {f} failed, {s} skipped",
+        b.name()
+    );
+    all.push((b.name(), r));
+}
+
+fn main() -> ExitCode {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let filter = filter.as_deref();
+    let mut all = Vec::new();
+    if std::env::var_os("NVME_TEST_ONLY_VFIO").is_none() {
+        run(
+            &SimBackend::new(SimConfig::default(), true, "msix"),
+            filter,
+            &mut all,
+        );
+        run(
+            &SimBackend::new(SimConfig::default(), false, "polled"),
+            filter,
+            &mut all,
+        );
+    }
+    if let Ok(addr) = std::env::var("NVME_TEST_PCI") {
+        let modes = std::env::var("NVME_TEST_IRQ").unwrap_or_else(|_| "both".into());
+        for (mode, irq) in [("msix", true), ("polled", false)] {
+            if modes == "both" || modes == mode {
+                run(&VfioBackend::new(&addr, irq), filter, &mut all);
+            }
+        }
+    }
+    if let Ok(path) = std::env::var("CONFORMANCE_RESULTS") {
+        let text: String = all.iter().map(|(b, r)| tsv(b, r)).collect();
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("cannot write {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let (mut p, mut a, mut f, mut s) = (0, 0, 0, 0);
+    for (_, r) in &all {
+        let c = counts(r);
+        p += c.0;
+        a += c.1;
+        f += c.2;
+        s += c.3;
+    }
+    println!("\nallowed deviations: {a}");
+    println!("conformance: {p} passed, {f} failed, {s} skipped");
+    if f > 0 || p == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
