@@ -281,16 +281,15 @@ pub fn sc(c: &Completion) -> (u8, u8) {
     (s.sct().0, s.sc())
 }
 
-/// A data buffer with `data` written at its start, PRPs set for a contiguous transfer that
-/// spans at most two pages (PRP2 = second page).
+/// A two-page data buffer with `data` written at its start, PRP1 = first page and PRP2 =
+/// second page (used by transfers above 4 KiB, ignored by the controller otherwise).
 pub fn two_page_prps(h: &Host, cmd: &mut Command, data: &[u8]) -> DmaRegion {
     assert!(data.len() <= 8192);
     let buf = h.alloc(8192);
     if !data.is_empty() {
         h.write_mem(buf.iova(), data);
     }
-    let prp2 = if data.len() > 4096 { buf.iova() + 4096 } else { 0 };
-    cmd.set_prps(buf.iova(), prp2);
+    cmd.set_prps(buf.iova(), buf.iova() + 4096);
     buf
 }
 
