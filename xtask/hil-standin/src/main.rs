@@ -22,7 +22,10 @@ type Res<T> = Result<T, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args.first().map(String::as_str).unwrap_or("");
-    let name = Path::new(argv0).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let name = Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
     let (personality, rest) = match name {
         "vfio-info" | "conformance" | "nvme-tool" => (name, &args[1..]),
         _ => match args.get(1) {
@@ -52,11 +55,17 @@ fn dev_dir(bdf: &str) -> PathBuf {
 
 fn read_trim(p: impl AsRef<Path>) -> Res<String> {
     let p = p.as_ref();
-    fs::read_to_string(p).map(|s| s.trim().to_owned()).map_err(|e| format!("{}: {e}", p.display()))
+    fs::read_to_string(p)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("{}: {e}", p.display()))
 }
 
 fn link_name(p: impl AsRef<Path>) -> Option<String> {
-    fs::read_link(p).ok()?.file_name()?.to_str().map(str::to_owned)
+    fs::read_link(p)
+        .ok()?
+        .file_name()?
+        .to_str()
+        .map(str::to_owned)
 }
 
 fn write_sysfs(p: impl AsRef<Path>, value: &str) -> Res<()> {
@@ -92,7 +101,11 @@ fn vfio_info(args: &[String]) -> Res<bool> {
     let bdf = env_bdf(args)?;
     let d = dev_dir(&bdf);
     println!("vfio-info (stand-in) for {bdf}");
-    println!("  id        {}:{}", read_trim(d.join("vendor"))?, read_trim(d.join("device"))?);
+    println!(
+        "  id        {}:{}",
+        read_trim(d.join("vendor"))?,
+        read_trim(d.join("device"))?
+    );
     println!("  class     {}", read_trim(d.join("class"))?);
     let driver = link_name(d.join("driver")).unwrap_or_else(|| "(none)".into());
     println!("  driver    {driver}");
@@ -102,7 +115,11 @@ fn vfio_info(args: &[String]) -> Res<bool> {
         println!("  BAR{i}      {s:#x} bytes");
     }
     let entries: Vec<String> = fs::read_dir("/dev/vfio")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     println!("  /dev/vfio {entries:?}");
     Ok(driver == "vfio-pci" && group.is_some_and(|g| Path::new("/dev/vfio").join(g).exists()))
@@ -130,77 +147,160 @@ fn conformance() -> bool {
     let d = dev_dir(&bdf);
     let expect = |what: &str, got: Res<String>, want: &str| -> Res<()> {
         let got = got?;
-        if got == want { Ok(()) } else { Err(format!("{what} is {got}, want {want}")) }
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{what} is {got}, want {want}"))
+        }
     };
     let group_id = link_name(d.join("iommu_group"));
     group(
         "device (stand-in harness: checks the HIL environment, not the driver)",
         vec![
-            ("NVME_TEST_PCI names a PCI function", if !bdf.is_empty() && d.exists() { Ok(()) } else { Err(format!("{bdf:?} not in sysfs")) }),
-            ("vendor is 1b36 (Red Hat/QEMU)", expect("vendor", read_trim(d.join("vendor")), "0x1b36")),
-            ("device is 0010 (QEMU NVMe)", expect("device", read_trim(d.join("device")), "0x0010")),
-            ("class is 010802 (NVM Express)", expect("class", read_trim(d.join("class")), "0x010802")),
-            ("BAR0 is at least 16 KiB", match bar_sizes(&bdf) {
-                Ok(b) if b.first().is_some_and(|s| *s >= 0x4000) => Ok(()),
-                Ok(b) => Err(format!("BAR sizes {b:x?}")),
-                Err(e) => Err(e),
-            }),
+            (
+                "NVME_TEST_PCI names a PCI function",
+                if !bdf.is_empty() && d.exists() {
+                    Ok(())
+                } else {
+                    Err(format!("{bdf:?} not in sysfs"))
+                },
+            ),
+            (
+                "vendor is 1b36 (Red Hat/QEMU)",
+                expect("vendor", read_trim(d.join("vendor")), "0x1b36"),
+            ),
+            (
+                "device is 0010 (QEMU NVMe)",
+                expect("device", read_trim(d.join("device")), "0x0010"),
+            ),
+            (
+                "class is 010802 (NVM Express)",
+                expect("class", read_trim(d.join("class")), "0x010802"),
+            ),
+            (
+                "BAR0 is at least 16 KiB",
+                match bar_sizes(&bdf) {
+                    Ok(b) if b.first().is_some_and(|s| *s >= 0x4000) => Ok(()),
+                    Ok(b) => Err(format!("BAR sizes {b:x?}")),
+                    Err(e) => Err(e),
+                },
+            ),
         ],
     );
     group(
         "vfio",
         vec![
-            ("bound to vfio-pci", expect("driver", link_name(d.join("driver")).ok_or_else(|| "no driver".into()), "vfio-pci")),
-            ("has an IOMMU group", group_id.as_ref().map(|_| ()).ok_or_else(|| "no iommu_group link".into())),
-            ("alone in its IOMMU group", match &group_id {
-                Some(g) => match fs::read_dir(format!("/sys/kernel/iommu_groups/{g}/devices")).map(Iterator::count) {
-                    Ok(1) => Ok(()),
-                    Ok(_) => Err("group has other devices".into()),
+            (
+                "bound to vfio-pci",
+                expect(
+                    "driver",
+                    link_name(d.join("driver")).ok_or_else(|| "no driver".into()),
+                    "vfio-pci",
+                ),
+            ),
+            (
+                "has an IOMMU group",
+                group_id
+                    .as_ref()
+                    .map(|_| ())
+                    .ok_or_else(|| "no iommu_group link".into()),
+            ),
+            (
+                "alone in its IOMMU group",
+                match &group_id {
+                    Some(g) => match fs::read_dir(format!("/sys/kernel/iommu_groups/{g}/devices"))
+                        .map(Iterator::count)
+                    {
+                        Ok(1) => Ok(()),
+                        Ok(_) => Err("group has other devices".into()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => Err("no group".into()),
+                },
+            ),
+            (
+                "group character device opens",
+                match &group_id {
+                    Some(g) => {
+                        let p = Path::new("/dev/vfio").join(g);
+                        match fs::metadata(&p) {
+                            Ok(m) if m.file_type().is_char_device() => fs::OpenOptions::new()
+                                .read(true)
+                                .write(true)
+                                .open(&p)
+                                .map(drop)
+                                .map_err(|e| format!("{}: {e}", p.display())),
+                            Ok(_) => Err(format!("{} is not a character device", p.display())),
+                            Err(e) => Err(format!("{}: {e}", p.display())),
+                        }
+                    }
+                    None => Err("no group".into()),
+                },
+            ),
+            (
+                "/dev/vfio/vfio opens",
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/vfio/vfio")
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            ),
+            (
+                "a DMAR IOMMU is present",
+                match fs::read_dir("/sys/class/iommu").map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .any(|e| e.file_name().to_string_lossy().starts_with("dmar"))
+                }) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err("no dmar unit".into()),
                     Err(e) => Err(e.to_string()),
                 },
-                None => Err("no group".into()),
-            }),
-            ("group character device opens", match &group_id {
-                Some(g) => {
-                    let p = Path::new("/dev/vfio").join(g);
-                    match fs::metadata(&p) {
-                        Ok(m) if m.file_type().is_char_device() => fs::OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .open(&p)
-                            .map(drop)
-                            .map_err(|e| format!("{}: {e}", p.display())),
-                        Ok(_) => Err(format!("{} is not a character device", p.display())),
-                        Err(e) => Err(format!("{}: {e}", p.display())),
-                    }
-                }
-                None => Err("no group".into()),
-            }),
-            ("/dev/vfio/vfio opens", fs::OpenOptions::new().read(true).write(true).open("/dev/vfio/vfio").map(drop).map_err(|e| e.to_string())),
-            ("a DMAR IOMMU is present", match fs::read_dir("/sys/class/iommu")
-                .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("dmar")))
-            {
-                Ok(true) => Ok(()),
-                Ok(false) => Err("no dmar unit".into()),
-                Err(e) => Err(e.to_string()),
-            }),
+            ),
         ],
     );
     let irq = std::env::var("NVME_TEST_IRQ").unwrap_or_default();
     group(
         "environment",
         vec![
-            ("NVME_TEST_IRQ is polled or msix", if irq == "polled" || irq == "msix" { Ok(()) } else { Err(format!("{irq:?}")) }),
-            ("NVME_TEST_ONLY_VFIO=1", expect("NVME_TEST_ONLY_VFIO", std::env::var("NVME_TEST_ONLY_VFIO").map_err(|e| e.to_string()), "1")),
-            ("at least 16 hugepages reserved", match read_trim("/proc/sys/vm/nr_hugepages").map(|s| s.parse::<u32>()) {
-                Ok(Ok(n)) if n >= 16 => Ok(()),
-                other => Err(format!("{other:?}")),
-            }),
-            ("hugetlbfs mounted at /dev/hugepages", match fs::read_to_string("/proc/mounts") {
-                Ok(m) if m.lines().any(|l| l.split_whitespace().nth(1) == Some("/dev/hugepages") && l.contains("hugetlbfs")) => Ok(()),
-                Ok(_) => Err("not mounted".into()),
-                Err(e) => Err(e.to_string()),
-            }),
+            (
+                "NVME_TEST_IRQ is polled or msix",
+                if irq == "polled" || irq == "msix" {
+                    Ok(())
+                } else {
+                    Err(format!("{irq:?}"))
+                },
+            ),
+            (
+                "NVME_TEST_ONLY_VFIO=1",
+                expect(
+                    "NVME_TEST_ONLY_VFIO",
+                    std::env::var("NVME_TEST_ONLY_VFIO").map_err(|e| e.to_string()),
+                    "1",
+                ),
+            ),
+            (
+                "at least 16 hugepages reserved",
+                match read_trim("/proc/sys/vm/nr_hugepages").map(|s| s.parse::<u32>()) {
+                    Ok(Ok(n)) if n >= 16 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            ),
+            (
+                "hugetlbfs mounted at /dev/hugepages",
+                match fs::read_to_string("/proc/mounts") {
+                    Ok(m)
+                        if m.lines().any(|l| {
+                            l.split_whitespace().nth(1) == Some("/dev/hugepages")
+                                && l.contains("hugetlbfs")
+                        }) =>
+                    {
+                        Ok(())
+                    }
+                    Ok(_) => Err("not mounted".into()),
+                    Err(e) => Err(e.to_string()),
+                },
+            ),
         ],
     );
     println!("conformance: {passed} passed, {failed} failed");
@@ -226,8 +326,20 @@ fn parse_io(args: &[String]) -> Res<IoArgs> {
         Some("write") => true,
         _ => return Err(usage.into()),
     };
-    let bdf = args.get(1).and_then(|a| a.strip_prefix("pci:")).ok_or(usage)?.to_owned();
-    let mut io = IoArgs { write, bdf, nsid: 1, start: 0, count_z: 0, data_size: 0, data: PathBuf::new() };
+    let bdf = args
+        .get(1)
+        .and_then(|a| a.strip_prefix("pci:"))
+        .ok_or(usage)?
+        .to_owned();
+    let mut io = IoArgs {
+        write,
+        bdf,
+        nsid: 1,
+        start: 0,
+        count_z: 0,
+        data_size: 0,
+        data: PathBuf::new(),
+    };
     let mut it = args[2..].iter();
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -269,9 +381,11 @@ fn bind(bdf: &str, driver: &str) -> Res<()> {
     }
     write_sysfs("/sys/bus/pci/drivers_probe", bdf)?;
     // nvme probes asynchronously: the driver link shows up a little later.
-    wait_for(&format!("{bdf} to bind to {driver}"), Duration::from_secs(30), || {
-        (link_name(d.join("driver")).as_deref() == Some(driver)).then_some(())
-    })
+    wait_for(
+        &format!("{bdf} to bind to {driver}"),
+        Duration::from_secs(30),
+        || (link_name(d.join("driver")).as_deref() == Some(driver)).then_some(()),
+    )
 }
 
 fn nvme_tool(args: &[String]) -> Res<bool> {
@@ -288,20 +402,34 @@ fn nvme_tool(args: &[String]) -> Res<bool> {
 fn block_io(io: &IoArgs) -> Res<bool> {
     let ctrl_dir = dev_dir(&io.bdf).join("nvme");
     let suffix = format!("n{}", io.nsid);
-    let ns = wait_for("the namespace block device", Duration::from_secs(60), || {
-        let ctrl = fs::read_dir(&ctrl_dir).ok()?.filter_map(|e| e.ok()).next()?.path();
-        let ns = fs::read_dir(&ctrl).ok()?.filter_map(|e| e.ok()).find_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            (n.starts_with("nvme") && n.ends_with(&suffix)).then_some(n)
-        })?;
-        Path::new("/dev").join(&ns).exists().then_some(ns)
-    })?;
+    let ns = wait_for(
+        "the namespace block device",
+        Duration::from_secs(60),
+        || {
+            let ctrl = fs::read_dir(&ctrl_dir)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .next()?
+                .path();
+            let ns = fs::read_dir(&ctrl)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .find_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    (n.starts_with("nvme") && n.ends_with(&suffix)).then_some(n)
+                })?;
+            Path::new("/dev").join(&ns).exists().then_some(ns)
+        },
+    )?;
     let lbs: u64 = read_trim(format!("/sys/block/{ns}/queue/logical_block_size"))?
         .parse()
         .map_err(|e| format!("logical_block_size: {e}"))?;
     let bytes = (io.count_z + 1) * lbs;
     if bytes != io.data_size {
-        return Err(format!("--data-size {} != (block-count + 1) * {lbs} = {bytes}", io.data_size));
+        return Err(format!(
+            "--data-size {} != (block-count + 1) * {lbs} = {bytes}",
+            io.data_size
+        ));
     }
     let dev = Path::new("/dev").join(&ns);
     let offset = io.start * lbs;
@@ -309,17 +437,30 @@ fn block_io(io: &IoArgs) -> Res<bool> {
     if io.write {
         let data = fs::read(&io.data).map_err(|e| format!("{}: {e}", io.data.display()))?;
         if data.len() != len {
-            return Err(format!("{} holds {} bytes, want {len}", io.data.display(), data.len()));
+            return Err(format!(
+                "{} holds {} bytes, want {len}",
+                io.data.display(),
+                data.len()
+            ));
         }
-        let f = fs::OpenOptions::new().write(true).open(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&dev)
+            .map_err(|e| format!("{}: {e}", dev.display()))?;
         f.write_all_at(&data, offset).map_err(|e| e.to_string())?;
         f.sync_all().map_err(|e| e.to_string())?;
     } else {
         let f = fs::File::open(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
         let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset).map_err(|e| e.to_string())?;
+        f.read_exact_at(&mut buf, offset)
+            .map_err(|e| e.to_string())?;
         fs::write(&io.data, &buf).map_err(|e| format!("{}: {e}", io.data.display()))?;
     }
-    println!("{} {len} bytes at LBA {} of {} ({lbs}-byte blocks)", if io.write { "wrote" } else { "read" }, io.start, dev.display());
+    println!(
+        "{} {len} bytes at LBA {} of {} ({lbs}-byte blocks)",
+        if io.write { "wrote" } else { "read" },
+        io.start,
+        dev.display()
+    );
     Ok(true)
 }

@@ -90,7 +90,9 @@ pub fn extract_vmlinux(vmlinuz: &[u8], out: &mut impl Write) -> Result<usize> {
 /// `Ok(false)` (nothing written) when the stream is invalid or not an ELF image.
 fn decompress_elf_stream(input: &[u8], out: &mut impl Write) -> Result<bool> {
     use xz2::stream::{Action, Status, Stream};
-    let Ok(mut dec) = Stream::new_stream_decoder(u64::MAX, 0) else { return Ok(false) };
+    let Ok(mut dec) = Stream::new_stream_decoder(u64::MAX, 0) else {
+        return Ok(false);
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut checked = false;
     let mut head: Vec<u8> = Vec::new();

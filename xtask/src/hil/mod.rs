@@ -123,10 +123,11 @@ fn summarize(results: &[ConfigResult], wall: Duration) -> bool {
             let (p, f) = r.counts();
             let conf = match r.conformance {
                 Some(c) => format!(
-                    ", conformance {}/{} ({} allowed)",
+                    ", conformance {}/{} ({} allowed, {} skipped)",
                     c.passed,
                     c.total(),
-                    c.allowed
+                    c.allowed,
+                    c.skipped
                 ),
                 None => String::new(),
             };

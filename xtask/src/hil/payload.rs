@@ -146,7 +146,12 @@ pub fn build(workspace: &Path, specs: &[PayloadSpec]) -> Result<Vec<Built>> {
             } else {
                 ""
             };
-            bail!("building the guest payload `{}` failed ({}; {}).{hint}", spec.target_name, describe(spec), out.status);
+            bail!(
+                "building the guest payload `{}` failed ({}; {}).{hint}",
+                spec.target_name,
+                describe(spec),
+                out.status
+            );
         }
         let exe =
             find_executable(&stdout, spec.target_name, spec.target_kind).ok_or_else(|| {
