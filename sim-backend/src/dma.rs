@@ -234,10 +234,8 @@ impl DmaSpace {
         // `pad` is a multiple of 8 (AtomicU64 is 8-aligned), so the aligned pointer starts at
         // a word boundary, and it stays inside the chunk (pad < one page of slack).
         let first_word = pad / 8;
-        let ptr = NonNull::new(base.wrapping_add(pad)).ok_or(SimDmaError::new(
-            DmaErrorKind::Other,
-            "null allocation",
-        ))?;
+        let ptr = NonNull::new(base.wrapping_add(pad))
+            .ok_or(SimDmaError::new(DmaErrorKind::Other, "null allocation"))?;
         let iova = g.next_iova;
         // A guard page after each region, and IOVAs are never reused: a stale or
         // overrunning device access always faults.
@@ -274,7 +272,6 @@ impl DmaSpace {
     }
 
     /// Number of mapped regions.
-    #[allow(dead_code)]
     pub(crate) fn regions(&self) -> usize {
         self.read_lock().regions.len()
     }
@@ -382,7 +379,9 @@ mod tests {
         let mut buf = [0xAAu8; 4096];
         space.read(r.iova(), &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
-        space.write(r.iova() + 3, &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+        space
+            .write(r.iova() + 3, &[1, 2, 3, 4, 5, 6, 7, 8, 9])
+            .unwrap();
         let mut b = [0u8; 12];
         space.read(r.iova(), &mut b).unwrap();
         assert_eq!(b, [0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);

@@ -159,7 +159,8 @@ impl FaultInjector {
     /// Controller Fatal Status: CSTS.CFS becomes 1 and the controller stops processing
     /// commands until a reset (CC.EN 1 → 0) or power cycle (NVMe Base §9.5).
     pub fn controller_fatal(&self) {
-        self.shared.with_ctrl(|c| c.set_fatal("injected controller fatal status"));
+        self.shared
+            .with_ctrl(|c| c.set_fatal("injected controller fatal status"));
     }
 
     /// Surprise removal: from now on every register read returns all-ones, every register

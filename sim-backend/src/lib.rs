@@ -319,7 +319,9 @@ fn validate(cfg: &SimConfig) -> Result<(), SimError> {
         ("firmware", &cfg.firmware, 8),
     ] {
         if s.len() > max || !s.bytes().all(|b| (0x20..0x7F).contains(&b)) {
-            return bad(format!("{name} must be at most {max} printable ASCII characters"));
+            return bad(format!(
+                "{name} must be at most {max} printable ASCII characters"
+            ));
         }
     }
     Ok(())
@@ -475,11 +477,8 @@ impl Simulator {
 
     /// The logical block size of namespace `nsid` now (it changes with Format NVM).
     pub fn lba_size(&self, nsid: u32) -> Option<u32> {
-        self.shared.with_ctrl(|c| {
-            c.ns_index(nsid)
-                .ok()
-                .map(|i| c.namespaces[i].lba_size())
-        })
+        self.shared
+            .with_ctrl(|c| c.ns_index(nsid).ok().map(|i| c.namespaces[i].lba_size()))
     }
 
     /// An orderly power cycle: the volatile write cache is written back, the controller

@@ -250,7 +250,11 @@ impl Namespace {
 
     fn uncache(&mut self, slba: u64, nlb: u64) {
         let bs = self.lba_size() as usize;
-        let keys: Vec<u64> = self.cache.range(slba..slba + nlb).map(|(k, _)| *k).collect();
+        let keys: Vec<u64> = self
+            .cache
+            .range(slba..slba + nlb)
+            .map(|(k, _)| *k)
+            .collect();
         for k in keys {
             if let Some(CacheEntry::Data(_)) = self.cache.remove(&k) {
                 self.cache_bytes -= bs;
@@ -287,7 +291,13 @@ impl Namespace {
     }
 
     /// Write Zeroes / deallocate: the blocks read as zeroes afterwards.
-    pub(crate) fn zero(&mut self, slba: u64, nlb: u64, dealloc: bool, cached: bool) -> io::Result<()> {
+    pub(crate) fn zero(
+        &mut self,
+        slba: u64,
+        nlb: u64,
+        dealloc: bool,
+        cached: bool,
+    ) -> io::Result<()> {
         let r = self.range(slba, nlb);
         self.uncorrectable[r.clone()].fill(false);
         self.alloc[r.clone()].fill(!dealloc);

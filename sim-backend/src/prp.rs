@@ -97,9 +97,8 @@ pub(crate) fn walk(
             let chained = needed > slots;
             let count = if chained { slots } else { needed };
             let mut raw = vec![0u8; count * 8];
-            dma.read(list, &mut raw).map_err(|f| {
-                unmapped(format!("PRP list at {list:#x}: {f}"))
-            })?;
+            dma.read(list, &mut raw)
+                .map_err(|f| unmapped(format!("PRP list at {list:#x}: {f}")))?;
             let entries: Vec<u64> = raw
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
@@ -140,7 +139,11 @@ pub(crate) fn walk(
 }
 
 /// Copies host memory described by `segs` into one buffer.
-pub(crate) fn gather(dma: &DmaSpace, segs: &[(u64, usize)], len: usize) -> Result<Vec<u8>, PrpError> {
+pub(crate) fn gather(
+    dma: &DmaSpace,
+    segs: &[(u64, usize)],
+    len: usize,
+) -> Result<Vec<u8>, PrpError> {
     let mut out = vec![0u8; len];
     let mut pos = 0;
     for &(addr, n) in segs {

@@ -12,7 +12,7 @@ use nvme_core::spec::log::lid;
 use nvme_core::spec::regs::sq_tail_doorbell;
 use nvme_core::spec::{
     AsyncEvent, Command, ErrorLogEntry, FirmwareSlotLog, IdentifyController, IdentifyNamespace,
-    NamespaceList, NvmOpcode, NumberOfQueues, SmartLog,
+    NamespaceList, NumberOfQueues, NvmOpcode, SmartLog,
 };
 use sim_backend::{CommandMatch, ViolationKind};
 
@@ -93,7 +93,10 @@ fn number_of_queues_rules() {
     assert_eq!(sc(&c), (0, 0x02));
     // Ask for 64 of each: 8 granted.
     let c = h.admin_ok(Command::set_features(0x07, false, 0, 0x003F_003F));
-    assert_eq!(NumberOfQueues::from_dword(c.dw0()), NumberOfQueues { nsq_z: 7, ncq_z: 7 });
+    assert_eq!(
+        NumberOfQueues::from_dword(c.dw0()),
+        NumberOfQueues { nsq_z: 7, ncq_z: 7 }
+    );
     // Ask for 2 SQs / 3 CQs.
     let c = h.admin_ok(Command::set_features(0x07, false, 0, 0x0002_0001));
     assert_eq!(c.dw0(), 0x0002_0001);
@@ -122,43 +125,79 @@ fn features_get_set_select() {
     let mut h = Host::enabled(cfg());
     // Arbitration round trip, current vs default.
     h.admin_ok(Command::set_features(0x01, false, 0, 0x0302_0103));
-    assert_eq!(h.admin_ok(Command::get_features(0x01, 0, 0, 0)).dw0(), 0x0302_0103);
+    assert_eq!(
+        h.admin_ok(Command::get_features(0x01, 0, 0, 0)).dw0(),
+        0x0302_0103
+    );
     assert_eq!(h.admin_ok(Command::get_features(0x01, 1, 0, 0)).dw0(), 0);
     assert_eq!(h.admin_ok(Command::get_features(0x01, 2, 0, 0)).dw0(), 0);
     // Supported capabilities: changeable, not saveable.
-    assert_eq!(h.admin_ok(Command::get_features(0x01, 3, 0, 0)).dw0(), 0b100);
+    assert_eq!(
+        h.admin_ok(Command::get_features(0x01, 3, 0, 0)).dw0(),
+        0b100
+    );
     // Saving is not supported.
     let c = h.admin(Command::set_features(0x01, true, 0, 0));
     assert_eq!(sc(&c), (1, 0x0D));
     // Unsupported FIDs.
     for fid in [0x00u8, 0x03, 0x0C, 0x7F, 0xC0] {
-        assert_eq!(sc(&h.admin(Command::get_features(fid, 0, 0, 0))), (0, 0x02), "{fid:#x}");
-        assert_eq!(sc(&h.admin(Command::set_features(fid, false, 0, 0))), (0, 0x02), "{fid:#x}");
+        assert_eq!(
+            sc(&h.admin(Command::get_features(fid, 0, 0, 0))),
+            (0, 0x02),
+            "{fid:#x}"
+        );
+        assert_eq!(
+            sc(&h.admin(Command::set_features(fid, false, 0, 0))),
+            (0, 0x02),
+            "{fid:#x}"
+        );
     }
     // Temperature threshold: over (default WCTEMP) and under.
-    assert_eq!(h.admin_ok(Command::get_features(0x04, 0, 0, 0)).dw0() & 0xFFFF, 343);
+    assert_eq!(
+        h.admin_ok(Command::get_features(0x04, 0, 0, 0)).dw0() & 0xFFFF,
+        343
+    );
     h.admin_ok(Command::set_features(0x04, false, 0, 273 | 1 << 20));
     assert_eq!(
         h.admin_ok(Command::get_features(0x04, 0, 0, 1 << 20)).dw0() & 0xFFFF,
         273
     );
-    assert_eq!(sc(&h.admin(Command::set_features(0x04, false, 0, 300 | 2 << 20))), (0, 0x02));
+    assert_eq!(
+        sc(&h.admin(Command::set_features(0x04, false, 0, 300 | 2 << 20))),
+        (0, 0x02)
+    );
     // Volatile write cache.
     assert_eq!(h.admin_ok(Command::get_features(0x06, 0, 0, 0)).dw0(), 1);
     h.admin_ok(Command::set_features(0x06, false, 0, 0));
     assert_eq!(h.admin_ok(Command::get_features(0x06, 0, 0, 0)).dw0(), 0);
     // Interrupt vector configuration: a vector beyond the 9 is invalid.
     h.admin_ok(Command::set_features(0x09, false, 0, 3 | 1 << 16));
-    assert_eq!(h.admin_ok(Command::get_features(0x09, 0, 0, 3)).dw0(), 3 | 1 << 16);
-    assert_eq!(sc(&h.admin(Command::set_features(0x09, false, 0, 9))), (0, 0x02));
+    assert_eq!(
+        h.admin_ok(Command::get_features(0x09, 0, 0, 3)).dw0(),
+        3 | 1 << 16
+    );
+    assert_eq!(
+        sc(&h.admin(Command::set_features(0x09, false, 0, 9))),
+        (0, 0x02)
+    );
     // Power state beyond NPSS.
-    assert_eq!(sc(&h.admin(Command::set_features(0x02, false, 0, 1))), (0, 0x02));
+    assert_eq!(
+        sc(&h.admin(Command::set_features(0x02, false, 0, 1))),
+        (0, 0x02)
+    );
     for fid in [0x05u8, 0x08, 0x0A, 0x0B] {
         h.admin_ok(Command::set_features(fid, false, 0, 1));
-        assert_eq!(h.admin_ok(Command::get_features(fid, 0, 0, 0)).dw0(), 1, "{fid:#x}");
+        assert_eq!(
+            h.admin_ok(Command::get_features(fid, 0, 0, 0)).dw0(),
+            1,
+            "{fid:#x}"
+        );
     }
     // Not namespace specific.
-    assert_eq!(sc(&h.admin(Command::set_features(0x01, false, 1, 0))), (1, 0x0F));
+    assert_eq!(
+        sc(&h.admin(Command::set_features(0x01, false, 1, 0))),
+        (1, 0x0F)
+    );
     h.sim.assert_no_violations();
 }
 
@@ -168,7 +207,10 @@ fn no_vwc_feature_without_cache() {
         volatile_write_cache: false,
         ..cfg()
     });
-    assert_eq!(sc(&h.admin(Command::get_features(0x06, 0, 0, 0))), (0, 0x02));
+    assert_eq!(
+        sc(&h.admin(Command::get_features(0x06, 0, 0, 0))),
+        (0, 0x02)
+    );
     let (_, page) = h.admin_read(Command::identify(0x01, 0, 0, 0), 4096);
     assert_eq!(IdentifyController::parse(&page).unwrap().vwc, 0);
 }
@@ -179,7 +221,10 @@ fn log_pages() {
     // A failed command lands in the error log.
     let c = h.admin(Command::new(0xC3));
     let failed_cid = c.cid();
-    let (c, page) = h.admin_read(Command::get_log_page(lid::ERROR_INFO, 0, 1024, 0, 0, false), 4096);
+    let (c, page) = h.admin_read(
+        Command::get_log_page(lid::ERROR_INFO, 0, 1024, 0, 0, false),
+        4096,
+    );
     assert!(c.status().is_success());
     let e = ErrorLogEntry::parse(&page);
     assert_eq!(e.error_count, 1);
@@ -188,14 +233,20 @@ fn log_pages() {
     assert_eq!((e.status().sct().0, e.status().sc()), (0, 0x01));
     assert_eq!(ErrorLogEntry::parse(&page[64..]).error_count, 0);
 
-    let (c, page) = h.admin_read(Command::get_log_page(lid::SMART, 0xFFFF_FFFF, 128, 0, 0, false), 512);
+    let (c, page) = h.admin_read(
+        Command::get_log_page(lid::SMART, 0xFFFF_FFFF, 128, 0, 0, false),
+        512,
+    );
     assert!(c.status().is_success());
     let s = SmartLog::parse(&page).unwrap();
     assert_eq!(s.composite_temperature, 310);
     assert_eq!(s.num_error_log_entries, 1);
     assert_eq!(s.available_spare, 100);
 
-    let (c, page) = h.admin_read(Command::get_log_page(lid::FIRMWARE_SLOT, 0, 128, 0, 0, false), 512);
+    let (c, page) = h.admin_read(
+        Command::get_log_page(lid::FIRMWARE_SLOT, 0, 128, 0, 0, false),
+        512,
+    );
     assert!(c.status().is_success());
     let f = FirmwareSlotLog::parse(&page).unwrap();
     assert_eq!(f.active_slot(), 1);
@@ -217,7 +268,10 @@ fn log_pages() {
     let (c, _) = h.admin_read(Command::get_log_page(lid::SMART, 1, 128, 0, 0, false), 512);
     assert_eq!(sc(&c), (0, 0x02));
     // Reading past the end of a log returns zeroes for the rest.
-    let (c, page) = h.admin_read(Command::get_log_page(lid::FIRMWARE_SLOT, 0, 1024, 0, 0, false), 4096);
+    let (c, page) = h.admin_read(
+        Command::get_log_page(lid::FIRMWARE_SLOT, 0, 1024, 0, 0, false),
+        4096,
+    );
     assert!(c.status().is_success());
     assert!(page[512..].iter().all(|&b| b == 0));
     h.sim.assert_no_violations();
@@ -272,7 +326,10 @@ fn async_events() {
     // The error type is masked until the error log is read: an invalid value is not reported.
     h.bar().write32(sq_tail_doorbell(0, 0), 1000);
     assert!(h.poll(0).is_none());
-    h.admin_read(Command::get_log_page(lid::ERROR_INFO, 0, 16, 0, 0, false), 64);
+    h.admin_read(
+        Command::get_log_page(lid::ERROR_INFO, 0, 16, 0, 0, false),
+        64,
+    );
     // Reading the log unmasked the type; the next invalid write (value beyond the size) is
     // reported with info 01h.
     h.bar().write32(sq_tail_doorbell(0, 0), 1000);
@@ -289,7 +346,10 @@ fn async_events() {
     let ev = AsyncEvent::from_dw0(c.dw0());
     assert_eq!((ev.event_type, ev.info, ev.log_page), (1, 0x01, 0x02));
     let (_, page) = h.admin_read(Command::get_log_page(lid::SMART, 0, 128, 0, 0, false), 512);
-    assert_eq!(SmartLog::parse(&page).unwrap().critical_warning & 0x02, 0x02);
+    assert_eq!(
+        SmartLog::parse(&page).unwrap().critical_warning & 0x02,
+        0x02
+    );
     let kinds: Vec<_> = h.sim.violations().iter().map(|v| v.kind).collect();
     assert_eq!(
         kinds,
@@ -306,7 +366,9 @@ fn abort() {
     let mut h = Host::enabled(cfg());
     h.create_pair(1, 16, false);
     // A command whose completion the device holds can be aborted.
-    h.sim.faults().drop_completion(CommandMatch::io(NvmOpcode::FLUSH.0));
+    h.sim
+        .faults()
+        .drop_completion(CommandMatch::io(NvmOpcode::FLUSH.0));
     let cid = h.cid();
     let mut f = Command::flush(1);
     f.set_cid(cid);
@@ -334,7 +396,11 @@ fn abort() {
     h.ring_sq(0);
     let c1 = h.wait(0);
     let c2 = h.wait(0);
-    let (aer_c, ab_c) = if c1.cid() == aer_cid { (c1, c2) } else { (c2, c1) };
+    let (aer_c, ab_c) = if c1.cid() == aer_cid {
+        (c1, c2)
+    } else {
+        (c2, c1)
+    };
     assert_eq!(sc(&aer_c), (0, 0x07));
     assert_eq!(ab_c.dw0() & 1, 0);
     // ACL = 3: with four aborts held, the fifth is refused.
@@ -364,7 +430,12 @@ fn format_nvm() {
     assert_eq!(ns.lba_size(), Some(4096));
     assert_eq!(ns.nsze, (64 << 20) / 4096);
     assert_eq!(ns.nuse, 0);
-    assert!(h.sim.namespace_bytes(1, 0, 1).unwrap().iter().all(|&b| b == 0));
+    assert!(h
+        .sim
+        .namespace_bytes(1, 0, 1)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
     // Invalid format index, PI, crypto erase, bad NSID.
     assert_eq!(sc(&h.admin(Command::format_nvm(1, 9, 0))), (1, 0x0A));
     let mut pi = Command::format_nvm(1, 0, 0);

@@ -11,7 +11,13 @@ use sim_backend::{NamespaceConfig, SimConfig};
 
 fn write(h: &mut Host, nsid: u32, slba: u64, data: &[u8], fua: bool) {
     let bs = h.sim.lba_size(nsid).unwrap() as usize;
-    let mut cmd = Command::rw(NvmOpcode::WRITE, nsid, slba, (data.len() / bs - 1) as u16, fua);
+    let mut cmd = Command::rw(
+        NvmOpcode::WRITE,
+        nsid,
+        slba,
+        (data.len() / bs - 1) as u16,
+        fua,
+    );
     let _b = two_page_prps(h, &mut cmd, data);
     assert!(h.io(1, cmd).status().is_success());
 }
@@ -83,7 +89,12 @@ fn power_loss_discards_unflushed_writes() {
     assert!(!h.csts().rdy());
     assert_eq!(h.sim.namespace_bytes(1, 0, 1).unwrap(), flushed);
     assert_eq!(h.sim.namespace_bytes(1, 1, 1).unwrap(), fua);
-    assert!(h.sim.namespace_bytes(1, 2, 1).unwrap().iter().all(|&b| b == 0));
+    assert!(h
+        .sim
+        .namespace_bytes(1, 2, 1)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
     // SMART counts the power cycle and the unsafe shutdown.
     h.sqs.clear();
     h.cqs.clear();
@@ -125,7 +136,10 @@ fn power_cycle_keeps_cached_data_and_disabling_the_cache_flushes() {
     h.admin_ok(Command::set_features(0x06, false, 0, 0));
     write(&mut h, 1, 1, &d, false);
     h.sim.power_loss();
-    assert_eq!(h.sim.namespace_bytes(1, 0, 2).unwrap(), [d.clone(), d.clone()].concat());
+    assert_eq!(
+        h.sim.namespace_bytes(1, 0, 2).unwrap(),
+        [d.clone(), d.clone()].concat()
+    );
     // An orderly power cycle keeps the cache.
     h.sqs.clear();
     h.cqs.clear();
@@ -142,5 +156,8 @@ fn back_door_range_errors() {
     assert!(h.sim.namespace_bytes(3, 0, 1).is_err());
     assert!(h.sim.namespace_bytes(1, (64 << 20) / 512, 1).is_err());
     assert!(h.sim.write_namespace_bytes(0, 0, &[0; 512]).is_err());
-    assert!(h.sim.write_namespace_bytes(2, (64 << 20) / 4096, &[0; 1]).is_err());
+    assert!(h
+        .sim
+        .write_namespace_bytes(2, (64 << 20) / 4096, &[0; 1])
+        .is_err());
 }

@@ -31,7 +31,7 @@ fn register_defaults_and_offsets() {
     assert_eq!((vs.mjr(), vs.mnr(), vs.ter()), (2, 0, 0));
     assert_eq!(bar.read32(0x0014), 0); // NVME_REG_CC
     assert_eq!(bar.read32(0x001c), 0); // NVME_REG_CSTS
-    // Unknown offsets read 0; misaligned or outside the BAR read all-ones.
+                                       // Unknown offsets read 0; misaligned or outside the BAR read all-ones.
     assert_eq!(bar.read32(0x0040), 0);
     assert_eq!(bar.read32(0x0F00), 0);
     assert_eq!(bar.read32(0x0002), u32::MAX);
@@ -99,7 +99,11 @@ fn enable_with_bad_configuration_is_fatal() {
         let bar = h.bar();
         let aqa = if setup == 1 { 0 } else { Aqa::new(7, 7).0 };
         bar.write32(offset::AQA, aqa);
-        let asq_addr = if setup == 0 { asq.iova() + 64 } else { asq.iova() };
+        let asq_addr = if setup == 0 {
+            asq.iova() + 64
+        } else {
+            asq.iova()
+        };
         bar.write64(offset::ASQ, asq_addr);
         bar.write64(offset::ACQ, acq.iova());
         let mut cc = Cc(0).with_iosqes(6).with_iocqes(4);
@@ -114,7 +118,12 @@ fn enable_with_bad_configuration_is_fatal() {
         let c = h.csts();
         assert!(c.cfs(), "{what}: CFS expected");
         assert!(!c.rdy(), "{what}");
-        assert_eq!(h.sim.violations().len(), 1, "{what}: {:?}", h.sim.violations());
+        assert_eq!(
+            h.sim.violations().len(),
+            1,
+            "{what}: {:?}",
+            h.sim.violations()
+        );
         // A reset clears CFS.
         bar.write32(offset::CC, cc.with_en(false).0);
         assert!(!h.csts().cfs(), "{what}");
@@ -196,20 +205,14 @@ fn doorbell_before_ready_is_a_violation() {
 
 #[test]
 fn doorbell_stride() {
-    let mut h = Host::enabled(SimConfig {
-        dstrd: 2,
-        ..cfg()
-    });
+    let mut h = Host::enabled(SimConfig { dstrd: 2, ..cfg() });
     assert_eq!(h.dstrd, 2);
     let (c, page) = h.admin_read(Command::identify(1, 0, 0, 0), 4096);
     assert!(c.status().is_success());
     assert_eq!(&page[512..514], &[0x66, 0x44]);
     // A write between two doorbells of a 16-byte stride is no doorbell.
     h.bar().write32(0x1004, 1);
-    assert_eq!(
-        h.sim.violations()[0].kind,
-        ViolationKind::UndefinedRegister
-    );
+    assert_eq!(h.sim.violations()[0].kind, ViolationKind::UndefinedRegister);
 }
 
 #[test]

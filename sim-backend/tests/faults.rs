@@ -16,7 +16,16 @@ fn surprise_removal_reads_all_ones() {
     let mut h = Host::enabled(cfg());
     h.create_pair(1, 8, false);
     h.sim.faults().surprise_removal();
-    for off in [offset::CAP, 0x04, offset::VS, offset::CC, offset::CSTS, offset::AQA, 0x1000, 0x2000] {
+    for off in [
+        offset::CAP,
+        0x04,
+        offset::VS,
+        offset::CC,
+        offset::CSTS,
+        offset::AQA,
+        0x1000,
+        0x2000,
+    ] {
         assert_eq!(h.bar().read32(off), u32::MAX, "offset {off:#x}");
     }
     assert_eq!(h.bar().read64(offset::CAP), u64::MAX);
@@ -64,7 +73,10 @@ fn media_errors_on_a_range() {
     assert!(h.io(1, r).status().is_success());
     assert_eq!(sc(&h.io(1, Command::verify(1, 11, 0))), (2, 0x81));
     // The error log has the LBA; SMART counts it.
-    let (_, page) = h.admin_read(Command::get_log_page(lid::ERROR_INFO, 0, 16, 0, 0, false), 64);
+    let (_, page) = h.admin_read(
+        Command::get_log_page(lid::ERROR_INFO, 0, 16, 0, 0, false),
+        64,
+    );
     let e = ErrorLogEntry::parse(&page);
     assert_eq!((e.nsid, e.lba, e.sqid), (1, 11, 1));
     let (_, page) = h.admin_read(Command::get_log_page(lid::SMART, 0, 128, 0, 0, false), 512);
@@ -95,7 +107,10 @@ fn forced_status_applies_once_to_the_matching_command() {
         .faults()
         .force_status(CommandMatch::admin(0x0A), Status::generic(0x02, true));
     assert!(h.io(1, Command::new(0x0A)).status().sc() == 0x01);
-    assert_eq!(sc(&h.admin(Command::get_features(0x07, 0, 0, 0))), (0, 0x02));
+    assert_eq!(
+        sc(&h.admin(Command::get_features(0x07, 0, 0, 0))),
+        (0, 0x02)
+    );
     h.sim.assert_no_violations();
 }
 
@@ -103,9 +118,10 @@ fn forced_status_applies_once_to_the_matching_command() {
 fn delayed_and_dropped_completions() {
     let mut h = Host::enabled(cfg());
     h.create_pair(1, 8, false);
-    h.sim
-        .faults()
-        .delay_completion(CommandMatch::io(NvmOpcode::FLUSH.0), Duration::from_millis(30));
+    h.sim.faults().delay_completion(
+        CommandMatch::io(NvmOpcode::FLUSH.0),
+        Duration::from_millis(30),
+    );
     let mut f = Command::flush(1);
     f.set_cid(1);
     h.push(1, &f);
@@ -115,9 +131,7 @@ fn delayed_and_dropped_completions() {
     assert_eq!(c.cid(), 1);
     assert!(c.status().is_success());
     // Dropped: never completes, until a reset drops it for good.
-    h.sim
-        .faults()
-        .drop_completion(CommandMatch::any_io());
+    h.sim.faults().drop_completion(CommandMatch::any_io());
     let mut f = Command::flush(1);
     f.set_cid(2);
     h.push(1, &f);

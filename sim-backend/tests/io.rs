@@ -14,7 +14,13 @@ fn host() -> Host {
 
 fn write(h: &mut Host, nsid: u32, slba: u64, data: &[u8]) -> (u8, u8) {
     let bs = h.sim.lba_size(nsid).unwrap() as usize;
-    let mut cmd = Command::rw(NvmOpcode::WRITE, nsid, slba, (data.len() / bs - 1) as u16, false);
+    let mut cmd = Command::rw(
+        NvmOpcode::WRITE,
+        nsid,
+        slba,
+        (data.len() / bs - 1) as u16,
+        false,
+    );
     let _b = two_page_prps(h, &mut cmd, data);
     sc(&h.io(1, cmd))
 }
@@ -120,7 +126,11 @@ fn prp_list_chaining() {
     let d = h.alloc(3 * 4096);
     h.write_mem(
         lst.iova() + 8,
-        &[(d.iova() + 4096).to_le_bytes(), (d.iova() + 8192).to_le_bytes()].concat(),
+        &[
+            (d.iova() + 4096).to_le_bytes(),
+            (d.iova() + 8192).to_le_bytes(),
+        ]
+        .concat(),
     );
     let mut r = Command::rw(NvmOpcode::READ, 2, 0, 2, false);
     r.set_prps(d.iova(), lst.iova() + 8);
@@ -187,7 +197,10 @@ fn range_namespace_and_mdts_checks() {
     let c = Command::rw(NvmOpcode::READ, 1, 0, 256, false);
     assert_eq!(sc(&h.io(1, c)), (0, 0x02));
     // Write Zeroes and Verify are not bound by MDTS.
-    assert!(h.io(1, Command::write_zeroes(1, 0, 1000, false)).status().is_success());
+    assert!(h
+        .io(1, Command::write_zeroes(1, 0, 1000, false))
+        .status()
+        .is_success());
     assert!(h.io(1, Command::verify(1, 0, 1000)).status().is_success());
     // Unknown I/O opcode.
     assert_eq!(sc(&h.io(1, Command::new(0x7E))), (0, 0x01));
@@ -209,7 +222,10 @@ fn write_zeroes_dsm_compare_verify_uncorrectable() {
     let _b = two_page_prps(&h, &mut c, &other);
     assert_eq!(sc(&h.io(1, c)), (2, 0x85));
     // Write Zeroes (with deallocate).
-    assert!(h.io(1, Command::write_zeroes(1, 1, 0, true)).status().is_success());
+    assert!(h
+        .io(1, Command::write_zeroes(1, 1, 0, true))
+        .status()
+        .is_success());
     let (_, b) = read(&mut h, 1, 0, 4096);
     assert_eq!(&b[..512], &data[..512]);
     assert!(b[512..1024].iter().all(|&x| x == 0));
@@ -273,6 +289,10 @@ fn sgl_and_fused_are_refused() {
     let kinds: Vec<_> = h.sim.violations().iter().map(|v| v.kind).collect();
     assert_eq!(
         kinds,
-        vec![ViolationKind::Psdt, ViolationKind::FusedCommand, ViolationKind::Psdt]
+        vec![
+            ViolationKind::Psdt,
+            ViolationKind::FusedCommand,
+            ViolationKind::Psdt
+        ]
     );
 }

@@ -21,29 +21,56 @@ fn create_cq_errors() {
     let mem = h.alloc(1 << 16);
     let base = mem.iova();
     // QID 0, above the granted count.
-    assert_eq!(sc(&h.admin(Command::create_io_cq(0, 15, base, false, 0))), (1, 0x01));
-    assert_eq!(sc(&h.admin(Command::create_io_cq(5, 15, base, false, 0))), (1, 0x01));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_cq(0, 15, base, false, 0))),
+        (1, 0x01)
+    );
+    assert_eq!(
+        sc(&h.admin(Command::create_io_cq(5, 15, base, false, 0))),
+        (1, 0x01)
+    );
     // QSIZE 0, above MQES.
-    assert_eq!(sc(&h.admin(Command::create_io_cq(1, 0, base, false, 0))), (1, 0x02));
-    assert_eq!(sc(&h.admin(Command::create_io_cq(1, 1024, base, false, 0))), (1, 0x02));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_cq(1, 0, base, false, 0))),
+        (1, 0x02)
+    );
+    assert_eq!(
+        sc(&h.admin(Command::create_io_cq(1, 1024, base, false, 0))),
+        (1, 0x02)
+    );
     // PC = 0 while CAP.CQR = 1.
     let mut c = Command::create_io_cq(1, 15, base, false, 0);
     c.set_cdw(11, 0);
     assert_eq!(sc(&h.admin(c)), (0, 0x02));
     // Interrupt vector beyond the 9 vectors.
-    assert_eq!(sc(&h.admin(Command::create_io_cq(1, 15, base, true, 9))), (1, 0x08));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_cq(1, 15, base, true, 9))),
+        (1, 0x08)
+    );
     h.sim.assert_no_violations();
     // Base not page aligned: PRP Offset Invalid and a violation.
-    assert_eq!(sc(&h.admin(Command::create_io_cq(1, 15, base + 64, false, 0))), (0, 0x13));
-    assert_eq!(h.sim.violations()[0].kind, ViolationKind::MisalignedQueueBase);
+    assert_eq!(
+        sc(&h.admin(Command::create_io_cq(1, 15, base + 64, false, 0))),
+        (0, 0x13)
+    );
+    assert_eq!(
+        h.sim.violations()[0].kind,
+        ViolationKind::MisalignedQueueBase
+    );
     h.sim.clear_violations();
     // Unmapped memory: Data Transfer Error.
-    assert_eq!(sc(&h.admin(Command::create_io_cq(1, 15, 0x1000, false, 0))), (0, 0x04));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_cq(1, 15, 0x1000, false, 0))),
+        (0, 0x04)
+    );
     assert_eq!(h.sim.violations()[0].kind, ViolationKind::UnmappedDma);
     h.sim.clear_violations();
     // Valid, then the same QID again.
     h.admin_ok(Command::create_io_cq(1, 15, base, true, 8));
-    assert_eq!(sc(&h.admin(Command::create_io_cq(1, 15, base, false, 0))), (1, 0x01));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_cq(1, 15, base, false, 0))),
+        (1, 0x01)
+    );
     assert_eq!(h.sim.violations()[0].kind, ViolationKind::QueueCreatedTwice);
 }
 
@@ -55,28 +82,58 @@ fn create_sq_errors() {
     let base = mem.iova();
     h.admin_ok(Command::create_io_cq(2, 15, cqmem.iova(), false, 0));
     // CQID 0 or out of range: Invalid Queue Identifier; in range but absent: CQ Invalid.
-    assert_eq!(sc(&h.admin(Command::create_io_sq(1, 15, base, 0, 0))), (1, 0x01));
-    assert_eq!(sc(&h.admin(Command::create_io_sq(1, 15, base, 9, 0))), (1, 0x01));
-    assert_eq!(sc(&h.admin(Command::create_io_sq(1, 15, base, 1, 0))), (1, 0x00));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_sq(1, 15, base, 0, 0))),
+        (1, 0x01)
+    );
+    assert_eq!(
+        sc(&h.admin(Command::create_io_sq(1, 15, base, 9, 0))),
+        (1, 0x01)
+    );
+    assert_eq!(
+        sc(&h.admin(Command::create_io_sq(1, 15, base, 1, 0))),
+        (1, 0x00)
+    );
     // QID 0, above granted.
-    assert_eq!(sc(&h.admin(Command::create_io_sq(0, 15, base, 2, 0))), (1, 0x01));
-    assert_eq!(sc(&h.admin(Command::create_io_sq(5, 15, base, 2, 0))), (1, 0x01));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_sq(0, 15, base, 2, 0))),
+        (1, 0x01)
+    );
+    assert_eq!(
+        sc(&h.admin(Command::create_io_sq(5, 15, base, 2, 0))),
+        (1, 0x01)
+    );
     // QSIZE.
-    assert_eq!(sc(&h.admin(Command::create_io_sq(1, 0, base, 2, 0))), (1, 0x02));
-    assert_eq!(sc(&h.admin(Command::create_io_sq(1, 2000, base, 2, 0))), (1, 0x02));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_sq(1, 0, base, 2, 0))),
+        (1, 0x02)
+    );
+    assert_eq!(
+        sc(&h.admin(Command::create_io_sq(1, 2000, base, 2, 0))),
+        (1, 0x02)
+    );
     // PC = 0.
     let mut c = Command::create_io_sq(1, 15, base, 2, 0);
     c.set_cdw(11, 2 << 16);
     assert_eq!(sc(&h.admin(c)), (0, 0x02));
     h.sim.assert_no_violations();
     // Misaligned base.
-    assert_eq!(sc(&h.admin(Command::create_io_sq(1, 15, base + 8, 2, 0))), (0, 0x13));
-    assert_eq!(h.sim.violations()[0].kind, ViolationKind::MisalignedQueueBase);
+    assert_eq!(
+        sc(&h.admin(Command::create_io_sq(1, 15, base + 8, 2, 0))),
+        (0, 0x13)
+    );
+    assert_eq!(
+        h.sim.violations()[0].kind,
+        ViolationKind::MisalignedQueueBase
+    );
     h.sim.clear_violations();
     // Two SQs may share one CQ.
     h.admin_ok(Command::create_io_sq(1, 15, base, 2, 0));
     h.admin_ok(Command::create_io_sq(3, 15, base + 4096, 2, 0));
-    assert_eq!(sc(&h.admin(Command::create_io_sq(3, 15, base + 8192, 2, 0))), (1, 0x01));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_sq(3, 15, base + 8192, 2, 0))),
+        (1, 0x01)
+    );
     assert_eq!(h.sim.violations()[0].kind, ViolationKind::QueueCreatedTwice);
 }
 
@@ -111,10 +168,28 @@ fn iosqes_unset_is_refused() {
     h.bar().write32(offset::AQA, 0x000F_000F);
     h.bar().write32(offset::CC, Cc(0).with_en(true).0);
     h.wait_csts(|c| c.rdy());
-    h.sqs.insert(0, HostSq { region: asq, size: 16, tail: 0 });
-    h.cqs.insert(0, HostCq { region: acq, size: 16, head: 0, phase: true });
+    h.sqs.insert(
+        0,
+        HostSq {
+            region: asq,
+            size: 16,
+            tail: 0,
+        },
+    );
+    h.cqs.insert(
+        0,
+        HostCq {
+            region: acq,
+            size: 16,
+            head: 0,
+            phase: true,
+        },
+    );
     let mem = h.alloc(4096);
-    assert_eq!(sc(&h.admin(Command::create_io_cq(1, 15, mem.iova(), false, 0))), (1, 0x02));
+    assert_eq!(
+        sc(&h.admin(Command::create_io_cq(1, 15, mem.iova(), false, 0))),
+        (1, 0x02)
+    );
     assert_eq!(h.sim.violations()[0].kind, ViolationKind::QueueEntrySize);
 }
 
@@ -145,8 +220,23 @@ fn cq_full_stalls_until_the_host_frees_entries() {
     let sq = h.alloc(4096);
     h.admin_ok(Command::create_io_cq(1, 3, cq.iova(), false, 0));
     h.admin_ok(Command::create_io_sq(1, 15, sq.iova(), 1, 0));
-    h.cqs.insert(1, HostCq { region: cq, size: 4, head: 0, phase: true });
-    h.sqs.insert(1, HostSq { region: sq, size: 16, tail: 0 });
+    h.cqs.insert(
+        1,
+        HostCq {
+            region: cq,
+            size: 4,
+            head: 0,
+            phase: true,
+        },
+    );
+    h.sqs.insert(
+        1,
+        HostSq {
+            region: sq,
+            size: 16,
+            tail: 0,
+        },
+    );
     for cid in 0..8u16 {
         let mut f = Command::flush(1);
         f.set_cid(100 + cid);

@@ -61,7 +61,10 @@ fn interrupts_signal_completions() {
         f.set_cid(3);
         h.push(1, &f);
         h.ring_sq(1);
-        assert!(h.p.irq().wait(1, TIMEOUT), "{mode:?}: vector 1 did not fire");
+        assert!(
+            h.p.irq().wait(1, TIMEOUT),
+            "{mode:?}: vector 1 did not fire"
+        );
         let c = h.poll(1).expect("the interrupt came after the entry");
         assert_eq!(c.cid(), 3);
         h.ring_cq(1);
@@ -73,8 +76,23 @@ fn interrupts_signal_completions() {
         let sq = h.alloc(4096);
         h.admin_ok(Command::create_io_cq(2, 15, cq.iova(), false, 2));
         h.admin_ok(Command::create_io_sq(2, 15, sq.iova(), 2, 0));
-        h.cqs.insert(2, HostCq { region: cq, size: 16, head: 0, phase: true });
-        h.sqs.insert(2, HostSq { region: sq, size: 16, tail: 0 });
+        h.cqs.insert(
+            2,
+            HostCq {
+                region: cq,
+                size: 16,
+                head: 0,
+                phase: true,
+            },
+        );
+        h.sqs.insert(
+            2,
+            HostSq {
+                region: sq,
+                size: 16,
+                tail: 0,
+            },
+        );
         let before = h.sim.stats().interrupts_raised;
         h.io(2, Command::flush(1));
         assert!(!h.p.irq().poll(2));

@@ -133,8 +133,14 @@ fn bad_admin_queue_memory_is_fatal() {
     h.bar().write32(0x24, 0x0007_0007);
     h.bar().write64(0x28, 0x7000_0000);
     h.bar().write64(0x30, 0x7100_0000);
-    h.bar()
-        .write32(0x14, nvme_core::spec::regs::Cc(0).with_iosqes(6).with_iocqes(4).with_en(true).0);
+    h.bar().write32(
+        0x14,
+        nvme_core::spec::regs::Cc(0)
+            .with_iosqes(6)
+            .with_iocqes(4)
+            .with_en(true)
+            .0,
+    );
     h.wait_csts(|c| c.rdy());
     h.bar().write32(sq_tail_doorbell(0, 0), 1);
     assert!(h.csts().cfs());

@@ -12,7 +12,9 @@ use nvme_core::spec::{
     IdentifyNamespace, LbaFormat, NamespaceList, SmartLog, Status, CQE_SIZE, SQE_SIZE,
 };
 
-use super::{done_status, Controller, Cq, Done, Held, Outcome, Sq, CCTEMP, ERROR_LOG_ENTRIES, WCTEMP};
+use super::{
+    done_status, Controller, Cq, Done, Held, Outcome, Sq, CCTEMP, ERROR_LOG_ENTRIES, WCTEMP,
+};
 use crate::namespace::{LBA_FORMATS, LBA_FORMAT_RP};
 use crate::violation::ViolationKind;
 
@@ -40,14 +42,22 @@ impl Controller {
         if cmd.fuse() != 0 {
             self.violation(
                 ViolationKind::FusedCommand,
-                format!("admin command {:?} CID {cid} has FUSE = {:#b}", AdminOpcode(cmd.opcode()), cmd.fuse()),
+                format!(
+                    "admin command {:?} CID {cid} has FUSE = {:#b}",
+                    AdminOpcode(cmd.opcode()),
+                    cmd.fuse()
+                ),
             );
             return invalid_field();
         }
         if cmd.psdt() != 0 {
             self.violation(
                 ViolationKind::Psdt,
-                format!("admin command {:?} CID {cid} has PSDT = {:#b}", AdminOpcode(cmd.opcode()), cmd.psdt()),
+                format!(
+                    "admin command {:?} CID {cid} has PSDT = {:#b}",
+                    AdminOpcode(cmd.opcode()),
+                    cmd.psdt()
+                ),
             );
             return invalid_field();
         }
@@ -93,7 +103,10 @@ impl Controller {
         if self.cc.iocqes() != 4 {
             self.violation(
                 ViolationKind::QueueEntrySize,
-                format!("Create I/O CQ {qid} with CC.IOCQES = {} (must be 4)", self.cc.iocqes()),
+                format!(
+                    "Create I/O CQ {qid} with CC.IOCQES = {} (must be 4)",
+                    self.cc.iocqes()
+                ),
             );
             return specific_err(specific::INVALID_QUEUE_SIZE);
         }
@@ -101,7 +114,10 @@ impl Controller {
             return specific_err(specific::INVALID_QUEUE_IDENTIFIER);
         }
         if self.cqs[usize::from(qid)].is_some() {
-            self.violation(ViolationKind::QueueCreatedTwice, format!("Create I/O CQ {qid}: already exists"));
+            self.violation(
+                ViolationKind::QueueCreatedTwice,
+                format!("Create I/O CQ {qid}: already exists"),
+            );
             return specific_err(specific::INVALID_QUEUE_IDENTIFIER);
         }
         if qsize_z == 0 || qsize_z > self.cap.mqes_z() {
@@ -163,7 +179,10 @@ impl Controller {
         if self.cc.iosqes() != 6 {
             self.violation(
                 ViolationKind::QueueEntrySize,
-                format!("Create I/O SQ {qid} with CC.IOSQES = {} (must be 6)", self.cc.iosqes()),
+                format!(
+                    "Create I/O SQ {qid} with CC.IOSQES = {} (must be 6)",
+                    self.cc.iosqes()
+                ),
             );
             return specific_err(specific::INVALID_QUEUE_SIZE);
         }
@@ -177,7 +196,10 @@ impl Controller {
             return specific_err(specific::INVALID_QUEUE_IDENTIFIER);
         }
         if self.sqs[usize::from(qid)].is_some() {
-            self.violation(ViolationKind::QueueCreatedTwice, format!("Create I/O SQ {qid}: already exists"));
+            self.violation(
+                ViolationKind::QueueCreatedTwice,
+                format!("Create I/O SQ {qid}: already exists"),
+            );
             return specific_err(specific::INVALID_QUEUE_IDENTIFIER);
         }
         if qsize_z == 0 || qsize_z > self.cap.mqes_z() {
@@ -223,11 +245,16 @@ impl Controller {
         if qid == 0 || self.sqs.get(usize::from(qid)).is_none_or(|q| q.is_none()) {
             return specific_err(specific::INVALID_QUEUE_IDENTIFIER);
         }
-        let (mine, keep): (Vec<Held>, Vec<Held>) =
-            std::mem::take(&mut self.held).into_iter().partition(|h| h.sqid == qid);
+        let (mine, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.sqid == qid);
         self.held = keep;
         for h in mine {
-            self.post(h.sqid, h.cid, done_status(Status::generic(generic::ABORTED_SQ_DELETION, false)));
+            self.post(
+                h.sqid,
+                h.cid,
+                done_status(Status::generic(generic::ABORTED_SQ_DELETION, false)),
+            );
         }
         self.sqs[usize::from(qid)] = None;
         Done::ok(0)
@@ -312,7 +339,7 @@ impl Controller {
             }
             _ => return invalid_field(),
         }
-        match self.to_host(cmd, &page) {
+        match self.transfer_to_host(cmd, &page) {
             Ok(()) => Done::ok(0),
             Err(s) => Done::err(s),
         }
@@ -357,7 +384,11 @@ impl Controller {
             fuses: 0,
             fna: 0,
             // VWC bit 0 present; bits 2:1 = 11b: Flush with NSID FFFFFFFFh is supported.
-            vwc: if self.cfg.volatile_write_cache { 0b111 } else { 0 },
+            vwc: if self.cfg.volatile_write_cache {
+                0b111
+            } else {
+                0
+            },
             awun: 0,
             awupf: 0,
             sgls: 0,
@@ -453,7 +484,7 @@ impl Controller {
         let start = off as usize;
         let n = (data.len() - start).min(len);
         out[..n].copy_from_slice(&data[start..start + n]);
-        if let Err(s) = self.to_host(cmd, &out) {
+        if let Err(s) = self.transfer_to_host(cmd, &out) {
             return Done::err(s);
         }
         if !rae {
@@ -506,7 +537,11 @@ impl Controller {
             return specific_err(specific::ABORT_LIMIT_EXCEEDED);
         }
         let aborted = Status::generic(generic::ABORT_REQUESTED, false);
-        if let Some(i) = self.held.iter().position(|h| h.sqid == sqid && h.cid == cid) {
+        if let Some(i) = self
+            .held
+            .iter()
+            .position(|h| h.sqid == sqid && h.cid == cid)
+        {
             let h = self.held.remove(i);
             self.post(h.sqid, h.cid, done_status(aborted));
             return Done::ok(0);

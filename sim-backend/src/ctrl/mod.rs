@@ -442,16 +442,8 @@ impl Controller {
             offset::INTMC => self.intms &= !v,
             offset::CC => self.write_cc(Cc(v), now),
             // CSTS.NSSRO is RW1C (§3.1.4.6); the other bits are read-only.
-            offset::CSTS => {
-                if v & 0x10 != 0 {
-                    self.nssro = false;
-                }
-            }
-            offset::NSSR => {
-                if v == NSSR_RESET && self.cap.nssrs() {
-                    self.subsystem_reset(now);
-                }
-            }
+            offset::CSTS if v & 0x10 != 0 => self.nssro = false,
+            offset::NSSR if v == NSSR_RESET && self.cap.nssrs() => self.subsystem_reset(now),
             offset::AQA | offset::ASQ | 0x2C | offset::ACQ | 0x34 => {
                 if self.cc.en() {
                     self.violation(
@@ -506,9 +498,15 @@ impl Controller {
             if frozen(old) != frozen(new) {
                 self.violation(
                     ViolationKind::ConfigChangedWhileEnabled,
-                    format!("CC.CSS/MPS/AMS changed while enabled: {:#x} -> {:#x}", old.0, new.0),
+                    format!(
+                        "CC.CSS/MPS/AMS changed while enabled: {:#x} -> {:#x}",
+                        old.0, new.0
+                    ),
                 );
-                cc = cc.with_css(old.css()).with_mps(old.mps()).with_ams(old.ams());
+                cc = cc
+                    .with_css(old.css())
+                    .with_mps(old.mps())
+                    .with_ams(old.ams());
             }
         }
         self.cc = cc;
@@ -562,22 +560,40 @@ impl Controller {
         }
         // CAP.CSS = NVM only: CC.CSS must be 000b (§3.1.4.5).
         if self.cc.css() != nvme_core::spec::regs::css::NVM {
-            problems.push(format!("CC.CSS {:#b} not supported by CAP.CSS {:#x}", self.cc.css(), self.cap.css()));
+            problems.push(format!(
+                "CC.CSS {:#b} not supported by CAP.CSS {:#x}",
+                self.cc.css(),
+                self.cap.css()
+            ));
         }
         // CAP.AMS = 0: round robin only.
         if self.cc.ams() != 0 {
-            problems.push(format!("CC.AMS {:#b} not supported (CAP.AMS = 0)", self.cc.ams()));
+            problems.push(format!(
+                "CC.AMS {:#b} not supported (CAP.AMS = 0)",
+                self.cc.ams()
+            ));
         }
         if aqa.asqs_z() == 0 || aqa.acqs_z() == 0 {
-            problems.push(format!("AQA {:#x}: admin queue sizes must be at least 2 entries", self.aqa));
+            problems.push(format!(
+                "AQA {:#x}: admin queue sizes must be at least 2 entries",
+                self.aqa
+            ));
         }
         if self.asq % ps != 0 || self.asq == 0 {
-            problems.push(format!("ASQ {:#x} not aligned to the memory page size", self.asq));
+            problems.push(format!(
+                "ASQ {:#x} not aligned to the memory page size",
+                self.asq
+            ));
         }
         if self.acq % ps != 0 || self.acq == 0 {
-            problems.push(format!("ACQ {:#x} not aligned to the memory page size", self.acq));
+            problems.push(format!(
+                "ACQ {:#x} not aligned to the memory page size",
+                self.acq
+            ));
         }
-        if (self.cc.iosqes() != 0 && self.cc.iosqes() != 6) || (self.cc.iocqes() != 0 && self.cc.iocqes() != 4) {
+        if (self.cc.iosqes() != 0 && self.cc.iosqes() != 6)
+            || (self.cc.iocqes() != 0 && self.cc.iocqes() != 4)
+        {
             problems.push(format!(
                 "CC.IOSQES {} / IOCQES {}: Identify SQES/CQES allow only 6 / 4",
                 self.cc.iosqes(),
@@ -588,7 +604,10 @@ impl Controller {
         self.shutdown_done_at = None;
         self.shutdown_clean = false;
         if !problems.is_empty() {
-            let kind = if problems.iter().any(|p| p.contains("ASQ") || p.contains("ACQ")) {
+            let kind = if problems
+                .iter()
+                .any(|p| p.contains("ASQ") || p.contains("ACQ"))
+            {
                 ViolationKind::MisalignedQueueBase
             } else if problems.iter().any(|p| p.contains("IOSQES")) {
                 ViolationKind::QueueEntrySize
@@ -697,7 +716,10 @@ impl Controller {
         if rel % self.stride() != 0 {
             self.violation(
                 ViolationKind::UndefinedRegister,
-                format!("write at {off:#x} between doorbells (stride {})", self.stride()),
+                format!(
+                    "write at {off:#x} between doorbells (stride {})",
+                    self.stride()
+                ),
             );
             return;
         }
@@ -774,7 +796,11 @@ impl Controller {
         let mut i = tail;
         while i != v {
             let mut b = [0u8; 4];
-            if self.dma.read(base + u64::from(i) * SQE_SIZE as u64, &mut b).is_ok() {
+            if self
+                .dma
+                .read(base + u64::from(i) * SQE_SIZE as u64, &mut b)
+                .is_ok()
+            {
                 let cid = (u32::from_le_bytes(b) >> 16) as u16;
                 if !seen.insert(cid) {
                     self.violation(
@@ -911,7 +937,11 @@ impl Controller {
         }
         sq.outstanding.insert(cid);
         if sq.abort_on_fetch.remove(&cid) {
-            self.post(sqid, cid, done_status(Status::generic(generic::ABORT_REQUESTED, false)));
+            self.post(
+                sqid,
+                cid,
+                done_status(Status::generic(generic::ABORT_REQUESTED, false)),
+            );
             return;
         }
         let fault = self.faults.take_completion_fault(sqid, opcode);
@@ -952,8 +982,14 @@ impl Controller {
     pub(crate) fn post(&mut self, sqid: u16, cid: u16, done: Done) {
         let st = done.status;
         if !st.is_success()
-            && !st.is(nvme_core::spec::StatusCodeType::GENERIC, generic::ABORT_REQUESTED)
-            && !st.is(nvme_core::spec::StatusCodeType::GENERIC, generic::ABORTED_SQ_DELETION)
+            && !st.is(
+                nvme_core::spec::StatusCodeType::GENERIC,
+                generic::ABORT_REQUESTED,
+            )
+            && !st.is(
+                nvme_core::spec::StatusCodeType::GENERIC,
+                generic::ABORTED_SQ_DELETION,
+            )
         {
             self.error_count += 1;
             self.error_log.push_front(ErrorLogEntry {
@@ -1007,7 +1043,10 @@ impl Controller {
             let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
             let phase = cq.phase;
             let (ien, iv) = (cq.ien, cq.iv);
-            let sq = self.sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut());
+            let sq = self
+                .sqs
+                .get_mut(usize::from(p.sqid))
+                .and_then(|s| s.as_mut());
             let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
             let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, phase, p.status);
             if let Err(f) = self.dma.write_cqe(addr, &cqe.to_le_bytes()) {
@@ -1018,7 +1057,11 @@ impl Controller {
                 self.set_fatal("CQ entry post failed");
                 return;
             }
-            if let Some(sq) = self.sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut()) {
+            if let Some(sq) = self
+                .sqs
+                .get_mut(usize::from(p.sqid))
+                .and_then(|s| s.as_mut())
+            {
                 sq.outstanding.remove(&p.cid);
             }
             let cq = self.cqs[usize::from(cqid)].as_mut().expect("exists");
@@ -1042,13 +1085,17 @@ impl Controller {
     }
 
     /// Controller-to-host transfer of `data` through the command's PRPs.
-    pub(crate) fn to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
+    pub(crate) fn transfer_to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
         let segs = self.prps(cmd, data.len())?;
         prp::scatter(&self.dma, &segs, data).map_err(|e| self.prp_violation(e))
     }
 
     /// Host-to-controller transfer of `len` bytes through the command's PRPs.
-    pub(crate) fn from_host(&mut self, cmd: &Command, len: usize) -> Result<Vec<u8>, Status> {
+    pub(crate) fn transfer_from_host(
+        &mut self,
+        cmd: &Command,
+        len: usize,
+    ) -> Result<Vec<u8>, Status> {
         let segs = self.prps(cmd, len)?;
         prp::gather(&self.dma, &segs, len).map_err(|e| self.prp_violation(e))
     }
@@ -1060,7 +1107,13 @@ impl Controller {
     /// read with RAE = 0); otherwise kept until one is.
     pub(crate) fn raise_event(&mut self, ev: AsyncEvent) {
         let t = usize::from(ev.event_type & 7);
-        if self.aer.masked[t] || self.aer.pending.iter().any(|p| p.event_type == ev.event_type) {
+        if self.aer.masked[t]
+            || self
+                .aer
+                .pending
+                .iter()
+                .any(|p| p.event_type == ev.event_type)
+        {
             return;
         }
         self.aer.pending.push_back(ev);
@@ -1080,13 +1133,17 @@ impl Controller {
             let ev = self.aer.pending.remove(pos).expect("position is valid");
             self.aer.outstanding.pop_front();
             self.aer.masked[usize::from(ev.event_type & 7)] = true;
-            self.post(0, cid, Done {
-                dw0: ev.to_dw0(),
-                dw1: 0,
-                status: Status::SUCCESS,
-                nsid: 0,
-                lba: None,
-            });
+            self.post(
+                0,
+                cid,
+                Done {
+                    dw0: ev.to_dw0(),
+                    dw1: 0,
+                    status: Status::SUCCESS,
+                    nsid: 0,
+                    lba: None,
+                },
+            );
         }
     }
 
@@ -1109,7 +1166,8 @@ impl Controller {
     /// (§5.1.12.1.3, §5.1.25.2.x Temperature Threshold).
     pub(crate) fn check_temperature(&mut self) {
         let t = self.health.temperature;
-        let over = t > self.feat.temp_over || (self.feat.temp_under != 0 && t < self.feat.temp_under);
+        let over =
+            t > self.feat.temp_over || (self.feat.temp_under != 0 && t < self.feat.temp_under);
         if over && self.feat.async_event_config & 0x02 != 0 {
             self.raise_event(AsyncEvent {
                 event_type: event_type::SMART,
@@ -1128,7 +1186,8 @@ impl Controller {
     /// SMART critical warning byte: bit 1 temperature.
     pub(crate) fn critical_warning(&self) -> u8 {
         let t = self.health.temperature;
-        let over = t > self.feat.temp_over || (self.feat.temp_under != 0 && t < self.feat.temp_under);
+        let over =
+            t > self.feat.temp_over || (self.feat.temp_under != 0 && t < self.feat.temp_under);
         if over {
             0x02
         } else {

@@ -25,14 +25,22 @@ impl Controller {
         if cmd.fuse() != 0 {
             self.violation(
                 ViolationKind::FusedCommand,
-                format!("SQ {sqid}: {op:?} CID {} has FUSE = {:#b}", cmd.cid(), cmd.fuse()),
+                format!(
+                    "SQ {sqid}: {op:?} CID {} has FUSE = {:#b}",
+                    cmd.cid(),
+                    cmd.fuse()
+                ),
             );
             return invalid_field();
         }
         if cmd.psdt() != 0 {
             self.violation(
                 ViolationKind::Psdt,
-                format!("SQ {sqid}: {op:?} CID {} uses SGLs (PSDT = {:#b}), Identify SGLS = 0", cmd.cid(), cmd.psdt()),
+                format!(
+                    "SQ {sqid}: {op:?} CID {} uses SGLs (PSDT = {:#b}), Identify SGLS = 0",
+                    cmd.cid(),
+                    cmd.psdt()
+                ),
             );
             return invalid_field();
         }
@@ -116,7 +124,10 @@ impl Controller {
                 .or_else(|| self.namespaces[i].first_uncorrectable(slba, nlb));
             if let Some(lba) = bad {
                 self.health.media_errors += 1;
-                return fail(Status::media(media::UNRECOVERED_READ_ERROR, false), Some(lba));
+                return fail(
+                    Status::media(media::UNRECOVERED_READ_ERROR, false),
+                    Some(lba),
+                );
             }
         }
         match op {
@@ -125,14 +136,14 @@ impl Controller {
                 if self.namespaces[i].read(slba, nlb, &mut data).is_err() {
                     return internal_error();
                 }
-                if let Err(s) = self.to_host(cmd, &data) {
+                if let Err(s) = self.transfer_to_host(cmd, &data) {
                     return Done::err(s);
                 }
                 self.health.host_reads += 1;
                 self.health.bytes_read += bytes as u128;
             }
             NvmOpcode::WRITE => {
-                let data = match self.from_host(cmd, bytes) {
+                let data = match self.transfer_from_host(cmd, bytes) {
                     Ok(d) => d,
                     Err(s) => return Done::err(s),
                 };
@@ -143,7 +154,7 @@ impl Controller {
                 self.health.bytes_written += bytes as u128;
             }
             NvmOpcode::COMPARE => {
-                let host = match self.from_host(cmd, bytes) {
+                let host = match self.transfer_from_host(cmd, bytes) {
                     Ok(d) => d,
                     Err(s) => return Done::err(s),
                 };
@@ -187,7 +198,7 @@ impl Controller {
         };
         let nr = (cmd.cdw10() & 0xFF) as usize + 1;
         let ad = cmd.cdw11() & (1 << 2) != 0;
-        let raw = match self.from_host(cmd, nr * 16) {
+        let raw = match self.transfer_from_host(cmd, nr * 16) {
             Ok(d) => d,
             Err(s) => return Done::err(s),
         };

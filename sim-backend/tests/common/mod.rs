@@ -76,12 +76,18 @@ impl Host {
     }
 
     pub fn write_mem(&self, iova: u64, data: &[u8]) {
-        assert!(self.p.dma().host_write(iova, data), "host write to {iova:#x}");
+        assert!(
+            self.p.dma().host_write(iova, data),
+            "host write to {iova:#x}"
+        );
     }
 
     pub fn read_mem(&self, iova: u64, len: usize) -> Vec<u8> {
         let mut b = vec![0u8; len];
-        assert!(self.p.dma().host_read(iova, &mut b), "host read at {iova:#x}");
+        assert!(
+            self.p.dma().host_read(iova, &mut b),
+            "host read at {iova:#x}"
+        );
         b
     }
 
