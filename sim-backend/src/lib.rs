@@ -31,6 +31,25 @@
 //!
 //! No `unsafe` anywhere except the one `unsafe impl DmaAllocator` that the trait requires
 //! (see [`SimDma`]).
+//!
+//! # Choices where the spec leaves room
+//! - CAP: CQR = 1, AMS = 0 (round robin only), CSS = NVM only (CC.CSS must be 000b),
+//!   MPSMIN = 0, MPSMAX = 4, NSSRS = 1. VS = 2.0.0.
+//! - CC.EN = 1 with an invalid AQA/ASQ/ACQ/MPS/CSS/AMS, or IOSQES/IOCQES set to anything
+//!   but 6/4, sets CSTS.CFS (§3.5.1 leaves the reaction open). IOSQES/IOCQES left at 0 are
+//!   accepted at enable and refused when an I/O queue is created (Invalid Queue Size).
+//! - RDY rises and falls `ready_delay` after EN changes; SHST reaches 10b `ready_delay`
+//!   after SHN is written (the cache is written back at once).
+//! - Identify CNS 00h with NSID FFFFFFFFh: Invalid Namespace or Format (no Namespace
+//!   Management, §5.1.13.2.1).
+//! - A failed SQ entry fetch or CQ entry post (unmapped queue memory) is a controller fatal
+//!   status; a failed data transfer is a Data Transfer Error for the command.
+//! - Completions that find their CQ full wait in the controller, and the SQs feeding that CQ
+//!   are not fetched from until the host frees entries.
+//! - Abort can abort commands whose completion the controller holds (outstanding AERs,
+//!   completions delayed or dropped by fault injection) and commands not yet fetched.
+//! - Interrupt coalescing (feature 08h) is stored, not applied; INTMS/INTMC are stored and
+//!   have no effect (MSI-X only).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
