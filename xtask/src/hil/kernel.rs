@@ -215,7 +215,29 @@ pub fn modules_for(kernel: &Kernel, wanted: &[&str]) -> Result<Vec<String>> {
     module_order(&dep, &soft, wanted)
 }
 
+/// `(package, version)` from the metapackage's `Depends: linux-image-X (= V)` in
+/// `apt-cache show --no-all-versions` output, when the dependency pins a version.
+pub fn parse_show_depends(show: &str) -> Option<(&str, &str)> {
+    let deps = show.lines().find_map(|l| l.strip_prefix("Depends:"))?;
+    deps.split(',').map(str::trim).find_map(|d| {
+        let (name, rest) = d.split_once(' ')?;
+        let version = rest.trim().strip_prefix("(=")?.strip_suffix(')')?.trim();
+        (name.starts_with("linux-image-") && !version.is_empty()).then_some((name, version))
+    })
+}
+
+/// The kernel package and version `linux-image-amd64` depends on. One `apt-cache show` (each
+/// apt-cache call costs about a second here); `apt-cache depends` + `policy` if the
+/// metapackage's dependency carries no version.
 fn resolve_package(tools: &HostTools) -> Result<(String, String)> {
+    let show = util::output(Command::new(&tools.apt_cache).args([
+        "show",
+        "--no-all-versions",
+        META_PACKAGE,
+    ]))?;
+    if let Some((pkg, version)) = parse_show_depends(&show) {
+        return Ok((pkg.to_owned(), version.to_owned()));
+    }
     let deps = util::output(Command::new(&tools.apt_cache).args(["depends", META_PACKAGE]))?;
     let pkg = parse_depends(&deps)
         .ok_or_else(|| anyhow!("`apt-cache depends {META_PACKAGE}` names no linux-image package"))?
@@ -373,6 +395,26 @@ mod tests {
         let odd = "linux-image-amd64\n |Depends: <linux-image-virtual>\n  Depends: linux-image-6.12.9-amd64\n";
         assert_eq!(parse_depends(odd), Some("linux-image-6.12.9-amd64"));
         assert_eq!(parse_depends("linux-image-amd64\n"), None);
+    }
+
+    #[test]
+    fn show_depends_gives_package_and_version() {
+        let show = "Package: linux-image-amd64\nVersion: 6.1.192-2\n\
+Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\nDescription: x\n";
+        assert_eq!(
+            parse_show_depends(show),
+            Some(("linux-image-6.1.0-56-amd64", "6.1.192-2"))
+        );
+        let two = "Depends: foo (>= 1), linux-image-6.12.9-amd64 (= 6.12.9-1)\n";
+        assert_eq!(
+            parse_show_depends(two),
+            Some(("linux-image-6.12.9-amd64", "6.12.9-1"))
+        );
+        assert_eq!(
+            parse_show_depends("Depends: linux-image-6.1.0-56-amd64\n"),
+            None
+        );
+        assert_eq!(parse_show_depends("Package: x\n"), None);
     }
 
     #[test]
