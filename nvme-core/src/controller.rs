@@ -203,6 +203,8 @@ struct RawQueue {
     qid: u16,
     is_sq: bool,
     region: crate::hw::DmaRegion,
+    /// Byte offset of the queue base inside `region` (`base_offset` of the create call).
+    base: usize,
 }
 
 /// Counters of the controller.
@@ -1096,14 +1098,16 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Posts one Asynchronous Event Request (§5.1.2). Its completion arrives whenever an
-    /// event occurs; collect events with [`Controller::take_async_event`].
+    /// event occurs; collect events with [`Controller::take_async_event`]. Returns the
+    /// command's CID (to name it in an Abort).
     ///
     /// # Errors
     /// [`Error::QueueFull`] if the admin queue has no slot.
-    pub fn post_aer(&mut self) -> Result<()> {
+    pub fn post_aer(&mut self) -> Result<u16> {
         self.check_usable()?;
         let p = self.shared.platform.clone();
-        self.admin
+        let cid = self
+            .admin
             .submit(
                 Command::async_event_request(),
                 None,
@@ -1113,7 +1117,7 @@ impl<P: Platform> Controller<P> {
             .map_err(|(e, _)| e)?;
         self.admin.ring(p.bar());
         self.aers_outstanding += 1;
-        Ok(())
+        Ok(cid)
     }
 
     /// Asynchronous Event Requests outstanding.
@@ -1397,7 +1401,13 @@ impl<P: Platform> Controller<P> {
         match self.admin_wait(cmd, None, AdminReq::NoData, self.config.admin_timeout) {
             Ok((c, _)) => {
                 if c.status().is_success() {
-                    self.raw_queues.push(RawQueue { qid, is_sq, region });
+                    let base = cmd.prp1().saturating_sub(region.iova()) as usize;
+                    self.raw_queues.push(RawQueue {
+                        qid,
+                        is_sq,
+                        region,
+                        base,
+                    });
                     self.io_queues_created = true;
                 } else {
                     // SAFETY: the controller refused the queue; it holds no reference.
@@ -1439,6 +1449,62 @@ impl<P: Platform> Controller<P> {
             }
         }
         Ok(c)
+    }
+
+    /// Writes `cmd` (CID included: the caller chooses it) into entry `index` of the SQ `qid`
+    /// created with [`Controller::create_sq_raw`]. Nothing else happens: the caller rings the
+    /// SQ tail doorbell itself through the platform's BAR (after a `Release` fence), tracks
+    /// its tail, and keeps any data buffer alive until the completion arrives. For
+    /// conformance tests of queue topologies the queue pair API cannot express, such as
+    /// several SQs sharing one CQ (§3.3.1).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if no such raw SQ exists or `index` is beyond it.
+    pub fn raw_sq_write(&mut self, qid: u16, index: u16, cmd: &Command) -> Result<()> {
+        let q = self.raw_queue(qid, true, index as usize, crate::spec::SQE_SIZE)?;
+        let mem = Mem::new(q.0);
+        for (i, d) in cmd.dwords().iter().enumerate() {
+            mem.write_u32(q.1 + 4 * i, *d);
+        }
+        Ok(())
+    }
+
+    /// Reads entry `index` of the CQ `qid` created with [`Controller::create_cq_raw`]: DW3
+    /// (with the phase tag) first with `Acquire` ordering, then the rest. The caller checks
+    /// the phase tag, tracks its head and writes the CQ head doorbell itself.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if no such raw CQ exists or `index` is beyond it.
+    pub fn raw_cq_entry(&self, qid: u16, index: u16) -> Result<Completion> {
+        let (region, off) = self.raw_queue(qid, false, index as usize, crate::spec::CQE_SIZE)?;
+        let mem = Mem::new(region);
+        let dw3 = mem.load_acquire_u32(off + 12).unwrap_or(0);
+        let mut dw = [0u32; 4];
+        for (i, d) in dw.iter_mut().take(3).enumerate() {
+            *d = mem.read_u32(off + 4 * i).unwrap_or(0);
+        }
+        dw[3] = dw3;
+        Ok(Completion::from_dwords(dw))
+    }
+
+    /// The region of a raw queue and the byte offset of its entry `index`.
+    fn raw_queue(
+        &self,
+        qid: u16,
+        is_sq: bool,
+        index: usize,
+        entry: usize,
+    ) -> Result<(crate::hw::DmaRegion, usize)> {
+        let q = self
+            .raw_queues
+            .iter()
+            .find(|q| q.qid == qid && q.is_sq == is_sq)
+            .ok_or(Error::InvalidArgument("no raw queue with this QID"))?;
+        let off = q.base + index * entry;
+        if off + entry > q.region.len() {
+            return Err(Error::InvalidArgument("entry index beyond the raw queue"));
+        }
+        Ok((q.region, off))
     }
 
     /// The current reset generation.

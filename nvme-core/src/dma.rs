@@ -4,9 +4,9 @@
 //! # Rules
 //! - No Rust reference (`&T`, `&[u8]`) ever points into DMA memory: the device may write it
 //!   at any time, which a reference's aliasing guarantees forbid. Every access goes through
-//!   raw pointers in [`Mem`], bounds- and alignment-checked.
+//!   raw pointers in the crate-private `Mem` type, bounds- and alignment-checked.
 //! - Queue entries are read and written with volatile dword accesses; the completion dword
-//!   that carries the phase tag is read with an `Acquire` atomic load (see [`Mem::load_acquire_u32`]).
+//!   that carries the phase tag is read with an `Acquire` atomic load (`Mem::load_acquire_u32`).
 //! - A [`DmaBuffer`] exists only while the host owns the memory: while a command may use it,
 //!   the buffer is moved into the queue's request slot, so safe code cannot free or reuse it.
 

@@ -214,7 +214,7 @@ fn rw_len<P: Platform>(c: &Controller<P>, rw: &Rw) -> Result<(nvme_core::Namespa
             bail!("--data-size {z} does not match (block-count + 1) × LBA size = {blocks} × {} = {len}", ns.lba_size);
         }
     }
-    let end = rw.slba.checked_add(blocks).unwrap_or(u64::MAX);
+    let end = rw.slba.saturating_add(blocks);
     if end > ns.blocks {
         bail!(
             "LBA range {}..{end} is outside namespace {}, which has {} blocks",
