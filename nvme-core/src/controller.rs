@@ -986,9 +986,7 @@ impl<P: Platform> Controller<P> {
     /// [`Error::Command`].
     pub fn get_features(&mut self, fid: FeatureId, sel: u8, cdw11: u32) -> Result<u32> {
         let cmd = Command::get_features(fid.0, sel, 0, cdw11);
-        let c = self
-            .admin_wait(cmd, None, AdminReq::NoData, self.config.admin_timeout)?
-            .0;
+        let c = self.admin_no_data(cmd)?;
         Self::check_status(cmd.opcode(), &c)
     }
 
@@ -1009,9 +1007,7 @@ impl<P: Platform> Controller<P> {
     /// [`Error::Command`].
     pub fn set_features(&mut self, fid: FeatureId, value: u32, save: bool) -> Result<u32> {
         let cmd = Command::set_features(fid.0, save, 0, value);
-        let c = self
-            .admin_wait(cmd, None, AdminReq::NoData, self.config.admin_timeout)?
-            .0;
+        let c = self.admin_no_data(cmd)?;
         Self::check_status(cmd.opcode(), &c)
     }
 
@@ -1090,9 +1086,7 @@ impl<P: Platform> Controller<P> {
     /// [`Error::Command`] (for example Abort Command Limit Exceeded).
     pub fn abort(&mut self, sqid: u16, cid: u16) -> Result<bool> {
         let cmd = Command::abort(sqid, cid);
-        let c = self
-            .admin_wait(cmd, None, AdminReq::NoData, self.config.admin_timeout)?
-            .0;
+        let c = self.admin_no_data(cmd)?;
         let dw0 = Self::check_status(cmd.opcode(), &c)?;
         Ok(dw0 & 1 == 0)
     }
@@ -1226,57 +1220,31 @@ impl<P: Platform> Controller<P> {
                 unsafe { p.dma().free(*r) };
             }
         };
-        let c = match self.admin_wait(
-            Command::create_io_cq(qid, entries - 1, cq_mem.iova(), ien, iv),
-            None,
-            AdminReq::NoData,
-            self.config.admin_timeout,
-        ) {
-            Ok((c, _)) => c,
-            Err(e) => {
-                for r in &regions {
-                    self.shared.retire(*r, self.generation());
+        let create_cq = Command::create_io_cq(qid, entries - 1, cq_mem.iova(), ien, iv);
+        let create_sq = Command::create_io_sq(qid, entries - 1, sq_mem.iova(), qid, 0);
+        for (cmd, is_sq) in [(create_cq, false), (create_sq, true)] {
+            let c = match self.admin_no_data(cmd) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Unknown outcome: the device may have the queue; keep the memory until
+                    // the next disable.
+                    self.retire_all(&regions);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = Self::check_status(cmd.opcode(), &c) {
+                // Refused. If the SQ was refused, undo the CQ first.
+                let undone = !is_sq
+                    || self
+                        .admin_no_data(Command::delete_io_cq(qid))
+                        .is_ok_and(|c| c.status().is_success());
+                if undone {
+                    free_all(&regions);
+                } else {
+                    self.retire_all(&regions);
                 }
                 return Err(e);
             }
-        };
-        if let Err(e) = Self::check_status(AdminOpcode::CREATE_IO_CQ.0, &c) {
-            free_all(&regions);
-            return Err(e);
-        }
-        let c = match self.admin_wait(
-            Command::create_io_sq(qid, entries - 1, sq_mem.iova(), qid, 0),
-            None,
-            AdminReq::NoData,
-            self.config.admin_timeout,
-        ) {
-            Ok((c, _)) => c,
-            Err(e) => {
-                for r in &regions {
-                    self.shared.retire(*r, self.generation());
-                }
-                return Err(e);
-            }
-        };
-        if let Err(e) = Self::check_status(AdminOpcode::CREATE_IO_SQ.0, &c) {
-            // Undo the CQ; if that fails the memory waits for the next disable.
-            let undone = self
-                .admin_wait(
-                    Command::delete_io_cq(qid),
-                    None,
-                    AdminReq::NoData,
-                    self.config.admin_timeout,
-                )
-                .map(|(c, _)| c.status().is_success())
-                .unwrap_or(false);
-            if undone {
-                free_all(&regions);
-            } else {
-                for r in &regions {
-                    self.shared.retire(*r, self.generation());
-                }
-            }
-            return Err(e);
         }
         self.qids_in_use[qid as usize] = true;
         self.io_queues_created = true;
@@ -1308,24 +1276,14 @@ impl<P: Platform> Controller<P> {
             drop(qp); // from before a reset: the device no longer knows it
             return Ok(());
         }
-        let r1 = self.admin_wait(
-            Command::delete_io_sq(qid),
-            None,
-            AdminReq::NoData,
-            self.config.admin_timeout,
-        );
-        let sq_ok = matches!(&r1, Ok((c, _)) if c.status().is_success());
+        let r1 = self.admin_no_data(Command::delete_io_sq(qid));
+        let sq_ok = matches!(&r1, Ok(c) if c.status().is_success());
         let r2 = if sq_ok {
-            Some(self.admin_wait(
-                Command::delete_io_cq(qid),
-                None,
-                AdminReq::NoData,
-                self.config.admin_timeout,
-            ))
+            Some(self.admin_no_data(Command::delete_io_cq(qid)))
         } else {
             None
         };
-        let cq_ok = matches!(&r2, Some(Ok((c, _))) if c.status().is_success());
+        let cq_ok = matches!(&r2, Some(Ok(c)) if c.status().is_success());
         // Deleting the SQ completed or aborted every command in it (§5.2.4), so the buffers
         // are free to go once both deletions succeeded.
         qp.release(sq_ok && cq_ok);
@@ -1336,10 +1294,10 @@ impl<P: Platform> Controller<P> {
         }
         match (r1, r2) {
             (Err(e), _) | (_, Some(Err(e))) => Err(e),
-            (Ok((c, _)), _) if !c.status().is_success() => {
+            (Ok(c), _) if !c.status().is_success() => {
                 Self::check_status(AdminOpcode::DELETE_IO_SQ.0, &c).map(|_| ())
             }
-            (_, Some(Ok((c, _)))) if !c.status().is_success() => {
+            (_, Some(Ok(c))) if !c.status().is_success() => {
                 Self::check_status(AdminOpcode::DELETE_IO_CQ.0, &c).map(|_| ())
             }
             _ => Ok(()),
@@ -1398,8 +1356,8 @@ impl<P: Platform> Controller<P> {
         qid: u16,
         is_sq: bool,
     ) -> Result<Completion> {
-        match self.admin_wait(cmd, None, AdminReq::NoData, self.config.admin_timeout) {
-            Ok((c, _)) => {
+        match self.admin_no_data(cmd) {
+            Ok(c) => {
                 if c.status().is_success() {
                     let base = cmd.prp1().saturating_sub(region.iova()) as usize;
                     self.raw_queues.push(RawQueue {
@@ -1434,9 +1392,7 @@ impl<P: Platform> Controller<P> {
         } else {
             Command::delete_io_cq(qid)
         };
-        let c = self
-            .admin_wait(cmd, None, AdminReq::NoData, self.config.admin_timeout)?
-            .0;
+        let c = self.admin_no_data(cmd)?;
         if c.status().is_success() {
             if let Some(i) = self
                 .raw_queues
@@ -1505,6 +1461,19 @@ impl<P: Platform> Controller<P> {
             return Err(Error::InvalidArgument("entry index beyond the raw queue"));
         }
         Ok((q.region, off))
+    }
+
+    /// Runs an admin command without data and returns its completion, whatever the status.
+    fn admin_no_data(&mut self, cmd: Command) -> Result<Completion> {
+        self.admin_wait(cmd, None, AdminReq::NoData, self.config.admin_timeout)
+            .map(|(c, _)| c)
+    }
+
+    /// Parks regions until the next disable (the device may still refer to them).
+    fn retire_all(&self, regions: &[crate::hw::DmaRegion]) {
+        for r in regions {
+            self.shared.retire(*r, self.generation());
+        }
     }
 
     /// The current reset generation.
