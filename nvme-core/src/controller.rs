@@ -111,7 +111,7 @@ pub(crate) struct Shared<P: Platform> {
 }
 
 impl<P: Platform> Shared<P> {
-    #[cfg(feature = "fuzzing")]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn detached(platform: Arc<P>, io_timeout: Duration) -> Self {
         Self {
             platform,

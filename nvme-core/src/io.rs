@@ -33,6 +33,9 @@ use crate::spec::{Command, Completion, NvmOpcode, Status, PAGE_SIZE};
 pub(crate) struct IoReq<P: Platform> {
     buffer: Option<DmaBuffer<P>>,
     tag: u64,
+    /// The caller was already given this request's outcome ([`Error::Timeout`]): it must not
+    /// be reported again, only its buffer freed once the device lets go.
+    timed_out: bool,
 }
 
 impl<P: Platform> core::fmt::Debug for IoReq<P> {
@@ -234,9 +237,14 @@ impl<P: Platform> IoQueuePair<P> {
         if !self.dead && self.shared.generation.load(Ordering::Acquire) != self.generation {
             self.dead = true;
             // The controller was reset: every command was discarded and the device holds no
-            // reference to any buffer; fail them all, giving the buffers back.
+            // reference to any buffer; fail them all, giving the buffers back. A request
+            // already reported as timed out was finished for the caller: its buffer is freed
+            // here (the device can no longer reach it), not reported a second time.
             let (parked, engine) = (&mut self.parked, &mut self.engine);
             engine.take_all(|req| {
+                if req.timed_out {
+                    return;
+                }
                 parked.push_back(IoCompletion {
                     tag: req.tag,
                     cid: 0,
@@ -317,10 +325,16 @@ impl<P: Platform> IoQueuePair<P> {
             .shared
             .now_ns()
             .saturating_add(self.shared.io_timeout_ns);
-        match self
-            .engine
-            .submit(cmd, data, IoReq { buffer, tag }, deadline)
-        {
+        match self.engine.submit(
+            cmd,
+            data,
+            IoReq {
+                buffer,
+                tag,
+                timed_out: false,
+            },
+            deadline,
+        ) {
             Ok(cid) => Ok(cid),
             Err((error, req)) => Err(IoError {
                 error,
@@ -464,6 +478,7 @@ impl<P: Platform> IoQueuePair<P> {
             let qid = self.qid();
             let waited_ms = self.shared.io_timeout_ns / 1_000_000;
             n += self.engine.expire(now, |cid, opcode, req| {
+                req.timed_out = true;
                 f(IoCompletion {
                     tag: req.tag,
                     cid,
@@ -599,6 +614,7 @@ impl<P: Platform> IoQueuePair<P> {
             let now = p.clock().now_ns();
             let mut timed_out = false;
             self.engine.expire(now, |c, opcode, req| {
+                req.timed_out = true;
                 let e = Error::Timeout {
                     qid,
                     cid: c,
@@ -816,7 +832,7 @@ impl<P: Platform> IoQueuePair<P> {
     }
 }
 
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 impl<P: Platform> IoQueuePair<P> {
     /// A queue pair attached to no controller, for driving the completion path against a
     /// fake (hostile) device in fuzzers: the caller plays the device, reading SQ entries at
@@ -880,5 +896,146 @@ impl<P: Platform> Drop for IoQueuePair<P> {
         // own its rings and buffers, so they go to the graveyard (freed at the next disable),
         // or are freed now if a reset already cut the device off.
         self.release(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Regression tests for defects found by `fuzz/` (target `hostile_device`), on a
+    //! detached queue pair with heap DMA memory; the test plays the device.
+    use super::*;
+    use crate::hw::{DmaError, DmaErrorKind, DmaRegion, NoInterrupts};
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
+    use std::vec::Vec;
+
+    #[derive(Debug)]
+    pub(crate) struct NoMem;
+    impl core::fmt::Display for NoMem {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("out of memory")
+        }
+    }
+    impl core::error::Error for NoMem {}
+    impl DmaError for NoMem {
+        fn kind(&self) -> DmaErrorKind {
+            DmaErrorKind::OutOfMemory
+        }
+    }
+
+    /// Heap DMA memory (IOVA = address) that counts live regions.
+    #[derive(Default)]
+    pub(crate) struct HeapDma {
+        live: Mutex<Vec<usize>>,
+    }
+    // SAFETY: zeroed, 4096-aligned heap blocks of whole pages, never shared, valid until free.
+    unsafe impl DmaAllocator for HeapDma {
+        type Error = NoMem;
+        fn page_size(&self) -> usize {
+            4096
+        }
+        fn allocate(&self, len: usize) -> core::result::Result<DmaRegion, NoMem> {
+            let len = len.div_ceil(4096) * 4096;
+            let layout = Layout::from_size_align(len, 4096).map_err(|_| NoMem)?;
+            // SAFETY: non-zero size.
+            let p = core::ptr::NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(NoMem)?;
+            self.live.lock().unwrap().push(p.as_ptr() as usize);
+            Ok(DmaRegion::new(p, p.as_ptr() as u64, len, 0))
+        }
+        unsafe fn free(&self, region: DmaRegion) {
+            let mut live = self.live.lock().unwrap();
+            let i = live
+                .iter()
+                .position(|&a| a == region.ptr().as_ptr() as usize)
+                .expect("double free");
+            live.swap_remove(i);
+            let layout = Layout::from_size_align(region.len(), 4096).unwrap();
+            // SAFETY: allocated above with this layout, not freed before (checked).
+            unsafe { dealloc(region.ptr().as_ptr(), layout) };
+        }
+    }
+
+    /// A BAR that ignores writes.
+    pub(crate) struct NullBar;
+    impl Bar for NullBar {
+        fn size(&self) -> usize {
+            0x2000
+        }
+        fn read32(&self, _offset: usize) -> u32 {
+            0
+        }
+        fn write32(&self, _offset: usize, _value: u32) {}
+    }
+
+    /// A clock moved by hand.
+    #[derive(Default)]
+    pub(crate) struct HandClock(pub(crate) AtomicU64);
+    impl Clock for HandClock {
+        fn now_ns(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    #[derive(Default)]
+    pub(crate) struct TestPlatform {
+        pub(crate) dma: HeapDma,
+        pub(crate) clock: HandClock,
+        irq: NoInterrupts,
+    }
+    impl Platform for TestPlatform {
+        type Bar = NullBar;
+        type Dma = HeapDma;
+        type Irq = NoInterrupts;
+        type Clock = HandClock;
+        fn bar(&self) -> &NullBar {
+            &NullBar
+        }
+        fn dma(&self) -> &HeapDma {
+            &self.dma
+        }
+        fn irq(&self) -> &NoInterrupts {
+            &self.irq
+        }
+        fn clock(&self) -> &HandClock {
+            &self.clock
+        }
+        fn name(&self) -> &str {
+            "test"
+        }
+    }
+
+    fn poll_all(qp: &mut IoQueuePair<TestPlatform>) -> Vec<(u64, Result<()>, bool)> {
+        let mut out = Vec::new();
+        qp.poll(|c| out.push((c.tag, c.result, c.buffer.is_some())))
+            .unwrap();
+        out
+    }
+
+    /// Found by `fuzz/` (hostile_device): a request reported as timed out was reported a
+    /// second time, as `ControllerReset` with its buffer, once the controller was reset.
+    #[test]
+    fn timed_out_request_is_not_reported_again_after_reset() {
+        let p = Arc::new(TestPlatform::default());
+        let mut qp =
+            IoQueuePair::detached(p.clone(), 1, 4, 4096, Duration::from_millis(1)).unwrap();
+        let buf = qp.alloc_buffer(4096).unwrap();
+        qp.submit(Command::flush(1), Some(buf), 7).unwrap();
+        qp.ring();
+        p.clock.0.store(2_000_000, Ordering::SeqCst);
+        let first = poll_all(&mut qp);
+        assert_eq!(first.len(), 1);
+        assert!(matches!(first[0], (7, Err(Error::Timeout { .. }), false)));
+        qp.detach_device();
+        assert!(
+            poll_all(&mut qp).is_empty(),
+            "the request was already finished"
+        );
+        assert_eq!(qp.outstanding(), 0);
+        drop(qp);
+        assert!(
+            p.dma.live.lock().unwrap().is_empty(),
+            "buffer or rings leaked"
+        );
     }
 }
