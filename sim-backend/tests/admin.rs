@@ -37,6 +37,8 @@ fn identify_controller_and_namespaces() {
             | oncs::DATASET_MANAGEMENT
             | oncs::WRITE_ZEROES
             | oncs::VERIFY
+            // Get Features SEL and Set Features SV are implemented: advertised (bit 4).
+            | oncs::SAVE_SELECT
     );
 
     let (_, page) = h.admin_read(Command::identify(0x02, 0, 0, 0), 4096);

@@ -52,3 +52,90 @@ pub fn buffer_with<P: Platform>(c: &Controller<P>, data: &[u8]) -> anyhow::Resul
 pub fn scratch_lba(ns: &Namespace, blocks: u64) -> u64 {
     ns.blocks.saturating_sub(blocks + 64)
 }
+
+/// The status an I/O command completed with: success, or the controller's status from the
+/// error. Transport failures (timeout, device gone, refused by the driver) are errors.
+///
+/// # Errors
+/// The command did not complete with a status.
+pub fn io_status<T, P: Platform>(
+    r: Result<T, nvme_core::IoError<P>>,
+) -> anyhow::Result<nvme_core::spec::Status> {
+    match r {
+        Ok(_) => Ok(nvme_core::spec::Status::SUCCESS),
+        Err(e) => e
+            .error
+            .status()
+            .ok_or_else(|| anyhow::anyhow!("the command did not complete: {}", e.error)),
+    }
+}
+
+/// The status of an admin call that returns `Result<_, nvme_core::Error>`: success, or the
+/// controller's status from [`nvme_core::Error::Command`].
+///
+/// # Errors
+/// Transport failures.
+pub fn admin_status<T>(
+    r: Result<T, nvme_core::Error>,
+) -> anyhow::Result<nvme_core::spec::Status> {
+    match r {
+        Ok(_) => Ok(nvme_core::spec::Status::SUCCESS),
+        Err(e) => e
+            .status()
+            .ok_or_else(|| anyhow::anyhow!("the admin command did not complete: {e}")),
+    }
+}
+
+/// Folds the verdicts of several checks of one case: any allowance makes the case allowed
+/// (the first one is named).
+pub fn fold(verdicts: impl IntoIterator<Item = crate::runner::Verdict>) -> crate::runner::Verdict {
+    let mut out = crate::runner::Verdict::Pass;
+    for v in verdicts {
+        if let crate::runner::Verdict::Allowed(a) = v {
+            if out == crate::runner::Verdict::Pass {
+                out = crate::runner::Verdict::Allowed(a);
+            }
+        }
+    }
+    out
+}
+
+/// Submits `cmd` with `len` bytes of `buffer` at `offset` (PRPs built by the driver), rings,
+/// and waits up to 10 s for its completion. Returns the status and the buffer.
+///
+/// # Errors
+/// Submission refused, no completion, or a transport failure.
+pub fn submit_wait<P: Platform>(
+    qp: &mut nvme_core::IoQueuePair<P>,
+    cmd: nvme_core::spec::Command,
+    buffer: Option<DmaBuffer<P>>,
+    offset: usize,
+    len: Option<usize>,
+) -> anyhow::Result<(nvme_core::spec::Status, Option<DmaBuffer<P>>)> {
+    const TAG: u64 = 0xC0F0;
+    qp.submit_range(cmd, buffer, offset, len, TAG)
+        .map_err(|e| anyhow::anyhow!("the driver refused the submission: {}", e.error))?;
+    qp.ring();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut got = None;
+        qp.wait(std::time::Duration::from_millis(200), |comp| {
+            if comp.tag == TAG {
+                got = Some(comp);
+            }
+        })?;
+        if let Some(comp) = got {
+            let st = match comp.result {
+                Ok(()) => nvme_core::spec::Status::SUCCESS,
+                Err(e) => e
+                    .status()
+                    .ok_or_else(|| anyhow::anyhow!("the command did not complete: {e}"))?,
+            };
+            return Ok((st, comp.buffer));
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no completion within 10 s"
+        );
+    }
+}

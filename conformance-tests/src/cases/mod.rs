@@ -4,10 +4,14 @@
 use crate::backend::Backend;
 use crate::runner::Case;
 
+pub mod abort;
+pub mod async_events;
+pub mod features;
 pub mod helpers;
 pub mod identify;
 pub mod logs;
 pub mod nvm_io;
+pub mod prp;
 pub mod queues;
 pub mod recovery;
 pub mod registers;
@@ -55,9 +59,13 @@ pub fn all<B: Backend>() -> Vec<Case<B>> {
     let mut v = Vec::new();
     v.extend(registers::cases::<B>());
     v.extend(identify::cases::<B>());
+    v.extend(features::cases::<B>());
     v.extend(logs::cases::<B>());
     v.extend(queues::cases::<B>());
+    v.extend(async_events::cases::<B>());
+    v.extend(abort::cases::<B>());
     v.extend(nvm_io::cases::<B>());
+    v.extend(prp::cases::<B>());
     v.extend(recovery::cases::<B>());
     v
 }

@@ -27,11 +27,14 @@ fn specific_err(sc: u8) -> Outcome {
 }
 
 /// The ONCS bits this model implements (Identify Controller bytes 521:520): exactly the
-/// optional NVM commands of [`super::nvm`].
+/// optional NVM commands of [`super::nvm`], and bit 4 because Get Features implements the
+/// Select field and Set Features the Save field (nothing is saveable: SV = 1 is Feature
+/// Identifier Not Saveable).
 pub(crate) const ONCS: u16 = oncs::COMPARE
     | oncs::WRITE_UNCORRECTABLE
     | oncs::DATASET_MANAGEMENT
     | oncs::WRITE_ZEROES
+    | oncs::SAVE_SELECT
     | oncs::VERIFY;
 
 impl Controller {
