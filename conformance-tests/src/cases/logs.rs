@@ -101,12 +101,19 @@ fn firmware_slot<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let slot = f.active_slot();
     ensure!((1..=7).contains(&slot), "AFI names slot {slot}");
     let fr = c.identify().fr;
+    let in_slot = f.frs[slot as usize - 1];
     ensure!(
-        f.frs[slot as usize - 1].as_str() == fr.as_str(),
-        "slot {slot} holds {:?}, Identify FR is {:?}",
-        f.frs[slot as usize - 1].as_str(),
-        fr.as_str()
+        !in_slot.as_str().is_empty(),
+        "the active slot {slot} holds no revision"
     );
+    if in_slot.as_str() != fr.as_str() {
+        // §5.1.13.2.1: FR is the revision of the active firmware, so it matches the active slot.
+        return cx.deviation(format!(
+            "active slot {slot} holds {:?}, Identify FR is {:?}",
+            in_slot.as_str(),
+            fr.as_str()
+        ));
+    }
     Ok(Verdict::Pass)
 }
 
