@@ -125,6 +125,14 @@ pub static ALLOWANCES: &[Allowance] = &[
         observed: Observed::Status(1, 0x0E),
         reason: "QEMU 7.2 refuses every Set of Power Management with Feature Not Changeable before looking at PS (qemu-nvme-peer.md row 5)",
     },
+    Allowance {
+        id: "QEMU-12",
+        peer: Peer::Qemu,
+        case: "QM-22",
+        expected: "Delete I/O CQ with QID 0: 01h/01h Invalid Queue Identifier",
+        observed: Observed::Status(1, 0x00),
+        reason: "QEMU 7.2 answers Completion Queue Invalid for any Delete I/O CQ with an invalid QID, 0 included (qemu-nvme-peer.md row 2)",
+    },
 ];
 
 /// The allowance for `case` on `peer` that explains `observed`, if any.
