@@ -41,8 +41,19 @@ impl fmt::Debug for StatusCodeType {
 
 /// A status: the 15 bits 31:17 of completion dword 3 (§4.2.3).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Status(u16);
+
+/// Only the 15 bits of the field: a derived impl would also produce bit 15, a value no
+/// completion can carry (it would not survive `Completion::new` and `status()`).
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for Status {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(Self::from_bits(u16::arbitrary(u)?))
+    }
+    fn size_hint(depth: usize) -> (usize, Option<usize>) {
+        <u16 as arbitrary::Arbitrary>::size_hint(depth)
+    }
+}
 
 /// Named generic (SCT 0h) status codes (§4.2.3.1).
 pub mod generic {
@@ -277,6 +288,18 @@ impl fmt::Display for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `fuzz/` (target `completion`): the derived `Arbitrary` produced statuses with
+    /// bit 15 set. Run with `--features arbitrary`.
+    #[cfg(feature = "arbitrary")]
+    #[test]
+    fn arbitrary_status_has_15_bits() {
+        use arbitrary::{Arbitrary, Unstructured};
+        let s = Status::arbitrary(&mut Unstructured::new(&[0xFF, 0xFF])).unwrap();
+        assert_eq!(s.bits(), 0x7FFF);
+        let c = crate::spec::Completion::new(0, 0, 0, 0, 0, true, s);
+        assert_eq!(c.status(), s);
+    }
     #[test]
     fn fields() {
         let s = Status::from_bits(0x7FFF);
