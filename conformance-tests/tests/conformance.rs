@@ -1,6 +1,8 @@
 //! The conformance harness (`harness = false`): runs every case on the simulator (MSI-X and
 //! polled), and on a device bound to `vfio-pci` when `NVME_TEST_PCI` names one.
 //!
+//! The simulator also runs the PRP cases once more with MDTS 4 MiB (chained PRP lists).
+//!
 //! Environment:
 //! - `NVME_TEST_PCI=0000:03:00.0`: also run on this device (DESTROYS DATA on its namespaces);
 //! - `NVME_TEST_IRQ=msix|polled|both` (default both): interrupt modes for the device;
@@ -12,11 +14,24 @@
 use std::process::ExitCode;
 
 use conformance_tests::runner::{counts, run_suite, tsv, CaseResult};
-use conformance_tests::{cases, Backend, SimBackend, VfioBackend};
+use conformance_tests::{cases, Backend, Group, SimBackend, VfioBackend};
 use sim_backend::SimConfig;
 
 fn run<B: Backend>(b: &B, filter: Option<&str>, all: &mut Vec<(String, Vec<CaseResult>)>) {
-    let cases = cases::all::<B>();
+    run_groups(b, None, filter, all);
+}
+
+/// Runs the cases of `groups` (all groups for `None`).
+fn run_groups<B: Backend>(
+    b: &B,
+    groups: Option<&[Group]>,
+    filter: Option<&str>,
+    all: &mut Vec<(String, Vec<CaseResult>)>,
+) {
+    let cases: Vec<_> = cases::all::<B>()
+        .into_iter()
+        .filter(|c| groups.is_none_or(|g| g.contains(&c.group)))
+        .collect();
     let r = run_suite(b, &cases, filter);
     let (p, a, f, s) = counts(&r);
     println!(
@@ -38,6 +53,21 @@ fn main() -> ExitCode {
         );
         run(
             &SimBackend::new(SimConfig::default(), false, "polled"),
+            filter,
+            &mut all,
+        );
+        // MDTS 4 MiB: the PRP layouts that need more than the default 128 KiB (a list that
+        // fills its page, a chained list) run here.
+        run_groups(
+            &SimBackend::new(
+                SimConfig {
+                    mdts: 10,
+                    ..SimConfig::default()
+                },
+                true,
+                "msix-mdts10",
+            ),
+            Some(&[Group::Prp]),
             filter,
             &mut all,
         );

@@ -100,7 +100,10 @@ fn nonexistent_cq<P: Platform>(c: &Controller<P>) -> usize {
 
 fn nonexistent_queue_doorbell<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    ensure!(c.aers_outstanding() >= 1, "no AER outstanding after bring-up");
+    ensure!(
+        c.aers_outstanding() >= 1,
+        "no AER outstanding after bring-up"
+    );
     bad_doorbell(c, nonexistent_cq(c), 0);
     // §5.1.2.1 names 00h for a write to an invalid doorbell register; some controllers report
     // it as an invalid value (01h).
@@ -198,7 +201,9 @@ fn temperature_event<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
     let ev = c.wait_async_event(Duration::from_secs(2));
     let smart = c.smart_log();
     let restored = c.set_features(nvme_core::spec::FeatureId(0x04), over0, false);
-    let ev = ev.context("no event within 2 s after setting the over-temperature threshold below the temperature")?;
+    let ev = ev.context(
+        "no event within 2 s after setting the over-temperature threshold below the temperature",
+    )?;
     ensure!(
         ev.event_type == event_type::SMART && ev.info == 0x01 && ev.log_page == lid::SMART,
         "expected a SMART event (type 1) with information 01h (temperature threshold) naming log 02h, got {ev:?}"

@@ -75,9 +75,7 @@ pub fn io_status<T, P: Platform>(
 ///
 /// # Errors
 /// Transport failures.
-pub fn admin_status<T>(
-    r: Result<T, nvme_core::Error>,
-) -> anyhow::Result<nvme_core::spec::Status> {
+pub fn admin_status<T>(r: Result<T, nvme_core::Error>) -> anyhow::Result<nvme_core::spec::Status> {
     match r {
         Ok(_) => Ok(nvme_core::spec::Status::SUCCESS),
         Err(e) => e

@@ -1,11 +1,13 @@
 //! NVM I/O commands (NVM Command Set Specification §3.3): data correctness and error cases.
 
-use anyhow::{bail, ensure};
+use anyhow::{bail, ensure, Context as _};
 use nvme_core::spec::identify::oncs;
 use nvme_core::spec::{Command, NvmOpcode};
 use nvme_core::{DsmRange, Error};
 
-use super::helpers::{buffer_with, namespace, pattern, scratch_lba};
+use nvme_core::spec::Status;
+
+use super::helpers::{buffer_with, namespace, pattern, scratch_lba, submit_wait};
 use crate::backend::Backend;
 use crate::case;
 use crate::runner::{Case, Ctx, Verdict};
@@ -90,6 +92,20 @@ pub fn cases<B: Backend>() -> Vec<Case<B>> {
             "Verify of written blocks succeeds",
             verify::<B>
         ),
+        case!("IO-12", NvmIo, "NVM §3.3.6", "the first and the last LBA can be written and read back", first_and_last::<B>),
+        case!("IO-13", NvmIo, "NVM §3.3.6", "a Write with FUA completes and reads back", fua_write::<B>),
+        case!("IO-14", NvmIo, "NVM §3.3.4", "transfers of 1, 2, 7, 8, 9 and 31 blocks read back intact", multi_block::<B>),
+        case!("IO-15", NvmIo, "NVM §3.3.8", "Write Zeroes with DEAC reads back as zeroes and leaves neighbours alone", write_zeroes_deac::<B>),
+        case!("IO-16", NvmIo, "NVM §3.3.3", "Dataset Management with three ranges deallocates only those ranges", dsm_ranges::<B>),
+        case!("IO-17", NvmIo, "NVM §3.3.1", "a Compare that differs in the last byte fails with Compare Failure (02h/85h)", compare_failure::<B>),
+        case!("IO-18", NvmIo, "NVM §3.3.7", "Verify at LBA NSZE fails with LBA Out of Range", verify_out_of_range::<B>),
+        case!("IO-19", NvmIo, "NVM §3.3.6", "a Write at LBA NSZE fails with LBA Out of Range", write_at_nsze::<B>),
+        case!("IO-20", NvmIo, "NVM §3.3.8", "Write Zeroes running past the last LBA fails with LBA Out of Range", write_zeroes_past_end::<B>),
+        case!("IO-21", NvmIo, "NVM §3.3.4", "a Read starting at the last LBA and running past it fails with LBA Out of Range", read_past_end::<B>),
+        case!("IO-22", NvmIo, "NVM §3.3.2", "Flush with NSID FFFFFFFFh succeeds or fails with Invalid Namespace as Identify VWC bits 2:1 say", flush_broadcast::<B>),
+        case!("IO-23", NvmIo, "§3.3.2", "an unassigned I/O opcode fails with Invalid Command Opcode", invalid_opcode::<B>),
+        case!("IO-24", NvmIo, "NVM §3.3.4", "a Read with NSID 0 fails with Invalid Namespace or Format", nsid_zero::<B>),
+        case!("IO-25", NvmIo, "NVM §3.3.6", "data written from and read into buffers at dword (not page) offsets is intact", unaligned_buffers::<B>),
     ]
 }
 
@@ -342,5 +358,332 @@ fn verify<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let r = qp.verify(&ns, lba, 4);
     c.delete_io_queue_pair(qp)?;
     r?;
+    Ok(Verdict::Pass)
+}
+
+fn check_status<B: Backend>(
+    cx: &mut Ctx<'_, B>,
+    what: &str,
+    st: Status,
+    legal: &[(u8, u8)],
+) -> anyhow::Result<Verdict> {
+    if st.is_success() && !legal.contains(&(0, 0)) {
+        bail!("{what} succeeded");
+    }
+    cx.expect_status(what, st, legal)
+}
+
+fn first_and_last<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let bs = ns.lba_size as usize;
+    let mut qp = c.create_io_queue_pair(8)?;
+    let r = (|| -> anyhow::Result<()> {
+        for (seed, lba) in [(0x31, 0), (0x32, ns.blocks - 1)] {
+            let data = pattern(seed, lba, bs, bs);
+            qp.write(&ns, lba, buffer_with(c, &data)?)
+                .map_err(|e| anyhow::anyhow!("Write LBA {lba}: {}", e.error))?;
+            let back = qp
+                .read(&ns, lba, c.alloc_buffer(bs)?)
+                .map_err(|e| anyhow::anyhow!("Read LBA {lba}: {}", e.error))?;
+            ensure!(back.to_vec() == data, "LBA {lba} read back different");
+        }
+        Ok(())
+    })();
+    c.delete_io_queue_pair(qp)?;
+    r?;
+    Ok(Verdict::Pass)
+}
+
+fn fua_write<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let bs = ns.lba_size as usize;
+    let lba = scratch_lba(&ns, 4);
+    let data = pattern(0x46, lba, 4 * bs, bs);
+    let mut qp = c.create_io_queue_pair(8)?;
+    let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid, lba, 3, true);
+    let r = submit_wait(&mut qp, cmd, Some(buffer_with(c, &data)?), 0, None);
+    let back = qp.read(&ns, lba, c.alloc_buffer(4 * bs)?);
+    c.delete_io_queue_pair(qp)?;
+    let (st, _) = r?;
+    ensure!(st.is_success(), "Write with FUA: {st}");
+    let back = back.map_err(|e| anyhow::anyhow!("{}", e.error))?;
+    ensure!(back.to_vec() == data, "the FUA write read back different");
+    Ok(Verdict::Pass)
+}
+
+fn multi_block<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, Some(4096))?;
+    let bs = ns.lba_size as usize;
+    let max = c.max_transfer() / bs;
+    let mut qp = c.create_io_queue_pair(8)?;
+    let base = scratch_lba(&ns, 64);
+    let r = (|| -> anyhow::Result<()> {
+        let mut lba = base;
+        for n in [1usize, 2, 7, 8, 9, 31].into_iter().filter(|&n| n <= max) {
+            let data = pattern(n as u8, lba, n * bs, bs);
+            qp.write(&ns, lba, buffer_with(c, &data)?)
+                .map_err(|e| anyhow::anyhow!("Write of {n} blocks: {}", e.error))?;
+            let back = qp
+                .read(&ns, lba, c.alloc_buffer(n * bs)?)
+                .map_err(|e| anyhow::anyhow!("Read of {n} blocks: {}", e.error))?;
+            ensure!(back.to_vec() == data, "{n} blocks at LBA {lba} read back different");
+            lba += n as u64;
+        }
+        Ok(())
+    })();
+    c.delete_io_queue_pair(qp)?;
+    r?;
+    Ok(Verdict::Pass)
+}
+
+fn write_zeroes_deac<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    if !c.identify().supports(oncs::WRITE_ZEROES) {
+        return Ok(Verdict::Skip("ONCS bit 3 (Write Zeroes) is clear".into()));
+    }
+    let ns = namespace(c, None)?;
+    let bs = ns.lba_size as usize;
+    let lba = scratch_lba(&ns, 8);
+    let data = pattern(0x2E, lba, 8 * bs, bs);
+    let mut qp = c.create_io_queue_pair(8)?;
+    let r = (|| -> anyhow::Result<Vec<u8>> {
+        qp.write(&ns, lba, buffer_with(c, &data)?)
+            .map_err(|e| anyhow::anyhow!("{}", e.error))?;
+        qp.write_zeroes(&ns, lba + 1, 6, true)?;
+        Ok(qp
+            .read(&ns, lba, c.alloc_buffer(8 * bs)?)
+            .map_err(|e| anyhow::anyhow!("{}", e.error))?
+            .to_vec())
+    })();
+    c.delete_io_queue_pair(qp)?;
+    let back = r?;
+    ensure!(
+        back[..bs] == data[..bs] && back[7 * bs..] == data[7 * bs..],
+        "blocks next to the zeroed range changed"
+    );
+    ensure!(
+        back[bs..7 * bs].iter().all(|&b| b == 0),
+        "Write Zeroes with DEAC left data in the range"
+    );
+    Ok(Verdict::Pass)
+}
+
+fn dsm_ranges<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    if !c.identify().supports(oncs::DATASET_MANAGEMENT) {
+        return Ok(Verdict::Skip(
+            "ONCS bit 2 (Dataset Management) is clear".into(),
+        ));
+    }
+    let ns = namespace(c, None)?;
+    let bs = ns.lba_size as usize;
+    let lba = scratch_lba(&ns, 16);
+    let data = pattern(0xD5, lba, 16 * bs, bs);
+    let ranges = [(1u64, 2u32), (5, 3), (12, 1)];
+    let mut qp = c.create_io_queue_pair(8)?;
+    let r = (|| -> anyhow::Result<Vec<u8>> {
+        qp.write(&ns, lba, buffer_with(c, &data)?)
+            .map_err(|e| anyhow::anyhow!("{}", e.error))?;
+        let list: Vec<DsmRange> = ranges
+            .iter()
+            .map(|&(o, n)| DsmRange {
+                slba: lba + o,
+                nlb: n,
+                attributes: 0,
+            })
+            .collect();
+        qp.deallocate(&ns, &list)?;
+        Ok(qp
+            .read(&ns, lba, c.alloc_buffer(16 * bs)?)
+            .map_err(|e| anyhow::anyhow!("{}", e.error))?
+            .to_vec())
+    })();
+    c.delete_io_queue_pair(qp)?;
+    let back = r?;
+    let zeroes = ns.identify.dlfeat & 7 == 1;
+    for i in 0..16u64 {
+        let inside = ranges.iter().any(|&(o, n)| i >= o && i < o + n as u64);
+        let blk = &back[i as usize * bs..(i as usize + 1) * bs];
+        if !inside {
+            ensure!(
+                blk == &data[i as usize * bs..(i as usize + 1) * bs],
+                "block {i}, outside every range, changed"
+            );
+        } else if zeroes {
+            ensure!(
+                blk.iter().all(|&b| b == 0),
+                "block {i} was deallocated and DLFEAT says it reads as zeroes, but it holds data"
+            );
+        }
+    }
+    Ok(Verdict::Pass)
+}
+
+fn compare_failure<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    if !c.identify().supports(oncs::COMPARE) {
+        return Ok(Verdict::Skip("ONCS bit 0 (Compare) is clear".into()));
+    }
+    let ns = namespace(c, None)?;
+    let bs = ns.lba_size as usize;
+    let lba = scratch_lba(&ns, 2);
+    let data = pattern(0xC3, lba, 2 * bs, bs);
+    let mut other = data.clone();
+    *other.last_mut().context("empty")? ^= 0x01;
+    let mut qp = c.create_io_queue_pair(8)?;
+    let w = qp.write(&ns, lba, buffer_with(c, &data)?).map(|_| ());
+    let cmd = Command::rw(NvmOpcode::COMPARE, ns.nsid, lba, 1, false);
+    let r = submit_wait(&mut qp, cmd, Some(buffer_with(c, &other)?), 0, None);
+    c.delete_io_queue_pair(qp)?;
+    w.map_err(|e| anyhow::anyhow!("{}", e.error))?;
+    let (st, _) = r?;
+    check_status(cx, "Compare differing in the last byte", st, &[(2, 0x85)])
+}
+
+fn out_of_range<B: Backend>(
+    cx: &mut Ctx<'_, B>,
+    what: &str,
+    make: impl Fn(&nvme_core::Namespace) -> (Command, usize),
+) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let (cmd, bytes) = make(&ns);
+    let mut qp = c.create_io_queue_pair(8)?;
+    let buf = if bytes > 0 {
+        Some(c.alloc_buffer(bytes)?)
+    } else {
+        None
+    };
+    let r = submit_wait(&mut qp, cmd, buf, 0, None);
+    c.delete_io_queue_pair(qp)?;
+    let (st, _) = r?;
+    check_status(cx, what, st, &[(0, 0x80)])
+}
+
+fn verify_out_of_range<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    if !cx.ctrl()?.identify().supports(oncs::VERIFY) {
+        return Ok(Verdict::Skip("ONCS bit 7 (Verify) is clear".into()));
+    }
+    out_of_range(cx, "Verify at LBA NSZE", |ns| {
+        (Command::verify(ns.nsid, ns.blocks, 0), 0)
+    })
+}
+
+fn write_at_nsze<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    out_of_range(cx, "Write at LBA NSZE", |ns| {
+        (
+            Command::rw(NvmOpcode::WRITE, ns.nsid, ns.blocks, 0, false),
+            ns.lba_size as usize,
+        )
+    })
+}
+
+fn write_zeroes_past_end<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    if !cx.ctrl()?.identify().supports(oncs::WRITE_ZEROES) {
+        return Ok(Verdict::Skip("ONCS bit 3 (Write Zeroes) is clear".into()));
+    }
+    out_of_range(cx, "Write Zeroes of 2 blocks at the last LBA", |ns| {
+        (Command::write_zeroes(ns.nsid, ns.blocks - 1, 1, false), 0)
+    })
+}
+
+fn read_past_end<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    out_of_range(cx, "Read of 2 blocks at the last LBA", |ns| {
+        (
+            Command::rw(NvmOpcode::READ, ns.nsid, ns.blocks - 1, 1, false),
+            2 * ns.lba_size as usize,
+        )
+    })
+}
+
+fn flush_broadcast<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let vwc = c.identify().vwc;
+    let mut qp = c.create_io_queue_pair(8)?;
+    let r = submit_wait(&mut qp, Command::flush(0xFFFF_FFFF), None, 0, None);
+    c.delete_io_queue_pair(qp)?;
+    let (st, _) = r?;
+    // VWC bits 2:1: 11b Flush with NSID FFFFFFFFh is supported, 10b it is not, 00b not
+    // reported (either outcome), 01b reserved.
+    let legal: &[(u8, u8)] = match (vwc & 1, (vwc >> 1) & 3) {
+        (1, 0b11) => &[(0, 0)],
+        (1, 0b10) => &[(0, 0x0B)],
+        _ => &[(0, 0), (0, 0x0B)],
+    };
+    cx.expect_status(
+        &format!("Flush NSID FFFFFFFFh with VWC {vwc:#05b}"),
+        st,
+        legal,
+    )
+}
+
+fn invalid_opcode<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let mut qp = c.create_io_queue_pair(8)?;
+    // 03h is assigned to no command of the NVM command set.
+    let mut cmd = Command::new(0x03);
+    cmd.set_nsid(ns.nsid);
+    let r = submit_wait(&mut qp, cmd, None, 0, None);
+    c.delete_io_queue_pair(qp)?;
+    let (st, _) = r?;
+    check_status(cx, "I/O opcode 03h", st, &[(0, 0x01)])
+}
+
+fn nsid_zero<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let mut qp = c.create_io_queue_pair(8)?;
+    let cmd = Command::rw(NvmOpcode::READ, 0, 0, 0, false);
+    let r = submit_wait(
+        &mut qp,
+        cmd,
+        Some(c.alloc_buffer(ns.lba_size as usize)?),
+        0,
+        None,
+    );
+    c.delete_io_queue_pair(qp)?;
+    let (st, _) = r?;
+    check_status(cx, "Read with NSID 0", st, &[(0, 0x0B)])
+}
+
+fn unaligned_buffers<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, Some(4096))?;
+    let bs = ns.lba_size as usize;
+    let n = (c.max_transfer() / bs).clamp(1, 8);
+    let len = n * bs;
+    let lba = scratch_lba(&ns, n as u64);
+    let data = pattern(0x9A, lba, len, bs);
+    let (woff, roff) = (0x204usize, 0x10usize);
+    let mut wbuf = c.alloc_buffer(len + woff)?;
+    wbuf.write(woff, &data)?;
+    let mut qp = c.create_io_queue_pair(8)?;
+    let r = (|| -> anyhow::Result<Vec<u8>> {
+        let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid, lba, (n - 1) as u16, false);
+        let (st, _) = submit_wait(&mut qp, cmd, Some(wbuf), woff, Some(len))?;
+        ensure!(st.is_success(), "Write from offset {woff:#x}: {st}");
+        let cmd = Command::rw(NvmOpcode::READ, ns.nsid, lba, (n - 1) as u16, false);
+        let (st, buf) = submit_wait(&mut qp, cmd, Some(c.alloc_buffer(len + roff)?), roff, Some(len))?;
+        ensure!(st.is_success(), "Read into offset {roff:#x}: {st}");
+        let mut back = vec![0u8; len];
+        buf.context("buffer")?.read(roff, &mut back)?;
+        let aligned = qp
+            .read(&ns, lba, c.alloc_buffer(len)?)
+            .map_err(|e| anyhow::anyhow!("{}", e.error))?;
+        ensure!(
+            aligned.to_vec() == data,
+            "the data written from offset {woff:#x} reads back different (page-aligned read)"
+        );
+        Ok(back)
+    })();
+    c.delete_io_queue_pair(qp)?;
+    ensure!(
+        r? == data,
+        "{n} blocks read into offset {roff:#x} differ from what was written"
+    );
     Ok(Verdict::Pass)
 }
