@@ -27,6 +27,9 @@ struct Slot<T> {
     opcode: u8,
     deadline_ns: u64,
     payload: Option<T>,
+    /// The SQ doorbell has covered this command: only then can the device have fetched it,
+    /// and only then can a completion for it be genuine.
+    rung: bool,
 }
 
 /// A completion matched to its request.
@@ -76,6 +79,8 @@ pub(crate) struct Engine<T> {
     codec: CidCodec,
     slots: Vec<Slot<T>>,
     free: Vec<u16>,
+    /// Slots submitted since the last SQ doorbell (capacity: every slot, allocated once).
+    unrung: Vec<u16>,
     lists: Option<Mem>,
     lists_per_slot: usize,
     pub(crate) stats: QueueStats,
@@ -102,6 +107,7 @@ impl<T> Engine<T> {
                 opcode: 0,
                 deadline_ns: u64::MAX,
                 payload: None,
+                rung: false,
             });
             free.push(nslots - 1 - i);
         }
@@ -111,6 +117,7 @@ impl<T> Engine<T> {
             codec: CidCodec::new(nslots),
             slots,
             free,
+            unrung: Vec::with_capacity(nslots as usize),
             lists,
             lists_per_slot,
             stats: QueueStats::default(),
@@ -216,6 +223,8 @@ impl<T> Engine<T> {
         slot.opcode = cmd.opcode();
         slot.deadline_ns = deadline_ns;
         slot.payload = Some(payload);
+        slot.rung = false;
+        self.unrung.push(slot_idx);
         self.next_deadline_ns = self.next_deadline_ns.min(deadline_ns);
         let pushed = self.sq.push(&cmd);
         debug_assert!(pushed, "has_free_slot checked the ring");
@@ -227,6 +236,11 @@ impl<T> Engine<T> {
     pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) {
         if self.sq.ring(bar) {
             self.stats.sq_doorbells += 1;
+        }
+        for idx in self.unrung.drain(..) {
+            if let Some(s) = self.slots.get_mut(idx as usize) {
+                s.rung = true;
+            }
         }
     }
 
@@ -256,7 +270,10 @@ impl<T> Engine<T> {
                 self.stats.bad_cid += 1;
                 continue;
             };
-            if slot.state == SlotState::Free || slot.generation != generation {
+            if slot.state == SlotState::Free || slot.generation != generation || !slot.rung {
+                // `!slot.rung`: the device never saw this command (its SQ entry is still
+                // behind the doorbell), so this cannot be its completion; accepting it would
+                // hand back a buffer the device will reach once the doorbell is written.
                 // Unknown, duplicate or stale: logged and survived (never trusted).
                 self.stats.bad_cid += 1;
                 continue;
@@ -344,6 +361,7 @@ impl<T> Engine<T> {
                 self.free.push(i as u16);
             }
         }
+        self.unrung.clear();
         self.next_deadline_ns = u64::MAX;
     }
 

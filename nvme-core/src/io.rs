@@ -1038,4 +1038,42 @@ mod tests {
             "buffer or rings leaked"
         );
     }
+
+    /// The test plays the device: writes completion entry `c` at CQ slot `idx`.
+    fn post(qp: &IoQueuePair<TestPlatform>, idx: usize, c: crate::spec::Completion) {
+        let p = (qp.cq_iova() as usize + idx * 16) as *mut u8;
+        let b = c.to_le_bytes();
+        // SAFETY: the test platform's IOVA is the CPU address; slot `idx` lies inside the CQ
+        // ring, which is live while `qp` is; nothing else accesses it during the copy.
+        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), p, 16) };
+    }
+
+    /// Found by `fuzz/` (hostile_device): a completion naming a command whose SQ entry was
+    /// not yet covered by a doorbell was accepted, handing back a buffer the device would
+    /// reach as soon as the doorbell was written.
+    #[test]
+    fn completion_for_a_command_behind_the_doorbell_is_rejected() {
+        let p = Arc::new(TestPlatform::default());
+        let mut qp = IoQueuePair::detached(p.clone(), 1, 4, 4096, Duration::from_secs(1)).unwrap();
+        let buf = qp.alloc_buffer(4096).unwrap();
+        let cid = qp
+            .submit(Command::rw(NvmOpcode::READ, 1, 0, 7, false), Some(buf), 1)
+            .unwrap();
+        let ok = |phase| crate::spec::Completion::new(0, 0, 1, 1, cid, phase, Status::SUCCESS);
+        post(&qp, 0, ok(true));
+        assert!(
+            poll_all(&mut qp).is_empty(),
+            "completed before the doorbell"
+        );
+        assert_eq!(qp.stats().bad_cid, 1);
+        assert!(qp.is_outstanding(cid));
+        qp.ring();
+        post(&qp, 1, ok(true));
+        let done = poll_all(&mut qp);
+        assert_eq!(done.len(), 1);
+        assert!(matches!(done[0], (1, Ok(()), true)));
+        qp.detach_device();
+        drop(qp);
+        assert!(p.dma.live.lock().unwrap().is_empty());
+    }
 }
