@@ -55,7 +55,7 @@ impl SubQueue {
     /// Free entries: one slot always stays empty so that full and empty differ (§4.1.1: the
     /// queue is full when tail + 1 == head).
     pub(crate) fn free(&self) -> u16 {
-        let used = (self.tail + self.entries - self.head) % self.entries;
+        let used = ring_distance(self.head, self.tail, self.entries);
         self.entries - 1 - used
     }
     pub(crate) fn is_full(&self) -> bool {
@@ -93,8 +93,8 @@ impl SubQueue {
         if sqhd >= self.entries {
             return false;
         }
-        let outstanding = (self.rung + self.entries - self.head) % self.entries;
-        let advance = (sqhd + self.entries - self.head) % self.entries;
+        let outstanding = ring_distance(self.head, self.rung, self.entries);
+        let advance = ring_distance(self.head, sqhd, self.entries);
         if advance > outstanding {
             return false;
         }
@@ -104,6 +104,12 @@ impl SubQueue {
     pub(crate) fn qid(&self) -> u16 {
         self.qid
     }
+}
+
+/// Steps from `from` forward to `to` in a ring of `entries` slots. Computed in `u32`: with up
+/// to 65535 entries, `to + entries` does not fit a `u16`.
+fn ring_distance(from: u16, to: u16, entries: u16) -> u16 {
+    ((to as u32 + entries as u32 - from as u32) % entries as u32) as u16
 }
 
 /// A completion queue ring in DMA memory.
@@ -175,7 +181,9 @@ pub(crate) struct CidCodec {
 
 impl CidCodec {
     pub(crate) fn new(slots: u16) -> Self {
-        let slot_bits = (u16::BITS - (slots.max(2) - 1).leading_zeros()).min(15);
+        // Up to 16 bits: a queue of more than 32768 slots needs them all for the slot index
+        // (and then has no generation bits left).
+        let slot_bits = (u16::BITS - (slots.max(2) - 1).leading_zeros()).min(16);
         Self { slot_bits }
     }
     pub(crate) fn encode(&self, slot: u16, generation: u16) -> u16 {
@@ -184,8 +192,8 @@ impl CidCodec {
     }
     /// Returns (slot, generation).
     pub(crate) fn decode(&self, cid: u16) -> (u16, u16) {
-        let mask = (1u16 << self.slot_bits) - 1;
-        (cid & mask, cid >> self.slot_bits)
+        let mask = ((1u32 << self.slot_bits) - 1) as u16;
+        (cid & mask, (cid as u32 >> self.slot_bits) as u16)
     }
     pub(crate) fn next_generation(&self, generation: u16) -> u16 {
         let gen_mask = ((1u32 << (16 - self.slot_bits)) - 1) as u16;
@@ -230,8 +238,29 @@ mod tests {
         let c = CidCodec::new(31);
         assert_eq!(c.slot_bits, 5);
         assert_eq!(c.decode(c.encode(30, 0x7FF)), (30, 0x7FF));
+        // 65535 slots need all 16 bits (found by `fuzz/` hostile_device: with 15, slot 0x8000
+        // decoded as slot 0 and a completion went to the wrong request).
         let c = CidCodec::new(u16::MAX);
-        assert_eq!(c.slot_bits, 15);
-        assert_eq!(c.decode(c.encode(0x7FFF, 1)), (0x7FFF, 1));
+        assert_eq!(c.slot_bits, 16);
+        assert_eq!(c.decode(c.encode(0xFFFE, 1)), (0xFFFE, 0));
+        let c = CidCodec::new(32769);
+        assert_eq!(c.decode(c.encode(32768, 0)), (32768, 0));
+        assert_ne!(c.encode(32768, 0), c.encode(0, 1));
+    }
+
+    /// Found by `fuzz/` (hostile_device): with more than 32768 entries, `tail + entries`
+    /// overflowed `u16` (a panic in debug builds, a wrong free count in release).
+    #[test]
+    fn ring_arithmetic_on_the_largest_queue() {
+        let region = crate::hw::DmaRegion::new(core::ptr::NonNull::dangling(), 0, 0, 0);
+        let mut sq = SubQueue::new(Mem::new(region), 1, u16::MAX, 0);
+        sq.tail = u16::MAX - 1;
+        assert_eq!(sq.free(), 0);
+        sq.tail = 1;
+        assert_eq!(sq.free(), u16::MAX - 2);
+        sq.rung = 40_000;
+        assert!(sq.update_head(39_999));
+        assert!(!sq.update_head(40_001));
+        assert_eq!(ring_distance(65_000, 3, u16::MAX), 538);
     }
 }
