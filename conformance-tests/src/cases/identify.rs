@@ -135,7 +135,10 @@ fn descriptors<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             off + 4 + nidl <= page.len(),
             "descriptor type {nidt} at offset {off} runs past the page"
         );
-        ensure!(!seen.contains(&nidt), "descriptor type {nidt} appears twice");
+        ensure!(
+            !seen.contains(&nidt),
+            "descriptor type {nidt} appears twice"
+        );
         seen.push(nidt);
         let value = &page[off + 4..off + 4 + nidl];
         match nidt {
@@ -147,7 +150,11 @@ fn descriptors<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
                 value == id.nguid,
                 "the NGUID descriptor differs from Identify Namespace NGUID"
             ),
-            4 => ensure!(value[0] == 0, "NSID {nsid} reports command set {}", value[0]),
+            4 => ensure!(
+                value[0] == 0,
+                "NSID {nsid} reports command set {}",
+                value[0]
+            ),
             _ => {}
         }
         off += 4 + nidl;
@@ -237,8 +244,14 @@ fn nsid_zero<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn list_from_broadcast<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    let (a, _) = c.admin_read(Command::identify(cns::ACTIVE_NS_LIST, 0xFFFF_FFFE, 0, 0), 4096)?;
-    let (b, _) = c.admin_read(Command::identify(cns::ACTIVE_NS_LIST, 0xFFFF_FFFF, 0, 0), 4096)?;
+    let (a, _) = c.admin_read(
+        Command::identify(cns::ACTIVE_NS_LIST, 0xFFFF_FFFE, 0, 0),
+        4096,
+    )?;
+    let (b, _) = c.admin_read(
+        Command::identify(cns::ACTIVE_NS_LIST, 0xFFFF_FFFF, 0, 0),
+        4096,
+    )?;
     let v1 = cx.expect_status("active list from FFFFFFFEh", a.status(), &[(0, 0x0B)])?;
     let v2 = cx.expect_status("active list from FFFFFFFFh", b.status(), &[(0, 0x0B)])?;
     Ok(super::helpers::fold([v1, v2]))

@@ -169,9 +169,8 @@ fn one_dword<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn extended<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Option<Verdict>> {
     let c = cx.ctrl()?;
-    Ok((c.identify().lpa & 4 == 0).then(|| {
-        Verdict::Skip("LPA bit 2 is clear: no log page offset (extended data)".into())
-    }))
+    Ok((c.identify().lpa & 4 == 0)
+        .then(|| Verdict::Skip("LPA bit 2 is clear: no log page offset (extended data)".into())))
 }
 
 fn smart_offset<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
@@ -249,7 +248,10 @@ fn per_namespace_smart<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdic
     let c = cx.ctrl()?;
     let nsid = namespace(c, None)?.nsid;
     let supported = c.identify().lpa & 1 != 0;
-    let (r, page) = c.admin_read(Command::get_log_page(lid::SMART, nsid, 128, 0, 0, false), 512)?;
+    let (r, page) = c.admin_read(
+        Command::get_log_page(lid::SMART, nsid, 128, 0, 0, false),
+        512,
+    )?;
     if supported {
         ensure!(
             r.status().is_success(),
@@ -302,7 +304,8 @@ fn error_entries<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     if let Some(e) = entries.iter().max_by_key(|e| e.error_count) {
         if e.sqid == 0 && e.cid == failed.cid() {
             ensure!(
-                e.status().sct() == failed.status().sct() && e.status().sc() == failed.status().sc(),
+                e.status().sct() == failed.status().sct()
+                    && e.status().sc() == failed.status().sc(),
                 "the entry for CID {:#x} records status {}, the command completed with {}",
                 e.cid,
                 e.status(),

@@ -429,7 +429,10 @@ fn multi_block<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             let back = qp
                 .read(&ns, lba, c.alloc_buffer(n * bs)?)
                 .map_err(|e| anyhow::anyhow!("Read of {n} blocks: {}", e.error))?;
-            ensure!(back.to_vec() == data, "{n} blocks at LBA {lba} read back different");
+            ensure!(
+                back.to_vec() == data,
+                "{n} blocks at LBA {lba} read back different"
+            );
             lba += n as u64;
         }
         Ok(())
@@ -667,7 +670,13 @@ fn unaligned_buffers<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
         let (st, _) = submit_wait(&mut qp, cmd, Some(wbuf), woff, Some(len))?;
         ensure!(st.is_success(), "Write from offset {woff:#x}: {st}");
         let cmd = Command::rw(NvmOpcode::READ, ns.nsid, lba, (n - 1) as u16, false);
-        let (st, buf) = submit_wait(&mut qp, cmd, Some(c.alloc_buffer(len + roff)?), roff, Some(len))?;
+        let (st, buf) = submit_wait(
+            &mut qp,
+            cmd,
+            Some(c.alloc_buffer(len + roff)?),
+            roff,
+            Some(len),
+        )?;
         ensure!(st.is_success(), "Read into offset {roff:#x}: {st}");
         let mut back = vec![0u8; len];
         buf.context("buffer")?.read(roff, &mut back)?;

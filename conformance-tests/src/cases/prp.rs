@@ -67,11 +67,17 @@ fn layout<B: Backend>(
     let r = (|| -> anyhow::Result<Vec<u8>> {
         let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid, lba, (n - 1) as u16, false);
         let (st, _) = submit_wait(&mut qp, cmd, Some(wbuf), woff, Some(len))?;
-        ensure!(st.is_success(), "Write of {len} bytes from offset {woff:#x}: {st}");
+        ensure!(
+            st.is_success(),
+            "Write of {len} bytes from offset {woff:#x}: {st}"
+        );
         let cmd = Command::rw(NvmOpcode::READ, ns.nsid, lba, (n - 1) as u16, false);
         let rbuf = c.alloc_buffer(roff + len)?;
         let (st, rbuf) = submit_wait(&mut qp, cmd, Some(rbuf), roff, Some(len))?;
-        ensure!(st.is_success(), "Read of {len} bytes into offset {roff:#x}: {st}");
+        ensure!(
+            st.is_success(),
+            "Read of {len} bytes into offset {roff:#x}: {st}"
+        );
         let mut back = vec![0u8; len];
         rbuf.context("the read buffer was not handed back")?
             .read(roff, &mut back)?;
@@ -110,7 +116,11 @@ fn sub_page_offsets<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> 
         )));
     }
     // Ends exactly at the page end; crosses it by half a block; crosses it after 4 bytes.
-    for (w, r) in [(4096 - bs, 0), (4096 - bs / 2, 4096 - bs), (4092, 4096 - bs / 2)] {
+    for (w, r) in [
+        (4096 - bs, 0),
+        (4096 - bs / 2, 4096 - bs),
+        (4092, 4096 - bs / 2),
+    ] {
         let v = layout(cx, bs, w, r, 0)?;
         if v != Verdict::Pass {
             return Ok(v);
@@ -128,7 +138,9 @@ fn mdts_bytes<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Option<usize>> 
 
 fn exactly_mdts<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let Some(mdts) = mdts_bytes(cx)? else {
-        return Ok(Verdict::Skip("MDTS is 0: no transfer limit to reach".into()));
+        return Ok(Verdict::Skip(
+            "MDTS is 0: no transfer limit to reach".into(),
+        ));
     };
     if mdts > 8 << 20 {
         return Ok(Verdict::Skip(format!(

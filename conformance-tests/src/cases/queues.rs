@@ -518,11 +518,12 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     ring(2, 2);
     let g = raw_completion(c, 1, 2, true)?;
     let h = raw_completion(c, 1, 3, true)?;
-    c.platform()
-        .bar()
-        .write32(cq_head_doorbell(1, dstrd), 4);
+    c.platform().bar().write32(cq_head_doorbell(1, dstrd), 4);
     for q in [(1, true), (2, true), (1, false)] {
-        ok(&c.delete_queue_raw(q.0, q.1)?, "deleting the shared-CQ queues")?;
+        ok(
+            &c.delete_queue_raw(q.0, q.1)?,
+            "deleting the shared-CQ queues",
+        )?;
     }
     for (e, sqid, cid, sqhd) in [(e, 1, 0x101, 1), (f, 2, 0x202, 1)] {
         ensure!(

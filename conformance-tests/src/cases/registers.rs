@@ -9,7 +9,9 @@ use anyhow::{bail, ensure, Context as _};
 use nvme_core::hw::{Bar, Platform};
 use nvme_core::spec::features::select;
 use nvme_core::spec::identify::cns;
-use nvme_core::spec::regs::{cq_head_doorbell, css, offset, shn, shst, sq_tail_doorbell, NSSR_RESET};
+use nvme_core::spec::regs::{
+    cq_head_doorbell, css, offset, shn, shst, sq_tail_doorbell, NSSR_RESET,
+};
 use nvme_core::spec::{Aqa, Cap, Cc, Command, Completion, Csts, IdentifyController, Vs};
 use nvme_core::DmaBuffer;
 
@@ -272,7 +274,11 @@ impl<P: Platform> ManualAdmin<P> {
 
 /// CC for a manual enable: the CSS the driver would choose, `mps`, entry sizes as given.
 fn manual_cc(cap: Cap, mps: u8, iosqes: u8, iocqes: u8) -> Cc {
-    let css = if cap.css_io_sets() { css::ALL_IO } else { css::NVM };
+    let css = if cap.css_io_sets() {
+        css::ALL_IO
+    } else {
+        css::NVM
+    };
     Cc(0)
         .with_css(css)
         .with_mps(mps)
@@ -311,13 +317,19 @@ fn manual_enable_mpsmin<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdi
     let st = enable(&*p, cap, manual_cc(cap, cap.mpsmin(), 6, 4))?;
     let r = match st {
         Some(c) if c.rdy() && !c.cfs() => admin.identify(&p, cap),
-        Some(c) => Err(anyhow::anyhow!("enable with MPS = MPSMIN: CSTS = {:#x}", c.0)),
+        Some(c) => Err(anyhow::anyhow!(
+            "enable with MPS = MPSMIN: CSTS = {:#x}",
+            c.0
+        )),
         None => Err(anyhow::anyhow!("RDY did not rise within CAP.TO")),
     };
     disable(&*p, cap)?;
     drop(admin);
     let id = r?;
-    ensure!(id.nn >= 1 && id.sqes >> 4 >= 6, "the Identify data is implausible");
+    ensure!(
+        id.nn >= 1 && id.sqes >> 4 >= 6,
+        "the Identify data is implausible"
+    );
     Ok(Verdict::Pass)
 }
 
@@ -383,11 +395,18 @@ fn subsystem_reset<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     );
     let cfg = cx.config();
     let c = cx.bring_up(cfg)?;
-    ensure!(!c.namespaces().is_empty(), "no namespace after the subsystem reset");
+    ensure!(
+        !c.namespaces().is_empty(),
+        "no namespace after the subsystem reset"
+    );
     Ok(Verdict::Pass)
 }
 
-fn small_admin<B: Backend>(cx: &mut Ctx<'_, B>, entries: u16, commands: usize) -> anyhow::Result<Verdict> {
+fn small_admin<B: Backend>(
+    cx: &mut Ctx<'_, B>,
+    entries: u16,
+    commands: usize,
+) -> anyhow::Result<Verdict> {
     let mut cfg = cx.config();
     cfg.admin_queue_entries = entries;
     cfg.async_events = 0;
@@ -410,7 +429,10 @@ fn small_admin<B: Backend>(cx: &mut Ctx<'_, B>, entries: u16, commands: usize) -
             select::CURRENT,
             0,
         )?;
-        ensure!(v == first, "command {i}: Number of Queues reads {v:#x}, first {first:#x}");
+        ensure!(
+            v == first,
+            "command {i}: Number of Queues reads {v:#x}, first {first:#x}"
+        );
         if i % 10 == 0 {
             c.identify_controller()
                 .with_context(|| format!("Identify after {i} commands"))?;
