@@ -7,13 +7,16 @@
 //! - `NVME_TEST_PCI=0000:03:00.0`: also run on this device (DESTROYS DATA on its namespaces);
 //! - `NVME_TEST_IRQ=msix|polled|both` (default both): interrupt modes for the device;
 //! - `NVME_TEST_ONLY_VFIO=1`: skip the simulator (used inside the HIL guest);
-//! - `CONFORMANCE_RESULTS=path`: also write one `RESULT` line per case and backend there.
+//! - `CONFORMANCE_RESULTS=path`: also write one `RESULT` line per case and backend there;
+//! - `CONFORMANCE_TABLE=path`: write the markdown table of case × backend there, with the
+//!   columns of this run plus those of the `RESULT` files listed in `CONFORMANCE_MERGE`
+//!   (comma separated; `cargo xtask conformance-table` passes the HIL results).
 //!
 //! Arguments: an optional substring filter on case IDs and titles (flags are ignored).
 
 use std::process::ExitCode;
 
-use conformance_tests::runner::{counts, run_suite, tsv, CaseResult};
+use conformance_tests::runner::{counts, markdown, parse_tsv, run_suite, tsv, CaseResult};
 use conformance_tests::{cases, Backend, Group, SimBackend, VfioBackend};
 use sim_backend::SimConfig;
 
@@ -83,6 +86,27 @@ fn main() -> ExitCode {
     if let Ok(path) = std::env::var("CONFORMANCE_RESULTS") {
         let text: String = all.iter().map(|(b, r)| tsv(b, r)).collect();
         if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("cannot write {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Ok(path) = std::env::var("CONFORMANCE_TABLE") {
+        let mut text: String = all.iter().map(|(b, r)| tsv(b, r)).collect();
+        for f in std::env::var("CONFORMANCE_MERGE")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|f| !f.is_empty())
+        {
+            match std::fs::read_to_string(f) {
+                Ok(t) => text.push_str(&t),
+                Err(e) => {
+                    eprintln!("cannot read {f}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        let table = markdown(&cases::all::<SimBackend>(), &parse_tsv(&text));
+        if let Err(e) = std::fs::write(&path, table) {
             eprintln!("cannot write {path}: {e}");
             return ExitCode::FAILURE;
         }

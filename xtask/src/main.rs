@@ -22,12 +22,20 @@ struct Cli {
 enum Task {
     /// Hardware-in-the-loop run: QEMU guest, emulated NVMe bound to vfio-pci, our binaries inside.
     Hil(hil::HilArgs),
+    /// Regenerate `docs/conformance.md`: the suite on the simulator (both interrupt modes) and
+    /// through VFIO on QEMU's NVMe in the HIL matrix, as one table of case × backend.
+    ConformanceTable {
+        /// Only the simulator columns (no QEMU boot).
+        #[arg(long)]
+        sim_only: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Hil(args) => hil::main(&args),
+        Task::ConformanceTable { sim_only } => conformance_table(sim_only),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -37,4 +45,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the HIL matrix collecting per-case results, then the simulator suite, which merges
+/// them and writes the markdown table.
+fn conformance_table(sim_only: bool) -> anyhow::Result<bool> {
+    use anyhow::Context as _;
+    let ws = hil::workspace_root()?;
+    let dir = ws.join(".hil-cache").join("results");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut hil_ok = true;
+    if !sim_only {
+        let cli = Cli::try_parse_from([
+            "cargo xtask",
+            "hil",
+            "--matrix",
+            "--results",
+            &dir.to_string_lossy(),
+        ])?;
+        let Task::Hil(args) = cli.task else {
+            unreachable!("parsed as hil")
+        };
+        hil_ok = hil::main(&args)?;
+    }
+    let mut merge: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .collect();
+    merge.sort();
+    let out = ws.join("docs").join("conformance.md");
+    std::fs::create_dir_all(out.parent().context("docs dir")?)?;
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&ws)
+            .args(["test", "-p", "conformance-tests", "--test", "conformance"])
+            .env("CONFORMANCE_MERGE", merge.join(","))
+            .env("CONFORMANCE_TABLE", &out)
+            .status()
+            .context("running the conformance suite")?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(hil_ok && status.success())
 }

@@ -137,3 +137,16 @@ pub fn submit_wait<P: Platform>(
         );
     }
 }
+
+/// Whether a block read after Dataset Management deallocate is legal. Deallocation is
+/// advisory (NVM §3.3.3: the controller "may" deallocate), so a block reads either as it was
+/// written (not deallocated) or as DLFEAT bits 2:0 promise for deallocated blocks (001b:
+/// zeroes, 010b: all ones; 000b: not reported, anything).
+pub fn dealloc_block_ok(got: &[u8], written: &[u8], dlfeat: u8) -> bool {
+    got == written
+        || match dlfeat & 7 {
+            1 => got.iter().all(|&b| b == 0),
+            2 => got.iter().all(|&b| b == 0xFF),
+            _ => true,
+        }
+}

@@ -7,7 +7,7 @@ use nvme_core::{DsmRange, Error};
 
 use nvme_core::spec::Status;
 
-use super::helpers::{buffer_with, namespace, pattern, scratch_lba, submit_wait};
+use super::helpers::{buffer_with, dealloc_block_ok, namespace, pattern, scratch_lba, submit_wait};
 use crate::backend::Backend;
 use crate::case;
 use crate::runner::{Case, Ctx, Verdict};
@@ -262,18 +262,9 @@ fn deallocate<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     )?;
     let back = qp.read(&ns, lba, c.alloc_buffer(8 * bs)?)?.to_vec();
     c.delete_io_queue_pair(qp)?;
-    // Deallocation is advisory (NVM §3.3.3: the controller "may" deallocate the ranges). Each
-    // block therefore reads either as it was written (not deallocated) or as DLFEAT bits 2:0
-    // promise for deallocated blocks (001b: zeroes, 010b: all ones; 000b: not reported).
     let written = pattern(9, lba, 8 * bs, bs);
     for (i, (got, old)) in back.chunks(bs).zip(written.chunks(bs)).enumerate() {
-        let kept = got == old;
-        let dealloc_ok = match ns.identify.dlfeat & 7 {
-            1 => got.iter().all(|&b| b == 0),
-            2 => got.iter().all(|&b| b == 0xFF),
-            _ => true,
-        };
-        ensure!(kept || dealloc_ok, "block {} after deallocate holds neither the written data nor what DLFEAT {:#x} promises", lba + i as u64, ns.identify.dlfeat);
+        ensure!(dealloc_block_ok(got, old, ns.identify.dlfeat), "block {} after deallocate holds neither the written data nor what DLFEAT {:#x} promises", lba + i as u64, ns.identify.dlfeat);
     }
     Ok(Verdict::Pass)
 }
@@ -506,20 +497,15 @@ fn dsm_ranges<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     })();
     c.delete_io_queue_pair(qp)?;
     let back = r?;
-    let zeroes = ns.identify.dlfeat & 7 == 1;
-    for i in 0..16u64 {
-        let inside = ranges.iter().any(|&(o, n)| i >= o && i < o + n as u64);
-        let blk = &back[i as usize * bs..(i as usize + 1) * bs];
-        if !inside {
-            ensure!(
-                blk == &data[i as usize * bs..(i as usize + 1) * bs],
-                "block {i}, outside every range, changed"
-            );
-        } else if zeroes {
-            ensure!(
-                blk.iter().all(|&b| b == 0),
-                "block {i} was deallocated and DLFEAT says it reads as zeroes, but it holds data"
-            );
+    for i in 0..16usize {
+        let inside = ranges
+            .iter()
+            .any(|&(o, n)| (i as u64) >= o && (i as u64) < o + n as u64);
+        let (blk, old) = (&back[i * bs..(i + 1) * bs], &data[i * bs..(i + 1) * bs]);
+        if inside {
+            ensure!(dealloc_block_ok(blk, old, ns.identify.dlfeat), "block {i} in a deallocated range holds neither the written data nor what DLFEAT {:#x} promises", ns.identify.dlfeat);
+        } else {
+            ensure!(blk == old, "block {i}, outside every range, changed");
         }
     }
     Ok(Verdict::Pass)

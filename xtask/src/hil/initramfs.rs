@@ -172,9 +172,10 @@ run vfio-info /bin/vfio-info "$BDF"
         let _ = write!(
             s,
             r#"# ---- interrupt mode {m} ----
-export NVME_TEST_IRQ={m}
+export NVME_TEST_IRQ={m} CONFORMANCE_RESULTS=/tmp/results-{m}.tsv
 run "conformance[{m}]" /bin/conformance
 r=$?
+cat /tmp/results-{m}.tsv 2>/dev/null
 sum=$(grep -a 'conformance: *[0-9]' "/tmp/conformance[{m}].log" | tail -n 1)
 cp=$(echo "$sum" | sed -n 's/.*conformance: *\([0-9][0-9]*\) passed.*/\1/p')
 ca=$(echo "$sum" | sed -n 's/.*[^0-9]\([0-9][0-9]*\) allowed.*/\1/p')

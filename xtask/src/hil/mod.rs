@@ -37,7 +37,7 @@ const HOST_LBA: u64 = 1000;
 const GUEST_LBA: u64 = 2000;
 
 /// The workspace root (the parent of this crate).
-fn workspace_root() -> Result<PathBuf> {
+pub fn workspace_root() -> Result<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -177,6 +177,27 @@ fn image_holds(image: &Path, offset: u64, want: &[u8]) -> Result<(), String> {
     }
 }
 
+/// The guest's `RESULT<TAB>backend<TAB>case<TAB>outcome` lines, with the backend (the guest's
+/// `vfio:<bdf>/<mode>`) renamed to the QEMU configuration it ran on.
+fn results_tsv(log: &str, lba_size: u32) -> String {
+    let mut out = String::new();
+    for line in log.lines() {
+        let Some(rest) = line.split("RESULT\t").nth(1) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.trim_end().split('\t').collect();
+        if f.len() != 3 {
+            continue;
+        }
+        let mode = f[0].rsplit('/').next().unwrap_or("?");
+        out.push_str(&format!(
+            "RESULT\tQEMU {lba_size} B {mode}\t{}\t{}\n",
+            f[1], f[2]
+        ));
+    }
+    out
+}
+
 fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
     let tag = boot.tag();
     let tmp = tempfile::Builder::new()
@@ -279,7 +300,13 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
         qemu::Outcome::Exited(_) => None,
     };
 
-    let report = verdict::parse_log(&fs::read(&log)?);
+    let raw_log = fs::read(&log)?;
+    if let Some(dir) = &env.args.results {
+        fs::create_dir_all(dir)?;
+        let tsv = results_tsv(&String::from_utf8_lossy(&raw_log), boot.lba_size);
+        fs::write(dir.join(format!("{tag}.tsv")), tsv)?;
+    }
+    let report = verdict::parse_log(&raw_log);
     let host_checks: Vec<Result<(), String>> = (0..plan.irq_modes.len())
         .map(|i| image_holds(&images[0], plan.guest_lba_for(i) * lba, &guest_bin))
         .collect();
@@ -323,6 +350,16 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_are_renamed_to_the_qemu_configuration() {
+        let log =
+            "noise\r\n\x1b[0mRESULT\tvfio:0000:00:03.0/msix\tQM-07\tallowed:QEMU-01\nRESULT\tbad\n";
+        assert_eq!(
+            results_tsv(log, 4096),
+            "RESULT\tQEMU 4096 B msix\tQM-07\tallowed:QEMU-01\n"
+        );
+    }
 
     #[test]
     fn image_check_reports_zero_and_mismatch() {

@@ -44,6 +44,11 @@ pub struct HilArgs {
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
 
+    /// Also write each boot's per-case conformance results (`RESULT` lines, backend renamed
+    /// to the QEMU configuration) as `<DIR>/<boot>.tsv`, for `cargo xtask conformance-table`.
+    #[arg(long)]
+    pub results: Option<std::path::PathBuf>,
+
     /// Stream the guest's serial console to stderr while it runs.
     #[arg(short, long)]
     pub verbose: bool,
