@@ -178,7 +178,7 @@ r=$?
 cat /tmp/results-{m}.tsv 2>/dev/null
 sum=$(grep -a 'conformance: *[0-9]' "/tmp/conformance[{m}].log" | tail -n 1)
 cp=$(echo "$sum" | sed -n 's/.*conformance: *\([0-9][0-9]*\) passed.*/\1/p')
-ca=$(echo "$sum" | sed -n 's/.*[^0-9]\([0-9][0-9]*\) allowed.*/\1/p')
+ca=$(grep -a 'allowed deviations: *[0-9]' "/tmp/conformance[{m}].log" | tail -n 1 | sed -n 's/.*allowed deviations: *\([0-9][0-9]*\).*/\1/p')
 cf=$(echo "$sum" | sed -n 's/.*[^0-9]\([0-9][0-9]*\) failed.*/\1/p')
 cs=$(echo "$sum" | sed -n 's/.*[^0-9]\([0-9][0-9]*\) skipped.*/\1/p')
 echo "HIL-CONFORMANCE[{m}] ${{sum:-no summary line}}"
