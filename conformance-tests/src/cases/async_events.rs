@@ -31,6 +31,14 @@ pub fn cases<B: Backend>() -> Vec<Case<B>> {
     ]
 }
 
+/// Reads the Error Information log with RAE=0 (§5.1.12: this clears the error event type's
+/// mask). A controller may keep an event type masked across a Controller Level Reset (QEMU 7.2
+/// does), so each case starts from an unmasked state instead of depending on the one before.
+fn unmask_error_events<P: Platform>(c: &mut Controller<P>) -> anyhow::Result<()> {
+    c.get_log_page(lid::ERROR_INFO, 0, 0, 64, false)?;
+    Ok(())
+}
+
 fn bad_doorbell<P: Platform>(c: &Controller<P>, offset: usize, value: u32) {
     c.platform().bar().write32(offset, value);
 }
@@ -100,6 +108,7 @@ fn nonexistent_cq<P: Platform>(c: &Controller<P>) -> usize {
 
 fn nonexistent_queue_doorbell<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
+    unmask_error_events(c)?;
     ensure!(
         c.aers_outstanding() >= 1,
         "no AER outstanding after bring-up"
@@ -117,6 +126,7 @@ fn nonexistent_queue_doorbell<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result
 
 fn masked_until_log_read<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
+    unmask_error_events(c)?;
     let db = nonexistent_cq(c);
     bad_doorbell(c, db, 0);
     expect_error_event(
@@ -156,6 +166,7 @@ fn masked_until_log_read<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verd
 
 fn cq_head_beyond_size<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
+    unmask_error_events(c)?;
     let qp = c.create_io_queue_pair(8)?;
     let db = cq_head_doorbell(qp.qid(), c.cap().dstrd());
     bad_doorbell(c, db, 8);
@@ -167,6 +178,7 @@ fn cq_head_beyond_size<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdic
 
 fn sq_tail_beyond_size<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
+    unmask_error_events(c)?;
     let qp = c.create_io_queue_pair(8)?;
     let db = sq_tail_doorbell(qp.qid(), c.cap().dstrd());
     bad_doorbell(c, db, 8);
