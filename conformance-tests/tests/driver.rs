@@ -213,3 +213,31 @@ fn io_queue_pair_is_send() {
     assert_send::<nvme_core::IoQueuePair<sim_backend::SimPlatform>>();
     assert_send::<nvme_core::IoQueuePair<vfio_backend::VfioPlatform>>();
 }
+
+#[test]
+fn caller_chosen_data_pointers_are_ignored() {
+    // A raw command cannot aim the device at memory the request does not own: PRPs come only
+    // from the buffer that moves into the request.
+    let sim = Simulator::new(SimConfig::default()).unwrap();
+    let mut c = Controller::new(sim.platform(), config(false)).unwrap();
+    let ns = c.namespace(1).unwrap().clone();
+    let mut qp = c.create_io_queue_pair(8).unwrap();
+    let mut victim = c.alloc_buffer(512).unwrap();
+    victim.fill(0xEE);
+    let mut cmd = nvme_core::spec::Command::rw(NvmOpcode::READ, ns.nsid, 0, 0, false);
+    cmd.set_prps(victim.iova(), 0)
+        .set_psdt(1)
+        .set_cdw(4, victim.iova() as u32);
+    let r = qp.passthrough(cmd, None);
+    let st = r.unwrap_err().error.status().expect("a command status");
+    assert!(
+        st.is(nvme_core::spec::StatusCodeType::GENERIC, 0x04),
+        "expected Data Transfer Error for a read with no buffer, got {st}"
+    );
+    assert!(
+        victim.to_vec().iter().all(|&b| b == 0xEE),
+        "the device wrote memory the command did not own"
+    );
+    c.delete_io_queue_pair(qp).unwrap();
+    c.shutdown().unwrap();
+}

@@ -199,12 +199,15 @@ pub struct CreateSq {
 }
 
 /// A queue created through [`Controller::create_cq_raw`] / [`Controller::create_sq_raw`].
-struct RawQueue {
+struct RawQueue<P: Platform> {
     qid: u16,
     is_sq: bool,
     region: crate::hw::DmaRegion,
     /// Byte offset of the queue base inside `region` (`base_offset` of the create call).
     base: usize,
+    /// Data buffers of commands written into this (SQ) queue: the device may use them until
+    /// the queue is deleted or the controller disabled.
+    held: Vec<DmaBuffer<P>>,
 }
 
 /// Counters of the controller.
@@ -240,7 +243,9 @@ pub struct Controller<P: Platform> {
     granted: NumberOfQueues,
     allocated: NumberOfQueues,
     qids_in_use: Vec<bool>,
-    raw_queues: Vec<RawQueue>,
+    raw_queues: Vec<RawQueue<P>>,
+    /// Buffers of raw SQs that were deleted, waiting for [`Controller::take_raw_buffers`].
+    released_raw: Vec<(u16, DmaBuffer<P>)>,
     events: VecDeque<AsyncEvent>,
     aers_outstanding: u8,
     needs_reset: Option<&'static str>,
@@ -428,6 +433,7 @@ impl<P: Platform> Controller<P> {
             allocated: NumberOfQueues { nsq_z: 0, ncq_z: 0 },
             qids_in_use: Vec::new(),
             raw_queues: Vec::new(),
+            released_raw: Vec::new(),
             events: VecDeque::new(),
             aers_outstanding: 0,
             needs_reset: None,
@@ -867,10 +873,11 @@ impl<P: Platform> Controller<P> {
     /// [`Error::InvalidArgument`] for the refused opcodes; transport failures.
     pub fn admin_passthrough(
         &mut self,
-        cmd: Command,
+        mut cmd: Command,
         buffer: Option<DmaBuffer<P>>,
         timeout: Option<Duration>,
     ) -> Result<(Completion, Option<DmaBuffer<P>>)> {
+        crate::dma::sanitize_pointers(&mut cmd);
         let op = AdminOpcode(cmd.opcode());
         if op == AdminOpcode::CREATE_IO_CQ
             || op == AdminOpcode::CREATE_IO_SQ
@@ -922,7 +929,8 @@ impl<P: Platform> Controller<P> {
     ///
     /// # Errors
     /// Transport failures and [`Error::TransferTooLarge`].
-    pub fn admin_read(&mut self, cmd: Command, len: usize) -> Result<(Completion, Vec<u8>)> {
+    pub fn admin_read(&mut self, mut cmd: Command, len: usize) -> Result<(Completion, Vec<u8>)> {
+        crate::dma::sanitize_pointers(&mut cmd);
         let op = AdminOpcode(cmd.opcode());
         if op == AdminOpcode::CREATE_IO_CQ
             || op == AdminOpcode::CREATE_IO_SQ
@@ -1365,6 +1373,7 @@ impl<P: Platform> Controller<P> {
                         is_sq,
                         region,
                         base,
+                        held: Vec::new(),
                     });
                     self.io_queues_created = true;
                 } else {
@@ -1402,27 +1411,68 @@ impl<P: Platform> Controller<P> {
                 let q = self.raw_queues.swap_remove(i);
                 // SAFETY: the controller confirmed the deletion; it holds no reference.
                 unsafe { self.shared.platform.dma().free(q.region) };
+                // Deleting an SQ completes or aborts every command in it (§5.2.4): their
+                // buffers are the caller's again.
+                self.released_raw
+                    .extend(q.held.into_iter().map(|b| (qid, b)));
             }
         }
         Ok(c)
     }
 
     /// Writes `cmd` (CID included: the caller chooses it) into entry `index` of the SQ `qid`
-    /// created with [`Controller::create_sq_raw`]. Nothing else happens: the caller rings the
-    /// SQ tail doorbell itself through the platform's BAR (after a `Release` fence), tracks
-    /// its tail, and keeps any data buffer alive until the completion arrives. For
+    /// created with [`Controller::create_sq_raw`], with PRP1/PRP2 pointing at `buffer` (at most
+    /// two memory pages; PSDT and MPTR cleared). Nothing else happens: the caller rings the SQ
+    /// tail doorbell itself through the platform's BAR (after a `Release` fence), tracks its
+    /// tail and reads completions with [`Controller::raw_cq_entry`]. The controller keeps the
+    /// buffer until the SQ is deleted (then [`Controller::take_raw_buffers`] gives it back) or
+    /// the controller is disabled, so the device can never write freed memory. For
     /// conformance tests of queue topologies the queue pair API cannot express, such as
     /// several SQs sharing one CQ (§3.3.1).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if no such raw SQ exists or `index` is beyond it.
-    pub fn raw_sq_write(&mut self, qid: u16, index: u16, cmd: &Command) -> Result<()> {
-        let q = self.raw_queue(qid, true, index as usize, crate::spec::SQE_SIZE)?;
-        let mem = Mem::new(q.0);
+    /// [`Error::InvalidArgument`] if no such raw SQ exists or `index` is beyond it;
+    /// [`Error::TransferTooLarge`] for a buffer spanning more than two pages.
+    pub fn raw_sq_write(
+        &mut self,
+        qid: u16,
+        index: u16,
+        cmd: &Command,
+        buffer: Option<DmaBuffer<P>>,
+    ) -> Result<()> {
+        let (region, off) = self.raw_queue(qid, true, index as usize, crate::spec::SQE_SIZE)?;
+        let mut cmd = *cmd;
+        cmd.set_psdt(0).set_cdw(4, 0).set_cdw(5, 0).set_prps(0, 0);
+        if let Some(b) = &buffer {
+            let mut no_lists = crate::prp::NoListPages;
+            let prps =
+                crate::prp::build(b.iova(), b.len(), PAGE_SIZE, &mut no_lists).map_err(|_| {
+                    Error::TransferTooLarge {
+                        bytes: b.len() as u64,
+                        max: 2 * PAGE_SIZE as u64,
+                    }
+                })?;
+            cmd.set_prps(prps.prp1, prps.prp2);
+        }
+        let mem = Mem::new(region);
         for (i, d) in cmd.dwords().iter().enumerate() {
-            mem.write_u32(q.1 + 4 * i, *d);
+            mem.write_u32(off + 4 * i, *d);
+        }
+        if let Some(b) = buffer {
+            if let Some(q) = self.raw_queues.iter_mut().find(|q| q.qid == qid && q.is_sq) {
+                q.held.push(b);
+            }
         }
         Ok(())
+    }
+
+    /// The buffers given to [`Controller::raw_sq_write`] for SQ `qid`, once that SQ was
+    /// deleted, in the order they were written.
+    pub fn take_raw_buffers(&mut self, qid: u16) -> Vec<DmaBuffer<P>> {
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            self.released_raw.drain(..).partition(|(q, _)| *q == qid);
+        self.released_raw = rest;
+        mine.into_iter().map(|(_, b)| b).collect()
     }
 
     /// Reads entry `index` of the CQ `qid` created with [`Controller::create_cq_raw`]: DW3
@@ -1498,6 +1548,7 @@ impl<P: Platform> Controller<P> {
         for q in self.raw_queues.drain(..) {
             // SAFETY: the controller is disabled.
             unsafe { p.dma().free(q.region) };
+            // `q.held` (data buffers of raw commands) is dropped here, for the same reason.
         }
         let mut g = self.shared.graveyard.lock();
         g.controller_disabled = true;

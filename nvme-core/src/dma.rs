@@ -126,6 +126,13 @@ impl Mem {
     }
 }
 
+/// Clears every pointer a caller-built command could use to aim the device at memory: PSDT
+/// (PRPs only, never SGLs), MPTR, PRP1 and PRP2. The queue then fills the PRPs from the buffer
+/// that moves into the request, so the device can only reach memory the request owns.
+pub(crate) fn sanitize_pointers(cmd: &mut crate::spec::Command) {
+    cmd.set_psdt(0).set_cdw(4, 0).set_cdw(5, 0).set_prps(0, 0);
+}
+
 /// Allocates a region, mapping the backend's error into [`Error::Dma`].
 pub(crate) fn allocate<P: Platform>(p: &P, len: usize) -> Result<DmaRegion, Error> {
     use crate::hw::DmaError;

@@ -283,12 +283,13 @@ impl<P: Platform> IoQueuePair<P> {
     /// As [`IoQueuePair::submit`].
     pub fn submit_range(
         &mut self,
-        cmd: Command,
+        mut cmd: Command,
         buffer: Option<DmaBuffer<P>>,
         offset: usize,
         len: Option<usize>,
         tag: u64,
     ) -> core::result::Result<u16, IoError<P>> {
+        crate::dma::sanitize_pointers(&mut cmd);
         if let Err(error) = self.check_alive() {
             return Err(IoError { error, buffer });
         }

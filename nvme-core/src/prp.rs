@@ -22,6 +22,20 @@ pub trait PrpListPages {
     fn write(&mut self, page: usize, index: usize, value: u64);
 }
 
+/// No list pages: transfers of at most two memory pages only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoListPages;
+
+impl PrpListPages for NoListPages {
+    fn count(&self) -> usize {
+        0
+    }
+    fn iova(&self, _: usize) -> u64 {
+        0
+    }
+    fn write(&mut self, _: usize, _: usize, _: u64) {}
+}
+
 /// The PRP fields of a command, as built by [`build`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prps {

@@ -498,13 +498,13 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     };
     // SQ 1: a Write; SQ 2: a Read of the same block. One at a time: the read sees the write.
     let mut w = Command::rw(NvmOpcode::WRITE, ns.nsid, lba, 0, false);
-    w.set_cid(0x101).set_prps(wbuf.iova(), 0);
-    c.raw_sq_write(1, 0, &w)?;
+    w.set_cid(0x101);
+    c.raw_sq_write(1, 0, &w, Some(wbuf))?;
     ring(1, 1);
     let e = raw_completion(c, 1, 0, true)?;
     let mut r = Command::rw(NvmOpcode::READ, ns.nsid, lba, 0, false);
-    r.set_cid(0x202).set_prps(rbuf.iova(), 0);
-    c.raw_sq_write(2, 0, &r)?;
+    r.set_cid(0x202);
+    c.raw_sq_write(2, 0, &r, Some(rbuf))?;
     ring(2, 1);
     let f = raw_completion(c, 1, 1, true)?;
     // Both at once: a Flush on each SQ.
@@ -512,8 +512,8 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     f1.set_cid(0x103);
     let mut f2 = Command::flush(ns.nsid);
     f2.set_cid(0x204);
-    c.raw_sq_write(1, 1, &f1)?;
-    c.raw_sq_write(2, 1, &f2)?;
+    c.raw_sq_write(1, 1, &f1, None)?;
+    c.raw_sq_write(2, 1, &f2, None)?;
     ring(1, 2);
     ring(2, 2);
     let g = raw_completion(c, 1, 2, true)?;
@@ -551,11 +551,15 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         g.status(),
         h.status()
     );
+    let read_back = c.take_raw_buffers(2);
     ensure!(
-        rbuf.to_vec() == data,
+        read_back.len() == 1,
+        "SQ 2's buffer did not come back after its deletion"
+    );
+    ensure!(
+        read_back[0].to_vec() == data,
         "the Read on SQ 2 did not return what the Write on SQ 1 wrote"
     );
-    drop(wbuf);
     Ok(Verdict::Pass)
 }
 
