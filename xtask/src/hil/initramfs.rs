@@ -181,7 +181,7 @@ cp=$(echo "$sum" | sed -n 's/.*conformance: *\([0-9][0-9]*\) passed.*/\1/p')
 ca=$(grep -a 'allowed deviations: *[0-9]' "/tmp/conformance[{m}].log" | tail -n 1 | sed -n 's/.*allowed deviations: *\([0-9][0-9]*\).*/\1/p')
 cf=$(echo "$sum" | sed -n 's/.*[^0-9]\([0-9][0-9]*\) failed.*/\1/p')
 cs=$(echo "$sum" | sed -n 's/.*[^0-9]\([0-9][0-9]*\) skipped.*/\1/p')
-echo "HIL-CONFORMANCE[{m}] ${{sum:-no summary line}}"
+echo "HIL-CONFORMANCE[{m}] ${{sum:-no summary line}}${{ca:+, $ca allowed}}"
 if [ -z "$cp" ] || [ -z "$cf" ]; then
   TOKENS="$TOKENS conformance[{m}]=none"
   if [ "$r" -eq 0 ]; then echo "HIL-NOTE conformance[{m}] printed no summary line"; FAILS=$((FAILS + 1)); fi
