@@ -118,6 +118,14 @@ pub fn parse_log(log: &[u8]) -> GuestReport {
                 continue;
             }
         }
+        // The guest's own summary line (after the step) also carries the allowed count.
+        if let Some(rest) = line.split("HIL-CONFORMANCE[").nth(1) {
+            if let (Some(end), Some(c)) = (rest.find(']'), parse_summary(rest)) {
+                r.summaries
+                    .insert(format!("conformance[{}]", &rest[..end]), c);
+            }
+            continue;
+        }
         if let (Some(step), Some(c)) = (&current, parse_summary(line)) {
             r.summaries.insert(step.clone(), c);
         }
