@@ -905,106 +905,9 @@ mod tests {
     //! Regression tests for defects found by `fuzz/` (target `hostile_device`), on a
     //! detached queue pair with heap DMA memory; the test plays the device.
     use super::*;
-    use crate::hw::{DmaError, DmaErrorKind, DmaRegion, NoInterrupts};
-    use std::alloc::{alloc_zeroed, dealloc, Layout};
-    use std::sync::atomic::AtomicU64;
-    use std::sync::Mutex;
     use std::vec::Vec;
 
-    #[derive(Debug)]
-    pub(crate) struct NoMem;
-    impl core::fmt::Display for NoMem {
-        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            f.write_str("out of memory")
-        }
-    }
-    impl core::error::Error for NoMem {}
-    impl DmaError for NoMem {
-        fn kind(&self) -> DmaErrorKind {
-            DmaErrorKind::OutOfMemory
-        }
-    }
-
-    /// Heap DMA memory (IOVA = address) that counts live regions.
-    #[derive(Default)]
-    pub(crate) struct HeapDma {
-        live: Mutex<Vec<usize>>,
-    }
-    // SAFETY: zeroed, 4096-aligned heap blocks of whole pages, never shared, valid until free.
-    unsafe impl DmaAllocator for HeapDma {
-        type Error = NoMem;
-        fn page_size(&self) -> usize {
-            4096
-        }
-        fn allocate(&self, len: usize) -> core::result::Result<DmaRegion, NoMem> {
-            let len = len.div_ceil(4096) * 4096;
-            let layout = Layout::from_size_align(len, 4096).map_err(|_| NoMem)?;
-            // SAFETY: non-zero size.
-            let p = core::ptr::NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(NoMem)?;
-            self.live.lock().unwrap().push(p.as_ptr() as usize);
-            Ok(DmaRegion::new(p, p.as_ptr() as u64, len, 0))
-        }
-        unsafe fn free(&self, region: DmaRegion) {
-            let mut live = self.live.lock().unwrap();
-            let i = live
-                .iter()
-                .position(|&a| a == region.ptr().as_ptr() as usize)
-                .expect("double free");
-            live.swap_remove(i);
-            let layout = Layout::from_size_align(region.len(), 4096).unwrap();
-            // SAFETY: allocated above with this layout, not freed before (checked).
-            unsafe { dealloc(region.ptr().as_ptr(), layout) };
-        }
-    }
-
-    /// A BAR that ignores writes.
-    pub(crate) struct NullBar;
-    impl Bar for NullBar {
-        fn size(&self) -> usize {
-            0x2000
-        }
-        fn read32(&self, _offset: usize) -> u32 {
-            0
-        }
-        fn write32(&self, _offset: usize, _value: u32) {}
-    }
-
-    /// A clock moved by hand.
-    #[derive(Default)]
-    pub(crate) struct HandClock(pub(crate) AtomicU64);
-    impl Clock for HandClock {
-        fn now_ns(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-
-    #[derive(Default)]
-    pub(crate) struct TestPlatform {
-        pub(crate) dma: HeapDma,
-        pub(crate) clock: HandClock,
-        irq: NoInterrupts,
-    }
-    impl Platform for TestPlatform {
-        type Bar = NullBar;
-        type Dma = HeapDma;
-        type Irq = NoInterrupts;
-        type Clock = HandClock;
-        fn bar(&self) -> &NullBar {
-            &NullBar
-        }
-        fn dma(&self) -> &HeapDma {
-            &self.dma
-        }
-        fn irq(&self) -> &NoInterrupts {
-            &self.irq
-        }
-        fn clock(&self) -> &HandClock {
-            &self.clock
-        }
-        fn name(&self) -> &str {
-            "test"
-        }
-    }
+    use crate::testing::TestPlatform;
 
     fn poll_all(qp: &mut IoQueuePair<TestPlatform>) -> Vec<(u64, Result<()>, bool)> {
         let mut out = Vec::new();
@@ -1034,10 +937,7 @@ mod tests {
         );
         assert_eq!(qp.outstanding(), 0);
         drop(qp);
-        assert!(
-            p.dma.live.lock().unwrap().is_empty(),
-            "buffer or rings leaked"
-        );
+        assert!(p.dma.live() == 0, "buffer or rings leaked");
     }
 
     /// The test plays the device: writes completion entry `c` at CQ slot `idx`.
@@ -1075,6 +975,6 @@ mod tests {
         assert!(matches!(done[0], (1, Ok(()), true)));
         qp.detach_device();
         drop(qp);
-        assert!(p.dma.live.lock().unwrap().is_empty());
+        assert!(p.dma.live() == 0);
     }
 }

@@ -21,9 +21,11 @@
 
 extern crate alloc;
 // Tests, and the `arbitrary` derive (fuzzing only), need std; the driver itself never does.
-#[cfg(any(test, feature = "arbitrary"))]
+#[cfg(any(test, feature = "arbitrary", feature = "test-utils"))]
 extern crate std;
 
+#[cfg(test)]
+mod bringup_tests;
 pub mod controller;
 pub mod dma;
 mod engine;
@@ -34,6 +36,8 @@ pub mod prp;
 pub mod queue;
 #[forbid(unsafe_code)]
 pub mod spec;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 
 pub use controller::{Controller, ControllerConfig, Namespace};
 pub use dma::DmaBuffer;

@@ -1,17 +1,15 @@
-//! Bring-up against a mocked `Bar` (mockall): register write order (§3.5.1), the CAP.TO
+//! Unit tests of bring-up against a mocked `Bar` (mockall): register write order (§3.5.1), the CAP.TO
 //! deadline when RDY never comes, all-ones CSTS (device gone) and CSTS.CFS.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::vec::Vec;
 
+use crate::hw::{Bar, NoInterrupts, Platform};
+use crate::spec::regs::offset;
+use crate::testing::{HeapDma, StepClock};
+use crate::{Controller, ControllerConfig, Error};
 use mockall::{mock, Sequence};
-use nvme_core::hw::{
-    Bar, Clock, DmaAllocator, DmaError, DmaErrorKind, DmaRegion, NoInterrupts, Platform,
-};
-use nvme_core::spec::regs::offset;
-use nvme_core::{Controller, ControllerConfig, Error};
 
 mock! {
     pub Regs {}
@@ -19,64 +17,6 @@ mock! {
         fn size(&self) -> usize;
         fn read32(&self, offset: usize) -> u32;
         fn write32(&self, offset: usize, value: u32);
-    }
-}
-
-/// A clock that moves 1 ms every time it is read, so deadlines expire quickly and
-/// deterministically.
-#[derive(Default)]
-struct StepClock(AtomicU64);
-impl Clock for StepClock {
-    fn now_ns(&self) -> u64 {
-        self.0.fetch_add(1_000_000, Ordering::SeqCst)
-    }
-}
-
-#[derive(Debug)]
-struct NoMem;
-impl std::fmt::Display for NoMem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("out of memory")
-    }
-}
-impl std::error::Error for NoMem {}
-impl DmaError for NoMem {
-    fn kind(&self) -> DmaErrorKind {
-        DmaErrorKind::OutOfMemory
-    }
-}
-
-/// Heap memory with IOVA = address; tracks live allocations.
-#[derive(Default)]
-struct HeapDma {
-    live: Mutex<Vec<usize>>,
-}
-// SAFETY: regions come from the global allocator with 4096 alignment, are zeroed, are not
-// shared between allocations, and live until `free`; the "device" (a mock) never touches them.
-unsafe impl DmaAllocator for HeapDma {
-    type Error = NoMem;
-    fn page_size(&self) -> usize {
-        4096
-    }
-    fn allocate(&self, len: usize) -> Result<DmaRegion, NoMem> {
-        let len = len.div_ceil(4096) * 4096;
-        let layout = Layout::from_size_align(len, 4096).map_err(|_| NoMem)?;
-        // SAFETY: the layout has non-zero size.
-        let p = unsafe { alloc_zeroed(layout) };
-        let p = NonNull::new(p).ok_or(NoMem)?;
-        self.live.lock().unwrap().push(p.as_ptr() as usize);
-        Ok(DmaRegion::new(p, p.as_ptr() as u64, len, 0))
-    }
-    unsafe fn free(&self, region: DmaRegion) {
-        let mut live = self.live.lock().unwrap();
-        let i = live
-            .iter()
-            .position(|&a| a == region.ptr().as_ptr() as usize)
-            .expect("double free");
-        live.swap_remove(i);
-        let layout = Layout::from_size_align(region.len(), 4096).unwrap();
-        // SAFETY: allocated above with this layout and not freed before (checked).
-        unsafe { dealloc(region.ptr().as_ptr(), layout) };
     }
 }
 
@@ -200,7 +140,7 @@ fn enable_writes_registers_in_spec_order_and_reports_cfs() {
     let err = Controller::new(p.clone(), ControllerConfig::default()).unwrap_err();
     assert!(matches!(err, Error::ControllerFatal), "{err:?}");
     // Every DMA region was returned.
-    assert!(p.dma.live.lock().unwrap().is_empty());
+    assert!(p.dma.live() == 0);
 }
 
 #[test]
