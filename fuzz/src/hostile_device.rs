@@ -243,7 +243,7 @@ struct Harness {
 }
 
 /// Work budget of one input: enough for the largest queue filled once.
-const WORK_LIMIT: u64 = 400_000;
+const WORK_LIMIT: u64 = 120_000;
 
 /// How a submission reaches the driver.
 enum Via {
