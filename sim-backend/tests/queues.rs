@@ -168,6 +168,12 @@ fn iosqes_unset_is_refused() {
     h.bar().write32(offset::AQA, 0x000F_000F);
     h.bar().write32(offset::CC, Cc(0).with_en(true).0);
     h.wait_csts(|c| c.rdy());
+    // Strict mode records the enable without entry sizes at once.
+    let v = h.sim.violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].kind, ViolationKind::QueueEntrySize);
+    assert!(v[0].detail.contains("unset"), "{}", v[0].detail);
+    h.sim.clear_violations();
     h.sqs.insert(
         0,
         HostSq {

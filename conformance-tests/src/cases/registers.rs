@@ -63,7 +63,7 @@ pub fn cases<B: Backend>() -> Vec<Case<B>> {
         case!("REG-09", Registers, "§3.7.1", "an NVM Subsystem Reset disables the controller and sets CSTS.NSSRO (RW1C); the controller comes up again", subsystem_reset::<B>),
         case!("REG-10", Registers, "§3.1.4.8", "a 2-entry admin queue (AQA 1/1, the minimum) carries admin commands", min_admin_queue::<B>),
         case!("REG-11", Registers, "§4.1.1", "a 4-entry admin queue wraps around with 50 admin commands", admin_wrap::<B>),
-        case!("REG-12", Registers, "§3.1.4.5", "an enable with CC.IOSQES/IOCQES = 0 either is refused or gives a working admin queue (the sizes matter only for I/O queues)", enable_without_io_sizes::<B>),
+        case!("REG-12", Registers, "§3.1.4.5", "an enable with CC.IOSQES/IOCQES = 0 either is refused or gives a working admin queue (the sizes matter only for I/O queues)", enable_without_io_sizes::<B>, violates),
     ]
 }
 

@@ -600,6 +600,19 @@ impl Controller {
                 self.cc.iocqes()
             ));
         }
+        if problems.is_empty() && (self.cc.iosqes() == 0 || self.cc.iocqes() == 0) {
+            // §3.5.1 step 3 has the host set IOSQES/IOCQES before enabling. A value of 0 is
+            // legal until an I/O queue is created, so the model enables; but controllers such
+            // as QEMU's refuse to enable without them, so strict mode records it.
+            self.violation(
+                ViolationKind::QueueEntrySize,
+                format!(
+                    "CC.EN = 1 with CC.IOSQES {} / IOCQES {} unset (§3.5.1: set 6 / 4 before enabling)",
+                    self.cc.iosqes(),
+                    self.cc.iocqes()
+                ),
+            );
+        }
         self.shst = shst::NORMAL;
         self.shutdown_done_at = None;
         self.shutdown_clean = false;
