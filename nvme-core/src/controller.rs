@@ -219,6 +219,10 @@ pub struct ControllerStats {
     pub async_events: u64,
     /// Controller resets performed.
     pub resets: u64,
+    /// Asynchronous Event Requests that completed with an error status instead of an event.
+    pub aer_failures: u64,
+    /// The status of the last such request (e.g. AER Limit Exceeded, 01h/05h).
+    pub last_aer_failure: Option<crate::spec::Status>,
 }
 
 /// An NVMe controller: bring-up, the admin queue, namespaces, I/O queue pair management and
@@ -685,6 +689,10 @@ impl<P: Platform> Controller<P> {
                     }
                     events.push_back(AsyncEvent::from_dw0(r.completion.dw0()));
                     stats.async_events += 1;
+                } else {
+                    // Refused (AER Limit Exceeded, §5.1.2) or aborted: no event.
+                    stats.aer_failures += 1;
+                    stats.last_aer_failure = Some(r.completion.status());
                 }
             }
             AdminReq::Scratch if r.late => *scratch_busy = false,

@@ -98,7 +98,16 @@ fn aer_limit<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         c.aers_outstanding() as usize == limit,
         "outstanding requests completed without an event"
     );
-    Ok(Verdict::Pass)
+    let stats = c.stats();
+    ensure!(
+        stats.aer_failures == 1,
+        "{} requests failed, expected exactly the one beyond the limit",
+        stats.aer_failures
+    );
+    let st = stats
+        .last_aer_failure
+        .context("the failed request's status")?;
+    cx.expect_status("the AER beyond AERL + 1", st, &[(1, 0x05)])
 }
 
 /// The CQ head doorbell of QID 1 while no I/O queue exists.
