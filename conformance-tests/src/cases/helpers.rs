@@ -150,3 +150,14 @@ pub fn dealloc_block_ok(got: &[u8], written: &[u8], dlfeat: u8) -> bool {
             _ => true,
         }
 }
+
+/// `Some(Skip)` when Identify ONCS lacks `bit`: the optional NVM command a case checks is not
+/// advertised (`what` names the bit, e.g. "bit 3 (Write Zeroes)").
+pub fn require_oncs<P: Platform>(
+    c: &Controller<P>,
+    bit: u16,
+    what: &str,
+) -> Option<crate::runner::Verdict> {
+    (!c.identify().supports(bit))
+        .then(|| crate::runner::Verdict::Skip(format!("ONCS {what} is clear")))
+}

@@ -7,7 +7,9 @@ use nvme_core::{DsmRange, Error};
 
 use nvme_core::spec::Status;
 
-use super::helpers::{buffer_with, dealloc_block_ok, namespace, pattern, scratch_lba, submit_wait};
+use super::helpers::{
+    buffer_with, dealloc_block_ok, namespace, pattern, require_oncs, scratch_lba, submit_wait,
+};
 use crate::backend::Backend;
 use crate::case;
 use crate::runner::{Case, Ctx, Verdict};
@@ -217,8 +219,8 @@ fn flush<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn write_zeroes<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    if !c.identify().supports(oncs::WRITE_ZEROES) {
-        return Ok(Verdict::Skip("ONCS bit 3 (Write Zeroes) is clear".into()));
+    if let Some(skip) = require_oncs(c, oncs::WRITE_ZEROES, "bit 3 (Write Zeroes)") {
+        return Ok(skip);
     }
     let ns = namespace(c, None)?;
     let bs = ns.lba_size as usize;
@@ -242,10 +244,8 @@ fn write_zeroes<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn deallocate<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    if !c.identify().supports(oncs::DATASET_MANAGEMENT) {
-        return Ok(Verdict::Skip(
-            "ONCS bit 2 (Dataset Management) is clear".into(),
-        ));
+    if let Some(skip) = require_oncs(c, oncs::DATASET_MANAGEMENT, "bit 2 (Dataset Management)") {
+        return Ok(skip);
     }
     let ns = namespace(c, None)?;
     let bs = ns.lba_size as usize;
@@ -271,8 +271,8 @@ fn deallocate<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn compare<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    if !c.identify().supports(oncs::COMPARE) {
-        return Ok(Verdict::Skip("ONCS bit 0 (Compare) is clear".into()));
+    if let Some(skip) = require_oncs(c, oncs::COMPARE, "bit 0 (Compare)") {
+        return Ok(skip);
     }
     let ns = namespace(c, None)?;
     let bs = ns.lba_size as usize;
@@ -338,8 +338,8 @@ fn above_mdts<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn verify<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    if !c.identify().supports(oncs::VERIFY) {
-        return Ok(Verdict::Skip("ONCS bit 7 (Verify) is clear".into()));
+    if let Some(skip) = require_oncs(c, oncs::VERIFY, "bit 7 (Verify)") {
+        return Ok(skip);
     }
     let ns = namespace(c, None)?;
     let bs = ns.lba_size as usize;
@@ -435,8 +435,8 @@ fn multi_block<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn write_zeroes_deac<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    if !c.identify().supports(oncs::WRITE_ZEROES) {
-        return Ok(Verdict::Skip("ONCS bit 3 (Write Zeroes) is clear".into()));
+    if let Some(skip) = require_oncs(c, oncs::WRITE_ZEROES, "bit 3 (Write Zeroes)") {
+        return Ok(skip);
     }
     let ns = namespace(c, None)?;
     let bs = ns.lba_size as usize;
@@ -467,10 +467,8 @@ fn write_zeroes_deac<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
 
 fn dsm_ranges<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    if !c.identify().supports(oncs::DATASET_MANAGEMENT) {
-        return Ok(Verdict::Skip(
-            "ONCS bit 2 (Dataset Management) is clear".into(),
-        ));
+    if let Some(skip) = require_oncs(c, oncs::DATASET_MANAGEMENT, "bit 2 (Dataset Management)") {
+        return Ok(skip);
     }
     let ns = namespace(c, None)?;
     let bs = ns.lba_size as usize;
@@ -513,8 +511,8 @@ fn dsm_ranges<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn compare_failure<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    if !c.identify().supports(oncs::COMPARE) {
-        return Ok(Verdict::Skip("ONCS bit 0 (Compare) is clear".into()));
+    if let Some(skip) = require_oncs(c, oncs::COMPARE, "bit 0 (Compare)") {
+        return Ok(skip);
     }
     let ns = namespace(c, None)?;
     let bs = ns.lba_size as usize;
@@ -553,8 +551,8 @@ fn out_of_range<B: Backend>(
 }
 
 fn verify_out_of_range<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    if !cx.ctrl()?.identify().supports(oncs::VERIFY) {
-        return Ok(Verdict::Skip("ONCS bit 7 (Verify) is clear".into()));
+    if let Some(skip) = require_oncs(cx.ctrl()?, oncs::VERIFY, "bit 7 (Verify)") {
+        return Ok(skip);
     }
     out_of_range(cx, "Verify at LBA NSZE", |ns| {
         (Command::verify(ns.nsid, ns.blocks, 0), 0)
@@ -571,8 +569,8 @@ fn write_at_nsze<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 }
 
 fn write_zeroes_past_end<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    if !cx.ctrl()?.identify().supports(oncs::WRITE_ZEROES) {
-        return Ok(Verdict::Skip("ONCS bit 3 (Write Zeroes) is clear".into()));
+    if let Some(skip) = require_oncs(cx.ctrl()?, oncs::WRITE_ZEROES, "bit 3 (Write Zeroes)") {
+        return Ok(skip);
     }
     out_of_range(cx, "Write Zeroes of 2 blocks at the last LBA", |ns| {
         (Command::write_zeroes(ns.nsid, ns.blocks - 1, 1, false), 0)

@@ -172,16 +172,26 @@ fn disable_enable<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     Ok(Verdict::Pass)
 }
 
-fn normal_shutdown<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+/// Takes the controller from the driver, writes CC.SHN = `kind` and waits for CSTS.SHST =
+/// complete; the driver's own teardown then disables the controller, whatever happened.
+fn shutdown_with<B: Backend>(
+    cx: &mut Ctx<'_, B>,
+    kind: u8,
+    what: &str,
+) -> anyhow::Result<std::sync::Arc<B::P>> {
     cx.ctrl()?;
     let ctrl = cx.take_ctrl();
     let p = cx.platform().clone();
     let cc = Cc(p.bar().read32(offset::CC));
-    p.bar().write32(offset::CC, cc.with_shn(shn::NORMAL).0);
+    p.bar().write32(offset::CC, cc.with_shn(kind).0);
     let r = wait_csts(&*p, Duration::from_secs(10), |c| c.shst() == shst::COMPLETE);
-    // Whatever happened, the driver's own teardown disables the controller.
     drop(ctrl);
-    r.map_err(|e| anyhow::anyhow!("shutdown did not complete: {e}"))?;
+    r.map_err(|e| anyhow::anyhow!("{what} did not complete: {e}"))?;
+    Ok(p)
+}
+
+fn normal_shutdown<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let p = shutdown_with(cx, shn::NORMAL, "shutdown")?;
     ensure!(
         !Cc(p.bar().read32(offset::CC)).en() || !Csts(p.bar().read32(offset::CSTS)).rdy(),
         "controller still enabled after teardown"
@@ -190,14 +200,7 @@ fn normal_shutdown<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 }
 
 fn abrupt_shutdown<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    cx.ctrl()?;
-    let ctrl = cx.take_ctrl();
-    let p = cx.platform().clone();
-    let cc = Cc(p.bar().read32(offset::CC));
-    p.bar().write32(offset::CC, cc.with_shn(shn::ABRUPT).0);
-    let r = wait_csts(&*p, Duration::from_secs(10), |c| c.shst() == shst::COMPLETE);
-    drop(ctrl);
-    r.map_err(|e| anyhow::anyhow!("abrupt shutdown did not complete: {e}"))?;
+    shutdown_with(cx, shn::ABRUPT, "abrupt shutdown")?;
     Ok(Verdict::Pass)
 }
 
