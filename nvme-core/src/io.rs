@@ -21,12 +21,13 @@ use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use core::time::Duration;
 
-use crate::controller::{Namespace, Shared};
 use crate::dma::DmaBuffer;
 use crate::engine::{Engine, Reaped, Transfer};
 use crate::error::{Error, Result};
 use crate::hw::{Bar, Clock, DmaAllocator, InterruptSource, Platform};
+use crate::namespace::Namespace;
 use crate::queue::QueueStats;
+use crate::shared::Shared;
 use crate::spec::{Command, Completion, NvmOpcode, Status, PAGE_SIZE};
 
 /// One request's state inside a queue slot.

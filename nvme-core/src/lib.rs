@@ -32,14 +32,17 @@ mod engine;
 pub mod error;
 pub mod hw;
 pub mod io;
+pub mod namespace;
 pub mod prp;
 pub mod queue;
+mod shared;
 #[forbid(unsafe_code)]
 pub mod spec;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 
-pub use controller::{Controller, ControllerConfig, Namespace};
+pub use controller::{Controller, ControllerConfig};
 pub use dma::DmaBuffer;
 pub use error::{Error, Result};
 pub use io::{DsmRange, IoCompletion, IoError, IoQueuePair};
+pub use namespace::Namespace;

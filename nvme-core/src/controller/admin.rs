@@ -1,0 +1,325 @@
+//! The admin queue (NVMe Base §3.3.1, §5): submission, waiting, the scratch page, passthrough.
+
+use super::*;
+
+pub(super) enum AdminReq<P: Platform> {
+    /// A command whose data, if any, is the controller's scratch page.
+    Scratch,
+    /// A command with a caller's buffer.
+    Buffer(DmaBuffer<P>),
+    /// No data.
+    NoData,
+    /// An Asynchronous Event Request.
+    Aer,
+}
+
+impl<P: Platform> core::fmt::Debug for AdminReq<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            AdminReq::Scratch => "Scratch",
+            AdminReq::Buffer(_) => "Buffer",
+            AdminReq::NoData => "NoData",
+            AdminReq::Aer => "Aer",
+        })
+    }
+}
+
+impl<P: Platform> Controller<P> {
+    // ---- the admin queue ----
+
+    pub(super) fn check_usable(&self) -> Result<()> {
+        if self.shut_down {
+            return Err(Error::NeedsReset("the controller was shut down"));
+        }
+        if let Some(why) = self.needs_reset {
+            return Err(Error::NeedsReset(why));
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_other(
+        r: Reaped<AdminReq<P>>,
+        events: &mut VecDeque<AsyncEvent>,
+        aers: &mut u8,
+        scratch_busy: &mut bool,
+        stats: &mut ControllerStats,
+    ) {
+        match r.payload {
+            AdminReq::Aer => {
+                *aers = aers.saturating_sub(1);
+                if r.completion.status().is_success() {
+                    if events.len() == MAX_EVENTS {
+                        events.pop_front();
+                    }
+                    events.push_back(AsyncEvent::from_dw0(r.completion.dw0()));
+                    stats.async_events += 1;
+                } else {
+                    // Refused (AER Limit Exceeded, §5.1.2) or aborted: no event.
+                    stats.aer_failures += 1;
+                    stats.last_aer_failure = Some(r.completion.status());
+                }
+            }
+            AdminReq::Scratch if r.late => *scratch_busy = false,
+            // A late completion's buffer is freed here: the device is done with it.
+            AdminReq::Buffer(_) | AdminReq::Scratch | AdminReq::NoData => {}
+        }
+    }
+
+    /// Processes admin completions that arrived (asynchronous events, late completions)
+    /// without waiting. Returns how many entries were consumed.
+    pub fn process_admin_completions(&mut self) -> usize {
+        let bar = self.shared.platform.bar();
+        let (events, aers, busy, stats) = (
+            &mut self.events,
+            &mut self.aers_outstanding,
+            &mut self.scratch_busy,
+            &mut self.stats,
+        );
+        self.admin.reap(bar, usize::MAX, |r| {
+            Self::handle_other(r, events, aers, busy, stats)
+        })
+    }
+
+    /// Submits an admin command and waits for its completion. Any status is returned; only
+    /// transport failures (timeout, device gone) are errors.
+    pub(super) fn admin_wait(
+        &mut self,
+        cmd: Command,
+        data: Option<Transfer>,
+        payload: AdminReq<P>,
+        timeout: Duration,
+    ) -> Result<(Completion, AdminReq<P>)> {
+        self.check_usable()?;
+        let p = self.shared.platform.clone();
+        // One register read per admin command (never on the I/O path): a removed or fatal
+        // controller fails the command here instead of receiving a doorbell it cannot serve.
+        let csts = Csts(p.bar().read32(offset::CSTS));
+        if csts.is_all_ones() {
+            self.needs_reset = Some("the device is gone");
+            return Err(Error::DeviceGone);
+        }
+        if csts.cfs() {
+            self.needs_reset = Some("Controller Fatal Status");
+            return Err(Error::ControllerFatal);
+        }
+        let deadline_ns = p
+            .clock()
+            .now_ns()
+            .saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX));
+        let opcode = cmd.opcode();
+        let cid = match self.admin.submit(cmd, data, payload, deadline_ns) {
+            Ok(cid) => cid,
+            Err((e, _payload)) => return Err(e),
+        };
+        self.admin.ring(p.bar());
+        let mut spins: u32 = 0;
+        loop {
+            let mut done = None;
+            {
+                let (events, aers, busy, stats) = (
+                    &mut self.events,
+                    &mut self.aers_outstanding,
+                    &mut self.scratch_busy,
+                    &mut self.stats,
+                );
+                self.admin.reap(p.bar(), usize::MAX, |r| {
+                    if r.cid == cid && !r.late {
+                        done = Some((r.completion, r.payload));
+                    } else {
+                        Self::handle_other(r, events, aers, busy, stats)
+                    }
+                });
+            }
+            if let Some(d) = done {
+                return Ok(d);
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 {
+                let csts = Csts(p.bar().read32(offset::CSTS));
+                if csts.is_all_ones() {
+                    self.needs_reset = Some("the device is gone");
+                    return Err(Error::DeviceGone);
+                }
+                if csts.cfs() {
+                    self.needs_reset = Some("Controller Fatal Status");
+                    return Err(Error::ControllerFatal);
+                }
+            }
+            let now = p.clock().now_ns();
+            if now >= deadline_ns {
+                let mut scratch = false;
+                self.admin.expire(now, |c, _, req| {
+                    if c == cid && matches!(req, AdminReq::Scratch) {
+                        scratch = true;
+                    }
+                });
+                if scratch {
+                    self.scratch_busy = true;
+                }
+                // §3.7: a command that never completes leaves the controller in an unknown
+                // state; further admin commands wait for a reset.
+                self.needs_reset = Some("an admin command timed out");
+                return Err(Error::Timeout {
+                    qid: 0,
+                    cid,
+                    opcode,
+                    waited_ms: ms(timeout),
+                });
+            }
+            if self.vectors() > 0 {
+                let left = Duration::from_nanos(deadline_ns - now).min(Duration::from_millis(10));
+                p.irq().wait(0, left);
+            } else {
+                p.clock().relax();
+            }
+        }
+    }
+
+    pub(super) fn check_status(opcode: u8, c: &Completion) -> Result<u32> {
+        if c.status().is_success() {
+            Ok(c.dw0())
+        } else {
+            Err(Error::Command {
+                opcode,
+                opcode_name: AdminOpcode(opcode).name().unwrap_or("admin command"),
+                status: c.status(),
+                dw0: c.dw0(),
+            })
+        }
+    }
+
+    /// Runs an admin command with up to 64 KiB of data in the scratch buffer and returns
+    /// its completion (any status).
+    pub(super) fn admin_scratch(
+        &mut self,
+        cmd: Command,
+        len: usize,
+        to_device: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Completion> {
+        if self.scratch_busy {
+            return Err(Error::NeedsReset(
+                "a timed-out admin command still owns the scratch buffer",
+            ));
+        }
+        if len > SCRATCH_LEN {
+            return Err(Error::TransferTooLarge {
+                bytes: len as u64,
+                max: SCRATCH_LEN as u64,
+            });
+        }
+        if len == 0 {
+            return self
+                .admin_wait(cmd, None, AdminReq::NoData, timeout)
+                .map(|(c, _)| c);
+        }
+        self.scratch.fill(0, SCRATCH_LEN, 0);
+        if let Some(src) = to_device {
+            self.scratch.copy_in(0, &src[..src.len().min(len)]);
+        }
+        let t = Transfer {
+            mem: self.scratch,
+            offset: 0,
+            len,
+        };
+        self.admin_wait(cmd, Some(t), AdminReq::Scratch, timeout)
+            .map(|(c, _)| c)
+    }
+
+    pub(super) fn scratch_bytes(&self, len: usize) -> Vec<u8> {
+        let mut v = alloc::vec![0u8; len.min(SCRATCH_LEN)];
+        self.scratch.copy_out(0, &mut v);
+        v
+    }
+
+    /// Runs any admin command and returns its completion, whatever the status (raw
+    /// passthrough, like `nvme admin-passthru`). `buffer` is the data buffer (PRP1/PRP2 are
+    /// filled in from it) and comes back with the completion.
+    ///
+    /// Commands that hand memory to the controller beyond the command's own lifetime
+    /// (Create I/O SQ/CQ, Doorbell Buffer Config) are refused here: use
+    /// [`IoQueuePair`] creation or [`Controller::create_cq_raw`] instead, which keep that
+    /// memory alive.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for the refused opcodes; transport failures.
+    pub fn admin_passthrough(
+        &mut self,
+        mut cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+        timeout: Option<Duration>,
+    ) -> Result<(Completion, Option<DmaBuffer<P>>)> {
+        crate::dma::sanitize_pointers(&mut cmd);
+        let op = AdminOpcode(cmd.opcode());
+        if op == AdminOpcode::CREATE_IO_CQ
+            || op == AdminOpcode::CREATE_IO_SQ
+            || op == AdminOpcode::DOORBELL_BUFFER_CONFIG
+        {
+            return Err(Error::InvalidArgument("queue creation and doorbell buffer commands keep memory beyond the command; use the queue APIs"));
+        }
+        if op == AdminOpcode::ASYNC_EVENT_REQUEST {
+            return Err(Error::InvalidArgument(
+                "Asynchronous Event Requests are managed by the controller; use post_aer",
+            ));
+        }
+        let timeout = timeout.unwrap_or(self.config.admin_timeout);
+        let (c, req) = match buffer {
+            Some(b) => {
+                let t = Transfer {
+                    mem: b.mem(),
+                    offset: 0,
+                    len: b.len(),
+                };
+                self.admin_wait(cmd, Some(t), AdminReq::Buffer(b), timeout)?
+            }
+            None => self.admin_wait(cmd, None, AdminReq::NoData, timeout)?,
+        };
+        if op == AdminOpcode::FORMAT_NVM
+            || op == AdminOpcode::NAMESPACE_ATTACHMENT
+            || op == AdminOpcode::NAMESPACE_MANAGEMENT
+        {
+            let _ = self.rescan_namespaces();
+        }
+        let buf = match req {
+            AdminReq::Buffer(b) => Some(b),
+            _ => None,
+        };
+        Ok((c, buf))
+    }
+
+    /// Runs an admin command without data and returns the completion, whatever the status
+    /// (for conformance tests of error paths).
+    ///
+    /// # Errors
+    /// As [`Controller::admin_passthrough`].
+    pub fn admin_command(&mut self, cmd: Command) -> Result<Completion> {
+        self.admin_passthrough(cmd, None, None).map(|(c, _)| c)
+    }
+
+    /// Runs an admin command whose data (up to 64 KiB, controller to host) lands in the
+    /// scratch buffer; returns the completion and the bytes.
+    ///
+    /// # Errors
+    /// Transport failures and [`Error::TransferTooLarge`].
+    pub fn admin_read(&mut self, mut cmd: Command, len: usize) -> Result<(Completion, Vec<u8>)> {
+        crate::dma::sanitize_pointers(&mut cmd);
+        let op = AdminOpcode(cmd.opcode());
+        if op == AdminOpcode::CREATE_IO_CQ
+            || op == AdminOpcode::CREATE_IO_SQ
+            || op == AdminOpcode::DOORBELL_BUFFER_CONFIG
+            || op == AdminOpcode::ASYNC_EVENT_REQUEST
+        {
+            return Err(Error::InvalidArgument(
+                "this opcode is managed by the controller API",
+            ));
+        }
+        let c = self.admin_scratch(cmd, len, None, self.config.admin_timeout)?;
+        Ok((c, self.scratch_bytes(len)))
+    }
+
+    /// Runs an admin command without data and returns its completion, whatever the status.
+    pub(super) fn admin_no_data(&mut self, cmd: Command) -> Result<Completion> {
+        self.admin_wait(cmd, None, AdminReq::NoData, self.config.admin_timeout)
+            .map(|(c, _)| c)
+    }
+}

@@ -1,0 +1,438 @@
+//! Bring-up (NVMe Base §3.5.1), disable (§3.5.2), Controller Level Reset (§3.7.2) and shutdown
+//! (§3.6.1).
+
+use super::*;
+
+/// Waits until `done(csts)` or the deadline; CSTS all-ones is [`Error::DeviceGone`].
+pub(crate) fn wait_csts<P: Platform>(
+    p: &P,
+    timeout: Duration,
+    mut done: impl FnMut(Csts) -> bool,
+) -> core::result::Result<Csts, Option<Error>> {
+    let deadline = Deadline::after(p.clock(), timeout);
+    loop {
+        let csts = Csts(p.bar().read32(offset::CSTS));
+        if csts.is_all_ones() {
+            return Err(Some(Error::DeviceGone));
+        }
+        if done(csts) {
+            return Ok(csts);
+        }
+        if deadline.expired(p.clock()) {
+            return Err(None);
+        }
+        p.clock().relax();
+    }
+}
+
+pub(super) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Disables the controller (§3.5.2 / §3.7.2): if EN=1 and RDY=0 wait for RDY=1 first (never
+/// toggle EN while EN≠RDY) unless `settled` says that wait already happened and failed,
+/// clear EN, wait for RDY=0 within CAP.TO.
+pub(crate) fn disable<P: Platform>(p: &P, cap: Cap, settled: bool) -> Result<()> {
+    let timeout = Duration::from_millis(cap.timeout_ms().max(500));
+    let cc = Cc(p.bar().read32(offset::CC));
+    let csts = Csts(p.bar().read32(offset::CSTS));
+    if csts.is_all_ones() {
+        return Err(Error::DeviceGone);
+    }
+    if cc.en() && !csts.rdy() && !csts.cfs() && !settled {
+        // Enabling is still in progress; let it finish before clearing EN.
+        match wait_csts(p, timeout, |c| c.rdy() || c.cfs()) {
+            Ok(_) => {}
+            Err(Some(e)) => return Err(e),
+            Err(None) => {} // fall through: clearing EN is the only way forward
+        }
+    }
+    if cc.en() {
+        p.bar()
+            .write32(offset::CC, cc.with_en(false).with_shn(shn::NONE).0);
+    }
+    match wait_csts(p, timeout, |c| !c.rdy()) {
+        Ok(_) => Ok(()),
+        Err(Some(e)) => Err(e),
+        Err(None) => Err(Error::ReadyTimeout {
+            expected: false,
+            waited_ms: ms(timeout),
+        }),
+    }
+}
+
+impl<P: Platform> Controller<P> {
+    /// Brings the controller up (§3.5.1): disable, admin queue, CC, enable, Identify
+    /// Controller, namespaces, Number of Queues, interrupts, Asynchronous Event Requests.
+    ///
+    /// # Errors
+    /// [`Error::DeviceGone`] (all-ones registers), [`Error::ControllerFatal`] (CSTS.CFS),
+    /// [`Error::ReadyTimeout`] (RDY did not follow EN within CAP.TO), [`Error::Unsupported`]
+    /// (no NVM command set, page size, entry sizes), DMA and command failures.
+    pub fn new(platform: Arc<P>, config: ControllerConfig) -> Result<Self> {
+        let p = &*platform;
+        let cap = Cap(p.bar().read64(offset::CAP));
+        if cap.0 == u64::MAX || Csts(p.bar().read32(offset::CSTS)).is_all_ones() {
+            return Err(Error::DeviceGone);
+        }
+        if cap.mpsmin() > 0 {
+            return Err(Error::Unsupported(
+                "CAP.MPSMIN above 4 KiB (the core uses 4 KiB memory pages)",
+            ));
+        }
+        if !cap.css_nvm() && !cap.css_io_sets() {
+            return Err(Error::Unsupported(
+                "the controller supports no I/O command set (CAP.CSS)",
+            ));
+        }
+        if cap.mqes_z() == 0 {
+            return Err(Error::DeviceProtocol(
+                "CAP.MQES is 0, which the spec forbids",
+            ));
+        }
+        if p.dma().page_size() < PAGE_SIZE || !p.dma().page_size().is_power_of_two() {
+            return Err(Error::Backend("DMA allocator page size below 4 KiB"));
+        }
+        let vs = Vs(p.bar().read32(offset::VS));
+        disable(p, cap, false)?;
+
+        // Admin queue memory (§3.5.1 step 2).
+        let entries = config
+            .admin_queue_entries
+            .clamp(2, 4096)
+            .min(cap.mqes_z().saturating_add(1));
+        let sq_mem = Mem::new(dma::allocate(p, entries as usize * 64)?);
+        let cq_mem = match dma::allocate(p, entries as usize * 16) {
+            Ok(r) => Mem::new(r),
+            Err(e) => {
+                // SAFETY: never given to the device.
+                unsafe { p.dma().free(sq_mem.region()) };
+                return Err(e);
+            }
+        };
+        let scratch = match dma::allocate(p, SCRATCH_LEN) {
+            Ok(r) => Mem::new(r),
+            Err(e) => {
+                // SAFETY: never given to the device.
+                unsafe {
+                    p.dma().free(sq_mem.region());
+                    p.dma().free(cq_mem.region());
+                }
+                return Err(e);
+            }
+        };
+        let lists_per_slot = crate::prp::max_list_pages(SCRATCH_LEN, PAGE_SIZE);
+        let lists = match dma::allocate(p, (entries as usize - 1) * lists_per_slot * PAGE_SIZE) {
+            Ok(r) => Mem::new(r),
+            Err(e) => {
+                // SAFETY: never given to the device.
+                unsafe {
+                    p.dma().free(sq_mem.region());
+                    p.dma().free(cq_mem.region());
+                    p.dma().free(scratch.region());
+                }
+                return Err(e);
+            }
+        };
+        let dstrd = cap.dstrd();
+        let admin = Engine::new(
+            SubQueue::new(sq_mem, 0, entries, dstrd),
+            CompQueue::new(cq_mem, 0, entries, dstrd),
+            Some(lists),
+            lists_per_slot,
+        );
+        let shared = Arc::new(Shared {
+            platform: platform.clone(),
+            dstrd,
+            generation: AtomicU32::new(0),
+            graveyard: spin::Mutex::new(Graveyard::default()),
+            io_timeout_ns: u64::try_from(config.io_timeout.as_nanos()).unwrap_or(u64::MAX),
+            vectors: core::sync::atomic::AtomicU16::new(0),
+        });
+        let mut c = Self {
+            shared,
+            config,
+            admin,
+            scratch,
+            scratch_busy: false,
+            cap,
+            vs,
+            identify: IdentifyController::default(),
+            namespaces: Vec::new(),
+            granted: NumberOfQueues { nsq_z: 0, ncq_z: 0 },
+            allocated: NumberOfQueues { nsq_z: 0, ncq_z: 0 },
+            qids_in_use: Vec::new(),
+            raw_queues: Vec::new(),
+            released_raw: Vec::new(),
+            events: VecDeque::new(),
+            aers_outstanding: 0,
+            needs_reset: None,
+            io_queues_created: false,
+            max_transfer: 0,
+            stats: ControllerStats::default(),
+            shut_down: false,
+            enable_failed: false,
+        };
+        c.enable_and_initialize()?;
+        Ok(c)
+    }
+
+    /// §3.5.1 steps 2–7 on a disabled controller whose admin rings are allocated.
+    pub(super) fn enable_and_initialize(&mut self) -> Result<()> {
+        let p = &*self.shared.platform;
+        let cap = self.cap;
+        let entries = self.admin.sq.entries();
+        let bar = p.bar();
+        bar.write32(offset::AQA, Aqa::new(entries - 1, entries - 1).0);
+        bar.write64(offset::ASQ, self.admin.sq.mem().iova());
+        bar.write64(offset::ACQ, self.admin.cq.mem().iova());
+        // §3.5.1 step 3: CSS from CAP.CSS, MPS = 4 KiB, round robin, entry sizes 2^6 / 2^4.
+        let css = if cap.css_io_sets() {
+            css::ALL_IO
+        } else {
+            css::NVM
+        };
+        let cc = Cc(0)
+            .with_css(css)
+            .with_mps(0)
+            .with_ams(0)
+            .with_shn(shn::NONE)
+            .with_iosqes(6)
+            .with_iocqes(4);
+        bar.write32(offset::CC, cc.with_en(true).0);
+        let timeout = Duration::from_millis(cap.timeout_ms().max(500));
+        match wait_csts(p, timeout, |c| c.rdy() || c.cfs()) {
+            Ok(c) if c.cfs() => return Err(Error::ControllerFatal),
+            Ok(_) => {}
+            Err(Some(e)) => return Err(e),
+            Err(None) => {
+                self.enable_failed = true;
+                return Err(Error::ReadyTimeout {
+                    expected: true,
+                    waited_ms: ms(timeout),
+                });
+            }
+        }
+        self.enable_failed = false;
+        self.shared.graveyard.lock().controller_disabled = false;
+
+        // Interrupts: vector 0 for the admin queue, one per I/O queue pair when available.
+        let mut vectors = 0;
+        if self.config.interrupts && p.irq().max_vectors() > 0 {
+            let want = self
+                .config
+                .io_queue_pairs
+                .saturating_add(1)
+                .min(p.irq().max_vectors());
+            vectors = p
+                .irq()
+                .enable(want)
+                .map_err(|e| Error::Interrupt(alloc::boxed::Box::new(e)))?;
+        }
+        self.shared.vectors.store(vectors, Ordering::Release);
+
+        // §3.5.1 step 5: Identify Controller, then the namespaces.
+        let page = self.identify_raw(cns::CONTROLLER, 0)?;
+        self.identify = IdentifyController::parse(&page)?;
+        if self.identify.sqes & 0xF > 6
+            || self.identify.sqes >> 4 < 6
+            || self.identify.cqes & 0xF > 4
+            || self.identify.cqes >> 4 < 4
+        {
+            return Err(Error::Unsupported(
+                "the controller does not support 64-byte SQ and 16-byte CQ entries (SQES/CQES)",
+            ));
+        }
+        let mdts = self
+            .identify
+            .max_transfer_bytes(cap.mpsmin())
+            .unwrap_or(u64::MAX);
+        self.max_transfer = (self.config.max_transfer as u64)
+            .min(mdts)
+            .max(PAGE_SIZE as u64) as usize;
+        self.rescan_namespaces()?;
+
+        // §3.5.1 step 6: Number of Queues, once, before creating I/O queues.
+        let want = self.config.io_queue_pairs.max(1);
+        let req = NumberOfQueues {
+            nsq_z: want - 1,
+            ncq_z: want - 1,
+        };
+        let dw0 = self.set_features(FeatureId::NUMBER_OF_QUEUES, req.to_dword(), false)?;
+        let got = NumberOfQueues::from_dword(dw0);
+        self.allocated = got;
+        // Use no more than requested, even if the controller grants more.
+        self.granted = NumberOfQueues {
+            nsq_z: got.nsq_z.min(req.nsq_z),
+            ncq_z: got.ncq_z.min(req.ncq_z),
+        };
+        let pairs = self.granted.nsq_z.min(self.granted.ncq_z) as usize + 1;
+        self.qids_in_use = alloc::vec![false; pairs + 1];
+        self.qids_in_use[0] = true;
+
+        // §3.5.1 step 7: event configuration, then post AERs.
+        if self.config.async_events > 0 {
+            // Best effort: some controllers refuse a feature they consider not changeable.
+            let _ = self.set_features(
+                FeatureId::ASYNC_EVENT_CONFIG,
+                aec::SMART_ALL | aec::NS_ATTRIBUTE,
+                false,
+            );
+            let n = self
+                .config
+                .async_events
+                .min(self.identify.aerl.saturating_add(1));
+            for _ in 0..n {
+                self.post_aer()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the active namespace list and every namespace's Identify data.
+    ///
+    /// # Errors
+    /// Command failures.
+    pub fn rescan_namespaces(&mut self) -> Result<()> {
+        let ids: Vec<u32> = if self.vs.0 >= Vs::new(1, 1, 0).0 {
+            let page = self.identify_raw(cns::ACTIVE_NS_LIST, 0)?;
+            NamespaceList::parse(&page).ids().to_vec()
+        } else {
+            (1..=self.identify.nn.min(1024)).collect()
+        };
+        let mut list = Vec::with_capacity(ids.len());
+        for nsid in ids {
+            let id = IdentifyNamespace::parse(&self.identify_raw(cns::NAMESPACE, nsid)?)?;
+            if id.is_inactive() || id.nsze == 0 {
+                continue;
+            }
+            list.push(Namespace::from_identify(nsid, id)?);
+        }
+        self.namespaces = list;
+        Ok(())
+    }
+
+    /// Parks regions until the next disable (the device may still refer to them).
+    pub(super) fn retire_all(&self, regions: &[crate::hw::DmaRegion]) {
+        for r in regions {
+            self.shared.retire(*r, self.generation());
+        }
+    }
+
+    /// The current reset generation.
+    pub(crate) fn generation(&self) -> u32 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    // ---- reset and shutdown ----
+
+    /// Disables the controller and frees everything the device could have reached.
+    pub(super) fn disable_and_reclaim(&mut self) -> Result<()> {
+        let p = self.shared.platform.clone();
+        let r = disable(&*p, self.cap, self.enable_failed);
+        p.irq().disable();
+        // On failure the device may still be running: keep its memory (leaked, not reused).
+        r?;
+        // §3.7.2: the reset deleted every I/O queue and aborted every command.
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.admin.take_all(drop);
+        self.scratch_busy = false;
+        self.aers_outstanding = 0;
+        for q in self.raw_queues.drain(..) {
+            // SAFETY: the controller is disabled.
+            unsafe { p.dma().free(q.region) };
+            // `q.held` (data buffers of raw commands) is dropped here, for the same reason.
+        }
+        let mut g = self.shared.graveyard.lock();
+        g.controller_disabled = true;
+        for r in g.regions.drain(..) {
+            // SAFETY: the controller is disabled; nothing it knew of survives.
+            unsafe { p.dma().free(r) };
+        }
+        Ok(())
+    }
+
+    /// Controller Level Reset (§3.7.2): disables the controller (every I/O queue is deleted
+    /// and every outstanding command is discarded; existing [`IoQueuePair`]s become dead and
+    /// fail with [`Error::ControllerReset`]), then brings it up again. Use it to recover
+    /// from a timeout or CSTS.CFS.
+    ///
+    /// # Errors
+    /// As [`Controller::new`].
+    pub fn reset(&mut self) -> Result<()> {
+        self.disable_and_reclaim()?;
+        self.stats.resets += 1;
+        self.needs_reset = None;
+        self.shut_down = false;
+        self.io_queues_created = false;
+        self.events.clear();
+        // Fresh rings: the admin queue restarts at slot 0 with phase 1.
+        let dstrd = self.shared.dstrd;
+        let entries = self.admin.sq.entries();
+        let (sqm, cqm) = (self.admin.sq.mem(), self.admin.cq.mem());
+        sqm.fill(0, sqm.len(), 0);
+        cqm.fill(0, cqm.len(), 0);
+        let lists = self.admin.regions().nth(2);
+        let lists_per_slot = crate::prp::max_list_pages(SCRATCH_LEN, PAGE_SIZE);
+        let stats = self.admin.stats;
+        self.admin = Engine::new(
+            SubQueue::new(sqm, 0, entries, dstrd),
+            CompQueue::new(cqm, 0, entries, dstrd),
+            lists,
+            lists_per_slot,
+        );
+        self.admin.stats = stats;
+        self.enable_and_initialize()
+    }
+
+    /// Orderly shutdown (§3.6.1): deletes the queues created through the raw calls, sets
+    /// CC.SHN to normal and waits for CSTS.SHST = complete (at least
+    /// [`ControllerConfig::shutdown_timeout`], longer if RTD3E says so), then disables the
+    /// controller and frees its memory. Delete your [`IoQueuePair`]s first
+    /// ([`Controller::delete_io_queue_pair`]); pairs still alive become dead.
+    ///
+    /// # Errors
+    /// [`Error::ShutdownTimeout`], [`Error::DeviceGone`].
+    pub fn shutdown(mut self) -> Result<()> {
+        self.shutdown_inner(shn::NORMAL)
+    }
+
+    pub(super) fn shutdown_inner(&mut self, kind: u8) -> Result<()> {
+        if self.shut_down {
+            return Ok(());
+        }
+        let p = self.shared.platform.clone();
+        if self.needs_reset.is_none() && kind == shn::NORMAL {
+            // Delete raw queues: SQs first, then CQs.
+            let mut qs: Vec<(u16, bool)> =
+                self.raw_queues.iter().map(|q| (q.qid, q.is_sq)).collect();
+            qs.sort_by_key(|&(_, sq)| !sq);
+            for (qid, sq) in qs {
+                let _ = self.delete_queue_raw(qid, sq);
+            }
+        }
+        self.shut_down = true;
+        let cc = Cc(p.bar().read32(offset::CC));
+        let csts = Csts(p.bar().read32(offset::CSTS));
+        if csts.is_all_ones() {
+            return Err(Error::DeviceGone);
+        }
+        let mut result = Ok(());
+        if cc.en() && csts.rdy() && !csts.cfs() {
+            p.bar().write32(offset::CC, cc.with_shn(kind).0);
+            let rtd3e = Duration::from_micros(self.identify.rtd3e as u64);
+            let timeout = self.config.shutdown_timeout.max(rtd3e);
+            result = match wait_csts(&*p, timeout, |c| c.shst() == shst::COMPLETE) {
+                Ok(_) => Ok(()),
+                Err(Some(e)) => Err(e),
+                Err(None) => Err(Error::ShutdownTimeout {
+                    waited_ms: ms(timeout),
+                }),
+            };
+        }
+        // After shutdown the controller needs a reset before further use (§3.6.1); disabling
+        // it also makes every region safe to free.
+        let r = self.disable_and_reclaim();
+        result.and(r)
+    }
+}

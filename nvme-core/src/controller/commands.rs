@@ -1,0 +1,233 @@
+//! Typed admin commands: Identify, features, log pages, Abort, asynchronous events, Format NVM.
+
+use super::*;
+
+impl<P: Platform> Controller<P> {
+    /// Identify (§5.1.13) with any CNS; returns the 4096-byte page.
+    ///
+    /// # Errors
+    /// [`Error::Command`] with the controller's status.
+    pub fn identify_raw(&mut self, cns: u8, nsid: u32) -> Result<Vec<u8>> {
+        let cmd = Command::identify(cns, nsid, 0, 0);
+        let c = self.admin_scratch(cmd, IDENTIFY_LEN, None, self.config.admin_timeout)?;
+        Self::check_status(cmd.opcode(), &c)?;
+        Ok(self.scratch_bytes(IDENTIFY_LEN))
+    }
+
+    /// Identify Controller (CNS 01h), read again from the device.
+    ///
+    /// # Errors
+    /// Command failures.
+    pub fn identify_controller(&mut self) -> Result<IdentifyController> {
+        Ok(IdentifyController::parse(
+            &self.identify_raw(cns::CONTROLLER, 0)?,
+        )?)
+    }
+
+    /// Identify Namespace (CNS 00h).
+    ///
+    /// # Errors
+    /// Command failures.
+    pub fn identify_namespace(&mut self, nsid: u32) -> Result<IdentifyNamespace> {
+        Ok(IdentifyNamespace::parse(
+            &self.identify_raw(cns::NAMESPACE, nsid)?,
+        )?)
+    }
+
+    /// Active namespace IDs (CNS 02h) greater than `start`.
+    ///
+    /// # Errors
+    /// Command failures.
+    pub fn active_namespace_ids(&mut self, start: u32) -> Result<Vec<u32>> {
+        Ok(
+            NamespaceList::parse(&self.identify_raw(cns::ACTIVE_NS_LIST, start)?)
+                .ids()
+                .to_vec(),
+        )
+    }
+
+    /// Get Features (§5.1.11); returns completion DW0.
+    ///
+    /// # Errors
+    /// [`Error::Command`].
+    pub fn get_features(&mut self, fid: FeatureId, sel: u8, cdw11: u32) -> Result<u32> {
+        let cmd = Command::get_features(fid.0, sel, 0, cdw11);
+        let c = self.admin_no_data(cmd)?;
+        Self::check_status(cmd.opcode(), &c)
+    }
+
+    /// Get Features, current value (SEL 000b).
+    ///
+    /// # Errors
+    /// [`Error::Command`].
+    pub fn get_feature(&mut self, fid: FeatureId) -> Result<u32> {
+        self.get_features(fid, select::CURRENT, 0)
+    }
+
+    /// Set Features (§5.1.25); returns completion DW0.
+    ///
+    /// Number of Queues may only be set once, before I/O queues exist (§5.1.25.2.1); the
+    /// controller already did that at bring-up, so it is refused here with the spec's reason.
+    ///
+    /// # Errors
+    /// [`Error::Command`].
+    pub fn set_features(&mut self, fid: FeatureId, value: u32, save: bool) -> Result<u32> {
+        let cmd = Command::set_features(fid.0, save, 0, value);
+        let c = self.admin_no_data(cmd)?;
+        Self::check_status(cmd.opcode(), &c)
+    }
+
+    /// Get Log Page (§5.1.12): `len` bytes (a multiple of 4, at most 64 KiB) from byte
+    /// `offset` of log `lid`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a length not a multiple of 4; [`Error::Command`].
+    pub fn get_log_page(
+        &mut self,
+        lid: u8,
+        nsid: u32,
+        offset: u64,
+        len: usize,
+        rae: bool,
+    ) -> Result<Vec<u8>> {
+        if len == 0 || len % 4 != 0 || offset % 4 != 0 {
+            return Err(Error::InvalidArgument(
+                "log page length and offset must be non-zero multiples of 4",
+            ));
+        }
+        let cmd = Command::get_log_page(lid, nsid, (len / 4) as u32, offset, 0, rae);
+        let c = self.admin_scratch(cmd, len, None, self.config.admin_timeout)?;
+        Self::check_status(cmd.opcode(), &c)?;
+        Ok(self.scratch_bytes(len))
+    }
+
+    /// SMART / Health Information (log 02h) for the whole controller.
+    ///
+    /// # Errors
+    /// Command failures.
+    pub fn smart_log(&mut self) -> Result<SmartLog> {
+        Ok(SmartLog::parse(&self.get_log_page(
+            lid::SMART,
+            0xFFFF_FFFF,
+            0,
+            SmartLog::LEN,
+            false,
+        )?)?)
+    }
+
+    /// The Error Information log (01h): up to `entries` entries (at most ELPE + 1).
+    ///
+    /// # Errors
+    /// Command failures.
+    pub fn error_log(&mut self, entries: usize) -> Result<Vec<ErrorLogEntry>> {
+        let n = entries
+            .clamp(1, self.identify.elpe as usize + 1)
+            .min(SCRATCH_LEN / ErrorLogEntry::LEN);
+        let bytes = self.get_log_page(lid::ERROR_INFO, 0, 0, n * ErrorLogEntry::LEN, false)?;
+        Ok(bytes
+            .chunks_exact(ErrorLogEntry::LEN)
+            .map(ErrorLogEntry::parse)
+            .filter(|e| e.error_count != 0)
+            .collect())
+    }
+
+    /// Firmware Slot Information (log 03h).
+    ///
+    /// # Errors
+    /// Command failures.
+    pub fn firmware_slot_log(&mut self) -> Result<FirmwareSlotLog> {
+        Ok(FirmwareSlotLog::parse(&self.get_log_page(
+            lid::FIRMWARE_SLOT,
+            0,
+            0,
+            FirmwareSlotLog::LEN,
+            false,
+        )?)?)
+    }
+
+    /// Abort (§5.1.1) command `cid` on SQ `sqid`. Returns `true` if the controller reports
+    /// the command aborted (DW0 bit 0 cleared), `false` if it was not.
+    ///
+    /// # Errors
+    /// [`Error::Command`] (for example Abort Command Limit Exceeded).
+    pub fn abort(&mut self, sqid: u16, cid: u16) -> Result<bool> {
+        let cmd = Command::abort(sqid, cid);
+        let c = self.admin_no_data(cmd)?;
+        let dw0 = Self::check_status(cmd.opcode(), &c)?;
+        Ok(dw0 & 1 == 0)
+    }
+
+    /// Posts one Asynchronous Event Request (§5.1.2). Its completion arrives whenever an
+    /// event occurs; collect events with [`Controller::take_async_event`]. Returns the
+    /// command's CID (to name it in an Abort).
+    ///
+    /// # Errors
+    /// [`Error::QueueFull`] if the admin queue has no slot.
+    pub fn post_aer(&mut self) -> Result<u16> {
+        self.check_usable()?;
+        let p = self.shared.platform.clone();
+        let cid = self
+            .admin
+            .submit(
+                Command::async_event_request(),
+                None,
+                AdminReq::Aer,
+                u64::MAX,
+            )
+            .map_err(|(e, _)| e)?;
+        self.admin.ring(p.bar());
+        self.aers_outstanding += 1;
+        Ok(cid)
+    }
+
+    /// Asynchronous Event Requests outstanding.
+    pub fn aers_outstanding(&self) -> u8 {
+        self.aers_outstanding
+    }
+
+    /// The oldest asynchronous event received and not yet taken (processes pending admin
+    /// completions first).
+    pub fn take_async_event(&mut self) -> Option<AsyncEvent> {
+        self.process_admin_completions();
+        self.events.pop_front()
+    }
+
+    /// Waits up to `timeout` for an asynchronous event.
+    pub fn wait_async_event(&mut self, timeout: Duration) -> Option<AsyncEvent> {
+        let p = self.shared.platform.clone();
+        let deadline = Deadline::after(p.clock(), timeout);
+        loop {
+            if let Some(e) = self.take_async_event() {
+                return Some(e);
+            }
+            if deadline.expired(p.clock()) {
+                return None;
+            }
+            if self.vectors() > 0 {
+                p.irq().wait(
+                    0,
+                    deadline.remaining(p.clock()).min(Duration::from_millis(10)),
+                );
+            } else {
+                p.clock().relax();
+            }
+        }
+    }
+
+    /// Format NVM (§5.1.10 / NVM Command Set §5.1.x): LBA format `lbaf`, secure erase
+    /// setting `ses`; then re-reads the namespaces.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] if OACS lacks Format NVM; [`Error::Command`].
+    pub fn format_nvm(&mut self, nsid: u32, lbaf: u8, ses: u8) -> Result<()> {
+        if self.identify.oacs & oacs::FORMAT_NVM == 0 {
+            return Err(Error::Unsupported("Format NVM (OACS bit 1 is clear)"));
+        }
+        let cmd = Command::format_nvm(nsid, lbaf, ses);
+        let c = self
+            .admin_wait(cmd, None, AdminReq::NoData, self.config.format_timeout)?
+            .0;
+        Self::check_status(cmd.opcode(), &c)?;
+        self.rescan_namespaces()
+    }
+}

@@ -1,0 +1,144 @@
+//! I/O queue pair lifecycle: Create I/O CQ/SQ and Delete I/O SQ/CQ (NVMe Base §5.2.1–§5.2.4).
+
+use super::*;
+
+impl<P: Platform> Controller<P> {
+    // ---- I/O queues ----
+
+    /// Creates an I/O queue pair (one CQ, then one SQ bound to it: §3.5.1 step 7) with
+    /// `entries` slots (capped by CAP.MQES + 1), using the next free queue ID.
+    ///
+    /// # Errors
+    /// [`Error::NoQueueAvailable`] when all granted pairs are in use; DMA and command
+    /// failures.
+    pub fn create_io_queue_pair(&mut self, entries: u16) -> Result<IoQueuePair<P>> {
+        self.check_usable()?;
+        let Some(qid) = self.qids_in_use.iter().position(|u| !u) else {
+            return Err(Error::NoQueueAvailable {
+                granted: self.granted_queue_pairs(),
+            });
+        };
+        let qid = qid as u16;
+        let entries = entries.clamp(2, self.cap.mqes_z().saturating_add(1).max(2));
+        let p = self.shared.platform.clone();
+        let lists_per_slot = crate::prp::max_list_pages(self.max_transfer, PAGE_SIZE);
+        let mut regions: Vec<crate::hw::DmaRegion> = Vec::with_capacity(3);
+        let alloc_all = |regions: &mut Vec<crate::hw::DmaRegion>| -> Result<()> {
+            regions.push(dma::allocate(&*p, entries as usize * 64)?);
+            regions.push(dma::allocate(&*p, entries as usize * 16)?);
+            if lists_per_slot > 0 {
+                regions.push(dma::allocate(
+                    &*p,
+                    (entries as usize - 1) * lists_per_slot * PAGE_SIZE,
+                )?);
+            }
+            Ok(())
+        };
+        if let Err(e) = alloc_all(&mut regions) {
+            for r in regions {
+                // SAFETY: never given to the device.
+                unsafe { p.dma().free(r) };
+            }
+            return Err(e);
+        }
+        let (sq_mem, cq_mem) = (Mem::new(regions[0]), Mem::new(regions[1]));
+        let lists = regions.get(2).copied().map(Mem::new);
+        let vectors = self.vectors();
+        let (ien, iv) = if vectors > 1 {
+            (true, 1 + (qid - 1) % (vectors - 1))
+        } else if vectors == 1 {
+            (true, 0)
+        } else {
+            (false, 0)
+        };
+        let free_all = |regions: &[crate::hw::DmaRegion]| {
+            for r in regions {
+                // SAFETY: the create command failed or the queue was deleted: the device holds
+                // no reference to the region.
+                unsafe { p.dma().free(*r) };
+            }
+        };
+        let create_cq = Command::create_io_cq(qid, entries - 1, cq_mem.iova(), ien, iv);
+        let create_sq = Command::create_io_sq(qid, entries - 1, sq_mem.iova(), qid, 0);
+        for (cmd, is_sq) in [(create_cq, false), (create_sq, true)] {
+            let c = match self.admin_no_data(cmd) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Unknown outcome: the device may have the queue; keep the memory until
+                    // the next disable.
+                    self.retire_all(&regions);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = Self::check_status(cmd.opcode(), &c) {
+                // Refused. If the SQ was refused, undo the CQ first.
+                let undone = !is_sq
+                    || self
+                        .admin_no_data(Command::delete_io_cq(qid))
+                        .is_ok_and(|c| c.status().is_success());
+                if undone {
+                    free_all(&regions);
+                } else {
+                    self.retire_all(&regions);
+                }
+                return Err(e);
+            }
+        }
+        self.qids_in_use[qid as usize] = true;
+        self.io_queues_created = true;
+        let dstrd = self.shared.dstrd;
+        let engine = Engine::new(
+            SubQueue::new(sq_mem, qid, entries, dstrd),
+            CompQueue::new(cq_mem, qid, entries, dstrd),
+            lists,
+            lists_per_slot,
+        );
+        Ok(IoQueuePair::new(
+            self.shared.clone(),
+            engine,
+            if ien { Some(iv) } else { None },
+            self.max_transfer,
+            self.generation(),
+        ))
+    }
+
+    /// Deletes an I/O queue pair: Delete I/O SQ (which aborts what is outstanding), then
+    /// Delete I/O CQ (§3.6.1, §5.2.3, §5.2.4). The memory is freed once both succeed;
+    /// otherwise it waits for the next controller disable.
+    ///
+    /// # Errors
+    /// Command failures (the pair is consumed either way).
+    pub fn delete_io_queue_pair(&mut self, mut qp: IoQueuePair<P>) -> Result<()> {
+        let qid = qp.qid();
+        if qp.generation() != self.generation() {
+            drop(qp); // from before a reset: the device no longer knows it
+            return Ok(());
+        }
+        let r1 = self.admin_no_data(Command::delete_io_sq(qid));
+        let sq_ok = matches!(&r1, Ok(c) if c.status().is_success());
+        let r2 = if sq_ok {
+            Some(self.admin_no_data(Command::delete_io_cq(qid)))
+        } else {
+            None
+        };
+        let cq_ok = matches!(&r2, Some(Ok(c)) if c.status().is_success());
+        // Deleting the SQ completed or aborted every command in it (§5.2.4), so the buffers
+        // are free to go once both deletions succeeded.
+        qp.release(sq_ok && cq_ok);
+        if sq_ok && cq_ok {
+            if let Some(u) = self.qids_in_use.get_mut(qid as usize) {
+                *u = false;
+            }
+        }
+        match (r1, r2) {
+            (Err(e), _) | (_, Some(Err(e))) => Err(e),
+            (Ok(c), _) if !c.status().is_success() => {
+                Self::check_status(AdminOpcode::DELETE_IO_SQ.0, &c).map(|_| ())
+            }
+            (_, Some(Ok(c))) if !c.status().is_success() => {
+                Self::check_status(AdminOpcode::DELETE_IO_CQ.0, &c).map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+}
