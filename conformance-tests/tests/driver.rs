@@ -47,7 +47,7 @@ fn four_queue_pairs_on_four_threads_with_a_device_thread() {
             .map(|(t, mut qp)| {
                 let ns = ns.clone();
                 thread::spawn(move || {
-                    let bs = ns.lba_size as usize;
+                    let bs = ns.lba_size() as usize;
                     for i in 0..50u64 {
                         // Each thread owns a disjoint LBA range.
                         let lba = t as u64 * 1000 + (i % 16) * 8;
@@ -224,7 +224,7 @@ fn caller_chosen_data_pointers_are_ignored() {
     let mut qp = c.create_io_queue_pair(8).unwrap();
     let mut victim = c.alloc_buffer(512).unwrap();
     victim.fill(0xEE);
-    let mut cmd = nvme_core::spec::Command::rw(NvmOpcode::READ, ns.nsid, 0, 0, false);
+    let mut cmd = nvme_core::spec::Command::rw(NvmOpcode::READ, ns.nsid(), 0, 0, false);
     cmd.set_prps(victim.iova(), 0)
         .set_psdt(1)
         .set_cdw(4, victim.iova() as u32);

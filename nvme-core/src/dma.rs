@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::Error;
-use crate::hw::{DmaAllocator, DmaRegion, Platform};
+use crate::hw::{DmaRegion, Platform};
 
 /// A bounds-checked view of a [`DmaRegion`] for the core's own accesses.
 ///
@@ -133,15 +133,7 @@ pub(crate) fn sanitize_pointers(cmd: &mut crate::spec::Command) {
     cmd.set_psdt(0).set_cdw(4, 0).set_cdw(5, 0).set_prps(0, 0);
 }
 
-/// Allocates a region, mapping the backend's error into [`Error::Dma`].
-pub(crate) fn allocate<P: Platform>(p: &P, len: usize) -> Result<DmaRegion, Error> {
-    use crate::hw::DmaError;
-    p.dma().allocate(len).map_err(|e| Error::Dma {
-        kind: e.kind(),
-        len,
-        source: alloc::boxed::Box::new(e),
-    })
-}
+pub(crate) use crate::reclaim::allocate;
 
 /// An owned buffer of device-visible memory.
 ///
@@ -153,7 +145,7 @@ pub struct DmaBuffer<P: Platform> {
     platform: Arc<P>,
     mem: Mem,
     len: usize,
-    /// False once the region was handed to the graveyard: then Drop must not free it.
+    /// False once the region was retired (see `crate::reclaim`): then Drop must not free it.
     owned: bool,
 }
 
@@ -185,7 +177,7 @@ impl<P: Platform> DmaBuffer<P> {
         {
             // The allocator broke its contract; do not use the region.
             // SAFETY: the region came from this allocator and was never given to the device.
-            unsafe { platform.dma().free(region) };
+            unsafe { crate::reclaim::free_unreachable(&**platform, region) };
             return Err(Error::Backend(
                 "DMA allocator returned a short or misaligned region",
             ));
@@ -246,7 +238,12 @@ impl<P: Platform> DmaBuffer<P> {
     pub(crate) fn mem(&self) -> Mem {
         self.mem
     }
-    /// Gives up ownership of the memory without freeing it (for the graveyard).
+    /// True if the buffer was allocated on `platform` (its IOVA names this memory only in
+    /// that platform's address space).
+    pub(crate) fn is_on(&self, platform: &Arc<P>) -> bool {
+        Arc::ptr_eq(&self.platform, platform)
+    }
+    /// Gives up ownership of the memory without freeing it (to retire it, see `crate::reclaim`).
     pub(crate) fn into_region(mut self) -> DmaRegion {
         self.owned = false;
         self.mem.region()
@@ -260,17 +257,8 @@ impl<P: Platform> Drop for DmaBuffer<P> {
         }
         // SAFETY: a DmaBuffer is only reachable by safe code while no command uses it: it is
         // moved into a request slot for the duration of a command (see `crate::io`), and slots
-        // that may still be in use by the device hand their regions to the controller's
-        // graveyard instead of dropping the buffer.
-        unsafe { self.platform.dma().free(self.mem.region()) }
+        // that may still be in use by the device retire their regions (`crate::reclaim`)
+        // instead of dropping the buffer.
+        unsafe { crate::reclaim::free_unreachable(&*self.platform, self.mem.region()) }
     }
-}
-
-/// Regions that must not be freed until the controller has been disabled, because the device
-/// may still access them (a queue whose deletion failed, a timed-out command's buffer).
-#[derive(Debug, Default)]
-pub(crate) struct Graveyard {
-    pub(crate) regions: Vec<DmaRegion>,
-    /// Set once the controller is disabled: from then on regions are freed immediately.
-    pub(crate) controller_disabled: bool,
 }

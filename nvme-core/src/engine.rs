@@ -30,7 +30,14 @@ struct Slot<T> {
     /// The SQ doorbell has covered this command: only then can the device have fetched it,
     /// and only then can a completion for it be genuine.
     rung: bool,
+    /// Qwords of this slot's PRP list pages written by earlier commands (a prefix, in
+    /// list order): a shorter list zeroes the rest, so no entry beyond the current command's
+    /// ever names memory of an earlier command.
+    list_len: u32,
 }
+
+/// `Slot::deadline_ns` of a command whose deadline is set at the next clock read.
+const UNDATED: u64 = u64::MAX - 1;
 
 /// A completion matched to its request.
 #[derive(Debug)]
@@ -59,6 +66,17 @@ struct SlotLists<'a> {
     _p: core::marker::PhantomData<&'a ()>,
 }
 
+impl SlotLists<'_> {
+    /// Zeroes qwords `from .. to` of the slot's list pages (list order).
+    fn clear(&self, from: usize, to: usize) {
+        let per = PAGE_SIZE / 8;
+        for q in from..to {
+            self.mem
+                .write_u64((self.first + q / per) * PAGE_SIZE + (q % per) * 8, 0);
+        }
+    }
+}
+
 impl PrpListPages for SlotLists<'_> {
     fn count(&self) -> usize {
         self.count
@@ -85,16 +103,23 @@ pub(crate) struct Engine<T> {
     lists_per_slot: usize,
     pub(crate) stats: QueueStats,
     next_deadline_ns: u64,
+    /// Relative deadline of commands submitted without one (set at the next clock read).
+    timeout_ns: u64,
+    /// Slots submitted without a deadline since the last [`Engine::expire`].
+    undated: Vec<u16>,
 }
 
 impl<T> Engine<T> {
     /// `lists` holds `slots × lists_per_slot` pages of PRP lists (or is `None` when no
-    /// transfer needs a list).
+    /// transfer needs a list). Commands submitted without a deadline get `timeout_ns` from
+    /// the first clock reading after their submission ([`Engine::expire`]), so submitting
+    /// reads no clock.
     pub(crate) fn new(
         sq: SubQueue,
         cq: CompQueue,
         lists: Option<Mem>,
         lists_per_slot: usize,
+        timeout_ns: Option<u64>,
     ) -> Self {
         // One SQ entry always stays empty, so at most entries - 1 commands are outstanding.
         let nslots = sq.entries() - 1;
@@ -108,6 +133,7 @@ impl<T> Engine<T> {
                 deadline_ns: u64::MAX,
                 payload: None,
                 rung: false,
+                list_len: 0,
             });
             free.push(nslots - 1 - i);
         }
@@ -122,7 +148,14 @@ impl<T> Engine<T> {
             lists_per_slot,
             stats: QueueStats::default(),
             next_deadline_ns: u64::MAX,
+            timeout_ns: timeout_ns.unwrap_or(u64::MAX),
+            undated: Vec::with_capacity(nslots as usize),
         }
+    }
+
+    /// The PRP list pages, if any.
+    pub(crate) fn lists(&self) -> Option<Mem> {
+        self.lists
     }
 
     pub(crate) fn qid(&self) -> u16 {
@@ -139,13 +172,14 @@ impl<T> Engine<T> {
     }
 
     /// Places `cmd` in the SQ with a fresh CID and PRPs for `data`. The doorbell is not
-    /// written (see [`Engine::ring`]). On error the payload is handed back untouched.
+    /// written (see [`Engine::ring`]). `deadline_ns: None` takes the engine's timeout from
+    /// the next clock reading. On error the payload is handed back untouched.
     pub(crate) fn submit(
         &mut self,
         mut cmd: Command,
         data: Option<Transfer>,
         payload: T,
-        deadline_ns: u64,
+        deadline_ns: Option<u64>,
     ) -> Result<u16, (Error, T)> {
         if !self.has_free_slot() {
             return Err((
@@ -191,6 +225,11 @@ impl<T> Engine<T> {
             match prp::build(t.mem.iova() + t.offset as u64, t.len, PAGE_SIZE, &mut lists) {
                 Ok(p) => {
                     cmd.set_prps(p.prp1, p.prp2);
+                    let slot = &mut self.slots[slot_idx as usize];
+                    if (slot.list_len as usize) > p.list_len && lists.count > 0 {
+                        lists.clear(p.list_len, slot.list_len as usize);
+                    }
+                    slot.list_len = p.list_len as u32;
                 }
                 Err(PrpError::Misaligned) => {
                     return Err((Error::Misaligned { offset: t.offset }, payload))
@@ -215,17 +254,38 @@ impl<T> Engine<T> {
                 }
             }
         }
+        if data.is_none() && self.lists.is_some() {
+            let slot = &self.slots[slot_idx as usize];
+            if slot.list_len > 0 {
+                let lists = SlotLists {
+                    mem: self.lists.unwrap_or(self.sq.mem()),
+                    first: slot_idx as usize * self.lists_per_slot,
+                    count: self.lists_per_slot,
+                    _p: core::marker::PhantomData,
+                };
+                lists.clear(0, slot.list_len as usize);
+                self.slots[slot_idx as usize].list_len = 0;
+            }
+        }
         self.free.pop();
         let slot = &mut self.slots[slot_idx as usize];
         let cid = self.codec.encode(slot_idx, slot.generation);
         cmd.set_cid(cid);
         slot.state = SlotState::InFlight;
         slot.opcode = cmd.opcode();
-        slot.deadline_ns = deadline_ns;
         slot.payload = Some(payload);
         slot.rung = false;
         self.unrung.push(slot_idx);
-        self.next_deadline_ns = self.next_deadline_ns.min(deadline_ns);
+        match deadline_ns {
+            Some(d) => {
+                slot.deadline_ns = d;
+                self.next_deadline_ns = self.next_deadline_ns.min(d);
+            }
+            None => {
+                slot.deadline_ns = UNDATED;
+                self.undated.push(slot_idx);
+            }
+        }
         let pushed = self.sq.push(&cmd);
         debug_assert!(pushed, "has_free_slot checked the ring");
         self.stats.submitted += 1;
@@ -306,16 +366,29 @@ impl<T> Engine<T> {
         n
     }
 
-    /// Marks every in-flight request whose deadline passed as timed out and reports it to
-    /// `f(cid, opcode, &mut payload)`. Cheap when nothing can have expired.
+    /// Gives the commands submitted since the last call their deadline (`now_ns` plus the
+    /// engine's timeout), then marks every in-flight request whose deadline passed as timed
+    /// out and reports it to `f(cid, opcode, &mut payload)`. O(new submissions) when nothing
+    /// expired; called with one clock reading per poll.
     pub(crate) fn expire(&mut self, now_ns: u64, mut f: impl FnMut(u16, u8, &mut T)) -> usize {
+        if !self.undated.is_empty() {
+            let at = now_ns.saturating_add(self.timeout_ns).min(UNDATED - 1);
+            for idx in self.undated.drain(..) {
+                if let Some(s) = self.slots.get_mut(idx as usize) {
+                    if s.state == SlotState::InFlight && s.deadline_ns == UNDATED {
+                        s.deadline_ns = at;
+                        self.next_deadline_ns = self.next_deadline_ns.min(at);
+                    }
+                }
+            }
+        }
         if now_ns < self.next_deadline_ns {
             return 0;
         }
         let mut next = u64::MAX;
         let mut n = 0;
         for (i, s) in self.slots.iter_mut().enumerate() {
-            if s.state != SlotState::InFlight {
+            if s.state != SlotState::InFlight || s.deadline_ns == UNDATED {
                 continue;
             }
             if s.deadline_ns <= now_ns {
@@ -362,6 +435,7 @@ impl<T> Engine<T> {
             }
         }
         self.unrung.clear();
+        self.undated.clear();
         self.next_deadline_ns = u64::MAX;
     }
 

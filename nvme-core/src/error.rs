@@ -115,6 +115,43 @@ pub enum Error {
         /// The offset.
         offset: usize,
     },
+    /// The command's own fields describe a transfer that differs from the buffer given
+    /// (NVM Command Set §3.3: the transfer length of Read, Write and Compare is NLB + 1 logical
+    /// blocks; of Dataset Management, NR + 1 ranges of 16 bytes).
+    #[error("{opcode_name} (opcode {opcode:#04x}) transfers {described} bytes by its own fields, but {given} bytes of buffer were given")]
+    TransferMismatch {
+        /// Opcode.
+        opcode: u8,
+        /// Its name.
+        opcode_name: &'static str,
+        /// Bytes the command describes (NLB, NUMD, NR...).
+        described: usize,
+        /// Bytes of buffer given for it.
+        given: usize,
+    },
+    /// A command whose data length the core cannot derive was given a buffer through the
+    /// safe API.
+    #[error("opcode {opcode:#04x} is unknown to the core, which cannot tell how many bytes it transfers; use the unsafe passthrough_unchecked and vouch for the length")]
+    UnknownTransfer {
+        /// Opcode.
+        opcode: u8,
+    },
+    /// A queue pair, buffer or namespace handle of another controller (or of another
+    /// platform) was given to this one.
+    #[error(
+        "{what} belongs to another controller; use it only with the controller that created it"
+    )]
+    ForeignObject {
+        /// What was given.
+        what: &'static str,
+    },
+    /// A namespace handle taken before the namespaces changed (Format NVM, namespace
+    /// management, reset).
+    #[error("the handle of namespace {nsid} is stale: the namespace was formatted, changed or the controller reset since; get a fresh one from Controller::namespace")]
+    StaleNamespace {
+        /// NSID of the handle.
+        nsid: u32,
+    },
     /// No such namespace on this controller.
     #[error("namespace {nsid} is not active on this controller")]
     InvalidNamespace {

@@ -24,10 +24,11 @@ use core::time::Duration;
 use crate::dma::DmaBuffer;
 use crate::engine::{Engine, Reaped, Transfer};
 use crate::error::{Error, Result};
-use crate::hw::{Bar, Clock, DmaAllocator, InterruptSource, Platform};
+use crate::hw::{Bar, Clock, InterruptSource, Platform};
 use crate::namespace::Namespace;
 use crate::queue::QueueStats;
 use crate::shared::Shared;
+use crate::spec::transfer::{io_data_length, DataLength};
 use crate::spec::{Command, Completion, NvmOpcode, Status, PAGE_SIZE};
 
 /// One request's state inside a queue slot.
@@ -49,10 +50,12 @@ impl<P: Platform> core::fmt::Debug for IoReq<P> {
 }
 
 impl<P: Platform> IoReq<P> {
-    /// Hands the buffer to the graveyard (the device may still use it).
+    /// Retires the buffer (the device may still use it; see `crate::reclaim`).
     pub(crate) fn retire(self, shared: &Shared<P>, generation: u32) {
         if let Some(b) = self.buffer {
-            shared.retire(b.into_region(), generation);
+            shared
+                .reclaim
+                .retire(&*shared.platform, b.into_region(), generation);
         }
     }
 }
@@ -176,23 +179,28 @@ impl<P: Platform> IoQueuePair<P> {
     pub(crate) fn generation(&self) -> u32 {
         self.generation
     }
+    /// True if this pair was created by the controller that owns `shared`.
+    pub(crate) fn belongs_to(&self, shared: &Arc<Shared<P>>) -> bool {
+        Arc::ptr_eq(&self.shared, shared)
+    }
     /// Tears the pair down after `Controller::delete_io_queue_pair`: if both deletions
     /// succeeded the device holds no reference and everything is freed now; otherwise it all
-    /// waits in the graveyard for the next controller disable.
+    /// is retired until the next controller disable (`crate::reclaim`).
     pub(crate) fn release(&mut self, deleted: bool) {
         let shared = self.shared.clone();
         let generation = self.generation;
+        let p = &*shared.platform;
         if deleted {
             self.engine.take_all(drop);
             for m in self.engine.regions() {
                 // SAFETY: the SQ and the CQ were deleted (§5.2.3, §5.2.4): the controller no
                 // longer refers to the rings or the PRP lists.
-                unsafe { shared.platform.dma().free(m.region()) };
+                unsafe { shared.reclaim.released(p, m.region()) };
             }
         } else {
             self.engine.take_all(|req| req.retire(&shared, generation));
             for m in self.engine.regions() {
-                shared.retire(m.region(), generation);
+                shared.reclaim.retire(p, m.region(), generation);
             }
         }
         self.released = true;
@@ -235,7 +243,7 @@ impl<P: Platform> IoQueuePair<P> {
     }
 
     fn check_alive(&mut self) -> Result<()> {
-        if !self.dead && self.shared.generation.load(Ordering::Acquire) != self.generation {
+        if !self.dead && self.shared.reclaim.generation() != self.generation {
             self.dead = true;
             // The controller was reset: every command was discarded and the device holds no
             // reference to any buffer; fail them all, giving the buffers back. A request
@@ -261,13 +269,20 @@ impl<P: Platform> IoQueuePair<P> {
         Ok(())
     }
 
-    /// Submits any I/O command (raw passthrough, like `nvme io-passthru`); PRPs are built
-    /// from `buffer`. The doorbell is not written until [`IoQueuePair::ring`] (or a blocking
-    /// call). Returns the command ID.
+    /// Submits any I/O command the core knows (raw passthrough, like `nvme io-passthru`).
+    /// The transfer length is derived from the command itself (NLB × the namespace's bytes
+    /// per block for Read, Write and Compare; NR for Dataset Management; none for Flush,
+    /// Write Zeroes, Verify, Write Uncorrectable: see [`crate::spec::transfer`]) and must fit
+    /// the buffer; PRPs are built for exactly that length from the buffer, so the device can
+    /// reach nothing else. The doorbell is not written until [`IoQueuePair::ring`] (or a
+    /// blocking call). Returns the command ID.
     ///
     /// # Errors
-    /// [`Error::QueueFull`], [`Error::ControllerReset`], PRP errors; the buffer comes back in
-    /// the error.
+    /// [`Error::UnknownTransfer`] for an opcode the core does not know (see
+    /// [`IoQueuePair::submit_unchecked`]), [`Error::TransferMismatch`] if the command's own
+    /// fields describe another length than the buffer, [`Error::ForeignObject`] for a
+    /// buffer of another controller, [`Error::QueueFull`], [`Error::ControllerReset`], PRP
+    /// errors; the buffer comes back in the error.
     pub fn submit(
         &mut self,
         cmd: Command,
@@ -277,17 +292,104 @@ impl<P: Platform> IoQueuePair<P> {
         self.submit_range(cmd, buffer, 0, None, tag)
     }
 
-    /// As [`IoQueuePair::submit`], transferring `len` bytes at `offset` in the buffer (the
-    /// offset must be dword aligned, §4.3.1). `len = None` means the rest of the buffer.
+    /// As [`IoQueuePair::submit`], for the bytes of the buffer from `offset` (dword aligned,
+    /// §4.3.1); `len`, if given, must equal the length the command describes.
     ///
     /// # Errors
     /// As [`IoQueuePair::submit`].
     pub fn submit_range(
         &mut self,
-        mut cmd: Command,
+        cmd: Command,
         buffer: Option<DmaBuffer<P>>,
         offset: usize,
         len: Option<usize>,
+        tag: u64,
+    ) -> core::result::Result<u16, IoError<P>> {
+        if buffer.is_none() {
+            // No data pointer (PRPs zero, a bus address no allocator hands out): the device
+            // can reach no memory whatever the command says, so any command may be sent, to
+            // see how the controller answers it.
+            if len.is_some_and(|l| l > 0) {
+                return Err(IoError {
+                    error: Error::InvalidArgument("a transfer length without a buffer"),
+                    buffer,
+                });
+            }
+            return self.submit_bytes(cmd, None, 0, 0, tag);
+        }
+        let described = match self.described_length(&cmd) {
+            Ok(d) => d,
+            Err(error) => return Err(IoError { error, buffer }),
+        };
+        let given = match &buffer {
+            Some(b) => len.unwrap_or(b.len().saturating_sub(offset)),
+            None => 0,
+        };
+        // A buffer may be longer than the transfer (only `described` bytes are named to the
+        // device), never shorter; an explicit `len` must say the same as the command.
+        if described > given
+            || (len.is_some() && described != given)
+            || (buffer.is_some() && described == 0)
+        {
+            return Err(IoError {
+                error: Error::TransferMismatch {
+                    opcode: cmd.opcode(),
+                    opcode_name: NvmOpcode(cmd.opcode()).name().unwrap_or("I/O command"),
+                    described,
+                    given,
+                },
+                buffer,
+            });
+        }
+        self.submit_bytes(cmd, buffer, offset, described, tag)
+    }
+
+    /// Submits any I/O command, with PRPs built for `len` bytes of `buffer` from `offset`,
+    /// without deriving the length from the command: for vendor-specific and other opcodes
+    /// the core does not know.
+    ///
+    /// # Safety
+    /// The command must make the device transfer at most `len` bytes through its data
+    /// pointer and must not name any other memory (metadata pointers and SGLs are cleared,
+    /// PRPs are rebuilt, but the core cannot read the command's own length fields). A command
+    /// that transfers more makes the device follow PRP entries past the buffer: for a
+    /// transfer of two pages or more, into memory named by the buffer's own contents.
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::submit`].
+    pub unsafe fn submit_unchecked(
+        &mut self,
+        cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+        offset: usize,
+        len: usize,
+        tag: u64,
+    ) -> core::result::Result<u16, IoError<P>> {
+        self.submit_bytes(cmd, buffer, offset, len, tag)
+    }
+
+    /// The bytes `cmd` transfers by its own fields, for the namespace it names.
+    fn described_length(&self, cmd: &Command) -> Result<usize> {
+        match io_data_length(cmd) {
+            DataLength::None => Ok(0),
+            DataLength::Bytes(n) => Ok(n),
+            DataLength::Blocks(n) => {
+                let f = self.shared.format(cmd.nsid())?;
+                Ok(n as usize * f.bytes_per_block as usize)
+            }
+            DataLength::Unknown | DataLength::Managed => Err(Error::UnknownTransfer {
+                opcode: cmd.opcode(),
+            }),
+        }
+    }
+
+    /// Places a command whose transfer is `len` bytes of `buffer` from `offset`.
+    fn submit_bytes(
+        &mut self,
+        mut cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+        offset: usize,
+        len: usize,
         tag: u64,
     ) -> core::result::Result<u16, IoError<P>> {
         crate::dma::sanitize_pointers(&mut cmd);
@@ -295,8 +397,16 @@ impl<P: Platform> IoQueuePair<P> {
             return Err(IoError { error, buffer });
         }
         let data = match &buffer {
-            Some(b) => {
-                let len = len.unwrap_or(b.len().saturating_sub(offset));
+            Some(b) if !b.is_on(&self.shared.platform) => {
+                // Its IOVA names other memory (or nothing) in this controller's address space.
+                return Err(IoError {
+                    error: Error::ForeignObject {
+                        what: "the DMA buffer",
+                    },
+                    buffer,
+                });
+            }
+            Some(b) if len > 0 => {
                 if offset.checked_add(len).is_none_or(|e| e > b.len()) {
                     return Err(IoError {
                         error: Error::BufferSize {
@@ -321,12 +431,8 @@ impl<P: Platform> IoQueuePair<P> {
                     len,
                 })
             }
-            None => None,
+            _ => None,
         };
-        let deadline = self
-            .shared
-            .now_ns()
-            .saturating_add(self.shared.io_timeout_ns);
         match self.engine.submit(
             cmd,
             data,
@@ -335,7 +441,7 @@ impl<P: Platform> IoQueuePair<P> {
                 tag,
                 timed_out: false,
             },
-            deadline,
+            None,
         ) {
             Ok(cid) => Ok(cid),
             Err((error, req)) => Err(IoError {
@@ -352,24 +458,36 @@ impl<P: Platform> IoQueuePair<P> {
         }
     }
 
+    /// Checks that `ns` is a current handle of this controller and that `nlb` blocks at
+    /// `slba` lie inside it.
     fn lba_check(&self, ns: &Namespace, slba: u64, nlb: u32) -> Result<()> {
+        let (owner, epoch) = ns.origin();
+        if owner != self.shared.id {
+            return Err(Error::ForeignObject {
+                what: "the namespace handle",
+            });
+        }
+        // Acquire: pairs with the AcqRel increment when the namespaces change.
+        if epoch != self.shared.ns_epoch.load(Ordering::Acquire) {
+            return Err(Error::StaleNamespace { nsid: ns.nsid() });
+        }
         if nlb == 0 || nlb > 65536 {
             return Err(Error::InvalidArgument(
                 "the number of logical blocks must be 1..=65536 per command",
             ));
         }
         let end = slba.checked_add(nlb as u64).ok_or(Error::LbaOutOfRange {
-            nsid: ns.nsid,
+            nsid: ns.nsid(),
             slba,
             end: u64::MAX,
-            nsze: ns.blocks,
+            nsze: ns.blocks(),
         })?;
-        if end > ns.blocks {
+        if end > ns.blocks() {
             return Err(Error::LbaOutOfRange {
-                nsid: ns.nsid,
+                nsid: ns.nsid(),
                 slba,
                 end,
-                nsze: ns.blocks,
+                nsze: ns.blocks(),
             });
         }
         Ok(())
@@ -384,25 +502,33 @@ impl<P: Platform> IoQueuePair<P> {
         tag: u64,
         fua: bool,
     ) -> core::result::Result<u16, IoError<P>> {
-        let lba = ns.lba_size as usize;
-        if buffer.len() % lba != 0 {
+        if let Err(error) = self.check_alive() {
+            return Err(IoError {
+                error,
+                buffer: Some(buffer),
+            });
+        }
+        let bpb = ns.bytes_per_block() as usize;
+        if buffer.len() % bpb != 0 {
             return Err(IoError {
                 error: Error::BufferSize {
-                    need: buffer.len().div_ceil(lba) * lba,
+                    need: buffer.len().div_ceil(bpb) * bpb,
                     have: buffer.len(),
                 },
                 buffer: Some(buffer),
             });
         }
-        let nlb = (buffer.len() / lba) as u32;
+        let nlb = (buffer.len() / bpb) as u32;
         if let Err(error) = self.lba_check(ns, slba, nlb) {
             return Err(IoError {
                 error,
                 buffer: Some(buffer),
             });
         }
-        let cmd = Command::rw(op, ns.nsid, slba, (nlb - 1) as u16, fua);
-        self.submit(cmd, Some(buffer), tag)
+        let cmd = Command::rw(op, ns.nsid(), slba, (nlb - 1) as u16, fua);
+        // The length is NLB × bytes per block by construction, from a current handle.
+        let len = buffer.len();
+        self.submit_bytes(cmd, Some(buffer), 0, len, tag)
     }
 
     /// Queues a Read (NVM §3.3.4) of `buffer.len() / lba_size` blocks at `slba` into
@@ -475,7 +601,9 @@ impl<P: Platform> IoQueuePair<P> {
                 f(c)
             }
         });
-        if n == 0 && self.engine.outstanding() > 0 {
+        // Deadlines are checked on every poll, whatever was reaped: one clock reading per
+        // call (none when idle), none per command.
+        if self.engine.outstanding() > 0 {
             let now = self.shared.now_ns();
             let qid = self.qid();
             let waited_ms = self.shared.io_timeout_ns / 1_000_000;
@@ -762,7 +890,7 @@ impl<P: Platform> IoQueuePair<P> {
     ) -> Result<()> {
         self.lba_check(ns, slba, nlb)?;
         let s = self.submit(
-            Command::write_zeroes(ns.nsid, slba, (nlb - 1) as u16, deallocate),
+            Command::write_zeroes(ns.nsid(), slba, (nlb - 1) as u16, deallocate),
             None,
             SYNC_TAG,
         );
@@ -777,7 +905,7 @@ impl<P: Platform> IoQueuePair<P> {
     pub fn verify(&mut self, ns: &Namespace, slba: u64, nlb: u32) -> Result<()> {
         self.lba_check(ns, slba, nlb)?;
         let s = self.submit(
-            Command::verify(ns.nsid, slba, (nlb - 1) as u16),
+            Command::verify(ns.nsid(), slba, (nlb - 1) as u16),
             None,
             SYNC_TAG,
         );
@@ -797,15 +925,7 @@ impl<P: Platform> IoQueuePair<P> {
             ));
         }
         for r in ranges {
-            let end = r.slba.saturating_add(r.nlb as u64);
-            if end > ns.blocks {
-                return Err(Error::LbaOutOfRange {
-                    nsid: ns.nsid,
-                    slba: r.slba,
-                    end,
-                    nsze: ns.blocks,
-                });
-            }
+            self.lba_check(ns, r.slba, r.nlb.max(1))?;
         }
         let mut buf = self.alloc_buffer(PAGE_SIZE)?;
         for (i, r) in ranges.iter().enumerate() {
@@ -815,21 +935,41 @@ impl<P: Platform> IoQueuePair<P> {
             e[8..16].copy_from_slice(&r.slba.to_le_bytes());
             buf.write(i * 16, &e)?;
         }
-        let cmd = Command::dataset_management(ns.nsid, (ranges.len() - 1) as u8, true);
+        let cmd = Command::dataset_management(ns.nsid(), (ranges.len() - 1) as u8, true);
         let s = self.submit_range(cmd, Some(buf), 0, Some(ranges.len() * 16), SYNC_TAG);
         self.run(s).map(|_| ()).map_err(Error::from)
     }
 
-    /// Runs any I/O command and waits; returns the completion DW0 and the buffer.
+    /// Runs any I/O command the core knows and waits; returns the completion DW0 and the
+    /// buffer. The transfer length comes from the command (see [`IoQueuePair::submit`]).
     ///
     /// # Errors
-    /// As [`IoQueuePair::read`].
+    /// As [`IoQueuePair::submit`] and [`IoQueuePair::read`].
     pub fn passthrough(
         &mut self,
         cmd: Command,
         buffer: Option<DmaBuffer<P>>,
     ) -> core::result::Result<(u32, Option<DmaBuffer<P>>), IoError<P>> {
         let s = self.submit(cmd, buffer, SYNC_TAG);
+        self.run(s)
+    }
+
+    /// Runs any I/O command and waits, with PRPs for the whole buffer: for opcodes the core
+    /// does not know (vendor-specific commands).
+    ///
+    /// # Safety
+    /// As [`IoQueuePair::submit_unchecked`], with `len` the buffer's length.
+    ///
+    /// # Errors
+    /// As [`IoQueuePair::read`].
+    pub unsafe fn passthrough_unchecked(
+        &mut self,
+        cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+    ) -> core::result::Result<(u32, Option<DmaBuffer<P>>), IoError<P>> {
+        let len = buffer.as_ref().map_or(0, DmaBuffer::len);
+        // SAFETY: forwarded from this function's contract.
+        let s = unsafe { self.submit_unchecked(cmd, buffer, 0, len, SYNC_TAG) };
         self.run(s)
     }
 }
@@ -850,28 +990,54 @@ impl<P: Platform> IoQueuePair<P> {
         max_transfer: usize,
         io_timeout: Duration,
     ) -> Result<Self> {
-        use crate::dma::Mem;
         use crate::queue::{CompQueue, SubQueue};
         let entries = entries.max(2);
-        let shared = Arc::new(Shared::detached(platform.clone(), io_timeout));
+        let timeout_ns = u64::try_from(io_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let shared = Arc::new(Shared::new(platform.clone(), 0, timeout_ns));
         let lists_per_slot = crate::prp::max_list_pages(max_transfer, PAGE_SIZE);
-        let sq = Mem::new(crate::dma::allocate(&*platform, entries as usize * 64)?);
-        let cq = Mem::new(crate::dma::allocate(&*platform, entries as usize * 16)?);
-        let lists = if lists_per_slot > 0 {
-            Some(Mem::new(crate::dma::allocate(
-                &*platform,
+        let [sq, cq, lists] = crate::reclaim::allocate_all(
+            &*platform,
+            [
+                entries as usize * 64,
+                entries as usize * 16,
                 (entries as usize - 1) * lists_per_slot * PAGE_SIZE,
-            )?))
-        } else {
-            None
+            ],
+        )?;
+        let (Some(sq), Some(cq)) = (sq, cq) else {
+            return Err(Error::Backend("queue memory"));
         };
         let engine = Engine::new(
             SubQueue::new(sq, qid, entries, 0),
             CompQueue::new(cq, qid, entries, 0),
             lists,
             lists_per_slot,
+            Some(timeout_ns),
         );
         Ok(Self::new(shared, engine, None, max_transfer, 0))
+    }
+    /// Declares namespace `nsid` with `blocks` logical blocks of `lba_size` bytes on the fake
+    /// device and returns its handle (a detached pair has no controller to identify it).
+    pub fn detached_namespace(&mut self, nsid: u32, blocks: u64, lba_size: u32) -> Namespace {
+        let mut id = crate::spec::IdentifyNamespace {
+            nsze: blocks,
+            ncap: blocks,
+            nuse: blocks,
+            nlbaf_z: 0,
+            flbas: 0,
+            ..Default::default()
+        };
+        id.lbaf[0] = crate::spec::LbaFormat {
+            ms: 0,
+            lbads: lba_size.max(512).trailing_zeros() as u8,
+            rp: 0,
+        };
+        let epoch = self.shared.ns_epoch.load(Ordering::Acquire);
+        let ns = Namespace::from_identify(nsid, id, self.shared.id, epoch)
+            .unwrap_or_else(|_| unreachable!("LBADS is at least 9"));
+        let mut f = self.shared.formats.lock();
+        f.retain(|x| x.nsid != nsid);
+        f.push(ns.format());
+        ns
     }
     /// Bus address of the SQ ring.
     pub fn sq_iova(&self) -> u64 {
@@ -884,8 +1050,7 @@ impl<P: Platform> IoQueuePair<P> {
     /// Declares the fake device stopped (as a controller disable would): everything
     /// outstanding is failed and handed back, and the rings are freed on drop.
     pub fn detach_device(&mut self) {
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
-        self.shared.graveyard.lock().controller_disabled = true;
+        self.shared.reclaim.device_stopped(&*self.shared.platform);
     }
 }
 
@@ -924,9 +1089,12 @@ mod tests {
         let p = Arc::new(TestPlatform::default());
         let mut qp =
             IoQueuePair::detached(p.clone(), 1, 4, 4096, Duration::from_millis(1)).unwrap();
+        let ns = qp.detached_namespace(1, 64, 512);
         let buf = qp.alloc_buffer(4096).unwrap();
-        qp.submit(Command::flush(1), Some(buf), 7).unwrap();
+        qp.submit_read(&ns, 0, buf, 7).unwrap();
         qp.ring();
+        // The first poll dates the command (deadlines cost no clock reading at submission).
+        assert!(poll_all(&mut qp).is_empty());
         p.clock.0.store(2_000_000, Ordering::SeqCst);
         let first = poll_all(&mut qp);
         assert_eq!(first.len(), 1);
@@ -957,6 +1125,7 @@ mod tests {
     fn completion_for_a_command_behind_the_doorbell_is_rejected() {
         let p = Arc::new(TestPlatform::default());
         let mut qp = IoQueuePair::detached(p.clone(), 1, 4, 4096, Duration::from_secs(1)).unwrap();
+        qp.detached_namespace(1, 64, 512);
         let buf = qp.alloc_buffer(4096).unwrap();
         let cid = qp
             .submit(Command::rw(NvmOpcode::READ, 1, 0, 7, false), Some(buf), 1)

@@ -11,6 +11,8 @@
 //!   and log page structures (`forbid(unsafe_code)`), shared with the simulator;
 //! - [`hw`]: the hardware boundary;
 //! - [`dma`]: the one audited module that touches DMA memory, and the owning buffer type;
+//! - `reclaim`: the one rule for freeing device-visible memory (only once the device can no
+//!   longer reach it);
 //! - [`prp`]: PRP entries and lists;
 //! - [`queue`]: submission and completion rings;
 //! - [`controller`]: bring-up, admin commands, shutdown;
@@ -35,6 +37,7 @@ pub mod io;
 pub mod namespace;
 pub mod prp;
 pub mod queue;
+mod reclaim;
 mod shared;
 #[forbid(unsafe_code)]
 pub mod spec;

@@ -45,6 +45,9 @@ pub struct Prps {
     pub prp2: u64,
     /// How many list pages were used.
     pub list_pages: usize,
+    /// Qwords written to the list pages, in list order (page 0 entry 0 first, chain
+    /// pointers included): the list occupies a prefix of this length.
+    pub list_len: usize,
 }
 
 /// Why PRPs could not be built.
@@ -128,6 +131,7 @@ pub fn build<L: PrpListPages + ?Sized>(
                 prp1: addr,
                 prp2: 0,
                 list_pages: 0,
+                list_len: 0,
             })
         }
         2 => {
@@ -135,6 +139,7 @@ pub fn build<L: PrpListPages + ?Sized>(
                 prp1: addr,
                 prp2: first_page + pg,
                 list_pages: 0,
+                list_len: 0,
             })
         }
         _ => {}
@@ -164,6 +169,7 @@ pub fn build<L: PrpListPages + ?Sized>(
         prp1: addr,
         prp2: lists.iova(0),
         list_pages: list_page + 1,
+        list_len: list_page * per + index,
     })
 }
 
@@ -223,6 +229,16 @@ mod tests {
         out
     }
 
+    /// `list_len` counts every qword written, chain pointers included: 600 pages need 599
+    /// list entries, 511 plus a chain pointer on the first list page and 88 on the second.
+    #[test]
+    fn list_len_counts_the_written_prefix() {
+        let mut l = VecLists::new(4);
+        assert_eq!(build(0x1000, 3 * PAGE, PAGE, &mut l).unwrap().list_len, 2);
+        let p = build(0x1000, 600 * PAGE, PAGE, &mut l).unwrap();
+        assert_eq!((p.list_pages, p.list_len), (2, 512 + 88));
+    }
+
     #[test]
     fn small_cases() {
         let mut l = VecLists::new(4);
@@ -231,7 +247,8 @@ mod tests {
             Prps {
                 prp1: 0x1000,
                 prp2: 0,
-                list_pages: 0
+                list_pages: 0,
+                list_len: 0
             }
         );
         assert_eq!(
@@ -239,7 +256,8 @@ mod tests {
             Prps {
                 prp1: 0x1004,
                 prp2: 0x2000,
-                list_pages: 0
+                list_pages: 0,
+                list_len: 0
             }
         );
         assert_eq!(build(0x1000, 8192, PAGE, &mut l).unwrap().prp2, 0x2000);

@@ -1,49 +1,96 @@
-//! State shared by a controller and its I/O queue pairs.
+//! State shared by a controller and its I/O queue pairs, and the identity that ties queue
+//! pairs, buffers and namespace handles to one controller.
 
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU32, Ordering};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 
-use crate::dma::Graveyard;
-use crate::hw::{Clock, DmaAllocator, Platform};
+use crate::error::{Error, Result};
+use crate::hw::{Clock, Platform};
+use crate::reclaim::Reclaim;
+
+/// The LBA format of one active namespace, as the queue pairs need it to derive transfer
+/// lengths from a command (NVM Command Set §4.1.5.1, Identify Namespace FLBAS and LBAF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NsFormat {
+    pub(crate) nsid: u32,
+    /// NSZE in logical blocks.
+    pub(crate) blocks: u64,
+    /// Bytes the host transfers per logical block through the data pointer: the LBA data
+    /// size, plus the metadata size when the metadata is interleaved (extended LBA, FLBAS
+    /// bit 4).
+    pub(crate) bytes_per_block: u32,
+}
 
 /// State shared by the controller and its I/O queue pairs.
 pub(crate) struct Shared<P: Platform> {
     pub(crate) platform: Arc<P>,
+    /// Unique per controller in this process: namespace handles carry it.
+    pub(crate) id: usize,
     pub(crate) dstrd: u8,
-    /// Moves on every controller reset/disable; a queue pair from an older generation is dead.
-    pub(crate) generation: AtomicU32,
-    pub(crate) graveyard: spin::Mutex<Graveyard>,
+    pub(crate) reclaim: Reclaim,
     pub(crate) io_timeout_ns: u64,
-    pub(crate) vectors: core::sync::atomic::AtomicU16,
+    pub(crate) vectors: AtomicU16,
+    /// Moves whenever the namespaces may have changed (Format NVM, namespace management,
+    /// reset): namespace handles from an older epoch are refused.
+    pub(crate) ns_epoch: AtomicU32,
+    /// The active namespaces' formats, for commands built by the caller (passthrough).
+    pub(crate) formats: spin::Mutex<Vec<NsFormat>>,
 }
 
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
 impl<P: Platform> Shared<P> {
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub(crate) fn detached(platform: Arc<P>, io_timeout: core::time::Duration) -> Self {
+    pub(crate) fn new(platform: Arc<P>, dstrd: u8, io_timeout_ns: u64) -> Self {
         Self {
             platform,
-            dstrd: 0,
-            generation: AtomicU32::new(0),
-            graveyard: spin::Mutex::new(Graveyard::default()),
-            io_timeout_ns: u64::try_from(io_timeout.as_nanos()).unwrap_or(u64::MAX),
-            vectors: core::sync::atomic::AtomicU16::new(0),
-        }
-    }
-    /// Frees `region` now if the device can no longer reach it, otherwise parks it until the
-    /// controller is disabled.
-    pub(crate) fn retire(&self, region: crate::hw::DmaRegion, generation: u32) {
-        let mut g = self.graveyard.lock();
-        if g.controller_disabled || generation != self.generation.load(Ordering::Acquire) {
-            drop(g);
-            // SAFETY: the controller was disabled (or reset) since the region was last given
-            // to the device, so no queue or command refers to it any more (§3.7.2: a reset
-            // deletes all I/O queues and aborts every command).
-            unsafe { self.platform.dma().free(region) };
-        } else {
-            g.regions.push(region);
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            dstrd,
+            reclaim: Reclaim::default(),
+            io_timeout_ns,
+            vectors: AtomicU16::new(0),
+            ns_epoch: AtomicU32::new(0),
+            formats: spin::Mutex::new(Vec::new()),
         }
     }
     pub(crate) fn now_ns(&self) -> u64 {
         self.platform.clock().now_ns()
+    }
+    /// The format of namespace `nsid`, if it is active.
+    pub(crate) fn format(&self, nsid: u32) -> Result<NsFormat> {
+        self.formats
+            .lock()
+            .iter()
+            .find(|f| f.nsid == nsid)
+            .copied()
+            .ok_or(Error::InvalidNamespace { nsid })
+    }
+}
+
+/// Platforms driven by a live controller, by address: a second controller on the same
+/// platform would reset the device under the first one's queues.
+static CLAIMED: spin::Mutex<Vec<usize>> = spin::Mutex::new(Vec::new());
+
+/// The claim of one platform by one controller, released on drop.
+#[derive(Debug)]
+pub(crate) struct Claim(usize);
+
+impl Claim {
+    pub(crate) fn new<P: Platform>(platform: &Arc<P>) -> Result<Self> {
+        let key = Arc::as_ptr(platform) as *const u8 as usize;
+        let mut c = CLAIMED.lock();
+        if c.contains(&key) {
+            return Err(Error::InvalidArgument(
+                "this platform is already driven by a live Controller; drop or shut it down first",
+            ));
+        }
+        c.push(key);
+        Ok(Self(key))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        CLAIMED.lock().retain(|&k| k != self.0);
     }
 }

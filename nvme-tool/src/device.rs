@@ -160,7 +160,7 @@ pub fn read_blocks<P: Platform>(
     slba: u64,
     len: usize,
 ) -> Result<Vec<u8>> {
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let chunk = (c.max_transfer() / bs).max(1) * bs;
     let mut qp = c.create_io_queue_pair(16)?;
     let mut out = Vec::with_capacity(len);
@@ -194,7 +194,7 @@ pub fn write_blocks<P: Platform>(
     slba: u64,
     data: &[u8],
 ) -> Result<()> {
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     ensure!(
         data.len() % bs == 0,
         "{} bytes is not a whole number of {bs}-byte blocks",
@@ -306,30 +306,30 @@ pub fn demo(image: Option<PathBuf>, threaded: bool) -> Result<()> {
     );
     println!("\nNamespaces");
     for ns in c.namespaces() {
-        let f = ns.identify.format_index();
+        let f = ns.identify().format_index();
         println!(
             "  nsid {}: {} ({} blocks × {} B, LBA format {f}, {} B metadata)",
-            ns.nsid,
+            ns.nsid(),
             size(ns.size_bytes()),
-            ns.blocks,
-            ns.lba_size,
-            ns.metadata_size
+            ns.blocks(),
+            ns.lba_size(),
+            ns.metadata_size()
         );
     }
     println!("\nI/O");
     let namespaces: Vec<Namespace> = c.namespaces().to_vec();
     let mut qp = c.create_io_queue_pair(64)?;
     for ns in &namespaces {
-        let bs = ns.lba_size as usize;
+        let bs = ns.lba_size() as usize;
         let len = (1 << 20)
             .min(c.max_transfer() * 8)
             .min(ns.size_bytes() as usize / 2)
             / bs
             * bs;
         let chunk = (c.max_transfer() / bs) * bs;
-        let slba = ns.blocks / 2;
+        let slba = ns.blocks() / 2;
         let data: Vec<u8> = (0..len)
-            .map(|i| ((i as u64 * 2654435761) >> 7) as u8 ^ ns.nsid as u8)
+            .map(|i| ((i as u64 * 2654435761) >> 7) as u8 ^ ns.nsid() as u8)
             .collect();
         let t = Instant::now();
         for (i, part) in data.chunks(chunk).enumerate() {
@@ -355,11 +355,11 @@ pub fn demo(image: Option<PathBuf>, threaded: bool) -> Result<()> {
         ensure!(
             back == data,
             "namespace {}: data read back differs from what was written",
-            ns.nsid
+            ns.nsid()
         );
-        qp.flush(ns.nsid)?;
-        println!("  nsid {}: wrote {} at LBA {slba} in {} commands ({tw:.1?}), read back and verified ({tr:.1?}), flushed", ns.nsid, size(len as u64), data.len().div_ceil(chunk), tw = tw, tr = tr);
-        if ns.nsid == 1 {
+        qp.flush(ns.nsid())?;
+        println!("  nsid {}: wrote {} at LBA {slba} in {} commands ({tw:.1?}), read back and verified ({tr:.1?}), flushed", ns.nsid(), size(len as u64), data.len().div_ceil(chunk), tw = tw, tr = tr);
+        if ns.nsid() == 1 {
             // The image is a raw file: LBA n at byte n × LBA size, as qemu-img would read it.
             let mut f = std::fs::File::open(&image)
                 .with_context(|| format!("opening {}", image.display()))?;

@@ -46,7 +46,7 @@ pub fn list<P: Platform>(c: &Controller<P>, dev: &str) {
     for ns in c.namespaces() {
         let usage = format!(
             "{:.2} GB / {:.2} GB",
-            ns.identify.nuse as f64 * ns.lba_size as f64 / 1e9,
+            ns.identify().nuse as f64 * ns.lba_size() as f64 / 1e9,
             ns.size_bytes() as f64 / 1e9
         );
         println!(
@@ -54,9 +54,9 @@ pub fn list<P: Platform>(c: &Controller<P>, dev: &str) {
             dev,
             id.sn.as_str(),
             id.mn.as_str(),
-            ns.nsid,
+            ns.nsid(),
             usage,
-            format!("{} B + {} B", ns.lba_size, ns.metadata_size),
+            format!("{} B + {} B", ns.lba_size(), ns.metadata_size()),
             id.fr.as_str()
         );
     }

@@ -208,19 +208,19 @@ fn main() -> ExitCode {
 fn rw_len<P: Platform>(c: &Controller<P>, rw: &Rw) -> Result<(nvme_core::Namespace, usize)> {
     let ns = c.namespace(rw.nsid)?.clone();
     let blocks = rw.nlb_z as u64 + 1;
-    let len = blocks * ns.lba_size as u64;
+    let len = blocks * ns.lba_size() as u64;
     if let Some(z) = rw.data_size {
         if z != len {
-            bail!("--data-size {z} does not match (block-count + 1) × LBA size = {blocks} × {} = {len}", ns.lba_size);
+            bail!("--data-size {z} does not match (block-count + 1) × LBA size = {blocks} × {} = {len}", ns.lba_size());
         }
     }
     let end = rw.slba.saturating_add(blocks);
-    if end > ns.blocks {
+    if end > ns.blocks() {
         bail!(
             "LBA range {}..{end} is outside namespace {}, which has {} blocks",
             rw.slba,
-            ns.nsid,
-            ns.blocks
+            ns.nsid(),
+            ns.blocks()
         );
     }
     Ok((ns, len as usize))
@@ -306,7 +306,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             eprintln!(
                 "read: Success ({len} bytes from LBA {} of namespace {})",
-                rw.slba, ns.nsid
+                rw.slba,
+                ns.nsid()
             );
             Ok(())
         }),
@@ -316,7 +317,8 @@ fn run(cli: Cli) -> Result<()> {
             device::write_blocks(c, &ns, rw.slba, &data)?;
             eprintln!(
                 "write: Success ({len} bytes to LBA {} of namespace {})",
-                rw.slba, ns.nsid
+                rw.slba,
+                ns.nsid()
             );
             Ok(())
         }),
@@ -398,7 +400,8 @@ fn run(cli: Cli) -> Result<()> {
             let ns = c.namespace(nsid)?;
             eprintln!(
                 "format: Success (namespace {nsid}: {} blocks of {} bytes)",
-                ns.blocks, ns.lba_size
+                ns.blocks(),
+                ns.lba_size()
             );
             Ok(())
         }),

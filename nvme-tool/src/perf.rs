@@ -92,7 +92,7 @@ impl Rng {
 
 fn bench<P: Platform>(c: &mut Controller<P>, a: &PerfArgs) -> Result<()> {
     let ns: Namespace = c.namespace(a.nsid)?.clone();
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     if a.io_size % bs != 0 || a.io_size == 0 {
         bail!(
             "--io-size {} is not a multiple of the {bs}-byte LBA size",
@@ -107,7 +107,7 @@ fn bench<P: Platform>(c: &mut Controller<P>, a: &PerfArgs) -> Result<()> {
         );
     }
     let blocks = (a.io_size / bs) as u64;
-    let slots = ns.blocks / blocks;
+    let slots = ns.blocks() / blocks;
     ensure!(slots > 0, "the namespace is smaller than one I/O");
     let mut qp = c.create_io_queue_pair((a.qd + 1).min(u16::MAX as usize) as u16)?;
     let qd = a.qd.min(qp.depth());
@@ -224,7 +224,7 @@ fn bench<P: Platform>(c: &mut Controller<P>, a: &PerfArgs) -> Result<()> {
         "perf: {:?} {} B, queue depth {qd}, namespace {} ({} B LBAs), {:.1} s, {} mode",
         a.workload,
         a.io_size,
-        ns.nsid,
+        ns.nsid(),
         bs,
         elapsed,
         if a.irq == Irq::Msix {

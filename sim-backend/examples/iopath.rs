@@ -22,7 +22,7 @@ fn main() {
     };
     let mut c = Controller::new(p, config).expect("bring-up");
     let ns = c.namespace(2).expect("namespace 2").clone();
-    let blocks = ns.blocks;
+    let blocks = ns.blocks();
     let mut qp = c.create_io_queue_pair((qd + 1) as u16).expect("queue pair");
     let mut bufs: Vec<Option<DmaBuffer<SimPlatform>>> = (0..qd)
         .map(|_| Some(c.alloc_buffer(4096).expect("buffer")))
@@ -64,5 +64,8 @@ fn main() {
     }
     c.delete_io_queue_pair(qp).expect("delete");
     c.shutdown().expect("shutdown");
-    println!("iopath: {completed} {} at QD{qd}", if write { "writes" } else { "reads" });
+    println!(
+        "iopath: {completed} {} at QD{qd}",
+        if write { "writes" } else { "reads" }
+    );
 }

@@ -30,7 +30,7 @@ fn completed<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let ns = namespace(c, None)?;
     let mut qp = c.create_io_queue_pair(8)?;
     let cid = qp
-        .submit(Command::flush(ns.nsid), None, 1)
+        .submit(Command::flush(ns.nsid()), None, 1)
         .map_err(|e| anyhow::anyhow!("{}", e.error))?;
     qp.ring();
     let mut done = false;
@@ -107,7 +107,7 @@ fn held_command<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let mut qp = c.create_io_queue_pair(8)?;
     sim.faults()
         .drop_completion(CommandMatch::io(NvmOpcode::READ.0));
-    let buf = c.alloc_buffer(ns.lba_size as usize)?;
+    let buf = c.alloc_buffer(ns.lba_size() as usize)?;
     let cid = qp
         .submit_read(&ns, 0, buf, 9)
         .map_err(|e| anyhow::anyhow!("{}", e.error))?;
@@ -144,7 +144,7 @@ fn held_command<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 fn in_flight<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let len = (c.max_transfer() / bs).clamp(1, 256) * bs;
     let mut qp = c.create_io_queue_pair(8)?;
     let cid = qp
@@ -167,7 +167,7 @@ fn in_flight<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             results.push(comp.result.err().and_then(|e| e.status()))
         }
     })?;
-    let _ = submit_wait(&mut qp, Command::flush(ns.nsid), None, 0, None)?;
+    let _ = submit_wait(&mut qp, Command::flush(ns.nsid()), None, 0, None)?;
     c.delete_io_queue_pair(qp)?;
     if results.len() != 1 {
         bail!("the read completed {} times", results.len());

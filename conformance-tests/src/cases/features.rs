@@ -64,7 +64,7 @@ fn mandatory<P: Platform>(c: &Controller<P>) -> Vec<(u8, u32)> {
 const UNTOUCHED: [u8; 6] = [0x01, 0x02, 0x04, 0x05, 0x08, 0x0A];
 
 fn first_nsid<P: Platform>(c: &Controller<P>) -> u32 {
-    c.namespaces().first().map(|n| n.nsid).unwrap_or(1)
+    c.namespaces().first().map(|n| n.nsid()).unwrap_or(1)
 }
 
 /// Get Features with NSID 0. A namespace-specific feature (Error Recovery is, on controllers

@@ -28,7 +28,7 @@ pub fn namespace<P: Platform>(
     Ok(match lba_size {
         Some(s) => ns
             .iter()
-            .find(|n| n.lba_size == s)
+            .find(|n| n.lba_size() == s)
             .unwrap_or(&ns[0])
             .clone(),
         None => ns[0].clone(),
@@ -50,7 +50,7 @@ pub fn buffer_with<P: Platform>(c: &Controller<P>, data: &[u8]) -> anyhow::Resul
 /// An LBA near the end of the namespace that `blocks` blocks fit before (tests stay away from
 /// LBA 0, which a real SSD's owner may care about less than the end... both are scratch).
 pub fn scratch_lba(ns: &Namespace, blocks: u64) -> u64 {
-    ns.blocks.saturating_sub(blocks + 64)
+    ns.blocks().saturating_sub(blocks + 64)
 }
 
 /// The status an I/O command completed with: success, or the controller's status from the

@@ -108,7 +108,7 @@ fn reserved_cns<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn descriptors<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    let nsid = c.namespaces().first().map(|n| n.nsid).unwrap_or(1);
+    let nsid = c.namespaces().first().map(|n| n.nsid()).unwrap_or(1);
     let id = IdentifyNamespace::parse(&c.identify_raw(cns::NAMESPACE, nsid)?)?;
     let page = c.identify_raw(cns::NS_DESCRIPTORS, nsid)?;
     let mut off = 0;

@@ -78,7 +78,7 @@ fn smart_counters_move<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdic
     let c = cx.ctrl()?;
     let before = c.smart_log()?;
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 4);
     let mut qp = c.create_io_queue_pair(8)?;
     for _ in 0..4 {
@@ -205,7 +205,7 @@ fn offset_beyond<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 fn data_units<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let chunk = (c.max_transfer() / bs).clamp(1, 256) * bs;
     let total = 2usize << 20;
     let blocks = (total / bs) as u64;
@@ -246,7 +246,7 @@ fn data_units<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn per_namespace_smart<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    let nsid = namespace(c, None)?.nsid;
+    let nsid = namespace(c, None)?.nsid();
     let supported = c.identify().lpa & 1 != 0;
     let (r, page) = c.admin_read(
         Command::get_log_page(lid::SMART, nsid, 128, 0, 0, false),

@@ -116,7 +116,7 @@ fn roundtrip<B: Backend>(cx: &mut Ctx<'_, B>, lba_size: u32) -> anyhow::Result<V
     let Some(ns) = c
         .namespaces()
         .iter()
-        .find(|n| n.lba_size == lba_size)
+        .find(|n| n.lba_size() == lba_size)
         .cloned()
     else {
         return Ok(Verdict::Skip(format!(
@@ -149,8 +149,8 @@ fn lba_out_of_range<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> 
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
     let mut qp = c.create_io_queue_pair(8)?;
-    let buf = c.alloc_buffer(ns.lba_size as usize)?;
-    let cmd = Command::rw(NvmOpcode::READ, ns.nsid, ns.blocks, 0, false);
+    let buf = c.alloc_buffer(ns.lba_size() as usize)?;
+    let cmd = Command::rw(NvmOpcode::READ, ns.nsid(), ns.blocks(), 0, false);
     let r = qp.passthrough(cmd, Some(buf));
     c.delete_io_queue_pair(qp)?;
     match r {
@@ -170,8 +170,8 @@ fn driver_refuses_range<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdi
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
     let mut qp = c.create_io_queue_pair(8)?;
-    let buf = c.alloc_buffer(ns.lba_size as usize * 2)?;
-    let r = qp.read(&ns, ns.blocks - 1, buf);
+    let buf = c.alloc_buffer(ns.lba_size() as usize * 2)?;
+    let r = qp.read(&ns, ns.blocks() - 1, buf);
     let submitted = qp.stats().submitted;
     c.delete_io_queue_pair(qp)?;
     match r {
@@ -193,9 +193,10 @@ fn invalid_namespace<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
     let c = cx.ctrl()?;
     let nn = c.identify().nn;
     let mut qp = c.create_io_queue_pair(8)?;
-    let buf = c.alloc_buffer(4096)?;
+    // No data pointer: the core cannot size a transfer for a namespace it does not know, and
+    // the controller must refuse the NSID before transferring anything.
     let cmd = Command::rw(NvmOpcode::READ, nn.saturating_add(1), 0, 0, false);
-    let r = qp.passthrough(cmd, Some(buf));
+    let r = qp.passthrough(cmd, None);
     c.delete_io_queue_pair(qp)?;
     let st = match r {
         Err(e) => e
@@ -211,7 +212,7 @@ fn flush<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
     let mut qp = c.create_io_queue_pair(8)?;
-    let r = qp.flush(ns.nsid);
+    let r = qp.flush(ns.nsid());
     c.delete_io_queue_pair(qp)?;
     r?;
     Ok(Verdict::Pass)
@@ -223,7 +224,7 @@ fn write_zeroes<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         return Ok(skip);
     }
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 8);
     let mut qp = c.create_io_queue_pair(8)?;
     qp.write(&ns, lba, buffer_with(c, &pattern(7, lba, 8 * bs, bs))?)?;
@@ -248,7 +249,7 @@ fn deallocate<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         return Ok(skip);
     }
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 8);
     let mut qp = c.create_io_queue_pair(8)?;
     qp.write(&ns, lba, buffer_with(c, &pattern(9, lba, 8 * bs, bs))?)?;
@@ -264,7 +265,7 @@ fn deallocate<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     c.delete_io_queue_pair(qp)?;
     let written = pattern(9, lba, 8 * bs, bs);
     for (i, (got, old)) in back.chunks(bs).zip(written.chunks(bs)).enumerate() {
-        ensure!(dealloc_block_ok(got, old, ns.identify.dlfeat), "block {} after deallocate holds neither the written data nor what DLFEAT {:#x} promises", lba + i as u64, ns.identify.dlfeat);
+        ensure!(dealloc_block_ok(got, old, ns.identify().dlfeat), "block {} after deallocate holds neither the written data nor what DLFEAT {:#x} promises", lba + i as u64, ns.identify().dlfeat);
     }
     Ok(Verdict::Pass)
 }
@@ -275,7 +276,7 @@ fn compare<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         return Ok(skip);
     }
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 2);
     let data = pattern(3, lba, 2 * bs, bs);
     let mut qp = c.create_io_queue_pair(8)?;
@@ -296,9 +297,9 @@ fn above_mdts<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         return Ok(Verdict::Skip("MDTS is 0: no transfer size limit".into()));
     };
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as u64;
+    let bs = ns.lba_size() as u64;
     let nlb = mdts / bs + 1;
-    if nlb > 65536 || nlb > ns.blocks {
+    if nlb > 65536 || nlb > ns.blocks() {
         return Ok(Verdict::Skip(
             "MDTS is above what one command can address".into(),
         ));
@@ -308,11 +309,10 @@ fn above_mdts<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let big = c.alloc_buffer((nlb * bs) as usize)?;
     let refused =
         matches!(qp.read(&ns, 0, big), Err(e) if matches!(e.error, Error::TransferTooLarge { .. }));
-    // The controller refuses a command whose NLB exceeds MDTS; the data pointer covers only
-    // MDTS bytes, which the controller must not reach (it checks NLB first).
-    let buf = c.alloc_buffer(mdts as usize)?;
-    let cmd = Command::rw(NvmOpcode::READ, ns.nsid, 0, (nlb - 1) as u16, false);
-    let r = qp.submit_range(cmd, Some(buf), 0, None, 1);
+    // The controller refuses a command whose NLB exceeds MDTS before transferring anything;
+    // it gets no data pointer (the core refuses a buffer shorter than the NLB describes).
+    let cmd = Command::rw(NvmOpcode::READ, ns.nsid(), 0, (nlb - 1) as u16, false);
+    let r = qp.submit_range(cmd, None, 0, None, 1);
     let st = match r {
         Ok(_) => {
             qp.ring();
@@ -342,7 +342,7 @@ fn verify<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         return Ok(skip);
     }
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 4);
     let mut qp = c.create_io_queue_pair(8)?;
     qp.write(&ns, lba, buffer_with(c, &pattern(1, lba, 4 * bs, bs))?)?;
@@ -367,10 +367,10 @@ fn check_status<B: Backend>(
 fn first_and_last<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let mut qp = c.create_io_queue_pair(8)?;
     let r = (|| -> anyhow::Result<()> {
-        for (seed, lba) in [(0x31, 0), (0x32, ns.blocks - 1)] {
+        for (seed, lba) in [(0x31, 0), (0x32, ns.blocks() - 1)] {
             let data = pattern(seed, lba, bs, bs);
             qp.write(&ns, lba, buffer_with(c, &data)?)
                 .map_err(|e| anyhow::anyhow!("Write LBA {lba}: {}", e.error))?;
@@ -389,11 +389,11 @@ fn first_and_last<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 fn fua_write<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 4);
     let data = pattern(0x46, lba, 4 * bs, bs);
     let mut qp = c.create_io_queue_pair(8)?;
-    let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid, lba, 3, true);
+    let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid(), lba, 3, true);
     let r = submit_wait(&mut qp, cmd, Some(buffer_with(c, &data)?), 0, None);
     let back = qp.read(&ns, lba, c.alloc_buffer(4 * bs)?);
     c.delete_io_queue_pair(qp)?;
@@ -407,7 +407,7 @@ fn fua_write<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 fn multi_block<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let ns = namespace(c, Some(4096))?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let max = c.max_transfer() / bs;
     let mut qp = c.create_io_queue_pair(8)?;
     let base = scratch_lba(&ns, 64);
@@ -439,7 +439,7 @@ fn write_zeroes_deac<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
         return Ok(skip);
     }
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 8);
     let data = pattern(0x2E, lba, 8 * bs, bs);
     let mut qp = c.create_io_queue_pair(8)?;
@@ -471,7 +471,7 @@ fn dsm_ranges<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         return Ok(skip);
     }
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 16);
     let data = pattern(0xD5, lba, 16 * bs, bs);
     let ranges = [(1u64, 2u32), (5, 3), (12, 1)];
@@ -501,7 +501,7 @@ fn dsm_ranges<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             .any(|&(o, n)| (i as u64) >= o && (i as u64) < o + n as u64);
         let (blk, old) = (&back[i * bs..(i + 1) * bs], &data[i * bs..(i + 1) * bs]);
         if inside {
-            ensure!(dealloc_block_ok(blk, old, ns.identify.dlfeat), "block {i} in a deallocated range holds neither the written data nor what DLFEAT {:#x} promises", ns.identify.dlfeat);
+            ensure!(dealloc_block_ok(blk, old, ns.identify().dlfeat), "block {i} in a deallocated range holds neither the written data nor what DLFEAT {:#x} promises", ns.identify().dlfeat);
         } else {
             ensure!(blk == old, "block {i}, outside every range, changed");
         }
@@ -515,14 +515,14 @@ fn compare_failure<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         return Ok(skip);
     }
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 2);
     let data = pattern(0xC3, lba, 2 * bs, bs);
     let mut other = data.clone();
     *other.last_mut().context("empty")? ^= 0x01;
     let mut qp = c.create_io_queue_pair(8)?;
     let w = qp.write(&ns, lba, buffer_with(c, &data)?).map(|_| ());
-    let cmd = Command::rw(NvmOpcode::COMPARE, ns.nsid, lba, 1, false);
+    let cmd = Command::rw(NvmOpcode::COMPARE, ns.nsid(), lba, 1, false);
     let r = submit_wait(&mut qp, cmd, Some(buffer_with(c, &other)?), 0, None);
     c.delete_io_queue_pair(qp)?;
     w.map_err(|e| anyhow::anyhow!("{}", e.error))?;
@@ -555,15 +555,15 @@ fn verify_out_of_range<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdic
         return Ok(skip);
     }
     out_of_range(cx, "Verify at LBA NSZE", |ns| {
-        (Command::verify(ns.nsid, ns.blocks, 0), 0)
+        (Command::verify(ns.nsid(), ns.blocks(), 0), 0)
     })
 }
 
 fn write_at_nsze<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     out_of_range(cx, "Write at LBA NSZE", |ns| {
         (
-            Command::rw(NvmOpcode::WRITE, ns.nsid, ns.blocks, 0, false),
-            ns.lba_size as usize,
+            Command::rw(NvmOpcode::WRITE, ns.nsid(), ns.blocks(), 0, false),
+            ns.lba_size() as usize,
         )
     })
 }
@@ -573,15 +573,18 @@ fn write_zeroes_past_end<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verd
         return Ok(skip);
     }
     out_of_range(cx, "Write Zeroes of 2 blocks at the last LBA", |ns| {
-        (Command::write_zeroes(ns.nsid, ns.blocks - 1, 1, false), 0)
+        (
+            Command::write_zeroes(ns.nsid(), ns.blocks() - 1, 1, false),
+            0,
+        )
     })
 }
 
 fn read_past_end<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     out_of_range(cx, "Read of 2 blocks at the last LBA", |ns| {
         (
-            Command::rw(NvmOpcode::READ, ns.nsid, ns.blocks - 1, 1, false),
-            2 * ns.lba_size as usize,
+            Command::rw(NvmOpcode::READ, ns.nsid(), ns.blocks() - 1, 1, false),
+            2 * ns.lba_size() as usize,
         )
     })
 }
@@ -613,7 +616,7 @@ fn invalid_opcode<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let mut qp = c.create_io_queue_pair(8)?;
     // 03h is assigned to no command of the NVM command set.
     let mut cmd = Command::new(0x03);
-    cmd.set_nsid(ns.nsid);
+    cmd.set_nsid(ns.nsid());
     let r = submit_wait(&mut qp, cmd, None, 0, None);
     c.delete_io_queue_pair(qp)?;
     let (st, _) = r?;
@@ -622,16 +625,10 @@ fn invalid_opcode<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn nsid_zero<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    let ns = namespace(c, None)?;
     let mut qp = c.create_io_queue_pair(8)?;
+    // No data pointer: NSID 0 names no format the core could size a transfer by.
     let cmd = Command::rw(NvmOpcode::READ, 0, 0, 0, false);
-    let r = submit_wait(
-        &mut qp,
-        cmd,
-        Some(c.alloc_buffer(ns.lba_size as usize)?),
-        0,
-        None,
-    );
+    let r = submit_wait(&mut qp, cmd, None, 0, None);
     c.delete_io_queue_pair(qp)?;
     let (st, _) = r?;
     check_status(cx, "Read with NSID 0", st, &[(0, 0x0B)])
@@ -640,7 +637,7 @@ fn nsid_zero<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 fn unaligned_buffers<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let ns = namespace(c, Some(4096))?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let n = (c.max_transfer() / bs).clamp(1, 8);
     let len = n * bs;
     let lba = scratch_lba(&ns, n as u64);
@@ -650,10 +647,10 @@ fn unaligned_buffers<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
     wbuf.write(woff, &data)?;
     let mut qp = c.create_io_queue_pair(8)?;
     let r = (|| -> anyhow::Result<Vec<u8>> {
-        let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid, lba, (n - 1) as u16, false);
+        let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid(), lba, (n - 1) as u16, false);
         let (st, _) = submit_wait(&mut qp, cmd, Some(wbuf), woff, Some(len))?;
         ensure!(st.is_success(), "Write from offset {woff:#x}: {st}");
-        let cmd = Command::rw(NvmOpcode::READ, ns.nsid, lba, (n - 1) as u16, false);
+        let cmd = Command::rw(NvmOpcode::READ, ns.nsid(), lba, (n - 1) as u16, false);
         let (st, buf) = submit_wait(
             &mut qp,
             cmd,

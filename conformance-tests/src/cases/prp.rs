@@ -41,7 +41,7 @@ fn layout<B: Backend>(
     }
     let c = cx.ctrl()?;
     let ns = namespace(c, Some(512))?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     if len % bs != 0 {
         return Ok(Verdict::Skip(format!(
             "{len} bytes is not a whole number of {bs}-byte blocks"
@@ -54,7 +54,7 @@ fn layout<B: Backend>(
         )));
     }
     let n = len / bs;
-    if n > 65536 || n as u64 + 64 > ns.blocks {
+    if n > 65536 || n as u64 + 64 > ns.blocks() {
         return Ok(Verdict::Skip(format!(
             "{n} blocks do not fit one command on this namespace"
         )));
@@ -65,13 +65,13 @@ fn layout<B: Backend>(
     wbuf.write(woff, &data)?;
     let mut qp = c.create_io_queue_pair(4)?;
     let r = (|| -> anyhow::Result<Vec<u8>> {
-        let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid, lba, (n - 1) as u16, false);
+        let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid(), lba, (n - 1) as u16, false);
         let (st, _) = submit_wait(&mut qp, cmd, Some(wbuf), woff, Some(len))?;
         ensure!(
             st.is_success(),
             "Write of {len} bytes from offset {woff:#x}: {st}"
         );
-        let cmd = Command::rw(NvmOpcode::READ, ns.nsid, lba, (n - 1) as u16, false);
+        let cmd = Command::rw(NvmOpcode::READ, ns.nsid(), lba, (n - 1) as u16, false);
         let rbuf = c.alloc_buffer(roff + len)?;
         let (st, rbuf) = submit_wait(&mut qp, cmd, Some(rbuf), roff, Some(len))?;
         ensure!(
@@ -109,7 +109,7 @@ fn two_pages_offset<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> 
 
 fn sub_page_offsets<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    let bs = namespace(c, Some(512))?.lba_size as usize;
+    let bs = namespace(c, Some(512))?.lba_size() as usize;
     if bs > 2048 {
         return Ok(Verdict::Skip(format!(
             "{bs}-byte blocks: no sub-page transfer"

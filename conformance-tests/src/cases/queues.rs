@@ -88,7 +88,7 @@ fn pair_lifecycle<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let ns = namespace(c, None)?;
     let mut qp = c.create_io_queue_pair(64)?;
     ensure!(qp.qid() >= 1, "I/O queue got QID 0");
-    let data = pattern(0x11, 0, ns.lba_size as usize * 4, ns.lba_size as usize);
+    let data = pattern(0x11, 0, ns.lba_size() as usize * 4, ns.lba_size() as usize);
     let lba = super::helpers::scratch_lba(&ns, 4);
     qp.write(&ns, lba, buffer_with(c, &data)?)?;
     let back = qp.read(&ns, lba, c.alloc_buffer(data.len())?)?;
@@ -228,7 +228,7 @@ fn wrap_around<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         qp.depth()
     );
     let lba = super::helpers::scratch_lba(&ns, 8);
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     for round in 0..100u64 {
         let data = pattern(round as u8, lba + round % 8, bs, bs);
         qp.write(&ns, lba + round % 8, buffer_with(c, &data)?)?;
@@ -381,7 +381,8 @@ fn all_pairs<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             pairs.len()
         );
         for qp in pairs.iter_mut() {
-            let (st, _) = super::helpers::submit_wait(qp, Command::flush(ns.nsid), None, 0, None)?;
+            let (st, _) =
+                super::helpers::submit_wait(qp, Command::flush(ns.nsid()), None, 0, None)?;
             ensure!(st.is_success(), "Flush on QID {}: {st}", qp.qid());
         }
         Ok(())
@@ -442,8 +443,8 @@ fn max_size<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             depth == entries as usize - 1,
             "a {entries}-entry queue holds {depth} commands"
         );
-        flush_batch(&mut qp, ns.nsid, depth)?;
-        flush_batch(&mut qp, ns.nsid, depth)
+        flush_batch(&mut qp, ns.nsid(), depth)?;
+        flush_batch(&mut qp, ns.nsid(), depth)
     })();
     c.delete_io_queue_pair(qp)?;
     r?;
@@ -479,7 +480,7 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         ));
     }
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     if bs > 4096 {
         return Ok(Verdict::Skip("LBA size above one page".into()));
     }
@@ -497,20 +498,20 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         bar.bar().write32(sq_tail_doorbell(qid, dstrd), tail);
     };
     // SQ 1: a Write; SQ 2: a Read of the same block. One at a time: the read sees the write.
-    let mut w = Command::rw(NvmOpcode::WRITE, ns.nsid, lba, 0, false);
+    let mut w = Command::rw(NvmOpcode::WRITE, ns.nsid(), lba, 0, false);
     w.set_cid(0x101);
     c.raw_sq_write(1, 0, &w, Some(wbuf))?;
     ring(1, 1);
     let e = raw_completion(c, 1, 0, true)?;
-    let mut r = Command::rw(NvmOpcode::READ, ns.nsid, lba, 0, false);
+    let mut r = Command::rw(NvmOpcode::READ, ns.nsid(), lba, 0, false);
     r.set_cid(0x202);
     c.raw_sq_write(2, 0, &r, Some(rbuf))?;
     ring(2, 1);
     let f = raw_completion(c, 1, 1, true)?;
     // Both at once: a Flush on each SQ.
-    let mut f1 = Command::flush(ns.nsid);
+    let mut f1 = Command::flush(ns.nsid());
     f1.set_cid(0x103);
-    let mut f2 = Command::flush(ns.nsid);
+    let mut f2 = Command::flush(ns.nsid());
     f2.set_cid(0x204);
     c.raw_sq_write(1, 1, &f1, None)?;
     c.raw_sq_write(2, 1, &f2, None)?;
@@ -566,7 +567,7 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 fn large_wrap<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let mut qp = c.create_io_queue_pair(64)?;
     let depth = qp.depth();
     let lba = scratch_lba(&ns, depth as u64);
@@ -640,7 +641,7 @@ fn vector_per_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         for (qp, mine, other) in [(&mut a, va, vb), (&mut b, vb, va)] {
             p.irq().poll(mine);
             p.irq().poll(other);
-            qp.submit(Command::flush(ns.nsid), None, 1)
+            qp.submit(Command::flush(ns.nsid()), None, 1)
                 .map_err(|e| anyhow::anyhow!("{}", e.error))?;
             qp.ring();
             ensure!(

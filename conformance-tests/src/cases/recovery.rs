@@ -77,7 +77,7 @@ fn lost_io_completion<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict
     sim.faults()
         .drop_completion(CommandMatch::io(NvmOpcode::READ.0));
     let start = Instant::now();
-    let r = qp.read(&ns, 0, c.alloc_buffer(ns.lba_size as usize)?);
+    let r = qp.read(&ns, 0, c.alloc_buffer(ns.lba_size() as usize)?);
     let waited = start.elapsed();
     match r {
         Err(e) => {
@@ -100,14 +100,16 @@ fn lost_io_completion<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict
     );
     c.reset()?;
     // The old pair is dead: its operations fail with ControllerReset.
-    let dead = qp.read(&ns, 0, c.alloc_buffer(ns.lba_size as usize)?);
+    let dead = qp.read(&ns, 0, c.alloc_buffer(ns.lba_size() as usize)?);
     ensure!(
         matches!(dead, Err(ref e) if matches!(e.error, Error::ControllerReset)),
         "a pair from before the reset still works"
     );
     drop(qp);
+    // Namespace handles from before the reset are stale too: take a fresh one.
+    let ns = namespace(c, None)?;
     let mut qp = c.create_io_queue_pair(8)?;
-    let bs = ns.lba_size as usize;
+    let bs = ns.lba_size() as usize;
     let data = pattern(5, 1, bs, bs);
     qp.write(&ns, 1, buffer_with(c, &data)?)?;
     ensure!(
@@ -126,7 +128,7 @@ fn surprise_removal<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> 
     let mut qp = c.create_io_queue_pair(8)?;
     sim.faults().surprise_removal();
     let start = Instant::now();
-    let r = qp.read(&ns, 0, c.alloc_buffer(ns.lba_size as usize)?);
+    let r = qp.read(&ns, 0, c.alloc_buffer(ns.lba_size() as usize)?);
     ensure!(r.is_err(), "I/O to a removed device succeeded");
     let e = c.get_feature(nvme_core::spec::FeatureId::NUMBER_OF_QUEUES);
     ensure!(
@@ -168,10 +170,10 @@ fn media_error<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let sim = cx.backend.simulator().context("simulator")?;
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
-    sim.faults().media_error(ns.nsid, 10..12);
+    sim.faults().media_error(ns.nsid(), 10..12);
     let mut qp = c.create_io_queue_pair(8)?;
-    let r = qp.read(&ns, 8, c.alloc_buffer(4 * ns.lba_size as usize)?);
-    let ok = qp.read(&ns, 0, c.alloc_buffer(4 * ns.lba_size as usize)?);
+    let r = qp.read(&ns, 8, c.alloc_buffer(4 * ns.lba_size() as usize)?);
+    let ok = qp.read(&ns, 0, c.alloc_buffer(4 * ns.lba_size() as usize)?);
     c.delete_io_queue_pair(qp)?;
     ok.map_err(|e| anyhow::anyhow!("a read outside the bad range failed: {e}"))?;
     match r {

@@ -107,7 +107,7 @@ impl<P: Platform> Controller<P> {
             .now_ns()
             .saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX));
         let opcode = cmd.opcode();
-        let cid = match self.admin.submit(cmd, data, payload, deadline_ns) {
+        let cid = match self.admin.submit(cmd, data, payload, Some(deadline_ns)) {
             Ok(cid) => cid,
             Err((e, _payload)) => return Err(e),
         };
@@ -233,51 +233,126 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Runs any admin command and returns its completion, whatever the status (raw
-    /// passthrough, like `nvme admin-passthru`). `buffer` is the data buffer (PRP1/PRP2 are
-    /// filled in from it) and comes back with the completion.
+    /// passthrough, like `nvme admin-passthru`). `buffer` is the data buffer and comes back
+    /// with the completion.
     ///
-    /// Commands that hand memory to the controller beyond the command's own lifetime
-    /// (Create I/O SQ/CQ, Doorbell Buffer Config) are refused here: use
-    /// [`IoQueuePair`] creation or [`Controller::create_cq_raw`] instead, which keep that
-    /// memory alive.
+    /// With a buffer, the transfer length is derived from the command's own fields (see
+    /// [`crate::spec::transfer::admin_data_length`]) and must fit the buffer; PRPs are built
+    /// for exactly that many bytes, so the device can reach nothing else. Without a buffer
+    /// the data pointer is zero, which no DMA allocator hands out, so any command may be sent
+    /// (to see how the controller answers it). Commands that hand memory to the controller
+    /// beyond the command's own lifetime (Create I/O SQ/CQ, Doorbell Buffer Config, Host
+    /// Memory Buffer) and Asynchronous Event Requests are refused: the queue and event APIs
+    /// own them. Commands that change namespace formats (Format NVM, Namespace Management,
+    /// Namespace Attachment) are refused while I/O queues exist, as for
+    /// [`Controller::format_nvm`].
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for the refused opcodes; transport failures.
+    /// [`Error::InvalidArgument`] for the refused opcodes, [`Error::UnknownTransfer`] for a
+    /// buffer with an opcode the core does not know (see
+    /// [`Controller::admin_passthrough_unchecked`]), [`Error::TransferMismatch`],
+    /// [`Error::ForeignObject`] for a buffer of another controller; transport failures.
     pub fn admin_passthrough(
         &mut self,
-        mut cmd: Command,
+        cmd: Command,
         buffer: Option<DmaBuffer<P>>,
         timeout: Option<Duration>,
     ) -> Result<(Completion, Option<DmaBuffer<P>>)> {
-        crate::dma::sanitize_pointers(&mut cmd);
-        let op = AdminOpcode(cmd.opcode());
-        if op == AdminOpcode::CREATE_IO_CQ
-            || op == AdminOpcode::CREATE_IO_SQ
-            || op == AdminOpcode::DOORBELL_BUFFER_CONFIG
-        {
-            return Err(Error::InvalidArgument("queue creation and doorbell buffer commands keep memory beyond the command; use the queue APIs"));
-        }
-        if op == AdminOpcode::ASYNC_EVENT_REQUEST {
+        let len = match (admin_data_length(&cmd), &buffer) {
+            (DataLength::Managed, _) => {
+                return Err(Error::InvalidArgument(
+                    "queue creation, doorbell buffer, host memory buffer and asynchronous event commands are managed by the controller API",
+                ))
+            }
+            (_, None) => 0,
+            (DataLength::Bytes(n), Some(b)) if n > 0 && n <= b.len() => n,
+            (DataLength::Unknown | DataLength::Blocks(_), Some(_)) => {
+                return Err(Error::UnknownTransfer {
+                    opcode: cmd.opcode(),
+                })
+            }
+            (DataLength::Bytes(n), Some(b)) => {
+                return Err(Error::TransferMismatch {
+                    opcode: cmd.opcode(),
+                    opcode_name: AdminOpcode(cmd.opcode()).name().unwrap_or("admin command"),
+                    described: n,
+                    given: b.len(),
+                })
+            }
+            (DataLength::None, Some(b)) => {
+                return Err(Error::TransferMismatch {
+                    opcode: cmd.opcode(),
+                    opcode_name: AdminOpcode(cmd.opcode()).name().unwrap_or("admin command"),
+                    described: 0,
+                    given: b.len(),
+                })
+            }
+        };
+        self.admin_passthrough_bytes(cmd, buffer, len, timeout)
+    }
+
+    /// Runs any admin command with PRPs for the whole buffer, without deriving the length
+    /// from the command: for opcodes the core does not know (vendor-specific commands).
+    ///
+    /// # Safety
+    /// The command must make the device transfer at most `buffer.len()` bytes through its
+    /// data pointer and must not hand any memory to the controller beyond its own lifetime.
+    /// A command that transfers more makes the device follow PRP entries past the buffer.
+    ///
+    /// # Errors
+    /// As [`Controller::admin_passthrough`].
+    pub unsafe fn admin_passthrough_unchecked(
+        &mut self,
+        cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+        timeout: Option<Duration>,
+    ) -> Result<(Completion, Option<DmaBuffer<P>>)> {
+        if admin_data_length(&cmd) == DataLength::Managed {
             return Err(Error::InvalidArgument(
-                "Asynchronous Event Requests are managed by the controller; use post_aer",
+                "queue creation, doorbell buffer, host memory buffer and asynchronous event commands are managed by the controller API",
             ));
+        }
+        let len = buffer.as_ref().map_or(0, DmaBuffer::len);
+        self.admin_passthrough_bytes(cmd, buffer, len, timeout)
+    }
+
+    fn admin_passthrough_bytes(
+        &mut self,
+        mut cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Completion, Option<DmaBuffer<P>>)> {
+        crate::dma::sanitize_pointers(&mut cmd);
+        if buffer
+            .as_ref()
+            .is_some_and(|b| !b.is_on(&self.shared.platform))
+        {
+            return Err(Error::ForeignObject {
+                what: "the DMA buffer",
+            });
+        }
+        let op = AdminOpcode(cmd.opcode());
+        let changes_namespaces = op == AdminOpcode::FORMAT_NVM
+            || op == AdminOpcode::NAMESPACE_ATTACHMENT
+            || op == AdminOpcode::NAMESPACE_MANAGEMENT;
+        if changes_namespaces {
+            self.namespaces_may_change()?;
         }
         let timeout = timeout.unwrap_or(self.config.admin_timeout);
         let (c, req) = match buffer {
-            Some(b) => {
+            Some(b) if len > 0 => {
                 let t = Transfer {
                     mem: b.mem(),
                     offset: 0,
-                    len: b.len(),
+                    len,
                 };
                 self.admin_wait(cmd, Some(t), AdminReq::Buffer(b), timeout)?
             }
+            Some(b) => self.admin_wait(cmd, None, AdminReq::Buffer(b), timeout)?,
             None => self.admin_wait(cmd, None, AdminReq::NoData, timeout)?,
         };
-        if op == AdminOpcode::FORMAT_NVM
-            || op == AdminOpcode::NAMESPACE_ATTACHMENT
-            || op == AdminOpcode::NAMESPACE_MANAGEMENT
-        {
+        if changes_namespaces {
             let _ = self.rescan_namespaces();
         }
         let buf = match req {
@@ -285,6 +360,19 @@ impl<P: Platform> Controller<P> {
             _ => None,
         };
         Ok((c, buf))
+    }
+
+    /// Before a command that may change namespace formats: refused while I/O queues exist
+    /// (a command in flight was sized for the old format, and the device would transfer by
+    /// the new one); otherwise every namespace handle becomes stale.
+    pub(super) fn namespaces_may_change(&mut self) -> Result<()> {
+        if self.qids_in_use.iter().skip(1).any(|&u| u) || !self.raw_queues.is_empty() {
+            return Err(Error::InvalidArgument(
+                "Format NVM and namespace management change LBA formats under I/O in flight: delete every I/O queue pair (and raw queue) first",
+            ));
+        }
+        self.namespaces_changing();
+        Ok(())
     }
 
     /// Runs an admin command without data and returns the completion, whatever the status
@@ -303,15 +391,26 @@ impl<P: Platform> Controller<P> {
     /// Transport failures and [`Error::TransferTooLarge`].
     pub fn admin_read(&mut self, mut cmd: Command, len: usize) -> Result<(Completion, Vec<u8>)> {
         crate::dma::sanitize_pointers(&mut cmd);
-        let op = AdminOpcode(cmd.opcode());
-        if op == AdminOpcode::CREATE_IO_CQ
-            || op == AdminOpcode::CREATE_IO_SQ
-            || op == AdminOpcode::DOORBELL_BUFFER_CONFIG
-            || op == AdminOpcode::ASYNC_EVENT_REQUEST
-        {
-            return Err(Error::InvalidArgument(
-                "this opcode is managed by the controller API",
-            ));
+        match admin_data_length(&cmd) {
+            DataLength::Managed => {
+                return Err(Error::InvalidArgument(
+                    "this opcode is managed by the controller API",
+                ))
+            }
+            // The scratch page is the core's own: a longer transfer than `len` stays inside
+            // it (64 KiB, rejected above that), never reaching memory of the caller.
+            DataLength::Bytes(n) if n > SCRATCH_LEN => {
+                return Err(Error::TransferTooLarge {
+                    bytes: n as u64,
+                    max: SCRATCH_LEN as u64,
+                })
+            }
+            DataLength::Unknown | DataLength::Blocks(_) => {
+                return Err(Error::UnknownTransfer {
+                    opcode: cmd.opcode(),
+                })
+            }
+            _ => {}
         }
         let c = self.admin_scratch(cmd, len, None, self.config.admin_timeout)?;
         Ok((c, self.scratch_bytes(len)))

@@ -101,55 +101,35 @@ impl<P: Platform> Controller<P> {
             .admin_queue_entries
             .clamp(2, 4096)
             .min(cap.mqes_z().saturating_add(1));
-        let sq_mem = Mem::new(dma::allocate(p, entries as usize * 64)?);
-        let cq_mem = match dma::allocate(p, entries as usize * 16) {
-            Ok(r) => Mem::new(r),
-            Err(e) => {
-                // SAFETY: never given to the device.
-                unsafe { p.dma().free(sq_mem.region()) };
-                return Err(e);
-            }
-        };
-        let scratch = match dma::allocate(p, SCRATCH_LEN) {
-            Ok(r) => Mem::new(r),
-            Err(e) => {
-                // SAFETY: never given to the device.
-                unsafe {
-                    p.dma().free(sq_mem.region());
-                    p.dma().free(cq_mem.region());
-                }
-                return Err(e);
-            }
-        };
+        let claim = Claim::new(&platform)?;
         let lists_per_slot = crate::prp::max_list_pages(SCRATCH_LEN, PAGE_SIZE);
-        let lists = match dma::allocate(p, (entries as usize - 1) * lists_per_slot * PAGE_SIZE) {
-            Ok(r) => Mem::new(r),
-            Err(e) => {
-                // SAFETY: never given to the device.
-                unsafe {
-                    p.dma().free(sq_mem.region());
-                    p.dma().free(cq_mem.region());
-                    p.dma().free(scratch.region());
-                }
-                return Err(e);
-            }
+        let [sq_mem, cq_mem, scratch, lists] = reclaim::allocate_all(
+            p,
+            [
+                entries as usize * 64,
+                entries as usize * 16,
+                SCRATCH_LEN,
+                (entries as usize - 1) * lists_per_slot * PAGE_SIZE,
+            ],
+        )?;
+        let (Some(sq_mem), Some(cq_mem), Some(scratch)) = (sq_mem, cq_mem, scratch) else {
+            return Err(Error::Backend("admin queue memory"));
         };
         let dstrd = cap.dstrd();
         let admin = Engine::new(
             SubQueue::new(sq_mem, 0, entries, dstrd),
             CompQueue::new(cq_mem, 0, entries, dstrd),
-            Some(lists),
+            lists,
             lists_per_slot,
+            None,
         );
-        let shared = Arc::new(Shared {
-            platform: platform.clone(),
+        let shared = Arc::new(Shared::new(
+            platform.clone(),
             dstrd,
-            generation: AtomicU32::new(0),
-            graveyard: spin::Mutex::new(Graveyard::default()),
-            io_timeout_ns: u64::try_from(config.io_timeout.as_nanos()).unwrap_or(u64::MAX),
-            vectors: core::sync::atomic::AtomicU16::new(0),
-        });
+            u64::try_from(config.io_timeout.as_nanos()).unwrap_or(u64::MAX),
+        ));
         let mut c = Self {
+            _claim: claim,
             shared,
             config,
             admin,
@@ -214,7 +194,7 @@ impl<P: Platform> Controller<P> {
             }
         }
         self.enable_failed = false;
-        self.shared.graveyard.lock().controller_disabled = false;
+        self.shared.reclaim.device_started();
 
         // Interrupts: vector 0 for the admin queue, one per I/O queue pair when available.
         let mut vectors = 0;
@@ -294,6 +274,9 @@ impl<P: Platform> Controller<P> {
     /// # Errors
     /// Command failures.
     pub fn rescan_namespaces(&mut self) -> Result<()> {
+        // Handles taken before this point describe what may no longer be true: the epoch
+        // moves first, so I/O through them is refused from now on.
+        let epoch = self.namespaces_changing();
         let ids: Vec<u32> = if self.vs.0 >= Vs::new(1, 1, 0).0 {
             let page = self.identify_raw(cns::ACTIVE_NS_LIST, 0)?;
             NamespaceList::parse(&page).ids().to_vec()
@@ -306,22 +289,32 @@ impl<P: Platform> Controller<P> {
             if id.is_inactive() || id.nsze == 0 {
                 continue;
             }
-            list.push(Namespace::from_identify(nsid, id)?);
+            list.push(Namespace::from_identify(nsid, id, self.shared.id, epoch)?);
         }
+        *self.shared.formats.lock() = list.iter().map(Namespace::format).collect();
         self.namespaces = list;
         Ok(())
     }
 
     /// Parks regions until the next disable (the device may still refer to them).
-    pub(super) fn retire_all(&self, regions: &[crate::hw::DmaRegion]) {
-        for r in regions {
-            self.shared.retire(*r, self.generation());
+    pub(super) fn retire_all(&self, regions: impl IntoIterator<Item = Mem>) {
+        for m in regions {
+            self.shared
+                .reclaim
+                .retire(&*self.shared.platform, m.region(), self.generation());
         }
     }
 
     /// The current reset generation.
     pub(crate) fn generation(&self) -> u32 {
-        self.shared.generation.load(Ordering::Acquire)
+        self.shared.reclaim.generation()
+    }
+
+    /// Marks every namespace handle stale and forgets the formats until the next scan;
+    /// returns the new epoch.
+    pub(super) fn namespaces_changing(&mut self) -> u32 {
+        self.shared.formats.lock().clear();
+        self.shared.ns_epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     // ---- reset and shutdown ----
@@ -334,20 +327,15 @@ impl<P: Platform> Controller<P> {
         // On failure the device may still be running: keep its memory (leaked, not reused).
         r?;
         // §3.7.2: the reset deleted every I/O queue and aborted every command.
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.shared.reclaim.device_stopped(&*p);
         self.admin.take_all(drop);
         self.scratch_busy = false;
         self.aers_outstanding = 0;
+        let generation = self.generation();
         for q in self.raw_queues.drain(..) {
-            // SAFETY: the controller is disabled.
-            unsafe { p.dma().free(q.region) };
+            // The controller is disabled: retiring frees at once.
+            self.shared.reclaim.retire(&*p, q.region, generation);
             // `q.held` (data buffers of raw commands) is dropped here, for the same reason.
-        }
-        let mut g = self.shared.graveyard.lock();
-        g.controller_disabled = true;
-        for r in g.regions.drain(..) {
-            // SAFETY: the controller is disabled; nothing it knew of survives.
-            unsafe { p.dma().free(r) };
         }
         Ok(())
     }
@@ -372,7 +360,7 @@ impl<P: Platform> Controller<P> {
         let (sqm, cqm) = (self.admin.sq.mem(), self.admin.cq.mem());
         sqm.fill(0, sqm.len(), 0);
         cqm.fill(0, cqm.len(), 0);
-        let lists = self.admin.regions().nth(2);
+        let lists = self.admin.lists();
         let lists_per_slot = crate::prp::max_list_pages(SCRATCH_LEN, PAGE_SIZE);
         let stats = self.admin.stats;
         self.admin = Engine::new(
@@ -380,6 +368,7 @@ impl<P: Platform> Controller<P> {
             CompQueue::new(cqm, 0, entries, dstrd),
             lists,
             lists_per_slot,
+            None,
         );
         self.admin.stats = stats;
         self.enable_and_initialize()

@@ -172,7 +172,7 @@ impl<P: Platform> Controller<P> {
                 Command::async_event_request(),
                 None,
                 AdminReq::Aer,
-                u64::MAX,
+                Some(u64::MAX),
             )
             .map_err(|(e, _)| e)?;
         self.admin.ring(p.bar());
@@ -215,14 +215,21 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Format NVM (§5.1.10 / NVM Command Set §5.1.x): LBA format `lbaf`, secure erase
-    /// setting `ses`; then re-reads the namespaces.
+    /// setting `ses`; then re-reads the namespaces. Every [`Namespace`] handle taken before
+    /// becomes stale ([`Error::StaleNamespace`]).
+    ///
+    /// The LBA size decides how many bytes a Read or Write transfers, so Format NVM is
+    /// refused while I/O queues exist: a command in flight was sized for the old format and
+    /// the device would transfer by the new one. Delete the queue pairs first.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] if OACS lacks Format NVM; [`Error::Command`].
+    /// [`Error::Unsupported`] if OACS lacks Format NVM; [`Error::InvalidArgument`] while I/O
+    /// queues exist; [`Error::Command`].
     pub fn format_nvm(&mut self, nsid: u32, lbaf: u8, ses: u8) -> Result<()> {
         if self.identify.oacs & oacs::FORMAT_NVM == 0 {
             return Err(Error::Unsupported("Format NVM (OACS bit 1 is clear)"));
         }
+        self.namespaces_may_change()?;
         let cmd = Command::format_nvm(nsid, lbaf, ses);
         let c = self
             .admin_wait(cmd, None, AdminReq::NoData, self.config.format_timeout)?

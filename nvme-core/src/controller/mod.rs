@@ -8,21 +8,24 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 use core::time::Duration;
 
-use crate::dma::{self, DmaBuffer, Graveyard, Mem};
+use crate::dma::{DmaBuffer, Mem};
 use crate::engine::{Engine, Reaped, Transfer};
 use crate::error::{Error, Result};
 use crate::hw::{Bar, Clock, Deadline, DmaAllocator, InterruptSource, Platform};
 use crate::io::IoQueuePair;
 pub use crate::namespace::Namespace;
 use crate::queue::{CompQueue, QueueStats, SubQueue};
+use crate::reclaim;
+use crate::shared::Claim;
 pub(crate) use crate::shared::Shared;
 use crate::spec::features::{aec, select, FeatureId, NumberOfQueues};
 use crate::spec::identify::{cns, oacs, IDENTIFY_LEN};
 use crate::spec::log::lid;
 use crate::spec::regs::{css, offset, shn, shst};
+use crate::spec::transfer::{admin_data_length, DataLength};
 use crate::spec::{
     AdminOpcode, Aqa, AsyncEvent, Cap, Cc, Command, Completion, Csts, ErrorLogEntry,
     FirmwareSlotLog, IdentifyController, IdentifyNamespace, NamespaceList, SmartLog, Vs, PAGE_SIZE,
@@ -103,6 +106,8 @@ pub struct ControllerStats {
 /// state they share is immutable configuration, an atomic reset generation and the
 /// graveyard of memory awaiting a safe moment to be freed.
 pub struct Controller<P: Platform> {
+    /// This controller is the one driving its platform (released on drop).
+    _claim: Claim,
     shared: Arc<Shared<P>>,
     config: ControllerConfig,
     admin: Engine<AdminReq<P>>,
@@ -176,7 +181,7 @@ impl<P: Platform> Controller<P> {
     pub fn namespace(&self, nsid: u32) -> Result<&Namespace> {
         self.namespaces
             .iter()
-            .find(|n| n.nsid == nsid)
+            .find(|n| n.nsid() == nsid)
             .ok_or(Error::InvalidNamespace { nsid })
     }
     /// I/O queue pairs granted by Number of Queues (bounded by the request).
@@ -230,18 +235,12 @@ impl<P: Platform> Drop for Controller<P> {
             // drop; if the device does not stop, its memory is leaked rather than freed.
             let _ = self.shutdown_inner(shn::ABRUPT);
         }
-        let p = self.shared.platform.clone();
-        let g = self.shared.graveyard.lock();
-        let disabled = g.controller_disabled;
-        drop(g);
-        // If the controller could not be disabled, the rings and the scratch page are
-        // leaked rather than freed: the device may still write them.
-        if disabled {
-            for m in self.admin.regions().chain(core::iter::once(self.scratch)) {
-                // SAFETY: the controller is disabled; the admin rings and the scratch page
-                // are unreferenced.
-                unsafe { p.dma().free(m.region()) };
-            }
+        // Retired, the admin rings and the scratch page are freed if the controller is
+        // disabled; if it could not be disabled they are leaked rather than freed: the
+        // device may still write them.
+        if self.shared.reclaim.is_stopped() {
+            let regions: Vec<Mem> = self.admin.regions().chain([self.scratch]).collect();
+            self.retire_all(regions);
         }
     }
 }

@@ -22,27 +22,18 @@ impl<P: Platform> Controller<P> {
         let entries = entries.clamp(2, self.cap.mqes_z().saturating_add(1).max(2));
         let p = self.shared.platform.clone();
         let lists_per_slot = crate::prp::max_list_pages(self.max_transfer, PAGE_SIZE);
-        let mut regions: Vec<crate::hw::DmaRegion> = Vec::with_capacity(3);
-        let alloc_all = |regions: &mut Vec<crate::hw::DmaRegion>| -> Result<()> {
-            regions.push(dma::allocate(&*p, entries as usize * 64)?);
-            regions.push(dma::allocate(&*p, entries as usize * 16)?);
-            if lists_per_slot > 0 {
-                regions.push(dma::allocate(
-                    &*p,
-                    (entries as usize - 1) * lists_per_slot * PAGE_SIZE,
-                )?);
-            }
-            Ok(())
+        let [sq_mem, cq_mem, lists] = reclaim::allocate_all(
+            &*p,
+            [
+                entries as usize * 64,
+                entries as usize * 16,
+                (entries as usize - 1) * lists_per_slot * PAGE_SIZE,
+            ],
+        )?;
+        let (Some(sq_mem), Some(cq_mem)) = (sq_mem, cq_mem) else {
+            return Err(Error::Backend("queue memory"));
         };
-        if let Err(e) = alloc_all(&mut regions) {
-            for r in regions {
-                // SAFETY: never given to the device.
-                unsafe { p.dma().free(r) };
-            }
-            return Err(e);
-        }
-        let (sq_mem, cq_mem) = (Mem::new(regions[0]), Mem::new(regions[1]));
-        let lists = regions.get(2).copied().map(Mem::new);
+        let regions = [Some(sq_mem), Some(cq_mem), lists];
         let vectors = self.vectors();
         let (ien, iv) = if vectors > 1 {
             (true, 1 + (qid - 1) % (vectors - 1))
@@ -51,11 +42,12 @@ impl<P: Platform> Controller<P> {
         } else {
             (false, 0)
         };
-        let free_all = |regions: &[crate::hw::DmaRegion]| {
-            for r in regions {
-                // SAFETY: the create command failed or the queue was deleted: the device holds
-                // no reference to the region.
-                unsafe { p.dma().free(*r) };
+        let shared = self.shared.clone();
+        let free_all = |regions: [Option<Mem>; 3]| {
+            for m in regions.into_iter().flatten() {
+                // SAFETY: the controller refused the queue, or deleted it: it holds no
+                // reference to the region (§5.2.1, §5.2.2, §5.2.3).
+                unsafe { shared.reclaim.released(&*p, m.region()) };
             }
         };
         let create_cq = Command::create_io_cq(qid, entries - 1, cq_mem.iova(), ien, iv);
@@ -66,7 +58,7 @@ impl<P: Platform> Controller<P> {
                 Err(e) => {
                     // Unknown outcome: the device may have the queue; keep the memory until
                     // the next disable.
-                    self.retire_all(&regions);
+                    self.retire_all(regions.into_iter().flatten());
                     return Err(e);
                 }
             };
@@ -77,9 +69,9 @@ impl<P: Platform> Controller<P> {
                         .admin_no_data(Command::delete_io_cq(qid))
                         .is_ok_and(|c| c.status().is_success());
                 if undone {
-                    free_all(&regions);
+                    free_all(regions);
                 } else {
-                    self.retire_all(&regions);
+                    self.retire_all(regions.into_iter().flatten());
                 }
                 return Err(e);
             }
@@ -92,6 +84,7 @@ impl<P: Platform> Controller<P> {
             CompQueue::new(cq_mem, qid, entries, dstrd),
             lists,
             lists_per_slot,
+            Some(self.shared.io_timeout_ns),
         );
         Ok(IoQueuePair::new(
             self.shared.clone(),
@@ -109,6 +102,14 @@ impl<P: Platform> Controller<P> {
     /// # Errors
     /// Command failures (the pair is consumed either way).
     pub fn delete_io_queue_pair(&mut self, mut qp: IoQueuePair<P>) -> Result<()> {
+        if !qp.belongs_to(&self.shared) {
+            // Nothing is sent: this controller's queue `qid` is another queue. The pair goes
+            // back to its own controller's reclaim rules as it drops (retired until that
+            // controller's next disable).
+            return Err(Error::ForeignObject {
+                what: "the I/O queue pair",
+            });
+        }
         let qid = qp.qid();
         if qp.generation() != self.generation() {
             drop(qp); // from before a reset: the device no longer knows it

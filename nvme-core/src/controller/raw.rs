@@ -59,7 +59,7 @@ impl<P: Platform> Controller<P> {
     /// Transport failures and DMA allocation.
     pub fn create_cq_raw(&mut self, params: CreateCq) -> Result<Completion> {
         let len = (params.qsize_z as usize + 1) * 16 + params.base_offset as usize;
-        let region = dma::allocate(&*self.shared.platform, len)?;
+        let region = reclaim::allocate(&*self.shared.platform, len)?;
         let mut cmd = Command::create_io_cq(
             params.qid,
             params.qsize_z,
@@ -81,7 +81,7 @@ impl<P: Platform> Controller<P> {
     /// Transport failures and DMA allocation.
     pub fn create_sq_raw(&mut self, params: CreateSq) -> Result<Completion> {
         let len = (params.qsize_z as usize + 1) * 64 + params.base_offset as usize;
-        let region = dma::allocate(&*self.shared.platform, len)?;
+        let region = reclaim::allocate(&*self.shared.platform, len)?;
         let mut cmd = Command::create_io_sq(
             params.qid,
             params.qsize_z,
@@ -117,12 +117,14 @@ impl<P: Platform> Controller<P> {
                     self.io_queues_created = true;
                 } else {
                     // SAFETY: the controller refused the queue; it holds no reference.
-                    unsafe { self.shared.platform.dma().free(region) };
+                    unsafe { self.shared.reclaim.released(&*self.shared.platform, region) };
                 }
                 Ok(c)
             }
             Err(e) => {
-                self.shared.retire(region, self.generation());
+                self.shared
+                    .reclaim
+                    .retire(&*self.shared.platform, region, self.generation());
                 Err(e)
             }
         }
@@ -149,7 +151,11 @@ impl<P: Platform> Controller<P> {
             {
                 let q = self.raw_queues.swap_remove(i);
                 // SAFETY: the controller confirmed the deletion; it holds no reference.
-                unsafe { self.shared.platform.dma().free(q.region) };
+                unsafe {
+                    self.shared
+                        .reclaim
+                        .released(&*self.shared.platform, q.region)
+                };
                 // Deleting an SQ completes or aborts every command in it (§5.2.4): their
                 // buffers are the caller's again.
                 self.released_raw

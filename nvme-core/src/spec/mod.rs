@@ -11,6 +11,7 @@ pub mod log;
 pub mod opcode;
 pub mod regs;
 pub mod status;
+pub mod transfer;
 
 pub use bytes::AsciiField;
 pub use cmd::{Command, Completion};
@@ -20,6 +21,7 @@ pub use log::{AsyncEvent, ErrorLogEntry, FirmwareSlotLog, SmartLog};
 pub use opcode::{AdminOpcode, DataDirection, NvmOpcode};
 pub use regs::{Aqa, Cap, Cc, Csts, Vs};
 pub use status::{Status, StatusCodeType};
+pub use transfer::DataLength;
 
 /// Size of a submission queue entry (IOSQES = 6).
 pub const SQE_SIZE: usize = 64;
