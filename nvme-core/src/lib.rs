@@ -26,6 +26,7 @@ extern crate alloc;
 #[cfg(any(test, feature = "arbitrary", feature = "test-utils"))]
 extern crate std;
 
+mod barrier;
 #[cfg(test)]
 mod bringup_tests;
 pub mod controller;

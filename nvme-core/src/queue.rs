@@ -2,14 +2,15 @@
 //! §4.1 and §4.2), command-ID allocation, and the memory ordering of the doorbell protocol.
 //!
 //! # Ordering
-//! - Host → device: the host writes a submission entry with volatile stores, then issues a
-//!   `Release` fence, then writes the SQ tail doorbell. The fence orders the entry (and the
+//! - Host → device: the host writes a submission entry with volatile stores, then issues the
+//!   barrier of the `barrier` module (a `Release` fence plus, on aarch64, `dmb oshst`), then
+//!   writes the SQ tail doorbell. The fence orders the entry (and the
 //!   data buffer and PRP list the host filled earlier) before the doorbell, so the device
 //!   never fetches a stale entry. Volatile stores alone do not order normal memory against
 //!   MMIO on weakly ordered CPUs.
 //! - Device → host: the host reads the completion dword that carries the phase tag with an
-//!   `Acquire` load; only if the phase matches does it read the other dwords, which are then
-//!   at least as new. After consuming entries it writes the CQ head doorbell once per batch
+//!   `Acquire` load; only if the phase matches does it read the other dwords, after a read
+//!   barrier (`dmb oshld` on aarch64), so they are at least as new. After consuming entries it writes the CQ head doorbell once per batch
 //!   (§3.3.1.2), which releases those entries back to the device.
 //! - Nothing in an entry the device wrote is trusted: SQHD, SQID and CID are checked, and a
 //!   bad value is counted, never a panic.
@@ -18,7 +19,6 @@ use crate::dma::Mem;
 use crate::hw::Bar;
 use crate::spec::regs::{cq_head_doorbell, sq_tail_doorbell};
 use crate::spec::{Command, Completion, CQE_SIZE, SQE_SIZE};
-use core::sync::atomic::{fence, Ordering};
 
 /// A submission queue ring in DMA memory.
 #[derive(Debug)]
@@ -80,9 +80,9 @@ impl SubQueue {
         if self.tail == self.rung {
             return false;
         }
-        // Release: the entries, PRP lists and write buffers stored before this point are
-        // visible to the device before it sees the new tail.
-        fence(Ordering::Release);
+        // The entries, PRP lists and write buffers stored before this point are visible to
+        // the device before it sees the new tail (`dma_wmb` in Linux's `writel`).
+        crate::barrier::before_doorbell();
         bar.write32(self.doorbell, self.tail as u32);
         self.rung = self.tail;
         true
@@ -148,6 +148,8 @@ impl CompQueue {
         if (dw3 & (1 << 16) != 0) != self.phase {
             return None;
         }
+        // The other dwords are read only after the phase said the entry is new (`dma_rmb`).
+        crate::barrier::after_phase_check();
         let dw0 = self.mem.read_u32(base)?;
         let dw1 = self.mem.read_u32(base + 4)?;
         let dw2 = self.mem.read_u32(base + 8)?;
@@ -163,8 +165,8 @@ impl CompQueue {
         if self.head == self.rung {
             return false;
         }
-        // Release: our reads of the consumed entries happen before the device may reuse them.
-        fence(Ordering::Release);
+        // Our reads of the consumed entries happen before the device may reuse them.
+        crate::barrier::before_doorbell();
         bar.write32(self.doorbell, self.head as u32);
         self.rung = self.head;
         true

@@ -87,18 +87,19 @@ impl Bar for VfioBar {
     fn size(&self) -> usize {
         self.map.len()
     }
+    /// NVMe registers are little-endian (NVMe Base §3.1.4), whatever the host's byte order.
     fn read32(&self, offset: usize) -> u32 {
-        self.read::<u32>(offset, u32::MAX)
+        u32::from_le(self.read::<u32>(offset, u32::MAX))
     }
     fn write32(&self, offset: usize, value: u32) {
-        self.write::<u32>(offset, value);
+        self.write::<u32>(offset, value.to_le());
     }
     /// One 64-bit volatile load if `offset` is 8-byte aligned on a 64-bit target (NVMe Base
     /// §3.1.4: CAP, ASQ, ACQ may be read as one 64-bit access), otherwise low then high
     /// dword.
     fn read64(&self, offset: usize) -> u64 {
         if cfg!(target_pointer_width = "64") && offset % 8 == 0 {
-            self.read::<u64>(offset, u64::MAX)
+            u64::from_le(self.read::<u64>(offset, u64::MAX))
         } else if self.split_ok(offset) {
             let lo = self.read32(offset) as u64;
             let hi = self.read32(offset + 4) as u64;
@@ -111,7 +112,7 @@ impl Bar for VfioBar {
     /// (which §3.1.4 allows for ASQ and ACQ).
     fn write64(&self, offset: usize, value: u64) {
         if cfg!(target_pointer_width = "64") && offset % 8 == 0 {
-            self.write::<u64>(offset, value);
+            self.write::<u64>(offset, value.to_le());
         } else if self.split_ok(offset) {
             self.write32(offset, value as u32);
             self.write32(offset + 4, (value >> 32) as u32);

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Disassembles the aarch64 build of the I/O path and fails if the device barriers are missing:
+# the SQ doorbell (Engine::ring) must be preceded by `dmb oshst` (a store barrier to the
+# outer-shareable domain, as Linux's writel), the CQ head doorbell (Engine::reap) too, and a
+# completion entry (CompQueue::pop) must be read after the phase check behind `dmb oshld`.
+# Needs the aarch64 target and cross linker (`cargo xtask hil --arch aarch64 --install-deps`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+cargo build --release -p sim-backend --example iopath --target aarch64-unknown-linux-gnu
+asm=$(mktemp)
+aarch64-linux-gnu-objdump -d --no-show-raw-insn -C \
+  target/aarch64-unknown-linux-gnu/release/examples/iopath >"$asm"
+fail=0
+check() { # function-name-pattern barrier
+  local n
+  n=$(awk -v pat="$1" -v bar="$2" '
+    /^[0-9a-f]+ <.*>:$/ { infn = index($0, pat) > 0 }
+    infn && index($0, "dmb") && index($0, bar) { n++ }
+    END { print n + 0 }' "$asm")
+  if [ "$n" -eq 0 ]; then
+    echo "MISSING: no 'dmb $2' in $1"; fail=1
+  else
+    echo "ok: $1 has $n 'dmb $2'"
+  fi
+}
+check "nvme_core::engine::Engine<T>::ring>" oshst
+check "nvme_core::engine::Engine<T>::reap>" oshst
+check "nvme_core::queue::CompQueue::pop>" oshld
+rm -f "$asm"
+exit $fail
