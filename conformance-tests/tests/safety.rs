@@ -107,7 +107,7 @@ fn a_command_longer_than_its_buffer_is_refused_and_earlier_buffers_stay_untouche
 fn a_buffer_of_another_controller_is_refused() {
     for mode in MODES {
         let (sa, sb) = (sim(mode), sim(mode));
-        let (mut a, mut b) = (
+        let (a, mut b) = (
             controller(&sa, Duration::from_secs(5)),
             controller(&sb, Duration::from_secs(5)),
         );

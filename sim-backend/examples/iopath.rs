@@ -12,9 +12,11 @@ fn main() {
     let write = args.get(1).is_some_and(|s| s == "write");
     let qd: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
     let ios: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let mut cfg = SimConfig::default();
-    cfg.strict = false;
-    let sim = Simulator::new(cfg).expect("simulator");
+    let sim = Simulator::new(SimConfig {
+        strict: false,
+        ..SimConfig::default()
+    })
+    .expect("simulator");
     let p: Arc<SimPlatform> = sim.platform();
     let config = ControllerConfig {
         interrupts: false,
