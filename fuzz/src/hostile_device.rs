@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use nvme_core::hw::Clock;
-use nvme_core::spec::{Command, Completion, IdentifyNamespace, NvmOpcode, Status};
+use nvme_core::spec::{Command, Completion, NvmOpcode, Status};
 use nvme_core::{DmaBuffer, Error, IoCompletion, IoQueuePair, Namespace};
 
 use crate::platform::{FuzzPlatform, DMA_PAGE};
@@ -179,7 +179,8 @@ struct Req {
     /// Data pages the device found through the PRPs, in order (bus addresses).
     pages: Vec<u64>,
     state: ReqState,
-    deadline: u64,
+    /// Set by the first poll after submission (the driver reads no clock when submitting).
+    deadline: Option<u64>,
     /// The device wrote its pattern into the transfer range.
     device_wrote: bool,
 }
@@ -475,7 +476,12 @@ impl Harness {
         let ns = self.ns.clone();
         let qp = self.qp();
         let r = match via {
-            Via::Range(len) => qp.submit_range(cmd, buf, off, len, tag),
+            Via::Range(_) => {
+                let l = shape.map_or(0, |(_, _, l)| l);
+                // SAFETY: the device is this harness, which transfers exactly the `l` bytes
+                // the PRPs describe (`xfer`), whatever the command's own fields say.
+                unsafe { qp.submit_unchecked(cmd, buf, off, l, tag) }
+            }
             Via::Read(slba) => qp.submit_read(&ns, slba, buf.expect("data"), tag),
             Via::Write(slba) => qp.submit_write(&ns, slba, buf.expect("data"), tag),
         };
@@ -494,7 +500,6 @@ impl Harness {
                 self.by_cid.insert(cid, tag);
                 self.pushed.push_back(tag);
                 self.sq_tail = (self.sq_tail + 1) % self.n;
-                let now = self.p.clock.now_ns();
                 self.reqs.insert(
                     tag,
                     Req {
@@ -505,7 +510,7 @@ impl Harness {
                         fetched: false,
                         pages: Vec::new(),
                         state: ReqState::InFlight,
-                        deadline: now.saturating_add(self.timeout_ns),
+                        deadline: None,
                         device_wrote: false,
                     },
                 );
@@ -533,13 +538,13 @@ impl Harness {
     }
 
     fn submit_rw(&mut self, write: bool, blocks: u8, slba: u16, reuse: bool) {
-        let lba = self.ns.lba_size as usize;
+        let lba = self.ns.lba_size() as usize;
         let nlb = (blocks as usize).max(1);
         let Some(buf) = self.alloc(nlb * lba, reuse) else {
             return;
         };
         // Blocks beyond the namespace are refused before anything else is looked at.
-        if slba as u64 + nlb as u64 > self.ns.blocks {
+        if slba as u64 + nlb as u64 > self.ns.blocks() {
             let ns = self.ns.clone();
             let r = if write {
                 self.qp().submit_write(&ns, slba as u64, buf, 0)
@@ -562,7 +567,7 @@ impl Harness {
             NvmOpcode::READ
         };
         // What NVM §3.3.4 / §3.3.6 say the command looks like; the fetch compares.
-        let cmd = Command::rw(op, self.ns.nsid, slba as u64, (nlb - 1) as u16, false);
+        let cmd = Command::rw(op, self.ns.nsid(), slba as u64, (nlb - 1) as u16, false);
         let via = if write {
             Via::Write(slba as u64)
         } else {
@@ -748,12 +753,19 @@ impl Harness {
             self.by_cid.clear();
             self.pushed.clear();
         } else {
-            let consumed = self.posted.len();
             expected = self.predict_reap();
-            if consumed == 0 && !self.reqs.is_empty() {
+            // Every poll with requests outstanding reads the clock once: it dates the requests
+            // submitted since the last poll, then times out those past their deadline.
+            if !self.reqs.is_empty() {
                 let now = self.p.clock.now_ns();
                 for (tag, req) in self.reqs.iter_mut() {
-                    if req.state == ReqState::InFlight && req.deadline <= now {
+                    if req.state != ReqState::InFlight {
+                        continue;
+                    }
+                    let deadline = *req
+                        .deadline
+                        .get_or_insert(now.saturating_add(self.timeout_ns));
+                    if deadline <= now {
                         req.state = ReqState::TimedOut;
                         self.stats.timeouts += 1;
                         timeouts.push(*tag);
@@ -893,7 +905,7 @@ impl Harness {
         };
         let timeout_ms = (input.timeout_ms as u64).max(1);
         let p = FuzzPlatform::new();
-        let qp = IoQueuePair::detached(
+        let mut qp = IoQueuePair::detached(
             p.clone(),
             input.qid,
             n,
@@ -902,14 +914,7 @@ impl Harness {
         )
         .ok()?;
         let lba_size: u32 = if input.lba_4k { 4096 } else { 512 };
-        let ns = Namespace {
-            nsid: 1,
-            blocks: 0x8000,
-            capacity: 0x8000,
-            lba_size,
-            metadata_size: 0,
-            identify: IdentifyNamespace::default(),
-        };
+        let ns = qp.detached_namespace(1, 0x8000, lba_size);
         let (sq_iova, cq_iova) = (qp.sq_iova(), qp.cq_iova());
         assert_ne!(sq_iova, cq_iova);
         p.dma.set_device_owned(sq_iova, true);
@@ -1021,9 +1026,9 @@ impl Harness {
     /// Time runs out, the device is stopped, and every request must have finished.
     fn teardown(mut self) {
         if !self.detached {
+            self.poll(); // consumes what is posted, dates what is new
             self.p.clock.advance(self.timeout_ns + 1);
-            self.poll(); // consumes what is posted
-            self.poll(); // nothing new: everything in flight times out
+            self.poll(); // everything in flight times out
             self.detach();
         }
         self.poll(); // everything still outstanding fails with ControllerReset

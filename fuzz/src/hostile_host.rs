@@ -12,7 +12,7 @@
 //! and that freed IOVAs stay unmapped; every recorded violation is printable.
 
 use arbitrary::{Arbitrary, Unstructured};
-use nvme_core::hw::{Bar, DmaAllocator, DmaRegion, Platform};
+use nvme_core::hw::{DmaAllocator, DmaRegion, Platform};
 use nvme_core::spec::regs::offset;
 use nvme_core::spec::{AdminOpcode, Command};
 use sim_backend::{NamespaceConfig, SimConfig, SimMode, SimPlatform, Simulator};

@@ -265,7 +265,7 @@ impl Bar for FuzzBar {
             0
         }
     }
-    fn write32(&self, offset: usize, value: u32) {
+    unsafe fn write32(&self, offset: usize, value: u32) {
         lock(&self.writes).push((offset, value));
     }
 }

@@ -16,7 +16,7 @@ mock! {
     impl Bar for Regs {
         fn size(&self) -> usize;
         fn read32(&self, offset: usize) -> u32;
-        fn write32(&self, offset: usize, value: u32);
+        unsafe fn write32(&self, offset: usize, value: u32);
     }
 }
 

@@ -20,22 +20,37 @@ use core::time::Duration;
 /// # Contract
 /// - Accesses are at byte offsets from the start of BAR0. The core only issues naturally
 ///   aligned 32-bit accesses, and 64-bit accesses at the 64-bit registers (CAP, ASQ, ACQ).
+/// - Values are host integers: the backend converts from and to the registers' little-endian
+///   layout (§3.1.4), so the core is right on a big-endian host too.
 /// - Infallible and uncached: every call reaches the device. NVMe registers have no read side
-///   effects, so the core may read a register any number of times.
+///   effects, so reading is safe and the core may read a register any number of times.
 /// - An access outside the BAR, or misaligned, must not be undefined behaviour: a read returns
 ///   all-ones (what a PCIe read of a missing device returns) and a write is dropped. A backend
 ///   may log or count it.
 /// - A write is ordered after every memory access the calling thread made before the call
-///   **only if the caller issued a fence**; the core issues a `Release` fence before each
-///   doorbell write (see [`crate::queue`]). Backends must not reorder two register writes of
-///   one thread.
+///   **only if the caller issued a barrier**; the core issues one before each doorbell write
+///   (see [`crate::queue`]). Backends must not reorder two register writes of one thread.
+///
+/// # Why writes are `unsafe`
+/// A register write can start DMA: a doorbell makes the device fetch queue entries and follow
+/// the PRPs in them, ASQ/ACQ and CC.EN give it rings to use. A doorbell value past what was
+/// written, for instance, replays stale entries whose buffers were handed back to safe code.
+/// The core writes registers only for the queues and memory it owns; any other writer takes
+/// on that duty. (Conformance tests that need raw writes use the `raw-access` feature's
+/// door.)
 pub trait Bar: Send + Sync {
     /// Size of the BAR in bytes.
     fn size(&self) -> usize;
     /// Reads the 32-bit register at `offset`.
     fn read32(&self, offset: usize) -> u32;
     /// Writes the 32-bit register at `offset`.
-    fn write32(&self, offset: usize, value: u32);
+    ///
+    /// # Safety
+    /// The write must not make the device access memory the caller does not own for as long
+    /// as the device may use it: a doorbell may only publish entries the caller wrote, naming
+    /// memory kept alive until their completions are consumed; queue base and controller
+    /// configuration writes may only name memory kept alive while the controller is enabled.
+    unsafe fn write32(&self, offset: usize, value: u32);
     /// Reads the 64-bit register at `offset`. The default reads the low dword, then the high
     /// one, which the spec allows for CAP, ASQ and ACQ (§3.1.4).
     fn read64(&self, offset: usize) -> u64 {
@@ -45,9 +60,15 @@ pub trait Bar: Send + Sync {
     }
     /// Writes the 64-bit register at `offset`. The default writes the low dword, then the
     /// high one (§3.1.4 allows two 32-bit writes to ASQ and ACQ).
-    fn write64(&self, offset: usize, value: u64) {
-        self.write32(offset, value as u32);
-        self.write32(offset + 4, (value >> 32) as u32);
+    ///
+    /// # Safety
+    /// As [`Bar::write32`].
+    unsafe fn write64(&self, offset: usize, value: u64) {
+        // SAFETY: the caller's contract covers both halves of the register.
+        unsafe {
+            self.write32(offset, value as u32);
+            self.write32(offset + 4, (value >> 32) as u32);
+        }
     }
 }
 

@@ -406,7 +406,7 @@ impl<P: Platform> IoQueuePair<P> {
                     buffer,
                 });
             }
-            Some(b) if len > 0 => {
+            Some(b) => {
                 if offset.checked_add(len).is_none_or(|e| e > b.len()) {
                     return Err(IoError {
                         error: Error::BufferSize {
@@ -431,7 +431,7 @@ impl<P: Platform> IoQueuePair<P> {
                     len,
                 })
             }
-            _ => None,
+            None => None,
         };
         match self.engine.submit(
             cmd,
@@ -469,6 +469,10 @@ impl<P: Platform> IoQueuePair<P> {
         }
         // Acquire: pairs with the AcqRel increment when the namespaces change.
         if epoch != self.shared.ns_epoch.load(Ordering::Acquire) {
+            // After a reset the pair itself is dead: say that first.
+            if self.dead || self.shared.reclaim.generation() != self.generation {
+                return Err(Error::ControllerReset);
+            }
             return Err(Error::StaleNamespace { nsid: ns.nsid() });
         }
         if nlb == 0 || nlb > 65536 {
@@ -502,12 +506,6 @@ impl<P: Platform> IoQueuePair<P> {
         tag: u64,
         fua: bool,
     ) -> core::result::Result<u16, IoError<P>> {
-        if let Err(error) = self.check_alive() {
-            return Err(IoError {
-                error,
-                buffer: Some(buffer),
-            });
-        }
         let bpb = ns.bytes_per_block() as usize;
         if buffer.len() % bpb != 0 {
             return Err(IoError {

@@ -38,6 +38,8 @@ pub mod io;
 pub mod namespace;
 pub mod prp;
 pub mod queue;
+#[cfg(feature = "raw-access")]
+pub mod raw;
 mod reclaim;
 mod shared;
 #[forbid(unsafe_code)]

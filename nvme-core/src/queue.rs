@@ -83,7 +83,10 @@ impl SubQueue {
         // The entries, PRP lists and write buffers stored before this point are visible to
         // the device before it sees the new tail (`dma_wmb` in Linux's `writel`).
         crate::barrier::before_doorbell();
-        bar.write32(self.doorbell, self.tail as u32);
+        // SAFETY: the doorbell publishes only entries this queue wrote (`push`), each naming
+        // memory its request slot keeps alive until the completion is consumed or the
+        // controller is disabled (`crate::engine`, `crate::reclaim`).
+        unsafe { bar.write32(self.doorbell, self.tail as u32) };
         self.rung = self.tail;
         true
     }
@@ -167,7 +170,9 @@ impl CompQueue {
         }
         // Our reads of the consumed entries happen before the device may reuse them.
         crate::barrier::before_doorbell();
-        bar.write32(self.doorbell, self.head as u32);
+        // SAFETY: the head doorbell hands back CQ entries this queue consumed; it names no
+        // other memory.
+        unsafe { bar.write32(self.doorbell, self.head as u32) };
         self.rung = self.head;
         true
     }

@@ -92,7 +92,7 @@ impl Bar for NullBar {
     fn read32(&self, _offset: usize) -> u32 {
         0
     }
-    fn write32(&self, _offset: usize, _value: u32) {}
+    unsafe fn write32(&self, _offset: usize, _value: u32) {}
 }
 
 /// A clock moved by hand (`store` nanoseconds).

@@ -250,15 +250,39 @@ impl fmt::Debug for SimBar {
     }
 }
 
+/// The simulated device's own register port: safe, because the simulated device can reach
+/// only memory of its own allocator (every access translated by its IOVA map, through atomics,
+/// never a Rust reference), so a write cannot corrupt memory in the Rust sense. It can still
+/// make the device overwrite a `DmaBuffer` that safe code holds: the driver's promise that
+/// this cannot happen covers code that goes through `nvme_core` (where `Bar` writes are
+/// `unsafe`), not tests that drive the simulated device directly, as the simulator's own tests
+/// and the hostile-host fuzzer do.
+impl SimBar {
+    /// Reads the 32-bit register at `offset` (all-ones outside the BAR).
+    pub fn read32(&self, offset: usize) -> u32 {
+        self.shared.with_ctrl(|c| c.read32(offset))
+    }
+    /// Writes the 32-bit register at `offset` (dropped outside the BAR).
+    pub fn write32(&self, offset: usize, value: u32) {
+        self.shared.with_ctrl(|c| c.write32(offset, value));
+    }
+    /// Writes the 64-bit register at `offset`, low dword first (§3.1.4).
+    pub fn write64(&self, offset: usize, value: u64) {
+        self.write32(offset, value as u32);
+        self.write32(offset + 4, (value >> 32) as u32);
+    }
+}
+
+#[allow(unsafe_code)] // implementing the trait's `unsafe fn` declares one; no unsafe operation
 impl Bar for SimBar {
     fn size(&self) -> usize {
         BAR_SIZE
     }
     fn read32(&self, offset: usize) -> u32 {
-        self.shared.with_ctrl(|c| c.read32(offset))
+        SimBar::read32(self, offset)
     }
-    fn write32(&self, offset: usize, value: u32) {
-        self.shared.with_ctrl(|c| c.write32(offset, value));
+    unsafe fn write32(&self, offset: usize, value: u32) {
+        SimBar::write32(self, offset, value);
     }
 }
 

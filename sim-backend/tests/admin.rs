@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use nvme_core::hw::Bar;
 use nvme_core::spec::identify::oncs;
 use nvme_core::spec::log::lid;
 use nvme_core::spec::regs::sq_tail_doorbell;

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use nvme_core::hw::Bar;
 use nvme_core::spec::log::lid;
 use nvme_core::spec::regs::{offset, shn, shst, Cc};
 use nvme_core::spec::{Command, NvmOpcode, SmartLog};

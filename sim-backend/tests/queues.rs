@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use nvme_core::hw::Bar;
 use nvme_core::spec::regs::{offset, Cc};
 use nvme_core::spec::{Command, NvmOpcode};
 use sim_backend::{SimConfig, ViolationKind};

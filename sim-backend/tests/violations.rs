@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use nvme_core::hw::Bar;
 use nvme_core::spec::regs::{cq_head_doorbell, sq_tail_doorbell};
 use nvme_core::spec::{Command, NvmOpcode};
 use sim_backend::{CommandMatch, SimConfig, ViolationKind};

@@ -49,15 +49,19 @@ fn run(addr: &str, opts: &VfioOptions) -> Result<String, String> {
         .allocate(16 * QDEPTH as usize)
         .map_err(|e| e.to_string())?;
     let data = dma.allocate(4096).map_err(|e| e.to_string())?;
-    bar.write32(offset::AQA, Aqa::new(QDEPTH - 1, QDEPTH - 1).0);
-    bar.write64(offset::ASQ, asq.iova());
-    bar.write64(offset::ACQ, acq.iova());
+    // SAFETY: the admin rings stay allocated until the controller is disabled below.
+    unsafe {
+        bar.write32(offset::AQA, Aqa::new(QDEPTH - 1, QDEPTH - 1).0);
+        bar.write64(offset::ASQ, asq.iova());
+        bar.write64(offset::ACQ, acq.iova());
+    }
     let cc = Cc(0)
         .with_iosqes(6)
         .with_iocqes(4)
         .with_mps(0)
         .with_en(true);
-    bar.write32(offset::CC, cc.0);
+    // SAFETY: enabling hands the controller the rings above (zeroed, kept alive).
+    unsafe { bar.write32(offset::CC, cc.0) };
     let deadline = Instant::now() + Duration::from_millis(cap.timeout_ms().max(500));
     loop {
         let s = Csts(bar.read32(offset::CSTS));
@@ -79,7 +83,8 @@ fn run(addr: &str, opts: &VfioOptions) -> Result<String, String> {
     write_u32(&asq, 40, 1);
     // Release: the SQE is in memory before the doorbell write makes the device fetch it.
     fence(Ordering::Release);
-    bar.write32(sq_tail_doorbell(0, dstrd), 1);
+    // SAFETY: publishes the one entry written above, whose data page lives until teardown.
+    unsafe { bar.write32(sq_tail_doorbell(0, dstrd), 1) };
     let t0 = Instant::now();
     let mut by_irq = false;
     loop {
@@ -104,7 +109,8 @@ fn run(addr: &str, opts: &VfioOptions) -> Result<String, String> {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    bar.write32(cq_head_doorbell(0, dstrd), 1);
+    // SAFETY: hands back the consumed completion entry; names no memory.
+    unsafe { bar.write32(cq_head_doorbell(0, dstrd), 1) };
     let vid = read_u32(&data, 0) & 0xffff;
     let mut model = Vec::new();
     for i in (24..64).step_by(4) {
@@ -112,7 +118,8 @@ fn run(addr: &str, opts: &VfioOptions) -> Result<String, String> {
     }
     let model = String::from_utf8_lossy(&model).trim().to_string();
     // Disable before freeing the memory the controller knows about.
-    bar.write32(offset::CC, 0);
+    // SAFETY: disabling stops all device access.
+    unsafe { bar.write32(offset::CC, 0) };
     let deadline = Instant::now() + Duration::from_millis(cap.timeout_ms().max(500));
     while Csts(bar.read32(offset::CSTS)).rdy() && Instant::now() < deadline {
         std::thread::yield_now();

@@ -91,7 +91,7 @@ impl Bar for VfioBar {
     fn read32(&self, offset: usize) -> u32 {
         u32::from_le(self.read::<u32>(offset, u32::MAX))
     }
-    fn write32(&self, offset: usize, value: u32) {
+    unsafe fn write32(&self, offset: usize, value: u32) {
         self.write::<u32>(offset, value.to_le());
     }
     /// One 64-bit volatile load if `offset` is 8-byte aligned on a 64-bit target (NVMe Base
@@ -110,12 +110,15 @@ impl Bar for VfioBar {
     }
     /// One 64-bit volatile store if aligned on a 64-bit target, otherwise low then high dword
     /// (which §3.1.4 allows for ASQ and ACQ).
-    fn write64(&self, offset: usize, value: u64) {
+    unsafe fn write64(&self, offset: usize, value: u64) {
         if cfg!(target_pointer_width = "64") && offset % 8 == 0 {
             self.write::<u64>(offset, value.to_le());
         } else if self.split_ok(offset) {
-            self.write32(offset, value as u32);
-            self.write32(offset + 4, (value >> 32) as u32);
+            // SAFETY: the caller's contract covers both halves of the register.
+            unsafe {
+                self.write32(offset, value as u32);
+                self.write32(offset + 4, (value >> 32) as u32);
+            }
         }
     }
 }
@@ -132,13 +135,22 @@ mod tests {
     fn reads_back_writes() {
         let b = bar();
         assert_eq!(b.size(), 0x4000);
-        b.write32(0x14, 0x0046_0001);
+        // SAFETY: an anonymous mapping, not a device: no DMA can follow.
+        unsafe {
+            b.write32(0x14, 0x0046_0001);
+        }
         assert_eq!(b.read32(0x14), 0x0046_0001);
-        b.write64(0x28, 0x1234_5678_9abc_d000);
+        // SAFETY: an anonymous mapping, not a device: no DMA can follow.
+        unsafe {
+            b.write64(0x28, 0x1234_5678_9abc_d000);
+        }
         assert_eq!(b.read64(0x28), 0x1234_5678_9abc_d000);
         assert_eq!(b.read32(0x28), 0x9abc_d000);
         assert_eq!(b.read32(0x2c), 0x1234_5678);
-        b.write32(0x3ffc, 7);
+        // SAFETY: an anonymous mapping, not a device: no DMA can follow.
+        unsafe {
+            b.write32(0x3ffc, 7);
+        }
         assert_eq!(b.read32(0x3ffc), 7);
         assert_eq!(b.bad_accesses(), 0);
     }
@@ -152,13 +164,25 @@ mod tests {
         assert_eq!(b.read32(0x2), u32::MAX);
         assert_eq!(b.read64(0x3ffc), u64::MAX);
         assert_eq!(b.read64(usize::MAX), u64::MAX);
-        b.write32(0x4000, 1);
-        b.write32(0x1, 1);
-        b.write64(0x3ff8 + 8, 1);
+        // SAFETY: an anonymous mapping, not a device: no DMA can follow.
+        unsafe {
+            b.write32(0x4000, 1);
+        }
+        // SAFETY: an anonymous mapping, not a device: no DMA can follow.
+        unsafe {
+            b.write32(0x1, 1);
+        }
+        // SAFETY: an anonymous mapping, not a device: no DMA can follow.
+        unsafe {
+            b.write64(0x3ff8 + 8, 1);
+        }
         assert_eq!(b.read32(0), 0, "misaligned write at 1 must not land at 0");
         assert_eq!(b.bad_accesses(), 9);
         // A 4-aligned 64-bit access is split into two dwords (both in range).
-        b.write64(0x24, 0xaaaa_bbbb_cccc_dddd);
+        // SAFETY: an anonymous mapping, not a device: no DMA can follow.
+        unsafe {
+            b.write64(0x24, 0xaaaa_bbbb_cccc_dddd);
+        }
         assert_eq!(b.read32(0x24), 0xcccc_dddd);
         assert_eq!(b.read64(0x24), 0xaaaa_bbbb_cccc_dddd);
     }

@@ -102,7 +102,9 @@ pub fn disable_controller<B: Bar + ?Sized, C: Clock + ?Sized>(
         }
     }
     if cc.en() {
-        bar.write32(offset::CC, cc.with_en(false).0);
+        // SAFETY: clearing CC.EN stops the controller from using any memory (NVMe Base
+        // §3.7.2); this runs at teardown, before the DMA mappings are removed.
+        unsafe { bar.write32(offset::CC, cc.with_en(false).0) };
     }
     let d = Deadline::after(clock, timeout);
     loop {
@@ -651,7 +653,7 @@ mod tests {
                 _ => 0,
             }
         }
-        fn write32(&self, off: usize, v: u32) {
+        unsafe fn write32(&self, off: usize, v: u32) {
             if off == 0x14 {
                 self.cc.store(v, Ordering::SeqCst);
                 self.reads.store(0, Ordering::SeqCst);

@@ -6,10 +6,11 @@
 //! doorbell of a queue that does not exist, and a value at or beyond the queue size. They are
 //! host protocol violations on purpose: those cases are marked `violates`.
 
+use nvme_core::raw::RawRegisters;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
-use nvme_core::hw::{Bar, Platform};
+use nvme_core::hw::Platform;
 use nvme_core::spec::log::{event_type, lid};
 use nvme_core::spec::regs::{cq_head_doorbell, sq_tail_doorbell};
 use nvme_core::spec::{AsyncEvent, Command};
@@ -40,7 +41,7 @@ fn unmask_error_events<P: Platform>(c: &mut Controller<P>) -> anyhow::Result<()>
 }
 
 fn bad_doorbell<P: Platform>(c: &Controller<P>, offset: usize, value: u32) {
-    c.platform().bar().write32(offset, value);
+    RawRegisters::new(c.platform().bar()).write32(offset, value);
 }
 
 fn expect_error_event(ev: Option<AsyncEvent>, infos: &[u8], what: &str) -> anyhow::Result<()> {

@@ -1,12 +1,13 @@
 //! Queue management (NVMe Base §5.2.1 Create I/O Completion Queue, §5.2.2 Create I/O
 //! Submission Queue, §5.2.3/§5.2.4 deletion).
 
+use nvme_core::raw::RawRegisters;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use nvme_core::controller::{CreateCq, CreateSq};
-use nvme_core::hw::{Bar, InterruptSource, Platform};
+use nvme_core::hw::{InterruptSource, Platform};
 use nvme_core::spec::regs::{cq_head_doorbell, sq_tail_doorbell};
 use nvme_core::spec::{Cap, Command, Completion, NvmOpcode};
 use nvme_core::{Controller, Error};
@@ -495,7 +496,7 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let bar = c.platform().clone();
     let ring = |qid: u16, tail: u32| {
         fence(Ordering::Release);
-        bar.bar().write32(sq_tail_doorbell(qid, dstrd), tail);
+        RawRegisters::new(bar.bar()).write32(sq_tail_doorbell(qid, dstrd), tail);
     };
     // SQ 1: a Write; SQ 2: a Read of the same block. One at a time: the read sees the write.
     let mut w = Command::rw(NvmOpcode::WRITE, ns.nsid(), lba, 0, false);
@@ -519,7 +520,7 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     ring(2, 2);
     let g = raw_completion(c, 1, 2, true)?;
     let h = raw_completion(c, 1, 3, true)?;
-    c.platform().bar().write32(cq_head_doorbell(1, dstrd), 4);
+    RawRegisters::new(c.platform().bar()).write32(cq_head_doorbell(1, dstrd), 4);
     for q in [(1, true), (2, true), (1, false)] {
         ok(
             &c.delete_queue_raw(q.0, q.1)?,

@@ -1,5 +1,6 @@
 //! Registers, bring-up and shutdown (NVMe Base §3.1.4, §3.5.1, §3.6.1).
 
+use nvme_core::raw::RawRegisters;
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{fence, Ordering};
@@ -87,7 +88,7 @@ fn wait_csts<P: Platform>(
 }
 
 fn cap_sane<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    let bar = cx.platform().bar();
+    let bar = RawRegisters::new(cx.platform().bar());
     let cap = Cap(bar.read64(offset::CAP));
     ensure!(cap.0 != u64::MAX, "CAP reads all-ones");
     ensure!(
@@ -133,7 +134,7 @@ fn vs_matches<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn enabled_state<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     cx.ctrl()?;
-    let bar = cx.platform().bar();
+    let bar = RawRegisters::new(cx.platform().bar());
     let cc = Cc(bar.read32(offset::CC));
     let csts = Csts(bar.read32(offset::CSTS));
     ensure!(
@@ -161,7 +162,7 @@ fn disable_enable<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let p = cx.platform().clone();
     let cap = Cap(p.bar().read64(offset::CAP));
     let cc = Cc(p.bar().read32(offset::CC));
-    p.bar().write32(offset::CC, cc.with_en(false).0);
+    RawRegisters::new(p.bar()).write32(offset::CC, cc.with_en(false).0);
     let limit = Duration::from_millis(cap.timeout_ms());
     wait_csts(&*p, limit, |c| !c.rdy())
         .map_err(|e| anyhow::anyhow!("RDY did not clear within CAP.TO: {e}"))?;
@@ -183,7 +184,7 @@ fn shutdown_with<B: Backend>(
     let ctrl = cx.take_ctrl();
     let p = cx.platform().clone();
     let cc = Cc(p.bar().read32(offset::CC));
-    p.bar().write32(offset::CC, cc.with_shn(kind).0);
+    RawRegisters::new(p.bar()).write32(offset::CC, cc.with_shn(kind).0);
     let r = wait_csts(&*p, Duration::from_secs(10), |c| c.shst() == shst::COMPLETE);
     drop(ctrl);
     r.map_err(|e| anyhow::anyhow!("{what} did not complete: {e}"))?;
@@ -212,7 +213,7 @@ fn ensure_disabled<P: Platform>(p: &P) -> anyhow::Result<Cap> {
     let cc = Cc(p.bar().read32(offset::CC));
     if cc.en() {
         wait_csts(p, limit, |c| c.rdy() || c.cfs())?;
-        p.bar().write32(offset::CC, cc.with_en(false).0);
+        RawRegisters::new(p.bar()).write32(offset::CC, cc.with_en(false).0);
     }
     wait_csts(p, limit, |c| !c.rdy())?;
     Ok(cap)
@@ -233,7 +234,7 @@ impl<P: Platform> ManualAdmin<P> {
             asq.iova() % 4096 == 0 && acq.iova() % 4096 == 0,
             "DMA buffers are not page aligned"
         );
-        let bar = p.bar();
+        let bar = RawRegisters::new(p.bar());
         bar.write32(offset::AQA, Aqa::new(1, 1).0);
         bar.write64(offset::ASQ, asq.iova());
         bar.write64(offset::ACQ, acq.iova());
@@ -247,7 +248,7 @@ impl<P: Platform> ManualAdmin<P> {
         cmd.set_cid(0x0A1).set_prps(data.iova(), 0);
         self.asq.write(0, &cmd.to_le_bytes())?;
         fence(Ordering::Release);
-        p.bar().write32(sq_tail_doorbell(0, cap.dstrd()), 1);
+        RawRegisters::new(p.bar()).write32(sq_tail_doorbell(0, cap.dstrd()), 1);
         let start = Instant::now();
         let entry = loop {
             let mut raw = [0u8; 16];
@@ -263,7 +264,7 @@ impl<P: Platform> ManualAdmin<P> {
             );
             std::thread::yield_now();
         };
-        p.bar().write32(cq_head_doorbell(0, cap.dstrd()), 1);
+        RawRegisters::new(p.bar()).write32(cq_head_doorbell(0, cap.dstrd()), 1);
         ensure!(
             entry.status().is_success() && entry.cid() == 0x0A1 && entry.sqid() == 0,
             "hand-submitted Identify: status {}, CID {:#x}, SQID {}",
@@ -293,7 +294,7 @@ fn manual_cc(cap: Cap, mps: u8, iosqes: u8, iocqes: u8) -> Cc {
 
 /// Writes CC with EN = 1 and waits for RDY or CFS within CAP.TO; `None` if neither rose.
 fn enable<P: Platform>(p: &P, cap: Cap, cc: Cc) -> anyhow::Result<Option<Csts>> {
-    p.bar().write32(offset::CC, cc.with_en(true).0);
+    RawRegisters::new(p.bar()).write32(offset::CC, cc.with_en(true).0);
     let limit = Duration::from_millis(cap.timeout_ms().max(500));
     Ok(wait_csts(p, limit, |c| c.rdy() || c.cfs()).ok())
 }
@@ -301,7 +302,7 @@ fn enable<P: Platform>(p: &P, cap: Cap, cc: Cc) -> anyhow::Result<Option<Csts>> 
 /// Clears EN and waits for RDY = 0.
 fn disable<P: Platform>(p: &P, cap: Cap) -> anyhow::Result<()> {
     let cc = Cc(p.bar().read32(offset::CC));
-    p.bar().write32(offset::CC, cc.with_en(false).0);
+    RawRegisters::new(p.bar()).write32(offset::CC, cc.with_en(false).0);
     let limit = Duration::from_millis(cap.timeout_ms().max(500));
     wait_csts(p, limit, |c| !c.rdy())
         .map(|_| ())
@@ -347,7 +348,7 @@ fn mps_above_max<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let csts = Csts(p.bar().read32(offset::CSTS));
     // Whatever happened, EN goes back to 0 (with CFS set this is the reset the host owes).
     let cc = Cc(p.bar().read32(offset::CC));
-    p.bar().write32(offset::CC, cc.with_en(false).0);
+    RawRegisters::new(p.bar()).write32(offset::CC, cc.with_en(false).0);
     let limit = Duration::from_millis(cap.timeout_ms().max(500));
     wait_csts(&*p, limit, |c| !c.rdy())?;
     drop(admin);
@@ -377,7 +378,7 @@ fn subsystem_reset<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         ));
     }
     let old = cx.take_ctrl();
-    p.bar().write32(offset::NSSR, NSSR_RESET);
+    RawRegisters::new(p.bar()).write32(offset::NSSR, NSSR_RESET);
     let limit = Duration::from_millis(cap.timeout_ms().max(500));
     let r = wait_csts(&*p, limit, |c| !c.rdy());
     // The old driver instance only finds a disabled controller to clean up after.
@@ -389,7 +390,7 @@ fn subsystem_reset<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         "CSTS.NSSRO is clear after an NVM Subsystem Reset (CSTS {:#x})",
         csts.0
     );
-    p.bar().write32(offset::CSTS, 0x10);
+    RawRegisters::new(p.bar()).write32(offset::CSTS, 0x10);
     let csts = Csts(p.bar().read32(offset::CSTS));
     ensure!(
         csts.0 & 0x10 == 0,

@@ -48,8 +48,11 @@ pub(crate) fn disable<P: Platform>(p: &P, cap: Cap, settled: bool) -> Result<()>
         }
     }
     if cc.en() {
-        p.bar()
-            .write32(offset::CC, cc.with_en(false).with_shn(shn::NONE).0);
+        // SAFETY: clearing CC.EN stops the controller from using any memory (§3.7.2).
+        unsafe {
+            p.bar()
+                .write32(offset::CC, cc.with_en(false).with_shn(shn::NONE).0)
+        };
     }
     match wait_csts(p, timeout, |c| !c.rdy()) {
         Ok(_) => Ok(()),
@@ -163,9 +166,13 @@ impl<P: Platform> Controller<P> {
         let cap = self.cap;
         let entries = self.admin.sq.entries();
         let bar = p.bar();
-        bar.write32(offset::AQA, Aqa::new(entries - 1, entries - 1).0);
-        bar.write64(offset::ASQ, self.admin.sq.mem().iova());
-        bar.write64(offset::ACQ, self.admin.cq.mem().iova());
+        // SAFETY: the admin rings are this controller's and stay allocated until it is
+        // disabled (they are freed only through `crate::reclaim` after CC.EN is cleared).
+        unsafe {
+            bar.write32(offset::AQA, Aqa::new(entries - 1, entries - 1).0);
+            bar.write64(offset::ASQ, self.admin.sq.mem().iova());
+            bar.write64(offset::ACQ, self.admin.cq.mem().iova());
+        }
         // §3.5.1 step 3: CSS from CAP.CSS, MPS = 4 KiB, round robin, entry sizes 2^6 / 2^4.
         let css = if cap.css_io_sets() {
             css::ALL_IO
@@ -179,7 +186,9 @@ impl<P: Platform> Controller<P> {
             .with_shn(shn::NONE)
             .with_iosqes(6)
             .with_iocqes(4);
-        bar.write32(offset::CC, cc.with_en(true).0);
+        // SAFETY: enabling hands the controller the admin rings written above (kept alive, see
+        // above); their entries are zeroed, so nothing is fetched before a doorbell.
+        unsafe { bar.write32(offset::CC, cc.with_en(true).0) };
         let timeout = Duration::from_millis(cap.timeout_ms().max(500));
         match wait_csts(p, timeout, |c| c.rdy() || c.cfs()) {
             Ok(c) if c.cfs() => return Err(Error::ControllerFatal),
@@ -397,7 +406,7 @@ impl<P: Platform> Controller<P> {
                 self.raw_queues.iter().map(|q| (q.qid, q.is_sq)).collect();
             qs.sort_by_key(|&(_, sq)| !sq);
             for (qid, sq) in qs {
-                let _ = self.delete_queue_raw(qid, sq);
+                let _ = self.delete_raw_queue(qid, sq);
             }
         }
         self.shut_down = true;
@@ -408,7 +417,9 @@ impl<P: Platform> Controller<P> {
         }
         let mut result = Ok(());
         if cc.en() && csts.rdy() && !csts.cfs() {
-            p.bar().write32(offset::CC, cc.with_shn(kind).0);
+            // SAFETY: a shutdown notification makes the controller finish and stop; it names
+            // no memory.
+            unsafe { p.bar().write32(offset::CC, cc.with_shn(kind).0) };
             let rtd3e = Duration::from_micros(self.identify.rtd3e as u64);
             let timeout = self.config.shutdown_timeout.max(rtd3e);
             result = match wait_csts(&*p, timeout, |c| c.shst() == shst::COMPLETE) {

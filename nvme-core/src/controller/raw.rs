@@ -1,5 +1,7 @@
 //! Raw queue creation and raw SQ/CQ entry access, for conformance tests of queue topologies
-//! the queue pair API cannot express.
+//! the queue pair API cannot express. The public calls exist only with the `raw-access`
+//! feature (see [`crate::raw`]); the bookkeeping (memory kept until deletion or disable) is
+//! always there.
 
 use super::*;
 
@@ -44,6 +46,7 @@ pub(super) struct RawQueue<P: Platform> {
     pub(super) is_sq: bool,
     pub(super) region: crate::hw::DmaRegion,
     /// Byte offset of the queue base inside `region` (`base_offset` of the create call).
+    #[cfg_attr(not(feature = "raw-access"), allow(dead_code))]
     pub(super) base: usize,
     /// Data buffers of commands written into this (SQ) queue: the device may use them until
     /// the queue is deleted or the controller disabled.
@@ -51,6 +54,7 @@ pub(super) struct RawQueue<P: Platform> {
 }
 
 impl<P: Platform> Controller<P> {
+    #[cfg(feature = "raw-access")]
     /// Sends Create I/O Completion Queue with exactly these parameters and returns the
     /// completion, whatever its status. On success the core keeps the queue memory until
     /// [`Controller::delete_queue_raw`] deletes it, or the controller is reset.
@@ -74,6 +78,7 @@ impl<P: Platform> Controller<P> {
         self.raw_create(cmd, region, params.qid, false)
     }
 
+    #[cfg(feature = "raw-access")]
     /// Sends Create I/O Submission Queue with exactly these parameters (see
     /// [`Controller::create_cq_raw`]).
     ///
@@ -96,6 +101,7 @@ impl<P: Platform> Controller<P> {
         self.raw_create(cmd, region, params.qid, true)
     }
 
+    #[cfg(feature = "raw-access")]
     pub(super) fn raw_create(
         &mut self,
         cmd: Command,
@@ -130,6 +136,7 @@ impl<P: Platform> Controller<P> {
         }
     }
 
+    #[cfg(feature = "raw-access")]
     /// Sends Delete I/O SQ (`sq = true`) or CQ with this QID and returns the completion,
     /// whatever its status; frees the memory of a queue created with the raw calls once its
     /// deletion succeeds.
@@ -137,6 +144,11 @@ impl<P: Platform> Controller<P> {
     /// # Errors
     /// Transport failures.
     pub fn delete_queue_raw(&mut self, qid: u16, sq: bool) -> Result<Completion> {
+        self.delete_raw_queue(qid, sq)
+    }
+
+    /// Deletes a queue by QID (see `delete_queue_raw`); shutdown uses it for raw queues.
+    pub(super) fn delete_raw_queue(&mut self, qid: u16, sq: bool) -> Result<Completion> {
         let cmd = if sq {
             Command::delete_io_sq(qid)
         } else {
@@ -165,6 +177,7 @@ impl<P: Platform> Controller<P> {
         Ok(c)
     }
 
+    #[cfg(feature = "raw-access")]
     /// Writes `cmd` (CID included: the caller chooses it) into entry `index` of the SQ `qid`
     /// created with [`Controller::create_sq_raw`], with PRP1/PRP2 pointing at `buffer` (at most
     /// two memory pages; PSDT and MPTR cleared). Nothing else happens: the caller rings the SQ
@@ -211,6 +224,7 @@ impl<P: Platform> Controller<P> {
         Ok(())
     }
 
+    #[cfg(feature = "raw-access")]
     /// The buffers given to [`Controller::raw_sq_write`] for SQ `qid`, once that SQ was
     /// deleted, in the order they were written.
     pub fn take_raw_buffers(&mut self, qid: u16) -> Vec<DmaBuffer<P>> {
@@ -220,6 +234,7 @@ impl<P: Platform> Controller<P> {
         mine.into_iter().map(|(_, b)| b).collect()
     }
 
+    #[cfg(feature = "raw-access")]
     /// Reads entry `index` of the CQ `qid` created with [`Controller::create_cq_raw`]: DW3
     /// (with the phase tag) first with `Acquire` ordering, then the rest. The caller checks
     /// the phase tag, tracks its head and writes the CQ head doorbell itself.
@@ -238,6 +253,7 @@ impl<P: Platform> Controller<P> {
         Ok(Completion::from_dwords(dw))
     }
 
+    #[cfg(feature = "raw-access")]
     /// The region of a raw queue and the byte offset of its entry `index`.
     pub(super) fn raw_queue(
         &self,
