@@ -60,7 +60,7 @@ impl Bar for DeadBar {
     fn read32(&self, _: usize) -> u32 {
         u32::MAX
     }
-    fn write32(&self, _: usize, _: u32) {}
+    unsafe fn write32(&self, _: usize, _: u32) {}
 }
 
 #[derive(Debug)]
