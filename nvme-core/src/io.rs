@@ -15,6 +15,15 @@
 //!
 //! Transfers larger than the controller's MDTS (or the configured maximum) are refused with
 //! [`Error::TransferTooLarge`]: the caller splits them.
+//!
+//! Every command's data length comes from the command itself (see [`crate::spec::transfer`])
+//! and the namespace handle's current format; a buffer that does not fit it is refused before
+//! anything reaches the device, and PRPs name exactly that many bytes of it.
+//!
+//! Deadlines: submitting reads no clock. Each [`IoQueuePair::poll`] (and each turn of a
+//! blocking wait) with commands outstanding reads the clock once, gives the commands
+//! submitted since the last poll their deadline (now + the I/O timeout), and reports every
+//! command past its deadline as [`Error::Timeout`], whatever else the poll reaped.
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;

@@ -13,11 +13,26 @@
 //! - [`dma`]: the one audited module that touches DMA memory, and the owning buffer type;
 //! - `reclaim`: the one rule for freeing device-visible memory (only once the device can no
 //!   longer reach it);
+//! - `barrier`: the CPU-to-device memory barriers of each supported CPU;
 //! - [`prp`]: PRP entries and lists;
-//! - [`queue`]: submission and completion rings;
-//! - [`controller`]: bring-up, admin commands, shutdown;
+//! - [`queue`]: submission and completion rings (and the request engine behind them);
 //! - [`io`]: I/O queue pairs and the safe I/O API;
-//! - [`error`]: typed errors.
+//! - [`namespace`]: namespace handles, tied to one controller and its current formats;
+//! - [`controller`]: bring-up and reset, the admin queue, typed admin commands, queue pair
+//!   lifecycle;
+//! - [`error`]: typed errors;
+//! - `raw` (feature `raw-access`, off by default): the labelled door for conformance suites.
+//!
+//! The dependency graph reads as a line: spec → hw → dma → reclaim → queue/engine → io →
+//! controller.
+//!
+//! # Safety promise
+//! No safe call sequence makes the device read or write memory that safe code owns: buffers
+//! move into requests and come back with completions; every command's data length is derived
+//! from the command and must fit its buffer; buffers, queue pairs and namespace handles are
+//! tied to the controller that made them; device memory is freed only when the device can no
+//! longer reach it. Register writes ([`hw::Bar::write32`]) are `unsafe`, and so is passthrough
+//! of an opcode whose length the core cannot derive.
 #![no_std]
 #![warn(missing_docs)]
 
