@@ -1002,17 +1002,7 @@ impl<P: Platform> IoQueuePair<P> {
         let timeout_ns = u64::try_from(io_timeout.as_nanos()).unwrap_or(u64::MAX);
         let shared = Arc::new(Shared::new(platform.clone(), 0, timeout_ns));
         let lists_per_slot = crate::prp::max_list_pages(max_transfer, PAGE_SIZE);
-        let [sq, cq, lists] = crate::reclaim::allocate_all(
-            &*platform,
-            [
-                entries as usize * 64,
-                entries as usize * 16,
-                (entries as usize - 1) * lists_per_slot * PAGE_SIZE,
-            ],
-        )?;
-        let (Some(sq), Some(cq)) = (sq, cq) else {
-            return Err(Error::Backend("queue memory"));
-        };
+        let (sq, cq, lists) = crate::reclaim::allocate_rings(&*platform, entries, lists_per_slot)?;
         let engine = Engine::new(
             SubQueue::new(sq, qid, entries, 0),
             CompQueue::new(cq, qid, entries, 0),

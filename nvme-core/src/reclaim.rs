@@ -89,6 +89,28 @@ pub(crate) fn allocate_all<P: Platform, const N: usize>(
     Ok(fresh.map(|f| f.and_then(Fresh::hand_over)))
 }
 
+/// The memory of one queue pair: SQ ring (64-byte entries), CQ ring (16-byte entries) and
+/// `lists_per_slot` PRP list pages for each of its `entries - 1` slots (none if 0).
+pub(crate) fn allocate_rings<P: Platform>(
+    p: &P,
+    entries: u16,
+    lists_per_slot: usize,
+) -> Result<(Mem, Mem, Option<Mem>), Error> {
+    let n = entries as usize;
+    let [sq, cq, lists] = allocate_all(
+        p,
+        [
+            n * crate::spec::SQE_SIZE,
+            n * crate::spec::CQE_SIZE,
+            n.saturating_sub(1) * lists_per_slot * crate::spec::PAGE_SIZE,
+        ],
+    )?;
+    match (sq, cq) {
+        (Some(sq), Some(cq)) => Ok((sq, cq, lists)),
+        _ => Err(Error::InvalidArgument("a queue needs at least one entry")),
+    }
+}
+
 #[derive(Debug, Default)]
 struct Graveyard {
     regions: Vec<DmaRegion>,

@@ -80,6 +80,21 @@ impl<P: Platform> Controller<P> {
         })
     }
 
+    /// Reads CSTS: all-ones (device gone) and CSTS.CFS fail, and leave the controller
+    /// needing a reset (§3.1.4.6, §9.5).
+    fn check_csts(&mut self) -> Result<()> {
+        let csts = Csts(self.shared.platform.bar().read32(offset::CSTS));
+        if csts.is_all_ones() {
+            self.needs_reset = Some("the device is gone");
+            return Err(Error::DeviceGone);
+        }
+        if csts.cfs() {
+            self.needs_reset = Some("Controller Fatal Status");
+            return Err(Error::ControllerFatal);
+        }
+        Ok(())
+    }
+
     /// Submits an admin command and waits for its completion. Any status is returned; only
     /// transport failures (timeout, device gone) are errors.
     pub(super) fn admin_wait(
@@ -93,15 +108,7 @@ impl<P: Platform> Controller<P> {
         let p = self.shared.platform.clone();
         // One register read per admin command (never on the I/O path): a removed or fatal
         // controller fails the command here instead of receiving a doorbell it cannot serve.
-        let csts = Csts(p.bar().read32(offset::CSTS));
-        if csts.is_all_ones() {
-            self.needs_reset = Some("the device is gone");
-            return Err(Error::DeviceGone);
-        }
-        if csts.cfs() {
-            self.needs_reset = Some("Controller Fatal Status");
-            return Err(Error::ControllerFatal);
-        }
+        self.check_csts()?;
         let deadline_ns = p
             .clock()
             .now_ns()
@@ -135,15 +142,7 @@ impl<P: Platform> Controller<P> {
             }
             spins = spins.wrapping_add(1);
             if spins % 64 == 0 {
-                let csts = Csts(p.bar().read32(offset::CSTS));
-                if csts.is_all_ones() {
-                    self.needs_reset = Some("the device is gone");
-                    return Err(Error::DeviceGone);
-                }
-                if csts.cfs() {
-                    self.needs_reset = Some("Controller Fatal Status");
-                    return Err(Error::ControllerFatal);
-                }
+                self.check_csts()?;
             }
             let now = p.clock().now_ns();
             if now >= deadline_ns {

@@ -22,17 +22,7 @@ impl<P: Platform> Controller<P> {
         let entries = entries.clamp(2, self.cap.mqes_z().saturating_add(1).max(2));
         let p = self.shared.platform.clone();
         let lists_per_slot = crate::prp::max_list_pages(self.max_transfer, PAGE_SIZE);
-        let [sq_mem, cq_mem, lists] = reclaim::allocate_all(
-            &*p,
-            [
-                entries as usize * 64,
-                entries as usize * 16,
-                (entries as usize - 1) * lists_per_slot * PAGE_SIZE,
-            ],
-        )?;
-        let (Some(sq_mem), Some(cq_mem)) = (sq_mem, cq_mem) else {
-            return Err(Error::Backend("queue memory"));
-        };
+        let (sq_mem, cq_mem, lists) = reclaim::allocate_rings(&*p, entries, lists_per_slot)?;
         let regions = [Some(sq_mem), Some(cq_mem), lists];
         let vectors = self.vectors();
         let (ien, iv) = if vectors > 1 {
