@@ -293,7 +293,21 @@ mod tests {
         );
     }
 
+    /// Under Miri (no file system, every step interpreted) a handful of cases, no persistence.
+    fn config() -> ProptestConfig {
+        if cfg!(miri) {
+            ProptestConfig {
+                cases: 4,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        } else {
+            ProptestConfig::default()
+        }
+    }
+
     proptest! {
+        #![proptest_config(config())]
         #[test]
         fn prps_cover_the_buffer(page_idx in 1u64..1_000_000, off_dw in 0u64..1024, len in 1usize..(3 * 1024 * 1024)) {
             let addr = page_idx * PAGE as u64 + off_dw * 4;
