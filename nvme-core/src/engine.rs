@@ -421,15 +421,17 @@ impl<T> Engine<T> {
         }
     }
 
-    /// Takes every outstanding payload (in flight or timed out), resetting the slots. Only
-    /// for when the device can no longer touch them (queue deleted, controller disabled).
-    pub(crate) fn take_all(&mut self, mut f: impl FnMut(T)) {
+    /// Takes every outstanding payload (in flight or timed out) with its CID, resetting the
+    /// slots. Only for when the device can no longer touch them (queue deleted, controller
+    /// disabled).
+    pub(crate) fn take_all(&mut self, mut f: impl FnMut(u16, T)) {
         for (i, s) in self.slots.iter_mut().enumerate() {
             if s.state != SlotState::Free {
+                let cid = self.codec.encode(i as u16, s.generation);
                 s.state = SlotState::Free;
                 s.generation = self.codec.next_generation(s.generation);
                 if let Some(p) = s.payload.take() {
-                    f(p);
+                    f(cid, p);
                 }
                 self.free.push(i as u16);
             }

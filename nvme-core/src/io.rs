@@ -200,14 +200,15 @@ impl<P: Platform> IoQueuePair<P> {
         let generation = self.generation;
         let p = &*shared.platform;
         if deleted {
-            self.engine.take_all(drop);
+            self.engine.take_all(|_, req| drop(req));
             for m in self.engine.regions() {
                 // SAFETY: the SQ and the CQ were deleted (§5.2.3, §5.2.4): the controller no
                 // longer refers to the rings or the PRP lists.
                 unsafe { shared.reclaim.released(p, m.region()) };
             }
         } else {
-            self.engine.take_all(|req| req.retire(&shared, generation));
+            self.engine
+                .take_all(|_, req| req.retire(&shared, generation));
             for m in self.engine.regions() {
                 shared.reclaim.retire(p, m.region(), generation);
             }
@@ -259,13 +260,13 @@ impl<P: Platform> IoQueuePair<P> {
             // already reported as timed out was finished for the caller: its buffer is freed
             // here (the device can no longer reach it), not reported a second time.
             let (parked, engine) = (&mut self.parked, &mut self.engine);
-            engine.take_all(|req| {
+            engine.take_all(|cid, req| {
                 if req.timed_out {
                     return;
                 }
                 parked.push_back(IoCompletion {
                     tag: req.tag,
-                    cid: 0,
+                    cid,
                     result: Err(Error::ControllerReset),
                     dw0: 0,
                     buffer: req.buffer,
@@ -749,7 +750,7 @@ impl<P: Platform> IoQueuePair<P> {
                 };
             }
             let now = p.clock().now_ns();
-            let mut timed_out = false;
+            let mut timed_out = None;
             self.engine.expire(now, |c, opcode, req| {
                 req.timed_out = true;
                 let e = Error::Timeout {
@@ -759,7 +760,7 @@ impl<P: Platform> IoQueuePair<P> {
                     waited_ms,
                 };
                 if c == cid {
-                    timed_out = true;
+                    timed_out = Some(e);
                 } else {
                     parked.push_back(IoCompletion {
                         tag: req.tag,
@@ -770,14 +771,9 @@ impl<P: Platform> IoQueuePair<P> {
                     });
                 }
             });
-            if timed_out {
+            if let Some(error) = timed_out {
                 return Err(IoError {
-                    error: Error::Timeout {
-                        qid,
-                        cid,
-                        opcode: 0xFF,
-                        waited_ms,
-                    },
+                    error,
                     buffer: None,
                 });
             }
@@ -812,7 +808,7 @@ impl<P: Platform> IoQueuePair<P> {
         let i = self
             .parked
             .iter()
-            .position(|c| c.tag == SYNC_TAG && (c.cid == cid || c.cid == 0))?;
+            .position(|c| c.tag == SYNC_TAG && c.cid == cid)?;
         self.parked.remove(i)
     }
 

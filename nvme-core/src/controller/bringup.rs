@@ -337,7 +337,7 @@ impl<P: Platform> Controller<P> {
         r?;
         // §3.7.2: the reset deleted every I/O queue and aborted every command.
         self.shared.reclaim.device_stopped(&*p);
-        self.admin.take_all(drop);
+        self.admin.take_all(|_, req| drop(req));
         self.scratch_busy = false;
         self.aers_outstanding = 0;
         let generation = self.generation();
