@@ -30,9 +30,11 @@ impl DmaError for NoMem {
 
 /// Heap memory as DMA memory, with IOVA = CPU address. Counts live regions and panics on a
 /// double free or a free of an unknown region, so a test sees every ownership mistake.
+/// Like a real backend tearing down its IOMMU mappings, it frees what is still live when it
+/// is dropped (memory the core leaked on purpose because the device could not be stopped).
 #[derive(Debug, Default)]
 pub struct HeapDma {
-    live: Mutex<Vec<usize>>,
+    live: Mutex<Vec<(usize, usize)>>,
 }
 
 impl HeapDma {
@@ -58,14 +60,14 @@ unsafe impl DmaAllocator for HeapDma {
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(p.as_ptr() as usize);
+            .push((p.as_ptr() as usize, len));
         Ok(DmaRegion::new(p, p.as_ptr() as u64, len, 0))
     }
     unsafe fn free(&self, region: DmaRegion) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let Some(i) = live
             .iter()
-            .position(|&a| a == region.ptr().as_ptr() as usize)
+            .position(|&(a, _)| a == region.ptr().as_ptr() as usize)
         else {
             panic!(
                 "free of a region that is not live (double free?) at {:#x}",
@@ -78,6 +80,22 @@ unsafe impl DmaAllocator for HeapDma {
         };
         // SAFETY: allocated above with this layout and not freed before (checked).
         unsafe { dealloc(region.ptr().as_ptr(), layout) };
+    }
+}
+
+impl Drop for HeapDma {
+    fn drop(&mut self) {
+        let live = self.live.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (addr, len) in live.drain(..) {
+            if let (Some(p), Ok(layout)) = (
+                core::ptr::NonNull::new(addr as *mut u8),
+                Layout::from_size_align(len, 4096),
+            ) {
+                // SAFETY: allocated by `allocate` with this layout and never freed (it is still
+                // in `live`); the platform, and with it any "device", is gone.
+                unsafe { dealloc(p.as_ptr(), layout) };
+            }
+        }
     }
 }
 
