@@ -142,15 +142,21 @@ impl DmaSpace {
         order: Ordering,
     ) -> Result<(), DmaFault> {
         self.with_mapping(iova, buf.len(), |m, off| {
+            let Split { head, whole, tail } = split(m, off, buf.len());
             let mut pos = 0;
-            while pos < buf.len() {
-                let byte = off + pos;
-                let w = m.first_word + byte / WORD;
-                let in_word = byte % WORD;
-                let n = (WORD - in_word).min(buf.len() - pos);
+            if let Some((w, in_word, n)) = head {
                 let v = m.words[w].load(order).to_ne_bytes();
-                buf[pos..pos + n].copy_from_slice(&v[in_word..in_word + n]);
-                pos += n;
+                buf[..n].copy_from_slice(&v[in_word..in_word + n]);
+                pos = n;
+            }
+            let body = &mut buf[pos..pos + whole.len() * WORD];
+            for (w, out) in m.words[whole].iter().zip(body.chunks_exact_mut(WORD)) {
+                out.copy_from_slice(&w.load(order).to_ne_bytes());
+            }
+            if let Some((w, n)) = tail {
+                let v = m.words[w].load(order).to_ne_bytes();
+                let at = buf.len() - n;
+                buf[at..].copy_from_slice(&v[..n]);
             }
         })
     }
@@ -166,27 +172,30 @@ impl DmaSpace {
         } else {
             order
         };
+        // A partial dword: merge, so bytes of the dword outside this access (which the host
+        // may own) are preserved.
+        let merge = |word: &AtomicU32, in_word: usize, bytes: &[u8]| {
+            let _ = word.fetch_update(order, load, |old| {
+                let mut b = old.to_ne_bytes();
+                b[in_word..in_word + bytes.len()].copy_from_slice(bytes);
+                Some(u32::from_ne_bytes(b))
+            });
+        };
         self.with_mapping(iova, data.len(), |m, off| {
+            let Split { head, whole, tail } = split(m, off, data.len());
             let mut pos = 0;
-            while pos < data.len() {
-                let byte = off + pos;
-                let w = m.first_word + byte / WORD;
-                let in_word = byte % WORD;
-                let n = (WORD - in_word).min(data.len() - pos);
-                if n == WORD {
-                    let mut a = [0u8; WORD];
-                    a.copy_from_slice(&data[pos..pos + WORD]);
-                    m.words[w].store(u32::from_ne_bytes(a), order);
-                } else {
-                    // A partial word: merge, so bytes of the word outside this access (which
-                    // the host may own) are preserved.
-                    let _ = m.words[w].fetch_update(order, load, |old| {
-                        let mut b = old.to_ne_bytes();
-                        b[in_word..in_word + n].copy_from_slice(&data[pos..pos + n]);
-                        Some(u32::from_ne_bytes(b))
-                    });
-                }
-                pos += n;
+            if let Some((w, in_word, n)) = head {
+                merge(&m.words[w], in_word, &data[..n]);
+                pos = n;
+            }
+            let body = &data[pos..pos + whole.len() * WORD];
+            for (w, d) in m.words[whole].iter().zip(body.chunks_exact(WORD)) {
+                let mut a = [0u8; WORD];
+                a.copy_from_slice(d);
+                w.store(u32::from_ne_bytes(a), order);
+            }
+            if let Some((w, n)) = tail {
+                merge(&m.words[w], 0, &data[data.len() - n..]);
             }
         })
     }
@@ -284,6 +293,34 @@ impl DmaSpace {
     /// Number of mapped regions.
     pub(crate) fn regions(&self) -> usize {
         self.read_lock().regions.len()
+    }
+}
+
+/// The `len` bytes at byte `off` of a mapping, as dwords.
+struct Split {
+    /// A partial first dword: (word, first byte in it, bytes).
+    head: Option<(usize, usize, usize)>,
+    /// The whole dwords.
+    whole: std::ops::Range<usize>,
+    /// A partial last dword: (word, bytes from its start).
+    tail: Option<(usize, usize)>,
+}
+
+fn split(m: &Mapping, off: usize, len: usize) -> Split {
+    let w0 = m.first_word + off / WORD;
+    let in_word = off % WORD;
+    let head_len = if in_word == 0 {
+        0
+    } else {
+        (WORD - in_word).min(len)
+    };
+    let first = if head_len > 0 { w0 + 1 } else { w0 };
+    let rest = len - head_len;
+    let whole = first..first + rest / WORD;
+    Split {
+        head: (head_len > 0).then_some((w0, in_word, head_len)),
+        tail: (rest % WORD > 0).then_some((whole.end, rest % WORD)),
+        whole,
     }
 }
 
@@ -443,5 +480,21 @@ mod tests {
         let mut d = [0u8; 4];
         assert!(dma.host_read(r.iova() + 16, &mut d));
         assert_eq!(d, [1, 0xAA, 0xBB, 4]);
+        // Every split of a short access: head, whole dwords, tail, within and across dwords.
+        let bytes: Vec<u8> = (0..64u8).map(|i| i ^ 0x5A).collect();
+        for off in 0..9u64 {
+            for len in 0..40 {
+                space.write(r.iova() + 1024, &[0; 64]).unwrap();
+                space.write(r.iova() + 1024 + off, &bytes[..len]).unwrap();
+                let mut all = [0xFFu8; 64];
+                space.read(r.iova() + 1024, &mut all).unwrap();
+                let mut want = [0u8; 64];
+                want[off as usize..off as usize + len].copy_from_slice(&bytes[..len]);
+                assert_eq!(all, want, "write at +{off}, {len} bytes");
+                let mut part = vec![0u8; len];
+                space.read(r.iova() + 1024 + off, &mut part).unwrap();
+                assert_eq!(part, bytes[..len], "read at +{off}, {len} bytes");
+            }
+        }
     }
 }
