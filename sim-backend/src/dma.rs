@@ -56,7 +56,11 @@ impl fmt::Display for DmaFault {
 
 struct Mapping {
     len: usize,
-    words: Box<[AtomicU32]>,
+    /// A `Vec`, not a `Box<[_]>`: the host holds a raw pointer into these words, and moving
+    /// a `Box` (into the map) asserts unique access to its contents, which the host's later
+    /// writes through that pointer would contradict (Miri reports it); a `Vec` asserts
+    /// nothing when moved.
+    words: Vec<AtomicU32>,
     first_word: usize,
 }
 
@@ -246,7 +250,7 @@ impl DmaSpace {
         }
         // One extra page so that the CPU pointer can be aligned to a page.
         let nwords = rounded / WORD + WORDS_PER_PAGE;
-        let words: Box<[AtomicU32]> = (0..nwords).map(|_| AtomicU32::new(0)).collect();
+        let words: Vec<AtomicU32> = (0..nwords).map(|_| AtomicU32::new(0)).collect();
         let base = words.as_ptr() as *mut u8;
         let misalign = base as usize % DMA_PAGE;
         let pad = (DMA_PAGE - misalign) % DMA_PAGE;
@@ -382,7 +386,8 @@ impl SimDma {
 
 // SAFETY: the contract of `DmaAllocator` holds:
 // - every region is a distinct heap chunk of `AtomicU32` owned by the space's map until
-//   `free`, so `ptr .. ptr + len` is valid for raw reads and writes by any thread (the atomics'
+//   `free` (a `Vec`, whose moves assert no unique access to the words), so
+//   `ptr .. ptr + len` is valid for raw reads and writes by any thread (the atomics'
 //   `UnsafeCell` makes writes through a pointer derived from a shared borrow legal) and
 //   overlaps no other allocation; the chunk has one page of slack, so the page-aligned
 //   pointer plus the page-rounded `len` stays inside it;
