@@ -700,6 +700,18 @@ pub fn deep_queue_inputs() -> Vec<HostileDeviceInput> {
     deep_queues().into_iter().map(|(_, i)| i).collect()
 }
 
+/// The byte encodings of [`deep_queue_inputs`] (as in `corpus/` and `regressions/`).
+pub fn deep_queue_encodings() -> Vec<Vec<u8>> {
+    deep_queues()
+        .iter()
+        .map(|(_, i)| {
+            let mut out = Vec::new();
+            i.encode(&mut out);
+            out
+        })
+        .collect()
+}
+
 impl Encode for Addr {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
