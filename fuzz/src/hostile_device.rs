@@ -33,7 +33,7 @@ use crate::platform::{FuzzPlatform, DMA_PAGE};
 type Buf = DmaBuffer<FuzzPlatform>;
 
 /// Which CID an injected entry carries.
-#[derive(Debug, Clone, Copy, Arbitrary)]
+#[derive(Debug, Clone, Copy, PartialEq, Arbitrary)]
 pub enum CidSel {
     /// Any value.
     Raw(u16),
@@ -44,7 +44,7 @@ pub enum CidSel {
 }
 
 /// Which SQHD an injected entry carries.
-#[derive(Debug, Clone, Copy, Arbitrary)]
+#[derive(Debug, Clone, Copy, PartialEq, Arbitrary)]
 pub enum SqhdSel {
     /// Any value.
     Raw(u16),
@@ -55,7 +55,7 @@ pub enum SqhdSel {
 }
 
 /// An entry the device writes into the CQ.
-#[derive(Debug, Clone, Copy, Arbitrary)]
+#[derive(Debug, Clone, Copy, PartialEq, Arbitrary)]
 pub struct Injected {
     /// CID.
     pub cid: CidSel,
@@ -72,7 +72,7 @@ pub struct Injected {
 }
 
 /// One step.
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone, PartialEq, Arbitrary)]
 pub enum Action {
     /// `submit_read` of `blocks` blocks; `reuse` takes a returned buffer if one fits.
     Read {
@@ -145,12 +145,13 @@ pub enum Action {
 }
 
 /// One input.
-#[derive(Debug, Arbitrary)]
+#[derive(Debug, PartialEq, Arbitrary)]
 pub struct HostileDeviceInput {
     /// Queue ID.
     pub qid: u16,
-    /// Queue size: values below 0xFF00 give 2..=65 entries, 0xFF00.. give 32769 + 128k
-    /// entries, 0xFFFF gives 65535.
+    /// Queue size: values below 0xFF00 give 2..=65 entries, 0xFF00.. give 66..=321 entries.
+    /// Only the dedicated deep-queue inputs ([`crate::seeds::deep_queue_inputs`]) get the huge
+    /// queues instead: 0xFF00.. give 32769 + 128k entries, 0xFFFF gives 65535.
     pub entries: u16,
     /// 4 KiB blocks instead of 512 B.
     pub lba_4k: bool,
@@ -245,6 +246,56 @@ struct Harness {
 
 /// Work budget of one input: enough for the largest queue filled once.
 const WORK_LIMIT: u64 = 120_000;
+
+/// The queue size `input` gets. Mostly small queues (2..=65 entries); the top 256 `entries`
+/// values give larger ones (66..=321), cheap enough that the fuzzer runs about a thousand
+/// inputs a second. The huge queues (more than 32768 slots, up to the 65535 entries a u16
+/// holds) take tens of milliseconds per input to fill, so only `dedicated` inputs (see
+/// [`Dedicated`]) get them: they run at every replay and at the start of every fuzzing run,
+/// without the fuzzer's mutations of them (hundreds of slow inputs in the corpus) dragging it
+/// down.
+fn queue_entries(input: &HostileDeviceInput, dedicated: Dedicated) -> u16 {
+    match input.entries {
+        0..=0xFEFF => 2 + input.entries % 64,
+        e if dedicated == Dedicated::No => 66 + (e - 0xFF00),
+        0xFFFF => u16::MAX,
+        e => 0x8001 + (e - 0xFF00) * 128,
+    }
+}
+
+/// Whether an input is one of the dedicated deep-queue inputs
+/// ([`crate::seeds::deep_queue_inputs`]), the only ones that get huge queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dedicated {
+    No,
+    Yes,
+}
+
+impl Dedicated {
+    /// A structured input (seeds, tests): dedicated if equal to one.
+    fn of_input(input: &HostileDeviceInput) -> Self {
+        if input.entries >= 0xFF00 && crate::seeds::deep_queue_inputs().contains(input) {
+            Self::Yes
+        } else {
+            Self::No
+        }
+    }
+
+    /// Fuzzer bytes: dedicated only if byte for byte the encoding of one, so that mutations
+    /// that change only bits the decoding ignores (and so decode to the same input) are
+    /// capped like any other.
+    fn of_bytes(input: &HostileDeviceInput, data: &[u8]) -> Self {
+        if input.entries >= 0xFF00
+            && crate::seeds::deep_queue_encodings()
+                .iter()
+                .any(|e| e == data)
+        {
+            Self::Yes
+        } else {
+            Self::No
+        }
+    }
+}
 
 /// How a submission reaches the driver.
 enum Via {
@@ -883,16 +934,11 @@ impl Drop for Harness {
 }
 
 impl Harness {
-    fn new(input: &HostileDeviceInput) -> Option<Self> {
-        // Mostly small queues; the top 256 values give the huge ones (more than 32768 slots,
-        // up to the 65535 entries a u16 holds), which are slow to set up.
-        let n = match input.entries {
-            0..=0xFEFF => 2 + input.entries % 64,
-            0xFFFF => u16::MAX,
-            e => 0x8001 + (e - 0xFF00) * 128,
-        };
-        // Large queues get the smallest transfer size, so no PRP list memory is needed.
-        let max_transfer = if n > 1024 {
+    fn new(input: &HostileDeviceInput, dedicated: Dedicated) -> Option<Self> {
+        let n = queue_entries(input, dedicated);
+        // Queues over 65 entries get the smallest transfer size, so no PRP list memory is
+        // needed (the driver preallocates the worst-case list pages for every slot).
+        let max_transfer = if n > 65 {
             DMA_PAGE
         } else {
             match input.max_transfer % 5 {
@@ -1056,12 +1102,16 @@ pub fn run_hostile_device(data: &[u8]) {
     let Ok(input) = HostileDeviceInput::arbitrary(&mut u) else {
         return;
     };
-    run_hostile_device_input(&input);
+    run(&input, Dedicated::of_bytes(&input, data));
 }
 
 /// Runs one structured input (also used by the seed generator).
 pub fn run_hostile_device_input(input: &HostileDeviceInput) {
-    let Some(mut h) = Harness::new(input) else {
+    run(input, Dedicated::of_input(input));
+}
+
+fn run(input: &HostileDeviceInput, dedicated: Dedicated) {
+    let Some(mut h) = Harness::new(input, dedicated) else {
         return;
     };
     for a in input.actions.iter().take(4096) {
@@ -1071,4 +1121,66 @@ pub fn run_hostile_device_input(input: &HostileDeviceInput) {
         h.step(a);
     }
     h.teardown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(bytes: &[u8]) -> HostileDeviceInput {
+        HostileDeviceInput::arbitrary(&mut Unstructured::new(bytes)).expect("decodes")
+    }
+
+    /// Huge queues (over 32768 slots) only for the dedicated inputs, which the checked-in
+    /// regressions still decode to; any other input, including a one-action change of a
+    /// dedicated one, gets at most 321 entries and no PRP list pages.
+    #[test]
+    fn only_dedicated_inputs_get_deep_queues() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions");
+        for name in ["queue-65535", "queue-over-32768-slots"] {
+            let bytes = std::fs::read(root.join("hostile_device").join(name)).expect("kept");
+            let input = decode(&bytes);
+            assert_eq!(
+                Dedicated::of_bytes(&input, &bytes),
+                Dedicated::Yes,
+                "{name}"
+            );
+            assert_eq!(Dedicated::of_input(&input), Dedicated::Yes, "{name}");
+            assert!(queue_entries(&input, Dedicated::Yes) > 0x8000, "{name}");
+            // A bit the decoding ignores changed (the last byte is the "no more actions" flag,
+            // read as `byte & 1`): the same input, but not the dedicated bytes.
+            let mut other = bytes.clone();
+            let k = other.len() - 1;
+            other[k] ^= 0x80;
+            assert_eq!(decode(&other), input, "{name}");
+            assert_eq!(Dedicated::of_bytes(&input, &other), Dedicated::No, "{name}");
+        }
+        for mut input in crate::seeds::deep_queue_inputs() {
+            input.actions.push(Action::Poll);
+            let d = Dedicated::of_input(&input);
+            assert_eq!(d, Dedicated::No);
+            assert_eq!(queue_entries(&input, d), 66 + (input.entries - 0xFF00));
+            assert_eq!(
+                Harness::new(&input, d).expect("pair").max_transfer,
+                DMA_PAGE
+            );
+        }
+        let small = |entries| HostileDeviceInput {
+            qid: 1,
+            entries,
+            lba_4k: false,
+            max_transfer: 4,
+            timeout_ms: 1,
+            actions: Vec::new(),
+        };
+        assert_eq!(queue_entries(&small(0), Dedicated::No), 2);
+        assert_eq!(queue_entries(&small(0xFEFF), Dedicated::Yes), 65);
+        assert_eq!(queue_entries(&small(0xFFFF), Dedicated::No), 321);
+        assert_eq!(
+            Harness::new(&small(63), Dedicated::No)
+                .expect("pair")
+                .max_transfer,
+            1 << 20
+        );
+    }
 }

@@ -203,16 +203,36 @@ impl Host {
             },
             Addr::Raw(v) => v,
         };
-        // Canary regions are never named by the host: the device has no business there.
-        if self
-            .canaries
-            .iter()
-            .any(|c| (c.iova()..c.iova() + c.len() as u64 + 4096).contains(&v))
-        {
+        self.unname_canary(v)
+    }
+
+    /// True if `at .. at + len` overlaps a canary region or the guard page after it.
+    fn touches_canary(&self, at: u64, len: usize) -> bool {
+        let end = at.saturating_add(len as u64);
+        self.canaries.iter().any(|c| {
+            let (start, stop) = (c.iova(), c.iova() + c.len() as u64 + 4096);
+            at < stop && start < end
+        })
+    }
+
+    /// Canary regions are never named by the host, so the device has no business there: an
+    /// address the input aims into one (or its guard page) gets its top bit flipped, which
+    /// lands it in unmapped space.
+    fn unname_canary(&self, v: u64) -> u64 {
+        if self.touches_canary(v, 1) {
             v ^ 0x8000_0000_0000_0000
         } else {
             v
         }
+    }
+
+    /// Every host write to memory goes through here. Only base addresses are sanitized by
+    /// [`Host::addr`]; a ring entry at `base + slot × 64` or a multi-word write can still
+    /// run from unnamed space into a canary, and such a write is refused (it goes nowhere,
+    /// like a write to unmapped memory), so the canaries only ever show what the device
+    /// wrote.
+    fn write_mem(&self, at: u64, bytes: &[u8]) -> bool {
+        !self.touches_canary(at, bytes.len()) && self.p.dma().host_write(at, bytes)
     }
 
     fn doorbell(&self, idx: u32) -> usize {
@@ -248,7 +268,7 @@ impl Host {
         q.tail = (q.tail + 1) % q.entries;
         let (qid, tail) = (q.qid, q.tail);
         // Unmapped ring memory: the write goes nowhere (a host bug the device then meets).
-        let _ = self.p.dma().host_write(at, &cmd.to_le_bytes());
+        let _ = self.write_mem(at, &cmd.to_le_bytes());
         self.p
             .bar()
             .write32(self.doorbell(2 * qid as u32), tail as u32);
@@ -379,7 +399,7 @@ impl Host {
                     let mut c = cmd;
                     c.set_prps(p1, p2);
                     let at = self.admin.sq.wrapping_add(self.admin.tail as u64 * 64);
-                    let _ = self.p.dma().host_write(at, &c.to_le_bytes());
+                    let _ = self.write_mem(at, &c.to_le_bytes());
                 }
             }
             HostAction::CreatePair {
@@ -443,10 +463,11 @@ impl Host {
                 let at = self.addr(addr);
                 let n = (len as usize % 4) + 1;
                 let mut b = Vec::with_capacity(8 * n);
-                for w in &words[..n] {
-                    b.extend_from_slice(&w.to_le_bytes());
+                for &w in &words[..n] {
+                    // A PRP entry is an address the host names: never a canary.
+                    b.extend_from_slice(&self.unname_canary(w).to_le_bytes());
                 }
-                let _ = self.p.dma().host_write(at, &b);
+                let _ = self.write_mem(at, &b);
             }
             HostAction::Alloc { pages } => self.alloc(pages as usize),
             HostAction::Free { idx } => {
@@ -507,56 +528,14 @@ pub fn run_hostile_host(data: &[u8]) {
 
 /// Runs one structured input.
 pub fn run_hostile_host_input(input: &HostileHostInput) {
-    let config = SimConfig {
-        mqes_z: (input.mqes_z as u16).max(1),
-        mdts: input.mdts % 8,
-        max_io_queues: (input.max_io_queues as u16 % 16).max(1),
-        msix_vectors: 2,
-        dstrd: input.dstrd % 4,
-        ready_delay: Duration::ZERO,
-        namespaces: vec![
-            NamespaceConfig::memory(512, 1 << 20),
-            NamespaceConfig::memory(4096, 1 << 20),
-        ],
-        mode: SimMode::Inline,
-        strict: true,
-        ..SimConfig::default()
-    };
-    let Ok(sim) = Simulator::new(config) else {
+    let Some(mut host) = Host::new(input) else {
         return;
     };
-    let p = sim.platform();
-    let mut host = Host {
-        sim: sim.clone(),
-        p: p.clone(),
-        dstrd: input.dstrd % 4,
-        regions: Vec::new(),
-        canaries: Vec::new(),
-        freed: Vec::new(),
-        admin: Pair {
-            qid: 0,
-            sq: 0,
-            cq: 0,
-            entries: 0,
-            tail: 0,
-            head: 0,
-            phase: true,
-        },
-        pairs: Vec::new(),
-    };
-    // Canaries before, between and after the host's regions.
-    for i in 0..3 {
-        if let Ok(c) = p.dma().allocate(CANARY_PAGES * 4096) {
-            host.canaries.push(c);
-        }
-        if i < 2 {
-            host.alloc(4);
-        }
-    }
     for a in input.actions.iter().take(256) {
         host.step(a);
         host.check();
     }
+    let (sim, p) = (&host.sim, &host.p);
     // Every register still reads; violations print.
     for off in (0..0x40).step_by(4) {
         let _ = p.bar().read32(off);
@@ -567,5 +546,123 @@ pub fn run_hostile_host_input(input: &HostileHostInput) {
     let _ = (sim.stats(), AdminOpcode::IDENTIFY);
     if std::env::var_os("NVME_FUZZ_DEBUG").is_some() {
         eprintln!("{:?}\n{:?}", sim.stats(), sim.violations());
+    }
+}
+
+impl Host {
+    /// The simulator configured by `input` (its actions are not run), with canaries before,
+    /// between and after two 4-page host regions.
+    fn new(input: &HostileHostInput) -> Option<Host> {
+        let config = SimConfig {
+            mqes_z: (input.mqes_z as u16).max(1),
+            mdts: input.mdts % 8,
+            max_io_queues: (input.max_io_queues as u16 % 16).max(1),
+            msix_vectors: 2,
+            dstrd: input.dstrd % 4,
+            ready_delay: Duration::ZERO,
+            namespaces: vec![
+                NamespaceConfig::memory(512, 1 << 20),
+                NamespaceConfig::memory(4096, 1 << 20),
+            ],
+            mode: SimMode::Inline,
+            strict: true,
+            ..SimConfig::default()
+        };
+        let sim = Simulator::new(config).ok()?;
+        let p = sim.platform();
+        let mut host = Host {
+            sim,
+            p: p.clone(),
+            dstrd: input.dstrd % 4,
+            regions: Vec::new(),
+            canaries: Vec::new(),
+            freed: Vec::new(),
+            admin: Pair {
+                qid: 0,
+                sq: 0,
+                cq: 0,
+                entries: 0,
+                tail: 0,
+                head: 0,
+                phase: true,
+            },
+            pairs: Vec::new(),
+        };
+        // Canaries before, between and after the host's regions.
+        for i in 0..3 {
+            if let Ok(c) = p.dma().allocate(CANARY_PAGES * 4096) {
+                host.canaries.push(c);
+            }
+            if i < 2 {
+                host.alloc(4);
+            }
+        }
+        Some(host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Host {
+        Host::new(&HostileHostInput {
+            mqes_z: 255,
+            dstrd: 0,
+            mdts: 0,
+            max_io_queues: 4,
+            actions: Vec::new(),
+        })
+        .expect("simulator")
+    }
+
+    /// Found by `fuzz/` (hostile_host): with every region freed, `Base` set the host's ASQ to
+    /// a raw offset (`0xFFFF_FFFF`, just below the first canary); only that base was kept
+    /// off the canaries, so the second admin entry the host wrote at `base + 1 × 64` landed
+    /// in canary 0 and the check blamed the device (which had faulted on its freed admin SQ
+    /// and written nothing). Host writes that would reach a canary now go nowhere.
+    #[test]
+    fn host_ring_entries_past_an_unnamed_base_never_reach_a_canary() {
+        let mut h = host();
+        let c0 = h.canaries[0].iova();
+        h.admin = Pair {
+            qid: 0,
+            sq: c0 - 1,
+            cq: c0 - 1,
+            entries: 38,
+            tail: 0,
+            head: 0,
+            phase: true,
+        };
+        for _ in 0..3 {
+            h.submit(None, Command::create_io_sq(1, 1, 0, 1, 0), 0, 0);
+        }
+        h.check();
+        // Multi-word writes straddling into a canary (or its guard page) are refused too.
+        assert!(!h.write_mem(c0 - 8, &[1; 16]));
+        assert!(!h.write_mem(h.canaries[1].iova() - 8, &[1; 16]));
+        h.check();
+        // A host region stays writable.
+        assert!(h.write_mem(h.regions[0].iova(), &[1; 16]));
+    }
+
+    /// PRP entries the host writes with `Mem` never name a canary (the property's premise:
+    /// no input can name one).
+    #[test]
+    fn mem_words_never_name_a_canary() {
+        let mut h = host();
+        let c1 = h.canaries[1].iova();
+        let r = h.regions[0].iova();
+        h.step(&HostAction::Mem {
+            addr: Addr::Region { idx: 0, offset: 0 },
+            words: [c1, c1 + 0x10, r, 0],
+            len: 2,
+        });
+        let mut b = [0u8; 24];
+        assert!(h.p.dma().host_read(r, &mut b));
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        assert_eq!(w(0), c1 ^ 0x8000_0000_0000_0000);
+        assert_eq!(w(1), (c1 + 0x10) ^ 0x8000_0000_0000_0000);
+        assert_eq!(w(2), r);
     }
 }

@@ -653,21 +653,37 @@ fn hostile_device() -> Vec<(&'static str, HostileDeviceInput)> {
         ("wrap-around", input(3, 2, wrap)),
         ("big-transfers", input(20, 4, big_transfers)),
         ("queue-full", input(6, 0, full)),
+    ]
+    .into_iter()
+    .chain(deep_queues())
+    .collect()
+}
+
+fn deep_queues() -> Vec<(&'static str, HostileDeviceInput)> {
+    use Action::*;
+    let input = |entries: u16, actions: Vec<Action>| HostileDeviceInput {
+        qid: 1,
+        entries,
+        lba_4k: false,
+        max_transfer: 0,
+        timeout_ms: 10,
+        actions,
+    };
+    vec![
         (
             "queue-65535",
-            input(0xFFFF, 0, vec![Burst { count: 3 }, Ring, Poll]),
+            input(0xFFFF, vec![Burst { count: 3 }, Ring, Poll]),
         ),
         (
             "queue-over-32768-slots",
             input(
                 0xFF01,
-                0,
                 vec![
                     Burst { count: 32769 },
                     Ring,
                     Complete {
                         pick: 32768,
-                        status: ok,
+                        status: Status::SUCCESS,
                         dw0: 0,
                     },
                     Poll,
@@ -675,6 +691,25 @@ fn hostile_device() -> Vec<(&'static str, HostileDeviceInput)> {
             ),
         ),
     ]
+}
+
+/// The `hostile_device` inputs that get huge queues (more than 32768 slots, 65535 entries);
+/// every other input's queue has at most 321 entries (see `HostileDeviceInput::entries`).
+/// They are seeds and regressions (`regressions/hostile_device/queue-*`).
+pub fn deep_queue_inputs() -> Vec<HostileDeviceInput> {
+    deep_queues().into_iter().map(|(_, i)| i).collect()
+}
+
+/// The byte encodings of [`deep_queue_inputs`] (as in `corpus/` and `regressions/`).
+pub fn deep_queue_encodings() -> Vec<Vec<u8>> {
+    deep_queues()
+        .iter()
+        .map(|(_, i)| {
+            let mut out = Vec::new();
+            i.encode(&mut out);
+            out
+        })
+        .collect()
 }
 
 impl Encode for Addr {

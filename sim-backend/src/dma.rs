@@ -1,9 +1,13 @@
 //! Device-visible memory without `unsafe`: the simulator's IOMMU.
 //!
-//! Each region handed out by [`SimDma`] is a heap chunk of [`AtomicU64`], over-allocated by
+//! Each region handed out by [`SimDma`] is a heap chunk of [`AtomicU32`], over-allocated by
 //! one page so that the CPU pointer can be 4096-aligned. The host writes through the raw
 //! pointer (the atomics' interior mutability makes that legal); the device side translates an
-//! IOVA to its chunk and reads or writes with atomic loads and stores. IOVAs come from the
+//! IOVA to its chunk and reads or writes with atomic loads and stores of whole dwords. Dwords,
+//! not wider words: the driver core reads and writes queue entries one dword at a time (the
+//! phase dword of a completion with an `Acquire` `AtomicU32` load), and accesses of different
+//! sizes to the same bytes, one of them atomic, are not allowed by Rust's memory model; so
+//! every device access here is exactly as wide as the core's. IOVAs come from the
 //! simulator's own space, starting at [`IOVA_BASE`], page aligned, never reused, with an
 //! unmapped guard page after every region: an access by the device to an unmapped or freed
 //! IOVA fails (a Data Transfer Error for the command, NVMe Base §9.3), just as an IOMMU
@@ -12,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nvme_core::hw::{DmaAllocator, DmaError, DmaErrorKind, DmaRegion};
@@ -26,7 +30,9 @@ pub const DMA_PAGE: usize = 4096;
 /// pinning limit).
 pub const DMA_LIMIT: usize = 2 << 30;
 
-const WORDS_PER_PAGE: usize = DMA_PAGE / 8;
+/// Bytes per backing word (a dword).
+const WORD: usize = 4;
+const WORDS_PER_PAGE: usize = DMA_PAGE / WORD;
 
 /// Why an access by the device to host memory failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +56,11 @@ impl fmt::Display for DmaFault {
 
 struct Mapping {
     len: usize,
-    words: Box<[AtomicU64]>,
+    /// A `Vec`, not a `Box<[_]>`: the host holds a raw pointer into these words, and moving
+    /// a `Box` (into the map) asserts unique access to its contents, which the host's later
+    /// writes through that pointer would contradict (Miri reports it); a `Vec` asserts
+    /// nothing when moved.
+    words: Vec<AtomicU32>,
     first_word: usize,
 }
 
@@ -136,15 +146,21 @@ impl DmaSpace {
         order: Ordering,
     ) -> Result<(), DmaFault> {
         self.with_mapping(iova, buf.len(), |m, off| {
+            let Split { head, whole, tail } = split(m, off, buf.len());
             let mut pos = 0;
-            while pos < buf.len() {
-                let byte = off + pos;
-                let w = m.first_word + byte / 8;
-                let in_word = byte % 8;
-                let n = (8 - in_word).min(buf.len() - pos);
+            if let Some((w, in_word, n)) = head {
                 let v = m.words[w].load(order).to_ne_bytes();
-                buf[pos..pos + n].copy_from_slice(&v[in_word..in_word + n]);
-                pos += n;
+                buf[..n].copy_from_slice(&v[in_word..in_word + n]);
+                pos = n;
+            }
+            let body = &mut buf[pos..pos + whole.len() * WORD];
+            for (w, out) in m.words[whole].iter().zip(body.chunks_exact_mut(WORD)) {
+                out.copy_from_slice(&w.load(order).to_ne_bytes());
+            }
+            if let Some((w, n)) = tail {
+                let v = m.words[w].load(order).to_ne_bytes();
+                let at = buf.len() - n;
+                buf[at..].copy_from_slice(&v[..n]);
             }
         })
     }
@@ -160,48 +176,55 @@ impl DmaSpace {
         } else {
             order
         };
+        // A partial dword: merge, so bytes of the dword outside this access (which the host
+        // may own) are preserved.
+        let merge = |word: &AtomicU32, in_word: usize, bytes: &[u8]| {
+            let _ = word.fetch_update(order, load, |old| {
+                let mut b = old.to_ne_bytes();
+                b[in_word..in_word + bytes.len()].copy_from_slice(bytes);
+                Some(u32::from_ne_bytes(b))
+            });
+        };
         self.with_mapping(iova, data.len(), |m, off| {
+            let Split { head, whole, tail } = split(m, off, data.len());
             let mut pos = 0;
-            while pos < data.len() {
-                let byte = off + pos;
-                let w = m.first_word + byte / 8;
-                let in_word = byte % 8;
-                let n = (8 - in_word).min(data.len() - pos);
-                if n == 8 {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&data[pos..pos + 8]);
-                    m.words[w].store(u64::from_ne_bytes(a), order);
-                } else {
-                    // A partial word: merge, so bytes of the word outside this access (which
-                    // the host may own) are preserved.
-                    let _ = m.words[w].fetch_update(order, load, |old| {
-                        let mut b = old.to_ne_bytes();
-                        b[in_word..in_word + n].copy_from_slice(&data[pos..pos + n]);
-                        Some(u64::from_ne_bytes(b))
-                    });
-                }
-                pos += n;
+            if let Some((w, in_word, n)) = head {
+                merge(&m.words[w], in_word, &data[..n]);
+                pos = n;
+            }
+            let body = &data[pos..pos + whole.len() * WORD];
+            for (w, d) in m.words[whole].iter().zip(body.chunks_exact(WORD)) {
+                let mut a = [0u8; WORD];
+                a.copy_from_slice(d);
+                w.store(u32::from_ne_bytes(a), order);
+            }
+            if let Some((w, n)) = tail {
+                merge(&m.words[w], 0, &data[data.len() - n..]);
             }
         })
     }
 
-    /// Writes a 16-byte completion queue entry at a 16-byte aligned `iova`: dwords 0–1 first,
-    /// then dwords 2–3 (which hold the phase tag) with Release ordering, so a host that reads
-    /// the phase with Acquire sees the whole entry (NVMe Base §4.2.1, §4.2.4).
+    /// Writes a 16-byte completion queue entry at a 16-byte aligned `iova`: dwords 0–2 first,
+    /// then dword 3 (which holds the phase tag, bit 16) last, with Release ordering, so a host
+    /// that reads the phase dword with Acquire sees the whole entry (NVMe Base §4.2.1,
+    /// §4.2.4). One atomic store per dword: the host reads the entry dword by dword.
     pub(crate) fn write_cqe(&self, iova: u64, bytes: &[u8; 16]) -> Result<(), DmaFault> {
         if iova % 16 != 0 {
             return Err(DmaFault { iova, len: 16 });
         }
         self.with_mapping(iova, 16, |m, off| {
-            let w = m.first_word + off / 8;
-            let mut lo = [0u8; 8];
-            let mut hi = [0u8; 8];
-            lo.copy_from_slice(&bytes[..8]);
-            hi.copy_from_slice(&bytes[8..]);
-            // Relaxed: ordered before the Release store below.
-            m.words[w].store(u64::from_ne_bytes(lo), Ordering::Relaxed);
-            // Release: the phase tag is in this word; it publishes the entry.
-            m.words[w + 1].store(u64::from_ne_bytes(hi), Ordering::Release);
+            let w = m.first_word + off / WORD;
+            let dword = |i: usize| {
+                let mut d = [0u8; WORD];
+                d.copy_from_slice(&bytes[i * WORD..(i + 1) * WORD]);
+                u32::from_ne_bytes(d)
+            };
+            for i in 0..3 {
+                // Relaxed: ordered before the Release store below.
+                m.words[w + i].store(dword(i), Ordering::Relaxed);
+            }
+            // Release: the phase tag is in this dword; it publishes the entry.
+            m.words[w + 3].store(dword(3), Ordering::Release);
         })
     }
 
@@ -226,14 +249,14 @@ impl DmaSpace {
             ));
         }
         // One extra page so that the CPU pointer can be aligned to a page.
-        let nwords = rounded / 8 + WORDS_PER_PAGE;
-        let words: Box<[AtomicU64]> = (0..nwords).map(|_| AtomicU64::new(0)).collect();
+        let nwords = rounded / WORD + WORDS_PER_PAGE;
+        let words: Vec<AtomicU32> = (0..nwords).map(|_| AtomicU32::new(0)).collect();
         let base = words.as_ptr() as *mut u8;
         let misalign = base as usize % DMA_PAGE;
         let pad = (DMA_PAGE - misalign) % DMA_PAGE;
-        // `pad` is a multiple of 8 (AtomicU64 is 8-aligned), so the aligned pointer starts at
+        // `pad` is a multiple of 4 (AtomicU32 is 4-aligned), so the aligned pointer starts at
         // a word boundary, and it stays inside the chunk (pad < one page of slack).
-        let first_word = pad / 8;
+        let first_word = pad / WORD;
         let ptr = NonNull::new(base.wrapping_add(pad))
             .ok_or(SimDmaError::new(DmaErrorKind::Other, "null allocation"))?;
         let iova = g.next_iova;
@@ -274,6 +297,34 @@ impl DmaSpace {
     /// Number of mapped regions.
     pub(crate) fn regions(&self) -> usize {
         self.read_lock().regions.len()
+    }
+}
+
+/// The `len` bytes at byte `off` of a mapping, as dwords.
+struct Split {
+    /// A partial first dword: (word, first byte in it, bytes).
+    head: Option<(usize, usize, usize)>,
+    /// The whole dwords.
+    whole: std::ops::Range<usize>,
+    /// A partial last dword: (word, bytes from its start).
+    tail: Option<(usize, usize)>,
+}
+
+fn split(m: &Mapping, off: usize, len: usize) -> Split {
+    let w0 = m.first_word + off / WORD;
+    let in_word = off % WORD;
+    let head_len = if in_word == 0 {
+        0
+    } else {
+        (WORD - in_word).min(len)
+    };
+    let first = if head_len > 0 { w0 + 1 } else { w0 };
+    let rest = len - head_len;
+    let whole = first..first + rest / WORD;
+    Split {
+        head: (head_len > 0).then_some((w0, in_word, head_len)),
+        tail: (rest % WORD > 0).then_some((whole.end, rest % WORD)),
+        whole,
     }
 }
 
@@ -334,15 +385,16 @@ impl SimDma {
 }
 
 // SAFETY: the contract of `DmaAllocator` holds:
-// - every region is a distinct heap chunk of `AtomicU64` owned by the space's map until
-//   `free`, so `ptr .. ptr + len` is valid for raw reads and writes by any thread (the atomics'
+// - every region is a distinct heap chunk of `AtomicU32` owned by the space's map until
+//   `free` (a `Vec`, whose moves assert no unique access to the words), so
+//   `ptr .. ptr + len` is valid for raw reads and writes by any thread (the atomics'
 //   `UnsafeCell` makes writes through a pointer derived from a shared borrow legal) and
 //   overlaps no other allocation; the chunk has one page of slack, so the page-aligned
 //   pointer plus the page-rounded `len` stays inside it;
 // - `ptr` is aligned to 4096 by construction, `iova` is a multiple of 4096 (IOVA_BASE and
 //   every increment are), `len` is a non-zero multiple of 4096 and at least the request;
 // - the device reads and writes exactly these words when it accesses `iova .. iova + len`;
-// - the chunk is created from `AtomicU64::new(0)`: zeroed.
+// - the chunk is created from `AtomicU32::new(0)`: zeroed.
 // A `free` of a region this allocator did not hand out, or of one already freed, is ignored
 // (the map lookup fails), so it cannot release memory that is still in use.
 #[allow(unsafe_code)]
@@ -401,5 +453,53 @@ mod tests {
             dma.allocate(usize::MAX).unwrap_err().kind(),
             DmaErrorKind::InvalidRequest
         );
+    }
+
+    /// The driver core reads and writes queue entries one dword at a time (the phase dword of
+    /// a completion with an `Acquire` `AtomicU32` load), so the device's atomics are dwords
+    /// too: atomic accesses of different sizes to the same bytes are not allowed by Rust's
+    /// memory model (nor by Miri). A completion entry is four dword stores covering exactly
+    /// its 16 bytes, and a partial write keeps the other bytes of its dwords.
+    #[test]
+    fn device_accesses_are_dword_wide_like_the_cores() {
+        let space = Arc::new(DmaSpace::new());
+        let dma = SimDma::new(space.clone());
+        let r = dma.allocate(4096).unwrap();
+        {
+            let g = space.read_lock();
+            let m = &g.regions[&r.iova()];
+            assert_eq!(std::mem::size_of_val(&m.words[0]), 4);
+            assert_eq!(m.words.len(), 2 * 4096 / 4);
+        }
+        let cqe: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
+        space.write_cqe(r.iova() + 16, &cqe).unwrap();
+        let mut b = [0u8; 48];
+        space.read(r.iova(), &mut b).unwrap();
+        assert_eq!(b[..16], [0; 16]);
+        assert_eq!(b[16..32], cqe);
+        assert_eq!(b[32..], [0; 16]);
+        assert!(space.write_cqe(r.iova() + 8, &cqe).is_err());
+        assert!(space.write_cqe(r.iova() + 4096, &cqe).is_err());
+        // 2 bytes in the middle of dword 4 (bytes 17..19): bytes 16 and 19 are kept.
+        space.write(r.iova() + 17, &[0xAA, 0xBB]).unwrap();
+        let mut d = [0u8; 4];
+        assert!(dma.host_read(r.iova() + 16, &mut d));
+        assert_eq!(d, [1, 0xAA, 0xBB, 4]);
+        // Every split of a short access: head, whole dwords, tail, within and across dwords.
+        let bytes: Vec<u8> = (0..64u8).map(|i| i ^ 0x5A).collect();
+        for off in 0..9u64 {
+            for len in 0..40 {
+                space.write(r.iova() + 1024, &[0; 64]).unwrap();
+                space.write(r.iova() + 1024 + off, &bytes[..len]).unwrap();
+                let mut all = [0xFFu8; 64];
+                space.read(r.iova() + 1024, &mut all).unwrap();
+                let mut want = [0u8; 64];
+                want[off as usize..off as usize + len].copy_from_slice(&bytes[..len]);
+                assert_eq!(all, want, "write at +{off}, {len} bytes");
+                let mut part = vec![0u8; len];
+                space.read(r.iova() + 1024 + off, &mut part).unwrap();
+                assert_eq!(part, bytes[..len], "read at +{off}, {len} bytes");
+            }
+        }
     }
 }
