@@ -74,6 +74,20 @@ fn main() -> ExitCode {
             filter,
             &mut all,
         );
+        // A 64 KiB DMA granule, as on ARM64 servers with 64 KiB-page kernels: every buffer
+        // and ring is 64 KiB aligned and rounded, PRPs stay 4 KiB (CC.MPS).
+        run(
+            &SimBackend::new(
+                SimConfig {
+                    dma_granule: 65536,
+                    ..SimConfig::default()
+                },
+                true,
+                "msix-64k",
+            ),
+            filter,
+            &mut all,
+        );
     }
     if let Ok(addr) = std::env::var("NVME_TEST_PCI") {
         let modes = std::env::var("NVME_TEST_IRQ").unwrap_or_else(|_| "both".into());

@@ -100,6 +100,10 @@ pub struct SimConfig {
     /// Whether the controller has a volatile write cache (Identify Controller VWC bit 0,
     /// feature 06h).
     pub volatile_write_cache: bool,
+    /// The DMA allocator's granule and alignment ([`nvme_core::hw::DmaAllocator::page_size`]):
+    /// 4096 (the default), or 65536 to behave like an ARM64 host with 64 KiB pages. PRPs stay
+    /// 4 KiB (CC.MPS); every allocation, however small, costs a whole granule.
+    pub dma_granule: usize,
 }
 
 impl Default for SimConfig {
@@ -124,6 +128,7 @@ impl Default for SimConfig {
             mode: SimMode::Inline,
             strict: true,
             volatile_write_cache: true,
+            dma_granule: crate::dma::DMA_PAGE,
         }
     }
 }

@@ -24,7 +24,9 @@ use nvme_core::hw::{DmaAllocator, DmaError, DmaErrorKind, DmaRegion};
 /// The first IOVA the simulator hands out. Far from any heap address, so a host that puts a
 /// CPU pointer where an IOVA belongs is caught.
 pub const IOVA_BASE: u64 = 0x1_0000_0000;
-/// The allocation granule and alignment of [`SimDma`].
+/// The default allocation granule and alignment of [`SimDma`] (4 KiB pages, as on x86_64 and
+/// most ARM64 distributions); [`crate::SimConfig::dma_granule`] can make it 64 KiB, as on ARM64
+/// servers running 64 KiB-page kernels.
 pub const DMA_PAGE: usize = 4096;
 /// The most memory one simulator maps at once (the allocator fails beyond it, like a
 /// pinning limit).
@@ -32,7 +34,6 @@ pub const DMA_LIMIT: usize = 2 << 30;
 
 /// Bytes per backing word (a dword).
 const WORD: usize = 4;
-const WORDS_PER_PAGE: usize = DMA_PAGE / WORD;
 
 /// Why an access by the device to host memory failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,8 @@ struct SpaceInner {
     regions: BTreeMap<u64, Mapping>,
     next_iova: u64,
     mapped: usize,
+    /// Allocation granule and alignment (a power of two, at least 4 KiB).
+    granule: usize,
 }
 
 /// The IOVA space of one simulator, shared by the allocator (host side) and the controller
@@ -88,13 +91,21 @@ impl fmt::Debug for DmaSpace {
 }
 
 impl DmaSpace {
-    pub(crate) fn new() -> Self {
+    /// An empty space whose allocations are `granule`-sized and aligned (a power of two of
+    /// at least 4 KiB; [`IOVA_BASE`] is aligned to any such granule up to 4 GiB).
+    pub(crate) fn new(granule: usize) -> Self {
         Self {
             inner: RwLock::new(SpaceInner {
                 next_iova: IOVA_BASE,
+                granule: granule.max(DMA_PAGE).next_power_of_two(),
                 ..Default::default()
             }),
         }
+    }
+
+    /// The allocation granule.
+    pub(crate) fn granule(&self) -> usize {
+        self.read_lock().granule
     }
 
     fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, SpaceInner> {
@@ -235,13 +246,12 @@ impl DmaSpace {
                 "zero-length allocation",
             ));
         }
-        let rounded = len
-            .checked_next_multiple_of(DMA_PAGE)
-            .ok_or(SimDmaError::new(
-                DmaErrorKind::InvalidRequest,
-                "length overflows",
-            ))?;
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let page = g.granule;
+        let rounded = len.checked_next_multiple_of(page).ok_or(SimDmaError::new(
+            DmaErrorKind::InvalidRequest,
+            "length overflows",
+        ))?;
         if g.mapped.saturating_add(rounded) > DMA_LIMIT {
             return Err(SimDmaError::new(
                 DmaErrorKind::OutOfMemory,
@@ -249,11 +259,11 @@ impl DmaSpace {
             ));
         }
         // One extra page so that the CPU pointer can be aligned to a page.
-        let nwords = rounded / WORD + WORDS_PER_PAGE;
+        let nwords = (rounded + page) / WORD;
         let words: Vec<AtomicU32> = (0..nwords).map(|_| AtomicU32::new(0)).collect();
         let base = words.as_ptr() as *mut u8;
-        let misalign = base as usize % DMA_PAGE;
-        let pad = (DMA_PAGE - misalign) % DMA_PAGE;
+        let misalign = base as usize % page;
+        let pad = (page - misalign) % page;
         // `pad` is a multiple of 4 (AtomicU32 is 4-aligned), so the aligned pointer starts at
         // a word boundary, and it stays inside the chunk (pad < one page of slack).
         let first_word = pad / WORD;
@@ -263,7 +273,7 @@ impl DmaSpace {
         // A guard page after each region, and IOVAs are never reused: a stale or
         // overrunning device access always faults.
         let next = iova
-            .checked_add(rounded as u64 + DMA_PAGE as u64)
+            .checked_add(rounded as u64 + page as u64)
             .ok_or(SimDmaError::new(
                 DmaErrorKind::NoIovaSpace,
                 "IOVA space exhausted",
@@ -391,8 +401,9 @@ impl SimDma {
 //   `UnsafeCell` makes writes through a pointer derived from a shared borrow legal) and
 //   overlaps no other allocation; the chunk has one page of slack, so the page-aligned
 //   pointer plus the page-rounded `len` stays inside it;
-// - `ptr` is aligned to 4096 by construction, `iova` is a multiple of 4096 (IOVA_BASE and
-//   every increment are), `len` is a non-zero multiple of 4096 and at least the request;
+// - `ptr` is aligned to the granule (4 KiB or more, `page_size`) by construction, `iova` is a
+//   multiple of it (IOVA_BASE and every increment are), `len` is a non-zero multiple of it and
+//   at least the request;
 // - the device reads and writes exactly these words when it accesses `iova .. iova + len`;
 // - the chunk is created from `AtomicU32::new(0)`: zeroed.
 // A `free` of a region this allocator did not hand out, or of one already freed, is ignored
@@ -402,7 +413,7 @@ unsafe impl DmaAllocator for SimDma {
     type Error = SimDmaError;
 
     fn page_size(&self) -> usize {
-        DMA_PAGE
+        self.space.granule()
     }
 
     fn allocate(&self, len: usize) -> Result<DmaRegion, Self::Error> {
@@ -418,9 +429,28 @@ unsafe impl DmaAllocator for SimDma {
 mod tests {
     use super::*;
 
+    /// ARM64 hosts with 64 KiB pages: every region is granule-aligned and granule-sized on
+    /// both sides (CPU pointer and IOVA), however small the request.
+    #[test]
+    fn a_64k_granule_aligns_and_rounds_every_region() {
+        let space = Arc::new(DmaSpace::new(65536));
+        let dma = SimDma::new(space.clone());
+        assert_eq!(dma.page_size(), 65536);
+        let a = dma.allocate(512).unwrap();
+        let b = dma.allocate(65537).unwrap();
+        for r in [a, b] {
+            assert_eq!(r.ptr().as_ptr() as usize % 65536, 0);
+            assert_eq!(r.iova() % 65536, 0);
+            assert_eq!(r.len() % 65536, 0);
+        }
+        assert_eq!((a.len(), b.len()), (65536, 131072));
+        // The guard granule after `a` is unmapped.
+        assert!(!space.is_mapped(a.iova() + 65536, 4));
+    }
+
     #[test]
     fn regions_are_aligned_zeroed_and_translated() {
-        let space = Arc::new(DmaSpace::new());
+        let space = Arc::new(DmaSpace::new(DMA_PAGE));
         let dma = SimDma::new(space.clone());
         let r = dma.allocate(100).unwrap();
         assert_eq!(r.len(), 4096);
@@ -462,7 +492,7 @@ mod tests {
     /// its 16 bytes, and a partial write keeps the other bytes of its dwords.
     #[test]
     fn device_accesses_are_dword_wide_like_the_cores() {
-        let space = Arc::new(DmaSpace::new());
+        let space = Arc::new(DmaSpace::new(DMA_PAGE));
         let dma = SimDma::new(space.clone());
         let r = dma.allocate(4096).unwrap();
         {

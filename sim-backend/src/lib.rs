@@ -343,6 +343,12 @@ fn validate(cfg: &SimConfig) -> Result<(), SimError> {
     if cfg.dstrd > 8 {
         return bad("dstrd must be at most 8".into());
     }
+    if !cfg.dma_granule.is_power_of_two() || !(4096..=1 << 21).contains(&cfg.dma_granule) {
+        return bad(format!(
+            "dma_granule {} must be a power of two from 4096 to 2 MiB",
+            cfg.dma_granule
+        ));
+    }
     let last = nvme_core::spec::regs::cq_head_doorbell(cfg.max_io_queues, cfg.dstrd);
     if last + 4 > BAR_SIZE {
         return bad(format!(
@@ -383,7 +389,7 @@ impl Simulator {
         for (i, nc) in config.namespaces.iter().enumerate() {
             namespaces.push(Namespace::open(i as u32 + 1, nc).map_err(SimError::Config)?);
         }
-        let dma = Arc::new(DmaSpace::new());
+        let dma = Arc::new(DmaSpace::new(config.dma_granule));
         let irq = Arc::new(IrqCore::new(config.msix_vectors));
         let mode = config.mode;
         let ctrl = Controller::new(config, namespaces, dma.clone(), irq.clone());

@@ -173,7 +173,7 @@ mod tests {
     use std::sync::Arc;
 
     fn setup() -> (Arc<DmaSpace>, SimDma) {
-        let s = Arc::new(DmaSpace::new());
+        let s = Arc::new(DmaSpace::new(crate::dma::DMA_PAGE));
         (s.clone(), SimDma::new(s))
     }
 
