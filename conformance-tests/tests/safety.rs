@@ -28,6 +28,8 @@ fn controller(s: &Simulator, io_timeout: Duration) -> Controller<SimPlatform> {
             interrupts: false,
             io_timeout,
             admin_timeout: Duration::from_secs(2),
+            // Timeouts reported as they happen (recovery has its own tests).
+            recovery: nvme_core::RecoveryPolicy::REPORT_ONLY,
             ..ControllerConfig::default()
         },
     )

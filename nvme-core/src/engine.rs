@@ -15,6 +15,9 @@ use crate::spec::{Command, Completion, PAGE_SIZE};
 enum SlotState {
     Free,
     InFlight,
+    /// Past its deadline; an Abort was requested and the command gets a second deadline
+    /// before the controller is reset (`crate::recovery`). Not reported yet.
+    Aborting,
     /// The caller was told the request timed out; the payload stays here until the device
     /// completes it or the queue is torn down.
     TimedOut,
@@ -49,6 +52,25 @@ pub(crate) struct Reaped<T> {
     pub(crate) opcode: u8,
     /// The request had already been reported as timed out.
     pub(crate) late: bool,
+}
+
+/// What [`Engine::expire`] found.
+#[derive(Debug)]
+pub(crate) enum Expiry<'a, T> {
+    /// Past its deadline: ask for an Abort.
+    Abort { cid: u16 },
+    /// An aborted command is still not back: the controller needs a reset.
+    Escalate {
+        cid: u16,
+        opcode: u8,
+        payload: &'a mut T,
+    },
+    /// Past its deadline, no recovery: report it.
+    Timeout {
+        cid: u16,
+        opcode: u8,
+        payload: &'a mut T,
+    },
 }
 
 /// A data transfer for [`Engine::submit`]: bytes `offset .. offset + len` of `mem`.
@@ -367,10 +389,17 @@ impl<T> Engine<T> {
     }
 
     /// Gives the commands submitted since the last call their deadline (`now_ns` plus the
-    /// engine's timeout), then marks every in-flight request whose deadline passed as timed
-    /// out and reports it to `f(cid, opcode, &mut payload)`. O(new submissions) when nothing
-    /// expired; called with one clock reading per poll.
-    pub(crate) fn expire(&mut self, now_ns: u64, mut f: impl FnMut(u16, u8, &mut T)) -> usize {
+    /// engine's timeout), then handles every request whose deadline passed, reporting each to
+    /// `f`: with `abort_ns`, an in-flight request becomes [`Expiry::Abort`] (it gets
+    /// `abort_ns` more) and an aborting one [`Expiry::Escalate`]; without, an in-flight
+    /// request becomes [`Expiry::Timeout`]. O(new submissions) when nothing expired; called
+    /// with one clock reading per poll. Returns how many events were reported.
+    pub(crate) fn expire(
+        &mut self,
+        now_ns: u64,
+        abort_ns: Option<u64>,
+        mut f: impl FnMut(Expiry<'_, T>),
+    ) -> usize {
         if !self.undated.is_empty() {
             let at = now_ns.saturating_add(self.timeout_ns).min(UNDATED - 1);
             for idx in self.undated.drain(..) {
@@ -388,18 +417,44 @@ impl<T> Engine<T> {
         let mut next = u64::MAX;
         let mut n = 0;
         for (i, s) in self.slots.iter_mut().enumerate() {
-            if s.state != SlotState::InFlight || s.deadline_ns == UNDATED {
+            let live = matches!(s.state, SlotState::InFlight | SlotState::Aborting);
+            if !live || s.deadline_ns == UNDATED {
                 continue;
             }
-            if s.deadline_ns <= now_ns {
-                s.state = SlotState::TimedOut;
-                n += 1;
-                self.stats.timeouts += 1;
-                if let Some(p) = s.payload.as_mut() {
-                    f(self.codec.encode(i as u16, s.generation), s.opcode, p);
-                }
-            } else {
+            if s.deadline_ns > now_ns {
                 next = next.min(s.deadline_ns);
+                continue;
+            }
+            let cid = self.codec.encode(i as u16, s.generation);
+            let Some(p) = s.payload.as_mut() else {
+                continue;
+            };
+            n += 1;
+            match (s.state, abort_ns) {
+                (SlotState::InFlight, Some(extra)) => {
+                    s.state = SlotState::Aborting;
+                    s.deadline_ns = now_ns.saturating_add(extra).min(UNDATED - 1);
+                    next = next.min(s.deadline_ns);
+                    f(Expiry::Abort { cid });
+                }
+                (SlotState::Aborting, _) => {
+                    s.state = SlotState::TimedOut;
+                    self.stats.timeouts += 1;
+                    f(Expiry::Escalate {
+                        cid,
+                        opcode: s.opcode,
+                        payload: p,
+                    });
+                }
+                _ => {
+                    s.state = SlotState::TimedOut;
+                    self.stats.timeouts += 1;
+                    f(Expiry::Timeout {
+                        cid,
+                        opcode: s.opcode,
+                        payload: p,
+                    });
+                }
             }
         }
         self.next_deadline_ns = next;
@@ -415,7 +470,7 @@ impl<T> Engine<T> {
             return None;
         }
         match s.state {
-            SlotState::InFlight => Some(true),
+            SlotState::InFlight | SlotState::Aborting => Some(true),
             SlotState::TimedOut => Some(false),
             SlotState::Free => None,
         }
@@ -439,6 +494,16 @@ impl<T> Engine<T> {
         self.unrung.clear();
         self.undated.clear();
         self.next_deadline_ns = u64::MAX;
+    }
+
+    /// After a controller reset, before the queues are re-created: the rings start over
+    /// (SQ tail and head 0, CQ head 0 with phase 1 and every entry zeroed, §4.2.4) and every
+    /// outstanding payload is handed to `f` with its old CID. Only while the device has no
+    /// queue on these rings.
+    pub(crate) fn reinit(&mut self, f: impl FnMut(u16, T)) {
+        self.take_all(f);
+        self.sq.restart();
+        self.cq.restart();
     }
 
     /// The regions this engine owns (rings and PRP lists), for teardown.

@@ -31,14 +31,16 @@ use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use crate::dma::DmaBuffer;
-use crate::engine::{Engine, Reaped, Transfer};
+use crate::engine::{Engine, Expiry, Reaped, Transfer};
 use crate::error::{Error, Result};
 use crate::hw::{Bar, Clock, InterruptSource, Platform};
 use crate::namespace::Namespace;
 use crate::queue::QueueStats;
+use crate::recovery::{PairRecord, RecoveryPolicy};
 use crate::shared::Shared;
+use crate::spec::status::generic;
 use crate::spec::transfer::{io_data_length, DataLength};
-use crate::spec::{Command, Completion, NvmOpcode, Status, PAGE_SIZE};
+use crate::spec::{Command, Completion, NvmOpcode, Status, StatusCodeType, PAGE_SIZE};
 
 /// One request's state inside a queue slot.
 pub(crate) struct IoReq<P: Platform> {
@@ -47,6 +49,14 @@ pub(crate) struct IoReq<P: Platform> {
     /// The caller was already given this request's outcome ([`Error::Timeout`]): it must not
     /// be reported again, only its buffer freed once the device lets go.
     timed_out: bool,
+    /// The command as submitted (pointers cleared), to resubmit it (`crate::recovery`).
+    cmd: Command,
+    /// Offset and length of the transfer in `buffer` (length 0: no data).
+    xfer: (usize, usize),
+    /// Resubmissions so far.
+    retries: u8,
+    /// The blocking call waiting for this request (0: none).
+    sync: u64,
 }
 
 impl<P: Platform> core::fmt::Debug for IoReq<P> {
@@ -83,6 +93,8 @@ pub struct IoCompletion<P: Platform> {
     pub dw0: u32,
     /// The buffer given at submission, back in the caller's hands.
     pub buffer: Option<DmaBuffer<P>>,
+    /// The blocking call this completion belongs to (0: an asynchronous submission).
+    sync: u64,
 }
 
 impl<P: Platform> core::fmt::Debug for IoCompletion<P> {
@@ -150,6 +162,19 @@ pub struct IoQueuePair<P: Platform> {
     parked: VecDeque<IoCompletion<P>>,
     dead: bool,
     released: bool,
+    /// The controller's view of this pair, to re-create it after a reset (`None` for a
+    /// detached pair).
+    record: Option<Arc<PairRecord>>,
+    policy: RecoveryPolicy,
+    /// Requests to resubmit (capacity: every slot, allocated once).
+    retry: alloc::vec::Vec<IoReq<P>>,
+    /// The last blocking call's identifier.
+    sync_seq: u64,
+    /// The identifier the next submission carries (a blocking call in progress), else 0.
+    next_sync: u64,
+    /// Revived after a reset: the SQ holds resubmitted commands to ring as soon as the
+    /// controller re-created the queues.
+    awaiting_queues: bool,
 }
 
 impl<P: Platform> core::fmt::Debug for IoQueuePair<P> {
@@ -162,7 +187,8 @@ impl<P: Platform> core::fmt::Debug for IoQueuePair<P> {
     }
 }
 
-/// The tag the blocking helpers use; asynchronous callers should use others.
+/// The tag of completions of blocking calls (they are matched by a private identifier, never
+/// by this tag, so asynchronous callers may use any tag).
 const SYNC_TAG: u64 = u64::MAX;
 
 impl<P: Platform> IoQueuePair<P> {
@@ -172,8 +198,10 @@ impl<P: Platform> IoQueuePair<P> {
         vector: Option<u16>,
         max_transfer: usize,
         generation: u32,
+        record: Option<Arc<PairRecord>>,
     ) -> Self {
         let cap = engine.capacity();
+        let policy = shared.policy;
         Self {
             shared,
             engine,
@@ -183,10 +211,21 @@ impl<P: Platform> IoQueuePair<P> {
             parked: VecDeque::with_capacity(cap),
             dead: false,
             released: false,
+            record,
+            policy,
+            retry: alloc::vec::Vec::with_capacity(cap),
+            sync_seq: 0,
+            next_sync: 0,
+            awaiting_queues: false,
         }
     }
-    pub(crate) fn generation(&self) -> u32 {
-        self.generation
+    /// True if the device has this pair's queues in reset generation `g`.
+    pub(crate) fn is_on_device(&self, g: u32) -> bool {
+        self.generation == g
+            && self
+                .record
+                .as_ref()
+                .is_none_or(|r| r.ready.load(Ordering::Acquire) == g)
     }
     /// True if this pair was created by the controller that owns `shared`.
     pub(crate) fn belongs_to(&self, shared: &Arc<Shared<P>>) -> bool {
@@ -196,6 +235,13 @@ impl<P: Platform> IoQueuePair<P> {
     /// succeeded the device holds no reference and everything is freed now; otherwise it all
     /// is retired until the next controller disable (`crate::reclaim`).
     pub(crate) fn release(&mut self, deleted: bool) {
+        if let Some(r) = self.record.take() {
+            self.shared
+                .mailbox
+                .pairs
+                .lock()
+                .retain(|x| !Arc::ptr_eq(x, &r));
+        }
         let shared = self.shared.clone();
         let generation = self.generation;
         let p = &*shared.platform;
@@ -252,31 +298,114 @@ impl<P: Platform> IoQueuePair<P> {
         DmaBuffer::new(&self.shared.platform, len)
     }
 
+    /// Follows a controller reset: with a recovery policy that resets, the pair revives
+    /// (its rings start over and its retryable commands wait in the SQ until the controller
+    /// re-creates the queues); otherwise it dies, failing everything outstanding.
     fn check_alive(&mut self) -> Result<()> {
-        if !self.dead && self.shared.reclaim.generation() != self.generation {
-            self.dead = true;
-            // The controller was reset: every command was discarded and the device holds no
-            // reference to any buffer; fail them all, giving the buffers back. A request
-            // already reported as timed out was finished for the caller: its buffer is freed
-            // here (the device can no longer reach it), not reported a second time.
-            let (parked, engine) = (&mut self.parked, &mut self.engine);
-            engine.take_all(|cid, req| {
-                if req.timed_out {
-                    return;
-                }
+        if self.dead {
+            return Err(Error::ControllerReset);
+        }
+        let g = self.shared.reclaim.generation();
+        if g != self.generation {
+            let revivable = self.policy.reset
+                && self
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| !r.failed.load(Ordering::Acquire));
+            if revivable {
+                self.revive(g);
+            } else {
+                self.die();
+                return Err(Error::ControllerReset);
+            }
+        }
+        Ok(())
+    }
+
+    /// The controller was reset and will not re-create this pair: every command was
+    /// discarded and the device holds no reference to any buffer; fail them all, giving the
+    /// buffers back. A request already reported as timed out was finished for the caller:
+    /// its buffer is freed here (the device can no longer reach it), not reported again.
+    fn die(&mut self) {
+        self.dead = true;
+        let (parked, engine) = (&mut self.parked, &mut self.engine);
+        engine.take_all(|cid, req| {
+            if req.timed_out {
+                return;
+            }
+            parked.push_back(IoCompletion {
+                tag: req.tag,
+                cid,
+                result: Err(Error::ControllerReset),
+                dw0: 0,
+                buffer: req.buffer,
+                sync: req.sync,
+            });
+        });
+    }
+
+    /// After a reset (generation `g`): the rings start over, every request not yet reported
+    /// goes back into the SQ while it has retries left (the rest fail with their buffers,
+    /// which the disabled device can no longer reach), and the pair declares itself ready
+    /// for the controller to re-create its queues (`crate::recovery`).
+    fn revive(&mut self, g: u32) {
+        let max = self.policy.retries;
+        let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
+        engine.reinit(|cid, mut req| {
+            if req.timed_out {
+                return;
+            }
+            if req.retries < max {
+                req.retries += 1;
+                retry.push(req);
+            } else {
                 parked.push_back(IoCompletion {
                     tag: req.tag,
                     cid,
                     result: Err(Error::ControllerReset),
                     dw0: 0,
                     buffer: req.buffer,
+                    sync: req.sync,
                 });
-            });
+            }
+        });
+        self.generation = g;
+        self.resubmit();
+        self.awaiting_queues = true;
+        if let Some(r) = &self.record {
+            // Release: the zeroed CQ and the new SQ entries are written before the controller
+            // re-creates the queues on them.
+            r.quiesced.store(g, Ordering::Release);
         }
-        if self.dead {
-            return Err(Error::ControllerReset);
+    }
+
+    /// Puts the requests in `retry` back into the SQ (not rung); one that cannot be placed
+    /// fails with its buffer.
+    fn resubmit(&mut self) -> bool {
+        let mut any = false;
+        let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
+        for req in retry.drain(..) {
+            let data = match (&req.buffer, req.xfer) {
+                (Some(b), (offset, len)) if len > 0 => Some(Transfer {
+                    mem: b.mem(),
+                    offset,
+                    len,
+                }),
+                _ => None,
+            };
+            match engine.submit(req.cmd, data, req, None) {
+                Ok(_) => any = true,
+                Err((error, req)) => parked.push_back(IoCompletion {
+                    tag: req.tag,
+                    cid: 0,
+                    result: Err(error),
+                    dw0: 0,
+                    buffer: req.buffer,
+                    sync: req.sync,
+                }),
+            }
         }
-        Ok(())
+        any
     }
 
     /// Submits any I/O command the core knows (raw passthrough, like `nvme io-passthru`).
@@ -443,6 +572,7 @@ impl<P: Platform> IoQueuePair<P> {
             }
             None => None,
         };
+        let sync = core::mem::take(&mut self.next_sync);
         match self.engine.submit(
             cmd,
             data,
@@ -450,6 +580,10 @@ impl<P: Platform> IoQueuePair<P> {
                 buffer,
                 tag,
                 timed_out: false,
+                cmd,
+                xfer: (offset, if data.is_some() { len } else { 0 }),
+                retries: 0,
+                sync,
             },
             None,
         ) {
@@ -461,11 +595,24 @@ impl<P: Platform> IoQueuePair<P> {
         }
     }
 
-    /// Writes the SQ tail doorbell for everything submitted since the last ring.
+    /// Writes the SQ tail doorbell for everything submitted since the last ring. After a
+    /// controller reset, not before the controller re-created this pair's queues
+    /// ([`crate::Controller::recover`]): until then the entries wait in the SQ.
     pub fn ring(&mut self) {
-        if self.check_alive().is_ok() {
-            self.engine.ring(self.shared.platform.bar());
+        if self.check_alive().is_err() {
+            return;
         }
+        if let Some(r) = &self.record {
+            // Acquire: pairs with the controller's Release once the queues exist again.
+            if r.ready.load(Ordering::Acquire) != self.generation {
+                if r.failed.load(Ordering::Acquire) {
+                    self.die();
+                }
+                return;
+            }
+        }
+        self.awaiting_queues = false;
+        self.engine.ring(self.shared.platform.bar());
     }
 
     /// Checks that `ns` is a current handle of this controller and that `nlb` blocks at
@@ -584,12 +731,14 @@ impl<P: Platform> IoQueuePair<P> {
         self.data_cmd(NvmOpcode::COMPARE, ns, slba, buffer, tag, false)
     }
 
-    /// Processes completions that have arrived, without waiting, handing each to `f`. Also
-    /// reports requests whose deadline passed (as [`Error::Timeout`]). Returns how many
-    /// were delivered.
+    /// Processes completions that have arrived, without waiting, handing each to `f`, and
+    /// handles requests whose deadline passed: by the recovery policy, an Abort is requested
+    /// from the controller ([`crate::Controller::recover`]) or the request is reported as
+    /// [`Error::Timeout`]. A command the controller aborted on request is resubmitted while
+    /// retries remain. Returns how many completions were delivered.
     ///
     /// # Errors
-    /// [`Error::DeviceGone`] if the CQ is silent and the device reads as all-ones.
+    /// None today; the result leaves room for device errors.
     pub fn poll(&mut self, mut f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
         let mut n = 0;
         while let Some(c) = self.parked.pop_front() {
@@ -603,39 +752,96 @@ impl<P: Platform> IoQueuePair<P> {
             }
             return Ok(n);
         }
+        n += self.service(&mut f);
+        while let Some(c) = self.parked.pop_front() {
+            f(c);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// One round of completion processing: reap (resubmitting what recovery aborted), then
+    /// deadlines with one clock reading. Delivers to `f`; returns how many.
+    fn service(&mut self, f: &mut impl FnMut(IoCompletion<P>)) -> usize {
+        let mut n = 0;
+        if self.awaiting_queues {
+            // Rings what was resubmitted after the reset once the queues exist again.
+            self.ring();
+        }
         let bar = self.shared.platform.bar();
-        n += self.engine.reap(bar, usize::MAX, |r| {
+        let max = self.policy.retries;
+        let (retry, engine) = (&mut self.retry, &mut self.engine);
+        engine.reap(bar, usize::MAX, |r| {
+            let st = r.completion.status();
+            // Command Abort Requested (§5.1.1, SCT 0h SC 07h) after a timeout: resubmit while
+            // retries remain, never with DNR set (§4.2.3).
+            if !r.payload.timed_out
+                && st.is(StatusCodeType::GENERIC, generic::ABORT_REQUESTED)
+                && !st.dnr()
+                && r.payload.retries < max
+            {
+                let mut req = r.payload;
+                req.retries += 1;
+                retry.push(req);
+                return;
+            }
             if let Some(c) = Self::to_completion(r) {
-                f(c)
+                n += 1;
+                f(c);
             }
         });
+        if !self.retry.is_empty() && self.resubmit() {
+            self.ring();
+        }
         // Deadlines are checked on every poll, whatever was reaped: one clock reading per
         // call (none when idle), none per command.
         if self.engine.outstanding() > 0 {
             let now = self.shared.now_ns();
             let qid = self.qid();
             let waited_ms = self.shared.io_timeout_ns / 1_000_000;
-            n += self.engine.expire(now, |cid, opcode, req| {
-                req.timed_out = true;
-                f(IoCompletion {
-                    tag: req.tag,
+            let policy = self.policy;
+            let abort_ns = policy
+                .abort
+                .then(|| u64::try_from(policy.abort_timeout.as_nanos()).unwrap_or(u64::MAX));
+            let mailbox = &self.shared.mailbox;
+            self.engine.expire(now, abort_ns, |e| match e {
+                Expiry::Abort { cid } => mailbox.request_abort(qid, cid),
+                Expiry::Escalate {
                     cid,
-                    result: Err(Error::Timeout {
-                        qid,
+                    opcode,
+                    payload,
+                }
+                | Expiry::Timeout {
+                    cid,
+                    opcode,
+                    payload,
+                } => {
+                    if policy.reset {
+                        mailbox.request_reset();
+                    }
+                    payload.timed_out = true;
+                    n += 1;
+                    f(IoCompletion {
+                        tag: payload.tag,
                         cid,
-                        opcode,
-                        waited_ms,
-                    }),
-                    dw0: 0,
-                    buffer: None,
-                });
+                        result: Err(Error::Timeout {
+                            qid,
+                            cid,
+                            opcode,
+                            waited_ms,
+                        }),
+                        dw0: 0,
+                        buffer: None,
+                        sync: payload.sync,
+                    });
+                }
             });
         }
-        Ok(n)
+        n
     }
 
     fn to_completion(r: Reaped<IoReq<P>>) -> Option<IoCompletion<P>> {
-        if r.late {
+        if r.payload.timed_out {
             // Already reported as timed out; the device is done with the buffer now, so it
             // is freed here.
             return None;
@@ -658,6 +864,7 @@ impl<P: Platform> IoQueuePair<P> {
             result,
             dw0: c.dw0(),
             buffer: r.payload.buffer,
+            sync: r.payload.sync,
         })
     }
 
@@ -665,7 +872,7 @@ impl<P: Platform> IoQueuePair<P> {
     /// passes; uses the CQ's interrupt vector when there is one, else polls.
     ///
     /// # Errors
-    /// [`Error::DeviceGone`], [`Error::ControllerFatal`].
+    /// [`Error::DeviceGone`] (everything outstanding is failed the same way first).
     pub fn wait(&mut self, timeout: Duration, mut f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
         let p = self.shared.platform.clone();
         let deadline = crate::hw::Deadline::after(p.clock(), timeout);
@@ -680,7 +887,12 @@ impl<P: Platform> IoQueuePair<P> {
             }
             spins = spins.wrapping_add(1);
             if spins % 256 == 0 {
-                self.check_device()?;
+                if let Err(e) = self.check_device() {
+                    while let Some(c) = self.parked.pop_front() {
+                        f(c);
+                    }
+                    return Err(e);
+                }
             }
             match self.vector {
                 Some(v) => {
@@ -694,7 +906,11 @@ impl<P: Platform> IoQueuePair<P> {
         }
     }
 
-    fn check_device(&self) -> Result<()> {
+    /// Reads CSTS while waiting. All-ones: the device is gone (§3.1.4): every outstanding
+    /// request fails with [`Error::DeviceGone`] and keeps its buffer retired (a device that
+    /// is somehow still there could write it), and the pair is dead. CSTS.CFS (§9.5): the
+    /// controller is asked for a reset when the policy allows, else reported.
+    fn check_device(&mut self) -> Result<()> {
         let csts = crate::spec::Csts(
             self.shared
                 .platform
@@ -702,44 +918,79 @@ impl<P: Platform> IoQueuePair<P> {
                 .read32(crate::spec::regs::offset::CSTS),
         );
         if csts.is_all_ones() {
+            self.gone();
             return Err(Error::DeviceGone);
         }
         if csts.cfs() {
+            if self.policy.reset {
+                self.shared.mailbox.request_reset();
+                return Ok(());
+            }
             return Err(Error::ControllerFatal);
         }
         Ok(())
     }
 
+    /// Surprise removal: everything outstanding fails with [`Error::DeviceGone`]; buffers are
+    /// retired (freed only if the controller is ever disabled), never handed back.
+    fn gone(&mut self) {
+        if self.dead {
+            return;
+        }
+        self.dead = true;
+        let (shared, generation) = (self.shared.clone(), self.generation);
+        let (parked, engine) = (&mut self.parked, &mut self.engine);
+        engine.take_all(|cid, req| {
+            let (tag, sync, reported) = (req.tag, req.sync, req.timed_out);
+            req.retire(&shared, generation);
+            if !reported {
+                parked.push_back(IoCompletion {
+                    tag,
+                    cid,
+                    result: Err(Error::DeviceGone),
+                    dw0: 0,
+                    buffer: None,
+                    sync,
+                });
+            }
+        });
+    }
+
     /// Submits, rings and waits for one command; other completions are parked for the next
-    /// [`IoQueuePair::poll`].
+    /// [`IoQueuePair::poll`]. The request is followed by its blocking-call identifier `id`
+    /// across resubmissions (its CID may change).
     fn run(
         &mut self,
+        id: u64,
         submitted: core::result::Result<u16, IoError<P>>,
     ) -> core::result::Result<(u32, Option<DmaBuffer<P>>), IoError<P>> {
-        let cid = submitted?;
+        self.next_sync = 0;
+        submitted?;
         self.ring();
         let p = self.shared.platform.clone();
-        let qid = self.qid();
-        let waited_ms = self.shared.io_timeout_ns / 1_000_000;
         let mut spins: u32 = 0;
         loop {
             if let Err(error) = self.check_alive() {
                 // Our request was among those failed by the reset: it's in `parked`.
-                let buffer = self.take_parked(cid).and_then(|c| c.buffer);
+                let buffer = self.take_parked(id).and_then(|c| c.buffer);
                 return Err(IoError { error, buffer });
             }
             let mut mine: Option<IoCompletion<P>> = None;
-            let bar = p.bar();
-            let parked = &mut self.parked;
-            self.engine.reap(bar, usize::MAX, |r| {
-                if let Some(c) = Self::to_completion(r) {
-                    if c.cid == cid && c.tag == SYNC_TAG && mine.is_none() {
-                        mine = Some(c);
-                    } else {
-                        parked.push_back(c);
-                    }
+            let mut parked = core::mem::take(&mut self.parked);
+            self.service(&mut |c: IoCompletion<P>| {
+                if c.sync == id && mine.is_none() {
+                    mine = Some(c);
+                } else {
+                    parked.push_back(c);
                 }
             });
+            // Completions `service` failed on its own (resubmissions that could not be placed)
+            // went to `self.parked`; ours may be among them.
+            parked.extend(self.parked.drain(..));
+            self.parked = parked;
+            if mine.is_none() {
+                mine = self.take_parked(id);
+            }
             if let Some(c) = mine {
                 return match c.result {
                     Ok(()) => Ok((c.dw0, c.buffer)),
@@ -749,41 +1000,11 @@ impl<P: Platform> IoQueuePair<P> {
                     }),
                 };
             }
-            let now = p.clock().now_ns();
-            let mut timed_out = None;
-            self.engine.expire(now, |c, opcode, req| {
-                req.timed_out = true;
-                let e = Error::Timeout {
-                    qid,
-                    cid: c,
-                    opcode,
-                    waited_ms,
-                };
-                if c == cid {
-                    timed_out = Some(e);
-                } else {
-                    parked.push_back(IoCompletion {
-                        tag: req.tag,
-                        cid: c,
-                        result: Err(e),
-                        dw0: 0,
-                        buffer: None,
-                    });
-                }
-            });
-            if let Some(error) = timed_out {
-                return Err(IoError {
-                    error,
-                    buffer: None,
-                });
-            }
             spins = spins.wrapping_add(1);
             if spins % 256 == 0 {
                 if let Err(error) = self.check_device() {
-                    return Err(IoError {
-                        error,
-                        buffer: None,
-                    });
+                    let buffer = self.take_parked(id).and_then(|c| c.buffer);
+                    return Err(IoError { error, buffer });
                 }
             }
             match self.vector {
@@ -795,6 +1016,13 @@ impl<P: Platform> IoQueuePair<P> {
         }
     }
 
+    /// Starts a blocking call: the next submission carries identifier `id`.
+    fn begin_sync(&mut self) -> u64 {
+        self.sync_seq += 1;
+        self.next_sync = self.sync_seq;
+        self.sync_seq
+    }
+
     fn with_buffer(
         (_, b): (u32, Option<DmaBuffer<P>>),
     ) -> core::result::Result<DmaBuffer<P>, IoError<P>> {
@@ -804,11 +1032,8 @@ impl<P: Platform> IoQueuePair<P> {
         })
     }
 
-    fn take_parked(&mut self, cid: u16) -> Option<IoCompletion<P>> {
-        let i = self
-            .parked
-            .iter()
-            .position(|c| c.tag == SYNC_TAG && c.cid == cid)?;
+    fn take_parked(&mut self, id: u64) -> Option<IoCompletion<P>> {
+        let i = self.parked.iter().position(|c| c.sync == id)?;
         self.parked.remove(i)
     }
 
@@ -824,8 +1049,9 @@ impl<P: Platform> IoQueuePair<P> {
         slba: u64,
         buffer: DmaBuffer<P>,
     ) -> core::result::Result<DmaBuffer<P>, IoError<P>> {
+        let id = self.begin_sync();
         let s = self.submit_read(ns, slba, buffer, SYNC_TAG);
-        self.run(s).and_then(Self::with_buffer)
+        self.run(id, s).and_then(Self::with_buffer)
     }
 
     /// Writes `buffer` at `slba` and waits.
@@ -838,8 +1064,9 @@ impl<P: Platform> IoQueuePair<P> {
         slba: u64,
         buffer: DmaBuffer<P>,
     ) -> core::result::Result<DmaBuffer<P>, IoError<P>> {
+        let id = self.begin_sync();
         let s = self.submit_write(ns, slba, buffer, SYNC_TAG);
-        self.run(s).and_then(Self::with_buffer)
+        self.run(id, s).and_then(Self::with_buffer)
     }
 
     /// Compares `buffer` with the blocks at `slba` and waits; `Ok(false)` on Compare
@@ -853,8 +1080,9 @@ impl<P: Platform> IoQueuePair<P> {
         slba: u64,
         buffer: DmaBuffer<P>,
     ) -> core::result::Result<(bool, DmaBuffer<P>), IoError<P>> {
+        let id = self.begin_sync();
         let s = self.submit_compare(ns, slba, buffer, SYNC_TAG);
-        match self.run(s) {
+        match self.run(id, s) {
             Ok(r) => Self::with_buffer(r).map(|b| (true, b)),
             Err(IoError {
                 error: Error::Command { status, .. },
@@ -876,8 +1104,9 @@ impl<P: Platform> IoQueuePair<P> {
     /// # Errors
     /// As [`IoQueuePair::read`].
     pub fn flush(&mut self, nsid: u32) -> Result<()> {
+        let id = self.begin_sync();
         let s = self.submit(Command::flush(nsid), None, SYNC_TAG);
-        self.run(s).map(|_| ()).map_err(Error::from)
+        self.run(id, s).map(|_| ()).map_err(Error::from)
     }
 
     /// Write Zeroes (NVM §3.3.8) of `nlb` blocks at `slba`; `deallocate` sets DEAC.
@@ -892,12 +1121,13 @@ impl<P: Platform> IoQueuePair<P> {
         deallocate: bool,
     ) -> Result<()> {
         self.lba_check(ns, slba, nlb)?;
+        let id = self.begin_sync();
         let s = self.submit(
             Command::write_zeroes(ns.nsid(), slba, (nlb - 1) as u16, deallocate),
             None,
             SYNC_TAG,
         );
-        self.run(s).map(|_| ()).map_err(Error::from)
+        self.run(id, s).map(|_| ()).map_err(Error::from)
     }
 
     /// Verify (NVM §3.3.7) of `nlb` blocks at `slba`: the controller checks the data without
@@ -907,12 +1137,13 @@ impl<P: Platform> IoQueuePair<P> {
     /// As [`IoQueuePair::read`].
     pub fn verify(&mut self, ns: &Namespace, slba: u64, nlb: u32) -> Result<()> {
         self.lba_check(ns, slba, nlb)?;
+        let id = self.begin_sync();
         let s = self.submit(
             Command::verify(ns.nsid(), slba, (nlb - 1) as u16),
             None,
             SYNC_TAG,
         );
-        self.run(s).map(|_| ()).map_err(Error::from)
+        self.run(id, s).map(|_| ()).map_err(Error::from)
     }
 
     /// Dataset Management with the Deallocate attribute (NVM §3.3.3): up to 256 ranges.
@@ -939,8 +1170,9 @@ impl<P: Platform> IoQueuePair<P> {
             buf.write(i * 16, &e)?;
         }
         let cmd = Command::dataset_management(ns.nsid(), (ranges.len() - 1) as u8, true);
+        let id = self.begin_sync();
         let s = self.submit_range(cmd, Some(buf), 0, Some(ranges.len() * 16), SYNC_TAG);
-        self.run(s).map(|_| ()).map_err(Error::from)
+        self.run(id, s).map(|_| ()).map_err(Error::from)
     }
 
     /// Runs any I/O command the core knows and waits; returns the completion DW0 and the
@@ -953,8 +1185,9 @@ impl<P: Platform> IoQueuePair<P> {
         cmd: Command,
         buffer: Option<DmaBuffer<P>>,
     ) -> core::result::Result<(u32, Option<DmaBuffer<P>>), IoError<P>> {
+        let id = self.begin_sync();
         let s = self.submit(cmd, buffer, SYNC_TAG);
-        self.run(s)
+        self.run(id, s)
     }
 
     /// Runs any I/O command and waits, with PRPs for the whole buffer: for opcodes the core
@@ -971,9 +1204,10 @@ impl<P: Platform> IoQueuePair<P> {
         buffer: Option<DmaBuffer<P>>,
     ) -> core::result::Result<(u32, Option<DmaBuffer<P>>), IoError<P>> {
         let len = buffer.as_ref().map_or(0, DmaBuffer::len);
+        let id = self.begin_sync();
         // SAFETY: forwarded from this function's contract.
         let s = unsafe { self.submit_unchecked(cmd, buffer, 0, len, SYNC_TAG) };
-        self.run(s)
+        self.run(id, s)
     }
 }
 
@@ -996,7 +1230,12 @@ impl<P: Platform> IoQueuePair<P> {
         use crate::queue::{CompQueue, SubQueue};
         let entries = entries.max(2);
         let timeout_ns = u64::try_from(io_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let shared = Arc::new(Shared::new(platform.clone(), 0, timeout_ns));
+        let shared = Arc::new(Shared::new(
+            platform.clone(),
+            0,
+            timeout_ns,
+            RecoveryPolicy::REPORT_ONLY,
+        ));
         let lists_per_slot = crate::prp::max_list_pages(max_transfer, PAGE_SIZE);
         let (sq, cq, lists) = crate::reclaim::allocate_rings(&*platform, entries, lists_per_slot)?;
         let engine = Engine::new(
@@ -1006,7 +1245,7 @@ impl<P: Platform> IoQueuePair<P> {
             lists_per_slot,
             Some(timeout_ns),
         );
-        Ok(Self::new(shared, engine, None, max_transfer, 0))
+        Ok(Self::new(shared, engine, None, max_transfer, 0, None))
     }
     /// Declares namespace `nsid` with `blocks` logical blocks of `lba_size` bytes on the fake
     /// device and returns its handle (a detached pair has no controller to identify it).

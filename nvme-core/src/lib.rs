@@ -20,6 +20,7 @@
 //! - [`namespace`]: namespace handles, tied to one controller and its current formats;
 //! - [`controller`]: bring-up and reset, the admin queue, typed admin commands, queue pair
 //!   lifecycle;
+//! - [`recovery`]: the recovery policy (timeout → Abort → reset → re-created queue pairs);
 //! - [`error`]: typed errors;
 //! - `raw` (feature `raw-access`, off by default): the labelled door for conformance suites.
 //!
@@ -56,6 +57,7 @@ pub mod queue;
 #[cfg(feature = "raw-access")]
 pub mod raw;
 mod reclaim;
+pub mod recovery;
 mod shared;
 #[forbid(unsafe_code)]
 pub mod spec;
@@ -67,3 +69,4 @@ pub use dma::DmaBuffer;
 pub use error::{Error, Result};
 pub use io::{DsmRange, IoCompletion, IoError, IoQueuePair};
 pub use namespace::Namespace;
+pub use recovery::RecoveryPolicy;

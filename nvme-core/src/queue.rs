@@ -52,6 +52,12 @@ impl SubQueue {
     pub(crate) fn mem(&self) -> Mem {
         self.mem
     }
+    /// The state of a newly created queue (§4.1: head and tail 0), for a re-creation.
+    pub(crate) fn restart(&mut self) {
+        self.tail = 0;
+        self.head = 0;
+        self.rung = 0;
+    }
     /// Free entries: one slot always stays empty so that full and empty differ (§4.1.1: the
     /// queue is full when tail + 1 == head).
     pub(crate) fn free(&self) -> u16 {
@@ -142,6 +148,14 @@ impl CompQueue {
     }
     pub(crate) fn mem(&self) -> Mem {
         self.mem
+    }
+    /// The state of a newly created queue: head 0, phase 1, every entry's phase tag 0
+    /// (§4.2.4), for a re-creation.
+    pub(crate) fn restart(&mut self) {
+        self.mem.fill(0, self.mem.len(), 0);
+        self.head = 0;
+        self.phase = true;
+        self.rung = 0;
     }
     /// Takes the next completion if the device has posted one (its phase tag matches).
     pub(crate) fn pop(&mut self) -> Option<Completion> {

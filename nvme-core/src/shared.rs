@@ -8,6 +8,7 @@ use core::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 use crate::error::{Error, Result};
 use crate::hw::{Clock, Platform};
 use crate::reclaim::Reclaim;
+use crate::recovery::{Mailbox, RecoveryPolicy};
 
 /// The LBA format of one active namespace, as the queue pairs need it to derive transfer
 /// lengths from a command (NVM Command Set §4.1.5.1, Identify Namespace FLBAS and LBAF).
@@ -36,12 +37,21 @@ pub(crate) struct Shared<P: Platform> {
     pub(crate) ns_epoch: AtomicU32,
     /// The active namespaces' formats, for commands built by the caller (passthrough).
     pub(crate) formats: spin::Mutex<Vec<NsFormat>>,
+    /// What to do on timeouts and failures.
+    pub(crate) policy: RecoveryPolicy,
+    /// Requests from queue pairs to the controller thread, and the live pairs.
+    pub(crate) mailbox: Mailbox,
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
 impl<P: Platform> Shared<P> {
-    pub(crate) fn new(platform: Arc<P>, dstrd: u8, io_timeout_ns: u64) -> Self {
+    pub(crate) fn new(
+        platform: Arc<P>,
+        dstrd: u8,
+        io_timeout_ns: u64,
+        policy: RecoveryPolicy,
+    ) -> Self {
         Self {
             platform,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -51,6 +61,8 @@ impl<P: Platform> Shared<P> {
             vectors: AtomicU16::new(0),
             ns_epoch: AtomicU32::new(0),
             formats: spin::Mutex::new(Vec::new()),
+            policy,
+            mailbox: Mailbox::default(),
         }
     }
     pub(crate) fn now_ns(&self) -> u64 {

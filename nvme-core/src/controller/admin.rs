@@ -66,18 +66,40 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Processes admin completions that arrived (asynchronous events, late completions)
-    /// without waiting. Returns how many entries were consumed.
+    /// without waiting, and re-posts an Asynchronous Event Request for each one that
+    /// completed with an event (§5.1.2: each request reports at most one event). Returns how
+    /// many entries were consumed.
     pub fn process_admin_completions(&mut self) -> usize {
         let bar = self.shared.platform.bar();
+        let refused_before = self.stats.aer_failures;
         let (events, aers, busy, stats) = (
             &mut self.events,
             &mut self.aers_outstanding,
             &mut self.scratch_busy,
             &mut self.stats,
         );
-        self.admin.reap(bar, usize::MAX, |r| {
+        let n = self.admin.reap(bar, usize::MAX, |r| {
             Self::handle_other(r, events, aers, busy, stats)
-        })
+        });
+        if self.stats.aer_failures != refused_before {
+            // Refused (AER Limit Exceeded) or aborted: re-posting could storm.
+            self.aer_refused = true;
+        }
+        self.repost_aers();
+        n
+    }
+
+    /// Keeps [`ControllerConfig::async_events`] requests outstanding.
+    pub(super) fn repost_aers(&mut self) {
+        while !self.aer_refused
+            && self.aers_outstanding < self.aers_wanted
+            && self.check_usable().is_ok()
+            && self.admin.has_free_slot()
+        {
+            if self.post_aer().is_err() {
+                break;
+            }
+        }
     }
 
     /// Reads CSTS: all-ones (device gone) and CSTS.CFS fail, and leave the controller
@@ -147,9 +169,14 @@ impl<P: Platform> Controller<P> {
             let now = p.clock().now_ns();
             if now >= deadline_ns {
                 let mut scratch = false;
-                self.admin.expire(now, |c, _, req| {
-                    if c == cid && matches!(req, AdminReq::Scratch) {
-                        scratch = true;
+                self.admin.expire(now, None, |e| {
+                    if let Expiry::Timeout {
+                        cid: c, payload, ..
+                    } = e
+                    {
+                        if c == cid && matches!(payload, AdminReq::Scratch) {
+                            scratch = true;
+                        }
                     }
                 });
                 if scratch {

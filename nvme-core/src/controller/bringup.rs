@@ -130,6 +130,7 @@ impl<P: Platform> Controller<P> {
             platform.clone(),
             dstrd,
             u64::try_from(config.io_timeout.as_nanos()).unwrap_or(u64::MAX),
+            config.recovery,
         ));
         let mut c = Self {
             _claim: claim,
@@ -149,6 +150,8 @@ impl<P: Platform> Controller<P> {
             released_raw: Vec::new(),
             events: VecDeque::new(),
             aers_outstanding: 0,
+            aers_wanted: 0,
+            aer_refused: false,
             needs_reset: None,
             io_queues_created: false,
             max_transfer: 0,
@@ -258,6 +261,23 @@ impl<P: Platform> Controller<P> {
         let pairs = self.granted.nsq_z.min(self.granted.ncq_z) as usize + 1;
         self.qids_in_use = alloc::vec![false; pairs + 1];
         self.qids_in_use[0] = true;
+        // After a reset, the pairs that will be re-created keep their QIDs; with a policy
+        // that does not re-create them (or without room for them now), they fail.
+        let mut live = self.shared.mailbox.pairs.lock();
+        live.retain(|r| {
+            let keep = self.shared.policy.reset
+                && self
+                    .qids_in_use
+                    .get(r.qid as usize)
+                    .is_some_and(|used| !used);
+            if keep {
+                self.qids_in_use[r.qid as usize] = true;
+            } else {
+                r.failed.store(true, Ordering::Release);
+            }
+            keep
+        });
+        drop(live);
 
         // §3.5.1 step 7: event configuration, then post AERs.
         if self.config.async_events > 0 {
@@ -271,6 +291,8 @@ impl<P: Platform> Controller<P> {
                 .config
                 .async_events
                 .min(self.identify.aerl.saturating_add(1));
+            self.aers_wanted = n;
+            self.aer_refused = false;
             for _ in 0..n {
                 self.post_aer()?;
             }

@@ -12,7 +12,7 @@ use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use crate::dma::{DmaBuffer, Mem};
-use crate::engine::{Engine, Reaped, Transfer};
+use crate::engine::{Engine, Expiry, Reaped, Transfer};
 use crate::error::{Error, Result};
 use crate::hw::{Bar, Clock, Deadline, DmaAllocator, InterruptSource, Platform};
 use crate::io::IoQueuePair;
@@ -36,11 +36,13 @@ mod bringup;
 mod commands;
 mod queues;
 mod raw;
+mod recover;
 
 use admin::AdminReq;
 use bringup::ms;
 use raw::RawQueue;
 pub use raw::{CreateCq, CreateSq};
+pub use recover::RecoveryReport;
 
 /// How the core brings up and runs a controller.
 #[derive(Debug, Clone)]
@@ -63,7 +65,12 @@ pub struct ControllerConfig {
     /// per-slot PRP lists.
     pub max_transfer: usize,
     /// Asynchronous Event Requests to keep outstanding (capped by AERL + 1; 0 for none).
+    /// Each one that completes with an event is re-posted.
     pub async_events: u8,
+    /// What happens on I/O timeouts, CSTS.CFS and resets (see [`crate::recovery`]); the
+    /// thread that owns the controller drives it by calling [`Controller::recover`]
+    /// periodically.
+    pub recovery: crate::RecoveryPolicy,
 }
 
 impl Default for ControllerConfig {
@@ -78,6 +85,7 @@ impl Default for ControllerConfig {
             shutdown_timeout: Duration::from_secs(5),
             max_transfer: 2 * 1024 * 1024,
             async_events: 1,
+            recovery: crate::RecoveryPolicy::default(),
         }
     }
 }
@@ -126,6 +134,10 @@ pub struct Controller<P: Platform> {
     released_raw: Vec<(u16, DmaBuffer<P>)>,
     events: VecDeque<AsyncEvent>,
     aers_outstanding: u8,
+    /// AERs to keep outstanding (re-posted after each event, NVMe Base §5.1.2).
+    aers_wanted: u8,
+    /// The controller refused an AER (AER Limit Exceeded): no more re-posting.
+    aer_refused: bool,
     needs_reset: Option<&'static str>,
     io_queues_created: bool,
     max_transfer: usize,

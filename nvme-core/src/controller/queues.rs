@@ -1,6 +1,8 @@
 //! I/O queue pair lifecycle: Create I/O CQ/SQ and Delete I/O SQ/CQ (NVMe Base §5.2.1–§5.2.4).
 
 use super::*;
+use crate::recovery::PairRecord;
+use core::sync::atomic::{AtomicBool, AtomicU32};
 
 impl<P: Platform> Controller<P> {
     // ---- I/O queues ----
@@ -76,12 +78,26 @@ impl<P: Platform> Controller<P> {
             lists_per_slot,
             Some(self.shared.io_timeout_ns),
         );
+        let vector = if ien { Some(iv) } else { None };
+        let generation = self.generation();
+        let record = Arc::new(PairRecord {
+            qid,
+            entries,
+            sq: sq_mem,
+            cq: cq_mem,
+            vector,
+            quiesced: AtomicU32::new(generation),
+            ready: AtomicU32::new(generation),
+            failed: AtomicBool::new(false),
+        });
+        self.shared.mailbox.pairs.lock().push(record.clone());
         Ok(IoQueuePair::new(
             self.shared.clone(),
             engine,
-            if ien { Some(iv) } else { None },
+            vector,
             self.max_transfer,
-            self.generation(),
+            generation,
+            Some(record),
         ))
     }
 
@@ -101,8 +117,12 @@ impl<P: Platform> Controller<P> {
             });
         }
         let qid = qp.qid();
-        if qp.generation() != self.generation() {
-            drop(qp); // from before a reset: the device no longer knows it
+        if !qp.is_on_device(self.generation()) {
+            // From before a reset, or not re-created since: the device does not know it.
+            drop(qp);
+            if let Some(u) = self.qids_in_use.get_mut(qid as usize) {
+                *u = false;
+            }
             return Ok(());
         }
         let r1 = self.admin_no_data(Command::delete_io_sq(qid));
