@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
-pub use arch::Arch;
+use arch::Arch;
 pub use opts::HilArgs;
 use opts::{BootConfig, PayloadKind};
 use verdict::ConfigResult;
