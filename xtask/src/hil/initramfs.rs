@@ -54,6 +54,9 @@ pub struct GuestPlan {
     pub expect_no_iommu: bool,
     /// Seconds of `nvme-tool perf` per mode (a `perf[<mode>]` step), if any.
     pub perf_secs: Option<u32>,
+    /// The guest kernel runs with `iommu.passthrough=1`: the `bind` step requires the group's
+    /// default domain to be `identity` (so the run proves the option took effect).
+    pub expect_identity_domain: bool,
 }
 
 /// Boot-level steps, in order.
@@ -163,6 +166,11 @@ r=0
     } else {
         r#"if [ "$drv" != vfio-pci ] || [ ! -c "/dev/vfio/$grp" ]; then r=1; fi"#
     };
+    let domain_check = if p.expect_identity_domain {
+        r#"[ "$typ" = identity ] || { echo "iommu.passthrough=1 but the default domain is '$typ'"; r=1; }"#
+    } else {
+        ""
+    };
     let _ = write!(
         s,
         r#"end modules $r
@@ -177,8 +185,10 @@ for d in /sys/bus/pci/devices/*; do
   echo "$bdf" > /sys/bus/pci/drivers_probe
   drv=$(basename "$(readlink "$d/driver")")
   grp=$(basename "$(readlink "$d/iommu_group")")
-  echo "HIL-DEVICE $bdf driver=$drv iommu_group=$grp"
+  typ=$(cat "$d/iommu_group/type" 2>/dev/null)
+  echo "HIL-DEVICE $bdf driver=$drv iommu_group=$grp domain=$typ"
   {bound_check}
+  {domain_check}
   [ -n "$BDF" ] || BDF=$bdf
 done
 [ -n "$BDF" ] || {{ echo "no QEMU NVMe controller (1b36:0010) found"; r=1; }}
@@ -456,7 +466,18 @@ mod tests {
             guest_lba: 200,
             expect_no_iommu: false,
             perf_secs: None,
+            expect_identity_domain: false,
         }
+    }
+
+    #[test]
+    fn passthrough_boot_requires_the_identity_domain() {
+        let mut p = plan(&[IrqMode::Polled], false);
+        assert!(!init_script(&p).contains("[ \"$typ\" = identity ]"));
+        p.expect_identity_domain = true;
+        let s = init_script(&p);
+        assert!(s.contains("[ \"$typ\" = identity ]"));
+        assert!(s.find("typ=$(cat").unwrap() < s.find("end bind").unwrap());
     }
 
     #[test]

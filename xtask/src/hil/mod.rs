@@ -250,6 +250,7 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
         guest_lba: GUEST_LBA,
         expect_no_iommu: !boot.iommu,
         perf_secs: boot.perf_secs,
+        expect_identity_domain: boot.iommu_passthrough,
     };
     let size = usize::try_from(plan.data_size())?;
     let mut rng = util::TestRng::from_entropy();

@@ -360,6 +360,7 @@ mod tests {
             guest_lba: 200,
             expect_no_iommu: false,
             perf_secs: None,
+            expect_identity_domain: false,
         }
     }
 
