@@ -141,12 +141,18 @@ pub enum VfioError {
         sysfs: String,
     },
 
-    /// The device has no IOMMU group: no IOMMU is active.
+    /// The device has no IOMMU group: no IOMMU is active, so vfio-pci cannot take it (its
+    /// probe fails with EINVAL), whatever driver the device is bound to.
     #[error(
-        "{addr}: has no IOMMU group ({path} is missing), so the IOMMU is off or absent. Enable it: \
-         VT-d / AMD-Vi / SMMU in the firmware, and on the kernel command line `intel_iommu=on` \
-         (Intel) or `amd_iommu=on` (AMD; on by default); `dmesg | grep -i -e DMAR -e IOMMU -e SMMU` \
-         shows whether it came up"
+        "{addr}: no IOMMU: the device has no IOMMU group ({path} is missing), so vfio-pci cannot \
+         take it (its probe fails: `dmesg | grep vfio-pci` shows \"failed with error -22\") and \
+         binding it again will not help. Enable the IOMMU: the SMMU (Arm) or VT-d / AMD-Vi in \
+         the firmware, and on x86 `intel_iommu=on` on the kernel command line (AMD: on by \
+         default); `dmesg | grep -i -e DMAR -e IOMMU -e SMMU` shows whether one came up. \
+         `iommu.passthrough=1` does not help here: it only selects identity mappings on an IOMMU \
+         that exists. VFIO's no-IOMMU mode (a kernel built with CONFIG_VFIO_NOIOMMU and \
+         `vfio.enable_unsafe_noiommu_mode=1`; not in Debian's kernels) lets the device DMA \
+         anywhere in memory, unchecked, and taints the kernel; this driver does not use it"
     )]
     NoIommuGroup {
         /// The device.

@@ -145,13 +145,14 @@ fn is_vfio_driver(d: &str) -> bool {
 }
 
 impl DeviceReport {
-    /// Checks the report: NVMe class, bound to vfio-pci, in an IOMMU group whose other members
-    /// are all usable by VFIO. Warns on stderr about an NVM-subclass device with another
+    /// Checks the report: NVMe class, in an IOMMU group (checked before the driver: without an
+    /// IOMMU vfio-pci cannot bind), bound to vfio-pci, with every other group member usable by
+    /// VFIO. Warns on stderr about an NVM-subclass device with another
     /// programming interface.
     ///
     /// # Errors
-    /// [`VfioError::NotNvme`], [`VfioError::BoundToDriver`], [`VfioError::NotBound`],
-    /// [`VfioError::NoIommuGroup`], [`VfioError::GroupNotViable`].
+    /// [`VfioError::NotNvme`], [`VfioError::NoIommuGroup`], [`VfioError::BoundToDriver`],
+    /// [`VfioError::NotBound`], [`VfioError::GroupNotViable`].
     pub fn check(&self, root: &Path) -> Result<u32, VfioError> {
         let addr = self.addr.to_string();
         if self.class != NVME_CLASS {
@@ -169,6 +170,14 @@ impl DeviceReport {
                 });
             }
         }
+        // The group first: without an IOMMU vfio-pci's probe fails, so "bind it to vfio-pci"
+        // (what the driver checks below would say) is the wrong advice.
+        let Some(group) = self.iommu_group else {
+            return Err(VfioError::NoIommuGroup {
+                path: devices_dir(root).join(&addr).join("iommu_group"),
+                addr,
+            });
+        };
         let sysfs = root.display().to_string();
         match self.driver.as_deref() {
             Some(d) if is_vfio_driver(d) => {}
@@ -181,12 +190,6 @@ impl DeviceReport {
             }
             None => return Err(VfioError::NotBound { addr, sysfs }),
         }
-        let Some(group) = self.iommu_group else {
-            return Err(VfioError::NoIommuGroup {
-                path: devices_dir(root).join(&addr).join("iommu_group"),
-                addr,
-            });
-        };
         if self
             .group_members
             .iter()
@@ -427,6 +430,37 @@ mod tests {
         assert!(m.contains("0000:05:00.1 (driver: xhci_hcd)"), "{m}");
         assert!(m.contains("0000:05:00.0 (driver: vfio-pci)"), "{m}");
         assert!(m.contains("0000:00:1c.0 (driver: pcieport)"), "{m}");
+    }
+
+    /// A guest without an SMMU (arm-hil-recipe.md): vfio-pci's probe failed, so the device is
+    /// on no driver and has no `iommu_group`. The diagnosis is "no IOMMU", not "bind it".
+    #[test]
+    fn unbound_without_iommu_group_says_no_iommu() {
+        let fs = FakeSysfs::new().unwrap();
+        fs.add_device("0000:00:01.0", NVME_CLASS, None, None)
+            .unwrap();
+        fs.add_device("0000:00:02.0", NVME_CLASS, Some("nvme"), None)
+            .unwrap();
+        for a in ["00:01.0", "00:02.0"] {
+            let e = inspect(fs.root(), &addr(a))
+                .unwrap()
+                .check(fs.root())
+                .unwrap_err();
+            let m = e.to_string();
+            assert!(matches!(e, VfioError::NoIommuGroup { .. }), "{m}");
+            assert!(
+                m.contains(": no IOMMU: the device has no IOMMU group"),
+                "{m}"
+            );
+            assert!(m.contains("SMMU (Arm)") && m.contains("firmware"), "{m}");
+            assert!(m.contains("`iommu.passthrough=1` does not help"), "{m}");
+            assert!(
+                m.contains("no-IOMMU mode") && m.contains("taints the kernel"),
+                "{m}"
+            );
+            assert!(!m.contains("must be bound to vfio-pci"), "{m}");
+            assert!(!m.contains("driver_override"), "{m}");
+        }
     }
 
     #[test]

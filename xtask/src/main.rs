@@ -23,11 +23,15 @@ enum Task {
     /// Hardware-in-the-loop run: QEMU guest, emulated NVMe bound to vfio-pci, our binaries inside.
     Hil(hil::HilArgs),
     /// Regenerate `docs/conformance.md`: the suite on the simulator (both interrupt modes) and
-    /// through VFIO on QEMU's NVMe in the HIL matrix, as one table of case × backend.
+    /// through VFIO on QEMU's NVMe in the x86_64 HIL matrix and one aarch64 boot (512 B LBAs,
+    /// polled and MSI-X), as one table of case × backend.
     ConformanceTable {
         /// Only the simulator columns (no QEMU boot).
         #[arg(long)]
         sim_only: bool,
+        /// Leave out the aarch64 boot (its columns are then missing from the table).
+        #[arg(long)]
+        skip_aarch64: bool,
     },
 }
 
@@ -35,7 +39,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Hil(args) => hil::main(&args),
-        Task::ConformanceTable { sim_only } => conformance_table(sim_only),
+        Task::ConformanceTable {
+            sim_only,
+            skip_aarch64,
+        } => conformance_table(sim_only, skip_aarch64),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -47,9 +54,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the HIL matrix collecting per-case results, then the simulator suite, which merges
-/// them and writes the markdown table.
-fn conformance_table(sim_only: bool) -> anyhow::Result<bool> {
+/// Parses `argv` as a `cargo xtask hil` command line.
+fn hil_args(argv: &[&str]) -> anyhow::Result<hil::HilArgs> {
+    let cli = Cli::try_parse_from(["cargo xtask", "hil"].iter().chain(argv))?;
+    let Task::Hil(args) = cli.task else {
+        unreachable!("parsed as hil")
+    };
+    Ok(args)
+}
+
+/// Runs the HIL matrix (and one aarch64 boot) collecting per-case results, then the simulator
+/// suite, which merges them and writes the markdown table.
+fn conformance_table(sim_only: bool, skip_aarch64: bool) -> anyhow::Result<bool> {
     use anyhow::Context as _;
     let ws = hil::workspace_root()?;
     let dir = ws.join(".hil-cache").join("results");
@@ -57,17 +73,12 @@ fn conformance_table(sim_only: bool) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&dir)?;
     let mut hil_ok = true;
     if !sim_only {
-        let cli = Cli::try_parse_from([
-            "cargo xtask",
-            "hil",
-            "--matrix",
-            "--results",
-            &dir.to_string_lossy(),
-        ])?;
-        let Task::Hil(args) = cli.task else {
-            unreachable!("parsed as hil")
-        };
-        hil_ok = hil::main(&args)?;
+        let results = dir.to_string_lossy();
+        hil_ok = hil::main(&hil_args(&["--matrix", "--results", &results])?)?;
+        if !skip_aarch64 {
+            let arm = hil::main(&hil_args(&["--arch", "aarch64", "--results", &results])?)?;
+            hil_ok = hil_ok && arm;
+        }
     }
     let mut merge: Vec<String> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok())

@@ -9,8 +9,13 @@
 //! HIL-STEP <step> BEGIN t=<guest uptime s>
 //! ... output of the step ...
 //! HIL-STEP <step> END PASS rc=0 t=<s>    (or: END FAIL rc=<n> t=<s>)
+//! HIL-PERF[<mode>] <nvme-tool perf's result line>              (with --perf)
 //! HIL-VERDICT: PASS steps=<ok>/<all> conformance[polled]=<passed>/<total> io[polled]=ok ...
 //! ```
+//!
+//! A boot without an IOMMU (`--no-iommu`) runs no suite: its `bind` step expects the device to
+//! have no IOMMU group, and the `diagnose-*` steps expect `vfio-info` and `nvme-tool` to fail
+//! with the no-IOMMU diagnosis (see [`NO_IOMMU_MARKER`]).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -45,12 +50,31 @@ pub struct GuestPlan {
     /// LBA of the first mode's write of `/data/guest.bin`; mode `i` writes at
     /// `guest_lba + i * blocks`.
     pub guest_lba: u64,
+    /// The guest has no IOMMU: expect the no-IOMMU diagnosis instead of running the suite.
+    pub expect_no_iommu: bool,
+    /// Seconds of `nvme-tool perf` per mode (a `perf[<mode>]` step), if any.
+    pub perf_secs: Option<u32>,
+    /// The guest kernel runs with `iommu.passthrough=1`: the `bind` step requires the group's
+    /// default domain to be `identity` (so the run proves the option took effect).
+    pub expect_identity_domain: bool,
 }
 
 /// Boot-level steps, in order.
 pub const BOOT_STEPS: &[&str] = &["modules", "bind", "hugepages", "vfio-info"];
+/// Boot-level steps of a boot without an IOMMU, in order.
+pub const NO_IOMMU_STEPS: &[&str] = &[
+    "modules",
+    "bind",
+    "diagnose-vfio-info",
+    "diagnose-nvme-tool",
+];
 /// Steps run once per interrupt mode, in order (named `<step>[<mode>]`).
 pub const MODE_STEPS: &[&str] = &["conformance", "nvme-read", "nvme-cmp", "nvme-write"];
+/// The words the driver's diagnosis of a device without an IOMMU group must contain
+/// (`VfioError::NoIommuGroup` in vfio-backend).
+pub const NO_IOMMU_MARKER: &str = "no IOMMU";
+/// What the old diagnosis said instead (wrong without an IOMMU: binding cannot succeed).
+pub const WRONG_DIAGNOSIS: &str = "must be bound to vfio-pci";
 
 impl GuestPlan {
     /// LBA that mode number `i` writes `guest.bin` at.
@@ -63,14 +87,26 @@ impl GuestPlan {
         u64::from(self.blocks) * u64::from(self.lba_size)
     }
 
+    /// The per-mode steps, in order (without the `[<mode>]` suffix).
+    pub fn mode_steps(&self) -> Vec<&'static str> {
+        let mut v = MODE_STEPS.to_vec();
+        if self.perf_secs.is_some() {
+            v.push("perf");
+        }
+        v
+    }
+
     /// Every step the log must report, in order.
     pub fn expected_steps(&self) -> Vec<String> {
+        if self.expect_no_iommu {
+            return NO_IOMMU_STEPS.iter().map(|s| (*s).to_owned()).collect();
+        }
         let mut v: Vec<String> = BOOT_STEPS.iter().map(|s| (*s).to_owned()).collect();
         if !self.late_modules.is_empty() {
             v.insert(3, "late-modules".to_owned());
         }
         for m in &self.irq_modes {
-            v.extend(MODE_STEPS.iter().map(|s| format!("{s}[{m}]")));
+            v.extend(self.mode_steps().iter().map(|s| format!("{s}[{m}]")));
         }
         v
     }
@@ -123,26 +159,71 @@ r=0
             "insmod {moddir}/{m} || {{ echo \"insmod {m} failed\"; r=1; }}"
         );
     }
-    s.push_str(
+    let bound_check = if p.expect_no_iommu {
+        // No IOMMU: vfio-pci's probe must have failed and the device has no group.
+        r#"if [ -n "$(readlink "$d/iommu_group")" ]; then echo "unexpected: $bdf has an IOMMU group"; r=1; fi
+  dmesg | grep -a "$bdf" | grep -a -i -e vfio -e probe"#
+    } else {
+        r#"if [ "$drv" != vfio-pci ] || [ ! -c "/dev/vfio/$grp" ]; then r=1; fi"#
+    };
+    let domain_check = if p.expect_identity_domain {
+        r#"[ "$typ" = identity ] || { echo "iommu.passthrough=1 but the default domain is '$typ'"; r=1; }"#
+    } else {
+        ""
+    };
+    let _ = write!(
+        s,
         r#"end modules $r
 begin bind
 r=0
 BDF=""
 for d in /sys/bus/pci/devices/*; do
   [ "$(cat "$d/vendor")" = 0x1b36 ] && [ "$(cat "$d/device")" = 0x0010 ] || continue
-  bdf=${d##*/}
+  bdf=${{d##*/}}
   [ -e "$d/driver" ] && echo "$bdf" > "$d/driver/unbind"
   echo vfio-pci > "$d/driver_override"
   echo "$bdf" > /sys/bus/pci/drivers_probe
   drv=$(basename "$(readlink "$d/driver")")
   grp=$(basename "$(readlink "$d/iommu_group")")
-  echo "HIL-DEVICE $bdf driver=$drv iommu_group=$grp"
-  if [ "$drv" != vfio-pci ] || [ ! -c "/dev/vfio/$grp" ]; then r=1; fi
+  typ=$(cat "$d/iommu_group/type" 2>/dev/null)
+  echo "HIL-DEVICE $bdf driver=$drv iommu_group=$grp domain=$typ"
+  {bound_check}
+  {domain_check}
   [ -n "$BDF" ] || BDF=$bdf
 done
-[ -n "$BDF" ] || { echo "no QEMU NVMe controller (1b36:0010) found"; r=1; }
+[ -n "$BDF" ] || {{ echo "no QEMU NVMe controller (1b36:0010) found"; r=1; }}
 end bind $r
-begin hugepages
+"#
+    );
+    if p.expect_no_iommu {
+        let _ = write!(
+            s,
+            r#"# diagnose NAME CMD...: CMD must fail and say "{NO_IOMMU_MARKER}", not "{WRONG_DIAGNOSIS}"
+diagnose() {{
+  name=$1; shift
+  begin "$name"
+  "$@" > "/tmp/$name.log" 2>&1
+  rc=$?
+  cat "/tmp/$name.log"
+  r=0
+  if [ "$rc" -eq 0 ]; then echo "HIL-NOTE $name: exit 0 without an IOMMU"; r=1
+  elif ! grep -a -q "{NO_IOMMU_MARKER}" "/tmp/$name.log"; then echo "HIL-NOTE $name: no "{NO_IOMMU_MARKER}" diagnosis"; r=1
+  elif grep -a -q "{WRONG_DIAGNOSIS}" "/tmp/$name.log"; then echo "HIL-NOTE $name: says "{WRONG_DIAGNOSIS}""; r=1
+  fi
+  end "$name" $r
+}}
+diagnose diagnose-vfio-info /bin/vfio-info "$BDF"
+diagnose diagnose-nvme-tool /bin/nvme-tool id-ctrl "pci:$BDF"
+sync
+if [ "$FAILS" -eq 0 ]; then V=PASS; else V=FAIL; fi
+echo "HIL-VERDICT: $V steps=$((STEPS - FAILS))/$STEPS no-iommu-diagnosis"
+poweroff -f
+"#
+        );
+        return s;
+    }
+    s.push_str(
+        r#"begin hugepages
 echo 16 > /proc/sys/vm/nr_hugepages
 hp=$(cat /proc/sys/vm/nr_hugepages)
 echo "nr_hugepages=$hp"
@@ -201,6 +282,14 @@ TOKENS="$TOKENS io[{m}]=$io"
 "#,
             hl = p.host_lba,
         );
+        if let Some(secs) = p.perf_secs {
+            let _ = write!(
+                s,
+                r#"run "perf[{m}]" /bin/nvme-tool perf "pci:$BDF" --irq {m} --queue-depth 32 --io-size 4096 --workload randread --time {secs}
+echo "HIL-PERF[{m}] $(grep -a '^pci:' "/tmp/perf[{m}].log" | tail -n 1)"
+"#
+            );
+        }
     }
     s.push_str(
         r#"sync
@@ -252,6 +341,9 @@ pub struct Contents<'a> {
     pub plan: &'a GuestPlan,
     /// `lib/modules/<kver>` on the host.
     pub modules_dir: &'a Path,
+    /// The guest's static busybox (the host's for a native guest; its applet list is always
+    /// taken from the host's busybox, which runs here).
+    pub busybox: &'a Path,
     /// `(name under /bin, host path)` of each payload binary.
     pub payload: &'a [(String, PathBuf)],
     /// `(name under /data, bytes)`.
@@ -281,7 +373,7 @@ pub fn build(tools: &HostTools, c: &Contents<'_>, staging: &Path, out: &Path) ->
     ] {
         fs::create_dir_all(staging.join(d))?;
     }
-    copy_exec(&tools.busybox, &staging.join("bin/busybox"))?;
+    copy_exec(c.busybox, &staging.join("bin/busybox"))?;
     let list = util::output(Command::new(&tools.busybox).arg("--list-full"))?;
     for applet in applet_links(&list) {
         let link = staging.join(applet);
@@ -372,7 +464,60 @@ mod tests {
             blocks: 8,
             host_lba: 100,
             guest_lba: 200,
+            expect_no_iommu: false,
+            perf_secs: None,
+            expect_identity_domain: false,
         }
+    }
+
+    #[test]
+    fn passthrough_boot_requires_the_identity_domain() {
+        let mut p = plan(&[IrqMode::Polled], false);
+        assert!(!init_script(&p).contains("[ \"$typ\" = identity ]"));
+        p.expect_identity_domain = true;
+        let s = init_script(&p);
+        assert!(s.contains("[ \"$typ\" = identity ]"));
+        assert!(s.find("typ=$(cat").unwrap() < s.find("end bind").unwrap());
+    }
+
+    #[test]
+    fn no_iommu_boot_expects_the_diagnosis() {
+        let mut p = plan(&[], false);
+        p.expect_no_iommu = true;
+        let s = init_script(&p);
+        assert!(s.contains("diagnose diagnose-vfio-info /bin/vfio-info \"$BDF\""));
+        assert!(s.contains("diagnose diagnose-nvme-tool /bin/nvme-tool id-ctrl \"pci:$BDF\""));
+        assert!(s.contains("grep -a -q \"no IOMMU\""));
+        assert!(!s.contains("conformance"));
+        assert!(s.find("end bind").unwrap() < s.find("HIL-VERDICT").unwrap());
+        assert_eq!(
+            p.expected_steps(),
+            [
+                "modules",
+                "bind",
+                "diagnose-vfio-info",
+                "diagnose-nvme-tool"
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("init");
+        fs::write(&f, &s).unwrap();
+        assert!(Command::new("sh")
+            .arg("-n")
+            .arg(&f)
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    #[test]
+    fn perf_is_a_step_per_mode() {
+        let mut p = plan(&[IrqMode::Polled, IrqMode::Msix], false);
+        p.perf_secs = Some(3);
+        let s = init_script(&p);
+        assert!(s.contains("run \"perf[msix]\" /bin/nvme-tool perf \"pci:$BDF\" --irq msix"));
+        assert!(s.contains("--time 3"));
+        assert!(p.expected_steps().contains(&"perf[polled]".to_owned()));
     }
 
     #[test]

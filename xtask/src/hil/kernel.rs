@@ -1,8 +1,12 @@
-//! The guest kernel: Debian's `linux-image-<version>-amd64` package, downloaded (not
+//! The guest kernel: Debian's `linux-image-<version>-<amd64|arm64>` package, downloaded (not
 //! installed), reduced to the files the guest needs, its module index rebuilt with
-//! `depmod -b`, and its ELF `vmlinux` unpacked from `vmlinuz` so QEMU boots it directly (PVH)
-//! without paying for xz decompression under TCG. Everything is cached under
-//! `<cache>/kernel/` with a stamp naming the package and version.
+//! `depmod -b`, and its image made bootable: on x86_64 the ELF `vmlinux` is unpacked from
+//! `vmlinuz` so QEMU boots it directly (PVH) without paying for xz decompression under TCG; on
+//! aarch64 `vmlinuz` is a plain `Image` and is booted as is. Everything is cached under
+//! `<cache>/kernel/` (`kernel-aarch64/`) with a stamp naming the package and version.
+//!
+//! The guest's busybox for a foreign architecture (`busybox-static:arm64`) is downloaded the
+//! same way ([`prepare_busybox`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,11 +16,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::arch::{Arch, KernelImage};
 use super::tools::{self, HostTools};
 use super::util;
-
-/// The metapackage whose dependency names the current kernel package.
-const META_PACKAGE: &str = "linux-image-amd64";
 
 /// Members of the `.deb` the guest needs (GNU tar wildcards, `*` crosses `/`).
 pub const DEB_MEMBERS: &[&str] = &[
@@ -25,7 +27,8 @@ pub const DEB_MEMBERS: &[&str] = &[
     "./lib/modules/*/kernel/drivers/vfio/*",
     "./lib/modules/*/kernel/virt/lib/*",
     // The kernel's own NVMe driver and what it needs (t10-pi, crc64): only the stand-in
-    // payload's nvme-tool loads it.
+    // payload's nvme-tool loads it. Members a package lacks (arm64 builds irqbypass in) are
+    // left out of the extraction.
     "./lib/modules/*/kernel/drivers/nvme/host/*",
     "./lib/modules/*/kernel/block/*",
     "./lib/modules/*/kernel/lib/*",
@@ -35,14 +38,39 @@ pub const DEB_MEMBERS: &[&str] = &[
 /// Bumped whenever [`DEB_MEMBERS`] or the unpacking changes, so old caches are rebuilt.
 const CACHE_LAYOUT: u32 = 2;
 
+/// Whether a GNU tar wildcard (`*` matches any run of characters, `/` included) matches `name`.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=rest.len())
+                .filter(|&i| rest.is_char_boundary(i))
+                .any(|i| wildcard_match(tail, &rest[i..]))
+        }
+    }
+}
+
+/// The members of [`DEB_MEMBERS`] that match at least one entry of `listing` (the paths of
+/// `dpkg-deb --fsys-tarfile X.deb | tar -t`): tar fails on a pattern that matches nothing.
+pub fn present_members<'a>(listing: &str, members: &[&'a str]) -> Vec<&'a str> {
+    members
+        .iter()
+        .copied()
+        .filter(|m| listing.lines().any(|l| wildcard_match(m, l.trim())))
+        .collect()
+}
+
 /// The xz stream header magic.
 pub const XZ_MAGIC: [u8; 6] = [0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00];
 
 /// A prepared guest kernel.
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    /// The uncompressed ELF kernel image.
-    pub vmlinux: PathBuf,
+    /// The image QEMU boots: the uncompressed ELF `vmlinux` (x86_64) or the arm64 `Image`.
+    pub image: PathBuf,
     /// Root holding `lib/modules/<kver>/` (modules and a rebuilt `modules.dep`).
     pub root: PathBuf,
     /// Kernel release, e.g. `6.1.0-56-amd64`.
@@ -58,7 +86,8 @@ impl Kernel {
     }
 }
 
-/// The package `linux-image-amd64` depends on, from `apt-cache depends` output.
+/// The package the metapackage (`linux-image-amd64`) depends on, from `apt-cache depends`
+/// output.
 pub fn parse_depends(out: &str) -> Option<&str> {
     out.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
@@ -226,23 +255,23 @@ pub fn parse_show_depends(show: &str) -> Option<(&str, &str)> {
     })
 }
 
-/// The kernel package and version `linux-image-amd64` depends on. One `apt-cache show` (each
-/// apt-cache call costs about a second here); `apt-cache depends` + `policy` if the
-/// metapackage's dependency carries no version.
-fn resolve_package(tools: &HostTools) -> Result<(String, String)> {
-    let show = util::output(Command::new(&tools.apt_cache).args([
-        "show",
-        "--no-all-versions",
-        META_PACKAGE,
-    ]))?;
+/// The kernel package and version the architecture's metapackage (`linux-image-amd64`,
+/// `linux-image-arm64`) depends on. One `apt-cache show` (each apt-cache call costs about a
+/// second here); `apt-cache depends` + `policy` if the metapackage's dependency carries no
+/// version.
+fn resolve_package(tools: &HostTools, arch: Arch) -> Result<(String, String)> {
+    let meta = arch.apt_name(arch.kernel_meta_package());
+    let show =
+        util::output(Command::new(&tools.apt_cache).args(["show", "--no-all-versions", &meta]))?;
     if let Some((pkg, version)) = parse_show_depends(&show) {
         return Ok((pkg.to_owned(), version.to_owned()));
     }
-    let deps = util::output(Command::new(&tools.apt_cache).args(["depends", META_PACKAGE]))?;
+    let deps = util::output(Command::new(&tools.apt_cache).args(["depends", &meta]))?;
     let pkg = parse_depends(&deps)
-        .ok_or_else(|| anyhow!("`apt-cache depends {META_PACKAGE}` names no linux-image package"))?
+        .ok_or_else(|| anyhow!("`apt-cache depends {meta}` names no linux-image package"))?
         .to_owned();
-    let policy = util::output(Command::new(&tools.apt_cache).args(["policy", &pkg]))?;
+    let policy =
+        util::output(Command::new(&tools.apt_cache).args(["policy", &arch.apt_name(&pkg)]))?;
     let version = tools::policy_candidate(&policy)
         .ok_or_else(|| anyhow!("package {pkg} has no install candidate"))?
         .to_owned();
@@ -260,13 +289,16 @@ fn read_stamp(path: &Path) -> Option<(String, String)> {
     }
 }
 
-/// Returns the cached kernel, downloading and unpacking it first if the cache is missing or
-/// names another package version.
-pub fn prepare(tools: &HostTools, cache: &Path) -> Result<Kernel> {
-    let kdir = cache.join("kernel");
+/// Returns the cached kernel of `arch`, downloading and unpacking it first if the cache is
+/// missing or names another package version.
+pub fn prepare(tools: &HostTools, cache: &Path, arch: Arch) -> Result<Kernel> {
+    let kdir = cache.join(arch.kernel_cache_dir());
     let stamp = kdir.join("stamp");
     let root = kdir.join("root");
-    let vmlinux = kdir.join("vmlinux");
+    let vmlinux = kdir.join(match arch.kernel_image() {
+        KernelImage::ElfFromXz => "vmlinux",
+        KernelImage::AsIs => "Image",
+    });
     let cached = read_stamp(&stamp).filter(|(_, kver)| {
         vmlinux.is_file()
             && root
@@ -275,20 +307,20 @@ pub fn prepare(tools: &HostTools, cache: &Path) -> Result<Kernel> {
                 .join("modules.dep")
                 .is_file()
     });
-    let (pkg, version) = match resolve_package(tools) {
+    let (pkg, version) = match resolve_package(tools, arch) {
         Ok(pv) => pv,
         Err(e) => {
             if let Some((package, kver)) = cached {
                 eprintln!("xtask: warning: cannot ask apt for the kernel version ({e:#}); using cached {package}");
                 return Ok(Kernel {
-                    vmlinux,
+                    image: vmlinux,
                     root,
                     kver,
                     package,
                 });
             }
             return Err(e.context(
-                "cannot resolve the guest kernel package: run `apt-get update` (or `cargo xtask hil --install-deps`)",
+                format!("cannot resolve the {arch} guest kernel package: run `apt-get update` (or `cargo xtask hil --arch {arch} --install-deps`)"),
             ));
         }
     };
@@ -296,7 +328,7 @@ pub fn prepare(tools: &HostTools, cache: &Path) -> Result<Kernel> {
     if let Some((package, kver)) = cached.filter(|(p, _)| *p == want) {
         eprintln!("xtask: guest kernel {package} (cached)");
         return Ok(Kernel {
-            vmlinux,
+            image: vmlinux,
             root,
             kver,
             package,
@@ -314,16 +346,8 @@ pub fn prepare(tools: &HostTools, cache: &Path) -> Result<Kernel> {
     }
     fs::create_dir_all(&dl)?;
     fs::create_dir_all(&root)?;
-    util::run(
-        Command::new(&tools.apt_get)
-            .arg("download")
-            .arg(format!("{pkg}={version}"))
-            .current_dir(&dl),
-    )?;
-    let deb = fs::read_dir(&dl)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| anyhow!("apt-get download left no .deb in {}", dl.display()))?;
+    let deb = download(tools, &dl, &format!("{}={version}", arch.apt_name(&pkg)))?;
+    let members = present_members(&deb_listing(tools, &deb)?, DEB_MEMBERS);
 
     // dpkg-deb --fsys-tarfile X.deb | tar -x -C root --wildcards MEMBERS...
     let mut dpkg = Command::new(&tools.dpkg_deb)
@@ -341,7 +365,7 @@ pub fn prepare(tools: &HostTools, cache: &Path) -> Result<Kernel> {
         .arg("-C")
         .arg(&root)
         .arg("--wildcards")
-        .args(DEB_MEMBERS)
+        .args(&members)
         .stdin(tar_in)
         .status()
         .context("starting tar")?;
@@ -361,32 +385,190 @@ pub fn prepare(tools: &HostTools, cache: &Path) -> Result<Kernel> {
     util::run(Command::new(&tools.depmod).arg("-b").arg(&root).arg(&kver))?;
 
     let vmlinuz_path = root.join("boot").join(format!("vmlinuz-{kver}"));
-    let vmlinuz =
-        fs::read(&vmlinuz_path).with_context(|| format!("reading {}", vmlinuz_path.display()))?;
-    let tmp = kdir.join("vmlinux.tmp");
-    let mut out = std::io::BufWriter::new(fs::File::create(&tmp)?);
-    let off = extract_vmlinux(&vmlinuz, &mut out)?;
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    fs::rename(&tmp, &vmlinux)?;
-    // The compressed kernel is no longer needed; the .deb neither.
-    let _ = fs::remove_file(&vmlinuz_path);
+    let how = match arch.kernel_image() {
+        KernelImage::ElfFromXz => {
+            let vmlinuz = fs::read(&vmlinuz_path)
+                .with_context(|| format!("reading {}", vmlinuz_path.display()))?;
+            let tmp = kdir.join("vmlinux.tmp");
+            let mut out = std::io::BufWriter::new(fs::File::create(&tmp)?);
+            let off = extract_vmlinux(&vmlinuz, &mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            fs::rename(&tmp, &vmlinux)?;
+            // The compressed kernel is no longer needed.
+            let _ = fs::remove_file(&vmlinuz_path);
+            format!("vmlinux from xz stream at offset {off:#x}")
+        }
+        KernelImage::AsIs => {
+            let head = fs::read(&vmlinuz_path)
+                .with_context(|| format!("reading {}", vmlinuz_path.display()))?;
+            if !is_arm64_image(&head) {
+                bail!(
+                    "{} is not an arm64 Image (no ARM\\x64 magic at byte 56)",
+                    vmlinuz_path.display()
+                );
+            }
+            fs::rename(&vmlinuz_path, &vmlinux)?;
+            "arm64 Image as shipped".to_owned()
+        }
+    };
     fs::remove_dir_all(&dl)?;
     fs::write(&stamp, format!("{want} {kver}\n"))?;
     eprintln!(
-        "xtask: guest kernel {kver} ready (vmlinux from xz stream at offset {off:#x}, {} MB)",
+        "xtask: guest kernel {kver} ready ({how}, {} MB)",
         fs::metadata(&vmlinux)?.len() >> 20
     );
     Ok(Kernel {
-        vmlinux,
+        image: vmlinux,
         root,
         kver,
         package: want,
     })
 }
 
+/// Whether `data` starts with an arm64 `Image` header (`ARM\x64` at byte 56,
+/// Documentation/arch/arm64/booting.rst).
+pub fn is_arm64_image(data: &[u8]) -> bool {
+    data.get(56..60) == Some(b"ARM\x64")
+}
+
+/// `apt-get download SPEC` into the empty directory `dl`; returns the `.deb`.
+fn download(tools: &HostTools, dl: &Path, spec: &str) -> Result<PathBuf> {
+    util::run(
+        Command::new(&tools.apt_get)
+            .arg("download")
+            .arg(spec)
+            .current_dir(dl),
+    )?;
+    fs::read_dir(dl)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| anyhow!("apt-get download {spec} left no .deb in {}", dl.display()))
+}
+
+/// The member paths of a `.deb`'s data archive (`dpkg-deb --fsys-tarfile X | tar -t`).
+fn deb_listing(tools: &HostTools, deb: &Path) -> Result<String> {
+    let mut dpkg = Command::new(&tools.dpkg_deb)
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting dpkg-deb")?;
+    let tar_in = dpkg
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("dpkg-deb has no stdout"))?;
+    let out = Command::new(&tools.tar)
+        .arg("-t")
+        .stdin(tar_in)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting tar")?;
+    let st = dpkg.wait()?;
+    if !st.success() || !out.status.success() {
+        bail!(
+            "listing {} failed (dpkg-deb: {st}, tar: {})",
+            deb.display(),
+            out.status
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The guest's static busybox. The host's when the guest architecture is the host's;
+/// otherwise `busybox-static:<arch>` is downloaded into `<cache>/busybox-<arch>/` (cached with a
+/// stamp naming the version) and its `bin/busybox` used.
+pub fn prepare_busybox(tools: &HostTools, cache: &Path, arch: Arch) -> Result<PathBuf> {
+    if arch.is_host() {
+        return Ok(tools.busybox.clone());
+    }
+    let dir = cache.join(format!("busybox-{}", arch.name()));
+    let bin = dir.join("busybox");
+    let stamp = dir.join("stamp");
+    let spec = arch.apt_name("busybox-static");
+    let cached = fs::read_to_string(&stamp)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|_| bin.is_file());
+    let policy = util::output(Command::new(&tools.apt_cache).args(["policy", &spec]));
+    let version = match policy.as_deref().map(tools::policy_candidate) {
+        Ok(Some(v)) => v.to_owned(),
+        _ => {
+            if let Some(v) = cached {
+                eprintln!("xtask: warning: cannot ask apt about {spec}; using cached {v}");
+                return Ok(bin);
+            }
+            bail!(
+                "{spec} has no install candidate: run `cargo xtask hil --arch {arch} --install-deps` \
+                 (it runs `dpkg --add-architecture {}` and `apt-get update`)",
+                arch.debian()
+            );
+        }
+    };
+    if cached.as_deref() == Some(version.as_str()) {
+        return Ok(bin);
+    }
+    eprintln!("xtask: fetching guest busybox {spec} {version}");
+    let dl = dir.join("download");
+    if dl.exists() {
+        fs::remove_dir_all(&dl)?;
+    }
+    fs::create_dir_all(&dl)?;
+    let deb = download(tools, &dl, &format!("{spec}={version}"))?;
+    let mut dpkg = Command::new(&tools.dpkg_deb)
+        .arg("--fsys-tarfile")
+        .arg(&deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting dpkg-deb")?;
+    let tar_in = dpkg
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("dpkg-deb has no stdout"))?;
+    let st = Command::new(&tools.tar)
+        .args(["-x", "-C"])
+        .arg(&dl)
+        .arg("./bin/busybox")
+        .stdin(tar_in)
+        .status()
+        .context("starting tar")?;
+    let dst = dpkg.wait()?;
+    if !st.success() || !dst.success() {
+        bail!("extracting bin/busybox from {} failed", deb.display());
+    }
+    fs::rename(dl.join("bin/busybox"), &bin)?;
+    fs::remove_dir_all(&dl)?;
+    fs::write(&stamp, format!("{version}\n"))?;
+    Ok(bin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcards_match_like_gnu_tar() {
+        assert!(wildcard_match(
+            "./lib/modules/*/kernel/virt/lib/*",
+            "./lib/modules/6.1.0-56-amd64/kernel/virt/lib/irqbypass.ko"
+        ));
+        assert!(wildcard_match("./boot/*", "./boot/vmlinuz-6.1.0-56-arm64"));
+        assert!(!wildcard_match("./boot/*", "./lib/boot/x"));
+        assert!(wildcard_match("a", "a") && !wildcard_match("a", "ab"));
+        let listing = "./\n./boot/\n./boot/vmlinuz-6.1.0-56-arm64\n./lib/modules/6.1.0-56-arm64/kernel/drivers/vfio/vfio.ko\n";
+        assert_eq!(
+            present_members(listing, DEB_MEMBERS),
+            ["./boot/*", "./lib/modules/*/kernel/drivers/vfio/*"]
+        );
+    }
+
+    #[test]
+    fn arm64_image_magic() {
+        let mut h = vec![0u8; 64];
+        assert!(!is_arm64_image(&h));
+        h[56..60].copy_from_slice(b"ARM\x64");
+        assert!(is_arm64_image(&h));
+        assert!(!is_arm64_image(&h[..58]));
+    }
 
     #[test]
     fn depends_names_the_versioned_image() {

@@ -1,13 +1,16 @@
 //! `cargo xtask hil`: hardware-in-the-loop without hardware.
 //!
-//! One boot per LBA size: QEMU (TCG unless a real KVM is there) with a virtual IOMMU and an
-//! emulated NVMe controller (one raw image per namespace), a Debian kernel, and an initramfs
+//! One boot per LBA size, for the guest architecture of `--arch` (x86_64 by default, or
+//! aarch64; the differences live in [`arch::Arch`]): QEMU (TCG unless a real KVM is there)
+//! with a virtual IOMMU (Intel IOMMU, SMMUv3) and an emulated NVMe controller (one raw image per namespace), a Debian kernel, and an initramfs
 //! whose `/init` binds the controller to `vfio-pci` and runs the payload: `vfio-info`, the
 //! conformance harness and `nvme-tool` read/write checks, once per interrupt mode. The host
 //! plants `host.bin` in namespace 1 before boot (the guest reads and compares it) and checks
 //! after QEMU exits that the image holds the guest's `guest.bin`. Pass/fail comes only from the
-//! serial log's `HIL-*` lines and those image checks. See `shared/docs/hil-recipe.md`.
+//! serial log's `HIL-*` lines and those image checks. See `shared/docs/hil-recipe.md` and
+//! `shared/docs/arm-hil-recipe.md`.
 
+mod arch;
 mod initramfs;
 mod kernel;
 mod opts;
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
+use arch::Arch;
 pub use opts::HilArgs;
 use opts::{BootConfig, PayloadKind};
 use verdict::ConfigResult;
@@ -49,6 +53,7 @@ struct Env<'a> {
     args: &'a HilArgs,
     tools: tools::HostTools,
     kernel: kernel::Kernel,
+    busybox: PathBuf,
     payload: Vec<(String, PathBuf)>,
     modules: Vec<String>,
     late_modules: Vec<String>,
@@ -57,26 +62,33 @@ struct Env<'a> {
 
 /// Runs `cargo xtask hil`. `Ok(false)` means the suite ran and something failed.
 pub fn main(args: &HilArgs) -> Result<bool> {
+    let arch = args.arch;
     if args.install_deps {
-        tools::install_deps()?;
-        tools::check()?;
-        eprintln!("xtask: host tools for `cargo xtask hil` are installed");
+        tools::install_deps(arch)?;
+        let tools = tools::check(arch)?;
+        // Fetch the guest kernel and busybox now, so the first run needs no download.
+        let cache = workspace_root()?.join(".hil-cache");
+        fs::create_dir_all(&cache)?;
+        kernel::prepare(&tools, &cache, arch)?;
+        kernel::prepare_busybox(&tools, &cache, arch)?;
+        eprintln!("xtask: host tools, Rust target and guest kernel for `cargo xtask hil --arch {arch}` are installed");
         return Ok(true);
     }
     let t0 = Instant::now();
     let boots = opts::plan(args)?;
-    let tools = tools::check()?;
+    let tools = tools::check(arch)?;
     let ws = workspace_root()?;
     let cache = ws.join(".hil-cache");
     fs::create_dir_all(&cache)?;
-    let kernel = kernel::prepare(&tools, &cache)?;
+    let kernel = kernel::prepare(&tools, &cache, arch)?;
+    let busybox = kernel::prepare_busybox(&tools, &cache, arch)?;
     let t_kernel = t0.elapsed();
 
     let specs = match args.payload {
         PayloadKind::Real => payload::REAL,
         PayloadKind::Standin => payload::STANDIN,
     };
-    let built = payload::build(&ws, specs)?;
+    let built = payload::build(&ws, specs, arch, env_linker(&tools))?;
     let t_payload = t0.elapsed() - t_kernel;
     let modules = kernel::modules_for(&kernel, &["vfio-pci"])?;
     let late_modules = match args.payload {
@@ -93,18 +105,19 @@ pub fn main(args: &HilArgs) -> Result<bool> {
         args,
         tools,
         kernel,
+        busybox,
         payload: built.into_iter().map(|b| (b.guest_name, b.path)).collect(),
         modules,
         late_modules,
         logs,
     };
     eprintln!(
-        "xtask: setup done (kernel {} {:.1} s, payload build {:.1} s); {} boot(s), accel {}",
+        "xtask: setup done ({arch} kernel {} {:.1} s, payload build {:.1} s); {} boot(s), accel {}",
         env.kernel.package,
         t_kernel.as_secs_f64(),
         t_payload.as_secs_f64(),
         boots.len(),
-        if qemu::kvm_usable() { "kvm" } else { "tcg" }
+        if arch.kvm_usable() { "kvm" } else { "tcg" }
     );
 
     let mut results: Vec<ConfigResult> = Vec::new();
@@ -179,7 +192,7 @@ fn image_holds(image: &Path, offset: u64, want: &[u8]) -> Result<(), String> {
 
 /// The guest's `RESULT<TAB>backend<TAB>case<TAB>outcome` lines, with the backend (the guest's
 /// `vfio:<bdf>/<mode>`) renamed to the QEMU configuration it ran on.
-fn results_tsv(log: &str, lba_size: u32) -> String {
+fn results_tsv(log: &str, arch: Arch, lba_size: u32) -> String {
     let mut out = String::new();
     for line in log.lines() {
         let Some(rest) = line.split("RESULT\t").nth(1) else {
@@ -191,8 +204,10 @@ fn results_tsv(log: &str, lba_size: u32) -> String {
         }
         let mode = f[0].rsplit('/').next().unwrap_or("?");
         out.push_str(&format!(
-            "RESULT\tQEMU {lba_size} B {mode}\t{}\t{}\n",
-            f[1], f[2]
+            "RESULT\t{}\t{}\t{}\n",
+            arch.table_backend(lba_size, mode),
+            f[1],
+            f[2]
         ));
     }
     out
@@ -233,6 +248,9 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
         blocks: boot.check_blocks(),
         host_lba: HOST_LBA,
         guest_lba: GUEST_LBA,
+        expect_no_iommu: !boot.iommu,
+        perf_secs: boot.perf_secs,
+        expect_identity_domain: boot.iommu_passthrough,
     };
     let size = usize::try_from(plan.data_size())?;
     let mut rng = util::TestRng::from_entropy();
@@ -248,6 +266,7 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
         &initramfs::Contents {
             plan: &plan,
             modules_dir: &env.kernel.modules_dir(),
+            busybox: &env.busybox,
             payload: &env.payload,
             data: &data,
         },
@@ -256,13 +275,20 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
     )?;
 
     let qc = qemu::QemuConfig {
-        kernel: env.kernel.vmlinux.clone(),
+        arch: boot.arch,
+        iommu: boot.iommu,
+        cmdline_extra: if boot.iommu_passthrough {
+            vec!["iommu.passthrough=1".to_owned()]
+        } else {
+            Vec::new()
+        },
+        kernel: env.kernel.image.clone(),
         initrd: initrd.clone(),
         images: images.clone(),
         lba_size: boot.lba_size,
         max_ioqpairs: boot.max_ioqpairs,
         mdts: boot.mdts,
-        kvm: qemu::kvm_usable(),
+        kvm: boot.arch.kvm_usable(),
     };
     let qargs = qemu::args(&qc);
     let log = env.logs.join(format!("{tag}.log"));
@@ -303,7 +329,7 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
     let raw_log = fs::read(&log)?;
     if let Some(dir) = &env.args.results {
         fs::create_dir_all(dir)?;
-        let tsv = results_tsv(&String::from_utf8_lossy(&raw_log), boot.lba_size);
+        let tsv = results_tsv(&String::from_utf8_lossy(&raw_log), boot.arch, boot.lba_size);
         fs::write(dir.join(format!("{tag}.tsv")), tsv)?;
     }
     let report = verdict::parse_log(&raw_log);
@@ -317,6 +343,10 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
     );
     if let Some((_, v)) = &report.verdict {
         eprintln!("xtask: [{tag}] guest: HIL-VERDICT: {v}");
+    }
+    eprintln!("xtask: [{tag}] timings: {}", timings(&report, boot_secs));
+    for (mode, iops) in &report.perf {
+        eprintln!("xtask: [{tag}] perf[{mode}]: {iops:.0} IOPS (4 KiB random reads, QD 32)");
     }
     let mut any_failed = false;
     for r in &results {
@@ -347,6 +377,27 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
     Ok(results)
 }
 
+fn env_linker(tools: &tools::HostTools) -> Option<&Path> {
+    tools.cross_linker.as_deref()
+}
+
+/// One line of boot timings: QEMU wall time, guest uptime when `/init` started, and the
+/// duration of every conformance and perf step.
+fn timings(r: &verdict::GuestReport, qemu_secs: f64) -> String {
+    let mut parts = vec![format!("QEMU {qemu_secs:.1} s")];
+    if let Some(t) = r.init_at {
+        parts.push(format!("/init at guest t={t:.1} s"));
+    }
+    for (name, end) in &r.steps {
+        if name.starts_with("conformance[") || name.starts_with("perf[") || name == "modules" {
+            if let Some(d) = end.secs {
+                parts.push(format!("{name} {d:.1} s"));
+            }
+        }
+    }
+    parts.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,8 +407,12 @@ mod tests {
         let log =
             "noise\r\n\x1b[0mRESULT\tvfio:0000:00:03.0/msix\tQM-07\tallowed:QEMU-01\nRESULT\tbad\n";
         assert_eq!(
-            results_tsv(log, 4096),
+            results_tsv(log, Arch::X86_64, 4096),
             "RESULT\tQEMU 4096 B msix\tQM-07\tallowed:QEMU-01\n"
+        );
+        assert_eq!(
+            results_tsv(log, Arch::Aarch64, 512),
+            "RESULT\tQEMU aarch64 512 B msix\tQM-07\tallowed:QEMU-01\n"
         );
     }
 

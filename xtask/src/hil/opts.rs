@@ -5,12 +5,36 @@ use std::fmt;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
+use super::arch::Arch;
+
 /// `cargo xtask hil` options.
 #[derive(Debug, Clone, Args)]
 pub struct HilArgs {
-    /// Install the host packages the run needs (apt-get) and exit.
+    /// Install what the run for `--arch` needs (apt packages, for a foreign architecture also
+    /// `dpkg --add-architecture` and the cross linker, and the Rust target) and exit.
     #[arg(long)]
     pub install_deps: bool,
+
+    /// Guest architecture: `x86_64` (q35 + Intel IOMMU) or `aarch64` (virt + GICv3 ITS +
+    /// SMMUv3, TCG).
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    pub arch: Arch,
+
+    /// Boot without the virtual IOMMU (no SMMUv3 / Intel IOMMU): the controller then has no
+    /// IOMMU group, vfio-pci cannot take it, and the run passes only if `vfio-info` and
+    /// `nvme-tool` both diagnose exactly that ("no IOMMU").
+    #[arg(long, alias = "no-smmu", conflicts_with_all = ["matrix", "iommu_passthrough", "irq", "perf"])]
+    pub no_iommu: bool,
+
+    /// Boot the guest kernel with `iommu.passthrough=1` (identity default domain); VFIO still
+    /// takes the group over and the whole suite must pass.
+    #[arg(long)]
+    pub iommu_passthrough: bool,
+
+    /// Also run `nvme-tool perf` (4 KiB random reads, queue depth 32) for this many seconds in
+    /// each interrupt mode and report its IOPS (TCG numbers: compare guests, not hardware).
+    #[arg(long, value_name = "SECS")]
+    pub perf: Option<u32>,
 
     /// Number of namespaces on the emulated controller (1..=4), each with its own raw image.
     #[arg(long, default_value_t = 1)]
@@ -107,6 +131,15 @@ impl fmt::Display for IrqMode {
 /// Everything that defines one QEMU boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootConfig {
+    /// Guest architecture.
+    pub arch: Arch,
+    /// With the virtual IOMMU (the normal case); without it the boot expects the no-IOMMU
+    /// diagnosis instead of running the suite.
+    pub iommu: bool,
+    /// Guest kernel with `iommu.passthrough=1`.
+    pub iommu_passthrough: bool,
+    /// Seconds of `nvme-tool perf` per interrupt mode, if any.
+    pub perf_secs: Option<u32>,
     /// Logical block size of every namespace.
     pub lba_size: u32,
     /// Interrupt modes the guest suite runs in, in order.
@@ -125,14 +158,26 @@ const QEMU_DEFAULT_MDTS: u8 = 7;
 pub const CHECK_BLOCKS_MAX: u32 = 8;
 
 impl BootConfig {
-    /// A short tag naming this boot in file names and log lines, e.g. `lba512-ns1`.
+    /// A short tag naming this boot in file names and log lines, e.g. `lba512-ns1`,
+    /// `aarch64-lba512-ns1-pt`.
     pub fn tag(&self) -> String {
-        let mut t = format!("lba{}-ns{}", self.lba_size, self.namespaces);
+        let mut t = format!(
+            "{}lba{}-ns{}",
+            self.arch.tag_prefix(),
+            self.lba_size,
+            self.namespaces
+        );
         if let Some(q) = self.max_ioqpairs {
             t.push_str(&format!("-q{q}"));
         }
         if let Some(m) = self.mdts {
             t.push_str(&format!("-mdts{m}"));
+        }
+        if !self.iommu {
+            t.push_str("-noiommu");
+        }
+        if self.iommu_passthrough {
+            t.push_str("-pt");
         }
         t
     }
@@ -168,7 +213,14 @@ pub fn plan(args: &HilArgs) -> Result<Vec<BootConfig>> {
     if args.timeout == 0 {
         bail!("--timeout must be at least 1 second");
     }
+    if args.perf == Some(0) {
+        bail!("--perf must be at least 1 second");
+    }
     let make = |lba_size: u32, irq_modes: Vec<IrqMode>| BootConfig {
+        arch: args.arch,
+        iommu: !args.no_iommu,
+        iommu_passthrough: args.iommu_passthrough,
+        perf_secs: args.perf,
         lba_size,
         irq_modes,
         namespaces: args.namespaces,
@@ -187,6 +239,8 @@ pub fn plan(args: &HilArgs) -> Result<Vec<BootConfig>> {
         bail!("--lba-size must be 512 or 4096, got {lba_size}");
     }
     let irq_modes = match args.irq.unwrap_or(IrqArg::Both) {
+        // Without an IOMMU nothing runs on the device: the boot checks the diagnosis only.
+        _ if args.no_iommu => Vec::new(),
         IrqArg::Polled => vec![IrqMode::Polled],
         IrqArg::Msix => vec![IrqMode::Msix],
         IrqArg::Both => both,
@@ -266,6 +320,38 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].irq_modes, vec![IrqMode::Msix]);
         assert_eq!(p[0].tag(), "lba4096-ns4-q4-mdts3");
+    }
+
+    #[test]
+    fn arch_and_iommu_variants() {
+        let p = parse(&["--arch", "aarch64"]).unwrap();
+        assert_eq!(p[0].arch, Arch::Aarch64);
+        assert!(p[0].iommu);
+        assert_eq!(p[0].tag(), "aarch64-lba512-ns1");
+        assert_eq!(parse(&["--arch", "arm64"]).unwrap()[0].arch, Arch::Aarch64);
+        let p = parse(&["--arch", "aarch64", "--no-smmu"]).unwrap();
+        assert!(!p[0].iommu && p[0].irq_modes.is_empty());
+        assert_eq!(p[0].tag(), "aarch64-lba512-ns1-noiommu");
+        let p = parse(&[
+            "--arch",
+            "aarch64",
+            "--iommu-passthrough",
+            "--lba-size",
+            "4096",
+        ])
+        .unwrap();
+        assert_eq!(p[0].tag(), "aarch64-lba4096-ns1-pt");
+        assert_eq!(p[0].irq_modes.len(), 2);
+        let p = parse(&["--arch", "aarch64", "--matrix", "--mdts", "3"]).unwrap();
+        assert_eq!(p.len(), 2);
+        assert!(p
+            .iter()
+            .all(|b| b.arch == Arch::Aarch64 && b.mdts == Some(3)));
+        assert!(parse(&["--no-iommu", "--iommu-passthrough"]).is_err());
+        assert!(parse(&["--no-iommu", "--matrix"]).is_err());
+        assert!(parse(&["--perf", "0"]).is_err());
+        assert_eq!(parse(&["--perf", "3"]).unwrap()[0].perf_secs, Some(3));
+        assert_eq!(parse(&[]).unwrap()[0].arch, Arch::X86_64);
     }
 
     #[test]

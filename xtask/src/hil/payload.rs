@@ -1,17 +1,16 @@
-//! The guest payload: static Rust binaries built for `x86_64-unknown-linux-gnu` with
-//! `+crt-static` into `target/hil` (so the host build is not invalidated), described as data.
+//! The guest payload: static Rust binaries built for the guest's target
+//! (`x86_64-unknown-linux-gnu`, `aarch64-unknown-linux-gnu`) with `+crt-static` into
+//! `target/hil` (so the host build is not invalidated), described as data. A foreign target is
+//! linked with the cross gcc named by [`Arch::linker_env`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::arch::Arch;
 use super::tools::elf_is_static;
 use super::util;
-
-/// The guest target triple; `--target` is required or proc-macro crates break with
-/// `+crt-static`.
-pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// One binary to build and where it goes in the guest.
 #[derive(Debug, Clone, Copy)]
@@ -103,15 +102,31 @@ fn describe(spec: &PayloadSpec) -> String {
     s
 }
 
-/// Builds every spec as a static release binary into `<workspace>/target/hil`.
+/// The ELF `e_machine` of `arch` (`EM_X86_64`, `EM_AARCH64`).
+fn elf_machine(arch: Arch) -> u16 {
+    match arch {
+        Arch::X86_64 => 62,
+        Arch::Aarch64 => 183,
+    }
+}
+
+/// Builds every spec as a static release binary for `arch` into `<workspace>/target/hil`,
+/// linking with `linker` (the cross gcc) when the target is not the host's.
 /// Any failure is an error naming the part: the run never goes on without it.
-pub fn build(workspace: &Path, specs: &[PayloadSpec]) -> Result<Vec<Built>> {
+pub fn build(
+    workspace: &Path,
+    specs: &[PayloadSpec],
+    arch: Arch,
+    linker: Option<&Path>,
+) -> Result<Vec<Built>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = workspace.join("target/hil");
+    // `--target` is required or proc-macro crates break with `+crt-static`.
+    let target = arch.target_triple();
     let mut built = Vec::new();
     for spec in specs {
         eprintln!(
-            "xtask: building guest payload: {} (static, {GUEST_TARGET})",
+            "xtask: building guest payload: {} (static, {target})",
             describe(spec)
         );
         let mut c = Command::new(&cargo);
@@ -119,7 +134,7 @@ pub fn build(workspace: &Path, specs: &[PayloadSpec]) -> Result<Vec<Built>> {
             .args([
                 "--release",
                 "--target",
-                GUEST_TARGET,
+                target,
                 "--message-format=json-render-diagnostics",
             ])
             .current_dir(workspace)
@@ -132,6 +147,9 @@ pub fn build(workspace: &Path, specs: &[PayloadSpec]) -> Result<Vec<Built>> {
             .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some((var, default)) = arch.linker_env() {
+            c.env(var, linker.unwrap_or(Path::new(default)));
+        }
         if let Some(m) = spec.manifest {
             c.arg("--manifest-path").arg(workspace.join(m));
         }
@@ -166,6 +184,13 @@ pub fn build(workspace: &Path, specs: &[PayloadSpec]) -> Result<Vec<Built>> {
         if elf_is_static(&bytes) != Some(true) {
             bail!(
                 "{} is not a static executable (the guest has no libc)",
+                exe.display()
+            );
+        }
+        let machine = bytes.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        if machine != Some(elf_machine(arch)) {
+            bail!(
+                "{} is not an {arch} executable (ELF e_machine {machine:?})",
                 exe.display()
             );
         }

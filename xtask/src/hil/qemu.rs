@@ -1,5 +1,6 @@
-//! The QEMU command line (per `hil-recipe.md`) and a runner with a wall-clock limit that
-//! copies the serial console into a log file.
+//! The QEMU command line (per `hil-recipe.md` and `arm-hil-recipe.md`; the per-architecture
+//! parts come from [`Arch`]) and a runner with a wall-clock limit that copies the serial
+//! console into a log file.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -9,10 +10,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
+use super::arch::Arch;
+
 /// Inputs of one QEMU boot.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
-    /// Uncompressed ELF kernel.
+    /// Guest architecture.
+    pub arch: Arch,
+    /// Kernel image QEMU boots directly (ELF `vmlinux`, arm64 `Image`).
     pub kernel: PathBuf,
     /// gzip'd newc initramfs.
     pub initrd: PathBuf,
@@ -26,6 +31,11 @@ pub struct QemuConfig {
     pub mdts: Option<u8>,
     /// Use KVM (only on a real Intel/AMD host) instead of TCG.
     pub kvm: bool,
+    /// Give the guest its virtual IOMMU (Intel IOMMU, SMMUv3). Without it the controller has
+    /// no IOMMU group and vfio-pci cannot take it.
+    pub iommu: bool,
+    /// Extra guest kernel parameters (e.g. `iommu.passthrough=1`).
+    pub cmdline_extra: Vec<String>,
 }
 
 /// Whether KVM can boot a stock kernel here: only when `kvm_intel` or `kvm_amd` is loaded
@@ -34,39 +44,53 @@ pub fn kvm_usable() -> bool {
     Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
 }
 
+/// The kernel command line.
+pub fn cmdline(c: &QemuConfig) -> String {
+    let mut v = vec![
+        format!("console={}", c.arch.console()),
+        "panic=-1".to_owned(),
+        "quiet".to_owned(),
+        "loglevel=4".to_owned(),
+    ];
+    if c.iommu && !c.arch.iommu_cmdline().is_empty() {
+        v.push(c.arch.iommu_cmdline().to_owned());
+    }
+    v.extend(c.cmdline_extra.iter().cloned());
+    v.join(" ")
+}
+
 /// The QEMU arguments.
 pub fn args(c: &QemuConfig) -> Vec<String> {
-    let accel = if c.kvm { "kvm" } else { "tcg" };
-    let mut a: Vec<String> = [
-        "-machine",
-        &format!("q35,accel={accel},kernel-irqchip=split"),
-        "-cpu",
-        if c.kvm { "host" } else { "max" },
-        "-smp",
-        "1",
-        "-m",
-        "512M",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-kernel",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut a = c.arch.machine_args(c.kvm, c.iommu);
+    a.extend(
+        [
+            "-smp",
+            "1",
+            "-m",
+            c.arch.memory(),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-kernel",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned()),
+    );
     a.push(c.kernel.display().to_string());
     a.push("-initrd".into());
     a.push(c.initrd.display().to_string());
     a.push("-append".into());
-    a.push("console=ttyS0 panic=-1 quiet loglevel=4 intel_iommu=on".into());
+    a.push(cmdline(c));
     // The IOMMU must come before the devices it translates.
-    a.push("-device".into());
-    a.push("intel-iommu,intremap=on".into());
+    if let (true, Some(dev)) = (c.iommu, c.arch.iommu_device()) {
+        a.push("-device".into());
+        a.push(dev.into());
+    }
     let mut ctrl = "nvme,id=n0,serial=deadbeef".to_owned();
     if let Some(q) = c.max_ioqpairs {
         ctrl.push_str(&format!(",max_ioqpairs={q}"));
@@ -171,6 +195,9 @@ mod tests {
 
     fn cfg(n: usize) -> QemuConfig {
         QemuConfig {
+            arch: Arch::X86_64,
+            iommu: true,
+            cmdline_extra: vec![],
             kernel: "/c/vmlinux".into(),
             initrd: "/t/initramfs.cpio.gz".into(),
             images: (1..=n)
@@ -205,6 +232,40 @@ mod tests {
         );
         assert!(
             s.contains("-no-reboot") && s.contains("-nodefaults") && s.contains("-serial stdio")
+        );
+    }
+
+    #[test]
+    fn aarch64_command_line_follows_the_arm_recipe() {
+        let mut c = cfg(1);
+        c.arch = Arch::Aarch64;
+        let s = args(&c).join(" ");
+        assert!(
+            s.starts_with(
+                "-machine virt,gic-version=3,its=on,iommu=smmuv3 -accel tcg -cpu max -smp 1 -m 1024M"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("-append console=ttyAMA0 panic=-1 quiet loglevel=4 -device nvme,"));
+        assert!(!s.contains("intel"), "{s}");
+        c.iommu = false;
+        c.cmdline_extra = vec!["iommu.passthrough=1".into()];
+        let s = args(&c).join(" ");
+        assert!(
+            s.starts_with("-machine virt,gic-version=3,its=on -accel tcg"),
+            "{s}"
+        );
+        assert!(s.contains("loglevel=4 iommu.passthrough=1 -device"), "{s}");
+    }
+
+    #[test]
+    fn x86_without_iommu_drops_the_device_and_parameter() {
+        let mut c = cfg(1);
+        c.iommu = false;
+        let s = args(&c).join(" ");
+        assert!(
+            !s.contains("intel-iommu") && !s.contains("intel_iommu"),
+            "{s}"
         );
     }
 

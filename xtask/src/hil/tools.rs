@@ -5,21 +5,25 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::arch::Arch;
 use super::util;
 
-/// The apt packages `--install-deps` installs.
-pub const APT_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "qemu-utils",
-    "busybox-static",
-    "cpio",
-    "kmod",
-];
+/// The apt packages `--install-deps` installs for every guest architecture (the QEMU system
+/// emulator and any cross toolchain come from [`Arch::apt_packages`]).
+pub const APT_PACKAGES: &[&str] = &["qemu-utils", "busybox-static", "cpio", "kmod"];
+
+/// Everything `--install-deps` installs for `arch`.
+pub fn apt_packages(arch: Arch) -> Vec<&'static str> {
+    let mut v = arch.apt_packages().to_vec();
+    v.extend_from_slice(APT_PACKAGES);
+    v
+}
 
 /// Absolute paths of the host tools, once found.
 #[derive(Debug, Clone)]
 pub struct HostTools {
-    /// `qemu-system-x86_64`.
+    /// The QEMU system emulator of the guest architecture (`qemu-system-x86_64`,
+    /// `qemu-system-aarch64`).
     pub qemu: PathBuf,
     /// `qemu-img`.
     pub qemu_img: PathBuf,
@@ -39,6 +43,8 @@ pub struct HostTools {
     pub apt_get: PathBuf,
     /// `apt-cache`.
     pub apt_cache: PathBuf,
+    /// The cross linker for a guest architecture that is not the host's.
+    pub cross_linker: Option<PathBuf>,
 }
 
 /// Looks `name` up in `PATH` and the sbin directories (which a non-root `PATH` may lack).
@@ -88,8 +94,9 @@ pub fn elf_is_static(elf: &[u8]) -> Option<bool> {
     Some(true)
 }
 
-/// Finds every tool or fails with one message that names each missing apt package.
-pub fn check() -> Result<HostTools> {
+/// Finds every tool a run for `arch` needs, or fails with one message that names each missing
+/// apt package (and the missing Rust target).
+pub fn check(arch: Arch) -> Result<HostTools> {
     let mut missing: Vec<String> = Vec::new();
     let mut find = |name: &str, package: &str| -> PathBuf {
         which(name).unwrap_or_else(|| {
@@ -97,8 +104,18 @@ pub fn check() -> Result<HostTools> {
             PathBuf::new()
         })
     };
+    let (qemu, qemu_pkg) = arch.qemu_binary();
+    let cross_linker = arch.linker_env().map(|(_, gcc)| {
+        let pkg = arch
+            .apt_packages()
+            .iter()
+            .find(|p| p.starts_with("gcc-"))
+            .copied()
+            .unwrap_or("a cross gcc");
+        find(gcc, pkg)
+    });
     let tools = HostTools {
-        qemu: find("qemu-system-x86_64", "qemu-system-x86"),
+        qemu: find(qemu, qemu_pkg),
         qemu_img: find("qemu-img", "qemu-utils"),
         cpio: find("cpio", "cpio"),
         gzip: find("gzip", "gzip"),
@@ -108,16 +125,23 @@ pub fn check() -> Result<HostTools> {
         tar: find("tar", "tar"),
         apt_get: find("apt-get", "apt"),
         apt_cache: find("apt-cache", "apt"),
+        cross_linker,
     };
+    if !rust_target_installed(arch.target_triple()) {
+        missing.push(format!(
+            "the Rust target {0} (`rustup target add {0}`)",
+            arch.target_triple()
+        ));
+    }
     if !tools.busybox.as_os_str().is_empty() {
         check_static_busybox(&tools.busybox, &mut missing)?;
     }
     if !missing.is_empty() {
         bail!(
-            "missing host tools: {}.\nInstall them with `cargo xtask hil --install-deps` (as root), i.e. \
+            "missing host tools: {}.\nInstall them with `cargo xtask hil --arch {arch} --install-deps` (as root), i.e. \
              `apt-get update && apt-get install -y {}`",
             missing.join(", "),
-            APT_PACKAGES.join(" ")
+            apt_packages(arch).join(" ")
         );
     }
     Ok(tools)
@@ -143,15 +167,46 @@ pub fn policy_candidate(policy: &str) -> Option<&str> {
         .filter(|v| !v.is_empty() && *v != "(none)")
 }
 
-/// `--install-deps`: `apt-get update && apt-get install -y ...`.
+/// Whether `rustup` (or the sysroot of a toolchain without rustup) has the standard library
+/// of `triple`.
+pub fn rust_target_installed(triple: &str) -> bool {
+    if let Ok(out) = util::cmd("rustup", ["target", "list", "--installed"]).output() {
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == triple);
+        }
+    }
+    // No rustup: look into the sysroot.
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    util::cmd(&rustc, ["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .is_some_and(|root| Path::new(&root).join("lib/rustlib").join(triple).is_dir())
+}
+
+/// `--install-deps`: for a foreign guest architecture `dpkg --add-architecture` (so its
+/// kernel and busybox packages can be downloaded); `apt-get update && apt-get install -y ...`;
+/// `rustup target add` for the payload's target.
 ///
 /// If the install fails because a newer `qemu-utils` (for instance from backports) breaks the
-/// distribution's `qemu-system-x86`, it is retried with `qemu-utils` pinned to the version of
-/// `qemu-system-x86` (a downgrade of that one package).
-pub fn install_deps() -> Result<()> {
+/// distribution's QEMU system package, it is retried with `qemu-utils` pinned to the version
+/// of that package (a downgrade of that one package).
+pub fn install_deps(arch: Arch) -> Result<()> {
     let uid = util::output(&mut util::cmd("id", ["-u"]))?;
     if uid.trim() != "0" {
         bail!("--install-deps runs apt-get and needs root (run it as root, e.g. with sudo)");
+    }
+    if !arch.is_host() {
+        let foreign = util::output(&mut util::cmd("dpkg", ["--print-foreign-architectures"]))?;
+        if !foreign.lines().any(|l| l.trim() == arch.debian()) {
+            eprintln!("xtask: dpkg --add-architecture {}", arch.debian());
+            util::run(&mut util::cmd(
+                "dpkg",
+                ["--add-architecture", arch.debian()],
+            ))?;
+        }
     }
     let apt = |args: &[&str]| {
         let mut c = util::cmd("apt-get", args);
@@ -159,30 +214,38 @@ pub fn install_deps() -> Result<()> {
         c
     };
     util::run(&mut apt(&["update"]))?;
+    let packages = apt_packages(arch);
     let mut args = vec!["install", "-y", "--no-install-recommends"];
-    args.extend_from_slice(APT_PACKAGES);
+    args.extend_from_slice(&packages);
     eprintln!("xtask: apt-get {}", args.join(" "));
-    if util::run(&mut apt(&args)).is_ok() {
-        return Ok(());
+    if util::run(&mut apt(&args)).is_err() {
+        let (_, qemu_pkg) = arch.qemu_binary();
+        let policy = util::output(&mut util::cmd("apt-cache", ["policy", qemu_pkg]))?;
+        let Some(version) = policy_candidate(&policy) else {
+            bail!("apt-get install failed and {qemu_pkg} has no install candidate");
+        };
+        let pin = format!("qemu-utils={version}");
+        let mut retry = vec![
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "--allow-downgrades",
+        ];
+        retry.extend(packages.iter().copied().filter(|p| *p != "qemu-utils"));
+        retry.push(&pin);
+        eprintln!(
+            "xtask: retrying with qemu-utils pinned to {qemu_pkg}'s version: apt-get {}",
+            retry.join(" ")
+        );
+        util::run(&mut apt(&retry))?;
     }
-    let policy = util::output(&mut util::cmd("apt-cache", ["policy", "qemu-system-x86"]))?;
-    let Some(version) = policy_candidate(&policy) else {
-        bail!("apt-get install failed and qemu-system-x86 has no install candidate");
-    };
-    let pin = format!("qemu-utils={version}");
-    let mut retry = vec![
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "--allow-downgrades",
-    ];
-    retry.extend(APT_PACKAGES.iter().copied().filter(|p| *p != "qemu-utils"));
-    retry.push(&pin);
-    eprintln!(
-        "xtask: retrying with qemu-utils pinned to qemu-system-x86's version: apt-get {}",
-        retry.join(" ")
-    );
-    util::run(&mut apt(&retry))
+    let triple = arch.target_triple();
+    if !rust_target_installed(triple) {
+        eprintln!("xtask: rustup target add {triple}");
+        util::run(&mut util::cmd("rustup", ["target", "add", triple]))
+            .context("adding the Rust target of the guest payload")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

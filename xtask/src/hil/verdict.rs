@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::initramfs::{GuestPlan, MODE_STEPS};
+use super::initramfs::GuestPlan;
 use super::opts::IrqMode;
 
 /// Counts from the conformance harness's last line: `conformance: N passed, M failed`, with
@@ -50,16 +50,26 @@ pub fn parse_summary(line: &str) -> Option<Counts> {
 }
 
 /// The end of one step as the guest reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepEnd {
     /// Passed?
     pub pass: bool,
     /// Exit status the guest saw.
     pub rc: i64,
+    /// Guest seconds from the step's BEGIN to its END, when both carry `t=`.
+    pub secs: Option<f64>,
+}
+
+/// The `t=<guest uptime>` field of a step line.
+fn time_of(words: &[&str]) -> Option<f64> {
+    words
+        .iter()
+        .find_map(|w| w.strip_prefix("t="))
+        .and_then(|t| t.parse().ok())
 }
 
 /// Everything the host reads from one serial log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GuestReport {
     /// `HIL-BEGIN` was seen: the kernel ran our `/init`.
     pub began: bool,
@@ -71,12 +81,17 @@ pub struct GuestReport {
     pub summaries: BTreeMap<String, Counts>,
     /// The `HIL-VERDICT:` line (text after the marker) and whether it says PASS.
     pub verdict: Option<(bool, String)>,
+    /// Guest uptime at the first step (≈ when `/init` started), seconds.
+    pub init_at: Option<f64>,
+    /// Mode → IOPS from the `HIL-PERF[<mode>]` lines.
+    pub perf: BTreeMap<String, f64>,
 }
 
 /// Parses a serial log.
 pub fn parse_log(log: &[u8]) -> GuestReport {
     let mut r = GuestReport::default();
     let mut current: Option<String> = None;
+    let mut began_at: Option<f64> = None;
     for raw in log.split(|&b| b == b'\n') {
         let line = String::from_utf8_lossy(raw);
         let line = line.trim_end_matches('\r');
@@ -95,11 +110,30 @@ pub fn parse_log(log: &[u8]) -> GuestReport {
                 r.verdict = Some((v.split_whitespace().next() == Some("PASS"), v.to_owned()));
                 continue;
             }
+            if let Some(p) = m.strip_prefix("HIL-PERF[") {
+                // HIL-PERF[mode] pci:BDF IOPS MiB/s ...
+                if let Some((mode, rest)) = p.split_once(']') {
+                    if let Some(iops) = rest
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|x| x.parse::<f64>().ok())
+                    {
+                        r.perf.insert(mode.to_owned(), iops);
+                    }
+                }
+                continue;
+            }
             if let Some(s) = m.strip_prefix("HIL-STEP ") {
                 let w: Vec<&str> = s.split_whitespace().collect();
                 match w.as_slice() {
-                    [name, "BEGIN", ..] => current = Some((*name).to_owned()),
-                    [name, "END", result, rc, ..] => {
+                    [name, "BEGIN", rest @ ..] => {
+                        current = Some((*name).to_owned());
+                        began_at = time_of(rest);
+                        if r.init_at.is_none() {
+                            r.init_at = began_at;
+                        }
+                    }
+                    [name, "END", result, rc, rest @ ..] => {
                         let rc = rc
                             .strip_prefix("rc=")
                             .and_then(|x| x.parse().ok())
@@ -109,9 +143,11 @@ pub fn parse_log(log: &[u8]) -> GuestReport {
                             StepEnd {
                                 pass: *result == "PASS",
                                 rc,
+                                secs: began_at.zip(time_of(rest)).map(|(b, e)| e - b),
                             },
                         );
                         current = None;
+                        began_at = None;
                     }
                     _ => {}
                 }
@@ -208,12 +244,22 @@ pub fn judge(
         Some((pass, text)) => check("guest-verdict", *pass, format!("HIL-VERDICT: {text}")),
         None => check("guest-verdict", false, "no HIL-VERDICT line"),
     });
+    if plan.expect_no_iommu {
+        // Nothing ran on the device: the boot-level steps (bind without a group, the two
+        // diagnoses) are the whole result.
+        return vec![ConfigResult {
+            name: format!("{tag}/no-iommu"),
+            checks: boot,
+            conformance: None,
+        }];
+    }
+    let mode_steps = plan.mode_steps();
     plan.irq_modes
         .iter()
         .enumerate()
         .map(|(i, m): (usize, &IrqMode)| {
             let mut checks = boot.clone();
-            let conf_name = format!("{}[{m}]", MODE_STEPS[0]);
+            let conf_name = format!("{}[{m}]", mode_steps[0]);
             let counts = r.summaries.get(&conf_name).copied();
             let mut conf = step_check(r, &conf_name);
             match counts {
@@ -234,7 +280,7 @@ pub fn judge(
             }
             checks.push(conf);
             checks.extend(
-                MODE_STEPS[1..]
+                mode_steps[1..]
                     .iter()
                     .map(|s| step_check(r, &format!("{s}[{m}]"))),
             );
@@ -312,7 +358,44 @@ mod tests {
             blocks: 8,
             host_lba: 100,
             guest_lba: 200,
+            expect_no_iommu: false,
+            perf_secs: None,
+            expect_identity_domain: false,
         }
+    }
+
+    #[test]
+    fn step_times_and_perf_are_parsed() {
+        let log = b"HIL-STEP modules BEGIN t=15.50\nHIL-STEP modules END PASS rc=0 t=15.75\n\
+HIL-STEP conformance[msix] BEGIN t=20.00\nHIL-STEP conformance[msix] END PASS rc=0 t=80.50\n\
+HIL-PERF[msix] pci:0000:00:01.0   12345   48.2   2.00\nHIL-PERF[polled] \n";
+        let r = parse_log(log);
+        assert_eq!(r.init_at, Some(15.5));
+        assert_eq!(r.steps["modules"].secs, Some(0.25));
+        assert_eq!(r.steps["conformance[msix]"].secs, Some(60.5));
+        assert_eq!(r.perf.get("msix"), Some(&12345.0));
+        assert!(!r.perf.contains_key("polled"));
+    }
+
+    #[test]
+    fn no_iommu_boot_is_one_configuration() {
+        let mut p = plan(&[]);
+        p.expect_no_iommu = true;
+        let log = b"HIL-BEGIN t\n\
+HIL-STEP modules BEGIN\nHIL-STEP modules END PASS rc=0\n\
+HIL-STEP bind BEGIN\nHIL-DEVICE 0000:00:01.0 driver= iommu_group=\nHIL-STEP bind END PASS rc=0\n\
+HIL-STEP diagnose-vfio-info BEGIN\nHIL-STEP diagnose-vfio-info END PASS rc=0\n\
+HIL-STEP diagnose-nvme-tool BEGIN\nHIL-STEP diagnose-nvme-tool END PASS rc=0\n\
+HIL-VERDICT: PASS steps=4/4 no-iommu-diagnosis\n";
+        let res = judge("t", &p, &parse_log(log), &[], None);
+        assert_eq!(res.len(), 1);
+        assert_eq!(res[0].name, "t/no-iommu");
+        assert!(res[0].pass(), "{:?}", res[0].checks);
+        let bad = String::from_utf8_lossy(log).replace(
+            "diagnose-nvme-tool END PASS rc=0",
+            "diagnose-nvme-tool END FAIL rc=1",
+        );
+        assert!(!judge("t", &p, &parse_log(bad.as_bytes()), &[], None)[0].pass());
     }
 
     const GOOD: &[u8] = b"\x1b[2J\x1bcSeaBIOS (version 1.16)\r\n\
