@@ -72,7 +72,7 @@ use nvme_core::hw::{Bar, Clock, Platform};
 pub use config::{Backing, NamespaceConfig, SimConfig, SimMode};
 pub use ctrl::BAR_SIZE;
 pub use dma::{SimDma, SimDmaError, DMA_PAGE, IOVA_BASE};
-pub use fault::{CommandMatch, FaultInjector, QueueMatch};
+pub use fault::{CommandMatch, FaultInjector, QueueMatch, RandomFault};
 pub use irq::{SimIrq, SimIrqError};
 pub use violation::{SimStats, Violation, ViolationKind};
 
