@@ -118,7 +118,7 @@ impl CommandMatch {
             QueueMatch::AnyIo => sqid != 0,
             QueueMatch::Sq(s) => s == sqid,
         };
-        if !q || !self.opcode.is_none_or(|o| o == opcode) {
+        if !q || self.opcode.is_some_and(|o| o != opcode) {
             return false;
         }
         match &self.lba {
