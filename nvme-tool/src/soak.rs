@@ -11,7 +11,10 @@
 //!   any of the failed generations, until a write to the slot completes successfully;
 //! - a slot whose request timed out is not touched again until the device has let go of the
 //!   command (its CID is no longer outstanding on the pair), so a late write cannot overtake
-//!   a newer one; then the failed request is retried.
+//!   a newer one; then the failed request is retried. A command still held one I/O timeout
+//!   after its timeout report is aborted (Abort, NVMe Base §5.1.1) by the main thread, which
+//!   owns the admin queue; a controller that honours the Abort completes it, and the slot
+//!   comes back.
 //!
 //! Every request must end: one that has neither completed nor failed (a timeout report counts
 //! as failing) within the I/O timeout plus a margin is counted as lost. With `--faults RATE` on
@@ -35,7 +38,7 @@
 //! The exit status is non-zero on any mismatch or lost request.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
@@ -278,6 +281,8 @@ where
     };
     let budget = a.ios.unwrap_or(u64::MAX);
     let threads = a.threads as u64;
+    let (tx, rx) = mpsc::channel::<(u16, u16)>();
+    let (mut aborts, mut abort_errors) = (0u64, 0u64);
     let results: Vec<(Summary, IoQueuePair<P>)> = std::thread::scope(|sc| {
         let handles: Vec<_> = pairs
             .into_iter()
@@ -308,15 +313,38 @@ where
                         write_percent: a.write_percent,
                         wait: a.irq == Irq::Msix,
                     },
+                    tx.clone(),
                 );
                 sc.spawn(move || w.run())
             })
             .collect();
+        drop(tx);
+        // This thread owns the admin queue: it aborts what the workers find stuck.
+        while !handles.iter().all(|h| h.is_finished()) {
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok((qid, cid)) => match c.abort(qid, cid) {
+                    Ok(_) => aborts += 1,
+                    Err(e) => {
+                        abort_errors += 1;
+                        if abort_errors <= 3 {
+                            eprintln!("soak: Abort of CID {cid:#06x} on SQ {qid}: {e}");
+                        }
+                    }
+                },
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+            }
+        }
         handles
             .into_iter()
             .map(|h| h.join().expect("soak thread panicked"))
             .collect()
     });
+    if aborts + abort_errors > 0 {
+        eprintln!("soak: {aborts} Abort commands sent for commands the device held, {abort_errors} failed");
+    }
     let mut total = Summary::default();
     for (s, qp) in results {
         total.add(&s);
@@ -415,6 +443,7 @@ struct Held {
     cid: u16,
     since: Instant,
     retry: Retry,
+    abort_sent: bool,
 }
 
 struct WorkerCfg {
@@ -452,10 +481,17 @@ struct Worker<P: Platform> {
     scratch: Vec<u8>,
     dead: bool,
     mismatch_reports: u32,
+    /// Asks the thread that owns the admin queue to abort a held command.
+    aborts: mpsc::Sender<(u16, u16)>,
 }
 
 impl<P: Platform> Worker<P> {
-    fn new(qp: IoQueuePair<P>, ns: Namespace, cfg: WorkerCfg) -> Self {
+    fn new(
+        qp: IoQueuePair<P>,
+        ns: Namespace,
+        cfg: WorkerCfg,
+        aborts: mpsc::Sender<(u16, u16)>,
+    ) -> Self {
         let bs = ns.lba_size() as usize;
         Self {
             qp,
@@ -472,6 +508,7 @@ impl<P: Platform> Worker<P> {
             scratch: vec![0; bs],
             dead: false,
             mismatch_reports: 0,
+            aborts,
             ns,
             cfg,
         }
@@ -587,10 +624,19 @@ impl<P: Platform> Worker<P> {
         }
     }
 
-    /// Timed-out commands the device has let go of: their slots are retried.
-    fn release_held(&mut self, _now: Instant) {
+    /// Timed-out commands the device has let go of: their slots are retried. Those still
+    /// held one more I/O timeout after they timed out are aborted (§5.1.1), which gives the
+    /// slot back on a controller that honours the Abort.
+    fn release_held(&mut self, now: Instant) {
         if self.held.is_empty() {
             return;
+        }
+        let qid = self.qp.qid();
+        for h in &mut self.held {
+            if !h.abort_sent && now.duration_since(h.since) >= self.cfg.io_timeout {
+                h.abort_sent = true;
+                let _ = self.aborts.send((qid, h.cid));
+            }
         }
         let qp = &self.qp;
         let (gone, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
@@ -746,6 +792,7 @@ impl<P: Platform> Worker<P> {
                         cid,
                         since: Instant::now(),
                         retry,
+                        abort_sent: false,
                     });
                 }
                 // Else the slot stays busy: never touched again in this run.
