@@ -929,6 +929,77 @@ mod tests {
     }
 
     #[test]
+    fn stale_misdirected_or_corrupt_blocks_are_mismatches() {
+        use sim_backend::SimConfig;
+        let sim = Simulator::new(SimConfig::default()).unwrap();
+        let mut c = Controller::new(
+            sim.platform(),
+            ControllerConfig {
+                interrupts: false,
+                ..ControllerConfig::default()
+            },
+        )
+        .unwrap();
+        let ns = c.namespace(1).unwrap().clone();
+        let qp = c.create_io_queue_pair(8).unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let cfg = WorkerCfg {
+            thread: 0,
+            first_slot: 0,
+            slots: 4,
+            per_io: 8,
+            qd: 1,
+            io_size: 4096,
+            quota: 0,
+            deadline: None,
+            io_timeout: Duration::from_secs(1),
+            seed: 1,
+            write_percent: 0,
+            wait: false,
+        };
+        let mut w = Worker::new(qp, ns.clone(), cfg, tx);
+        // Slot 1 (LBAs 8..16) as written with generation `gen` for LBAs from `first`.
+        let put = |first: u64, gen: u64| {
+            let mut d = vec![0u8; 4096];
+            for (i, blk) in d.chunks_mut(512).enumerate() {
+                fill_block(blk, 1, first + i as u64, gen);
+            }
+            sim.write_namespace_bytes(1, 8, &d).unwrap();
+        };
+        let read = |w: &mut Worker<_>| {
+            let b = w.qp.alloc_buffer(4096).unwrap();
+            let b = w.qp.read(&ns, 8, b).unwrap();
+            w.verify(1, &b);
+            (w.s.verified, w.s.mismatches)
+        };
+        // Never written in this run: not checked.
+        put(8, 6);
+        assert_eq!(read(&mut w), (0, 0));
+        // The tool completed generation 7, the medium holds 6 (a lost write).
+        w.slots[1].gen = 7;
+        assert_eq!(read(&mut w), (0, 1));
+        // 6 is acceptable while a failed write of it left the slot uncertain.
+        w.slots[1].maybe.push(6);
+        assert_eq!(read(&mut w), (1, 1));
+        w.slots[1].maybe.clear();
+        // The right generation: verified.
+        put(8, 7);
+        assert_eq!(read(&mut w), (2, 1));
+        // Blocks of other LBAs (a misdirected write) with the right generation.
+        put(16, 7);
+        assert_eq!(read(&mut w), (2, 2));
+        // One flipped byte in the pattern.
+        put(8, 7);
+        let mut blk = sim.namespace_bytes(1, 12, 1).unwrap();
+        blk[100] ^= 0x40;
+        sim.write_namespace_bytes(1, 12, &blk).unwrap();
+        assert_eq!(read(&mut w), (2, 3));
+        let qp = w.qp;
+        c.delete_io_queue_pair(qp).unwrap();
+        c.shutdown().unwrap();
+    }
+
+    #[test]
     fn faults_need_the_simulator() {
         let mut a = args(Some(10));
         a.device = "pci:0000:03:00.0".parse().unwrap();
