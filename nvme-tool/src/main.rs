@@ -8,6 +8,7 @@
 mod device;
 mod fmt;
 mod perf;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -184,6 +185,9 @@ enum Cmd {
     Reset(Dev),
     /// Measure I/O performance (like SPDK's `perf`): IOPS, bandwidth, latency percentiles.
     Perf(perf::PerfArgs),
+    /// Data-integrity soak: threads with their own queue pairs write and verify random blocks
+    /// (headers with LBA, generation and namespace ID), optionally with injected faults.
+    Soak(soak::SoakArgs),
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -415,5 +419,6 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }),
         Cmd::Perf(args) => perf::run(args),
+        Cmd::Soak(args) => soak::run(args),
     }
 }

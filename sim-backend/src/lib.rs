@@ -50,6 +50,15 @@
 //!   completions delayed or dropped by fault injection) and commands not yet fetched.
 //! - Interrupt coalescing (feature 08h) is stored, not applied; INTMS/INTMC are stored and
 //!   have no effect (MSI-X only).
+//!
+//! # Fault injection
+//! [`FaultInjector`] breaks the device side on purpose, one command at a time (selected by a
+//! [`CommandMatch`]: queue, opcode, LBA range, nth occurrence) or at random for soak runs
+//! ([`FaultInjector::random`] with [`RandomFault`] kinds): dropped, late, duplicated or
+//! misnumbered completions, entries with the wrong phase tag, lost SQ doorbell writes, DMA to
+//! an unmapped IOVA, asynchronous event storms, media errors, controller fatal status,
+//! surprise removal and power loss. What the simulator does on purpose is never recorded as a
+//! host violation, so a test can inject faults and still assert there were none.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -72,7 +81,7 @@ use nvme_core::hw::{Bar, Clock, Platform};
 pub use config::{Backing, NamespaceConfig, SimConfig, SimMode};
 pub use ctrl::BAR_SIZE;
 pub use dma::{SimDma, SimDmaError, DMA_PAGE, IOVA_BASE};
-pub use fault::{CommandMatch, FaultInjector, QueueMatch};
+pub use fault::{CommandMatch, FaultInjector, QueueMatch, RandomFault};
 pub use irq::{SimIrq, SimIrqError};
 pub use violation::{SimStats, Violation, ViolationKind};
 

@@ -156,6 +156,7 @@ impl Controller {
             ien,
             iv,
             backlog: VecDeque::new(),
+            phase_hold: None,
         });
         self.io_queues_created = true;
         Done::ok(0)

@@ -55,7 +55,23 @@ struct PendingCqe {
     dw0: u32,
     dw1: u32,
     status: Status,
+    /// An injected posting fault.
+    fault: PostFault,
 }
+
+/// A fault applied when the entry is written into the CQ (fault injection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PostFault {
+    None,
+    /// Written twice, in consecutive slots.
+    Duplicate,
+    /// First written with the wrong phase tag; the right one after the duration.
+    WrongPhase(Duration),
+}
+
+/// An IOVA no mapping ever covers (below [`crate::dma::IOVA_BASE`], where the allocator
+/// never maps): the target of the unmapped-DMA fault.
+const UNMAPPED_IOVA: u64 = 0x1000;
 
 /// A completion queue (§3.3.1, §4.2).
 #[derive(Debug)]
@@ -71,6 +87,9 @@ pub(crate) struct Cq {
     iv: u16,
     /// Completions that found the CQ full: posted in order as the host frees entries.
     backlog: VecDeque<PendingCqe>,
+    /// An entry was written with the wrong phase tag (fault injection): it is rewritten
+    /// with the right one at this time, and nothing else is posted until then.
+    phase_hold: Option<Instant>,
 }
 
 impl Cq {
@@ -379,6 +398,20 @@ impl Controller {
             }
             self.raise_interrupts();
         }
+        let phase_due: Vec<u16> = self
+            .cqs
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                c.as_ref()
+                    .is_some_and(|c| c.phase_hold.is_some_and(|t| now >= t))
+            })
+            .map(|(i, _)| i as u16)
+            .collect();
+        for cqid in phase_due {
+            self.drain_cq(cqid);
+            self.work();
+        }
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| {
             next = Some(next.map_or(t, |n| n.min(t)));
@@ -393,6 +426,9 @@ impl Controller {
             if let Some(d) = h.due {
                 consider(d);
             }
+        }
+        for t in self.cqs.iter().flatten().filter_map(|c| c.phase_hold) {
+            consider(t);
         }
         next.map(|t| t.saturating_duration_since(now))
     }
@@ -649,6 +685,7 @@ impl Controller {
             ien: true,
             iv: 0,
             backlog: VecDeque::new(),
+            phase_hold: None,
         });
         if self.rdy {
             // EN toggled back on before RDY fell: the transition starts over.
@@ -824,6 +861,25 @@ impl Controller {
             }
             i = (i + 1) % size;
         }
+        if self.faults.may_lose_doorbell() {
+            let mut new = Vec::new();
+            let mut i = tail;
+            while i != v {
+                let mut raw = [0u8; SQE_SIZE];
+                if self
+                    .dma
+                    .read(base + u64::from(i) * SQE_SIZE as u64, &mut raw)
+                    .is_ok()
+                {
+                    new.push(Command::from_le_bytes(&raw));
+                }
+                i = (i + 1) % size;
+            }
+            if self.faults.lose_doorbell(qid as u16, &new) {
+                // Injected: the write never reached the controller. Not a host violation.
+                return;
+            }
+        }
         if let Some(sq) = self.sqs[qid].as_mut() {
             sq.tail = v;
         }
@@ -957,10 +1013,26 @@ impl Controller {
             );
             return;
         }
-        let fault = self.faults.take_completion_fault(sqid, opcode);
-        if let Some(CompletionFault::Status(s)) = fault {
-            self.post(sqid, cid, done_status(s));
-            return;
+        let fault = self.faults.take_completion_fault(sqid, &cmd);
+        match fault {
+            Some(CompletionFault::Status(s)) => {
+                self.post(sqid, cid, done_status(s));
+                return;
+            }
+            Some(CompletionFault::UnmappedDma) => {
+                // The transfer targets an IOVA nothing maps: the translation fails before
+                // any byte moves (as an IOMMU fault would), so no memory is touched.
+                debug_assert!(!self.dma.is_mapped(UNMAPPED_IOVA, 1));
+                let moved = self.dma.write(UNMAPPED_IOVA, &[0u8; 4]).is_ok();
+                debug_assert!(!moved);
+                self.post(
+                    sqid,
+                    cid,
+                    done_status(Status::generic(generic::DATA_TRANSFER_ERROR, false)),
+                );
+                return;
+            }
+            _ => {}
         }
         let outcome = if sqid == 0 {
             self.admin(&cmd, cid)
@@ -986,13 +1058,67 @@ impl Controller {
                 due: None,
                 done,
             }),
+            Some(CompletionFault::WrongCid) => {
+                let bogus = self.unused_cid(sqid, cid);
+                self.held.push(Held {
+                    sqid,
+                    cid,
+                    opcode,
+                    due: None,
+                    done,
+                });
+                self.post(sqid, bogus, done);
+            }
+            Some(CompletionFault::DuplicateCid) => {
+                self.post_with(sqid, cid, done, PostFault::Duplicate);
+            }
+            Some(CompletionFault::WrongPhase(d)) => {
+                self.post_with(sqid, cid, done, PostFault::WrongPhase(d));
+            }
             _ => self.post(sqid, cid, done),
         }
+    }
+
+    /// A CID that no command outstanding on `sqid` has (nor `cid` itself).
+    fn unused_cid(&self, sqid: u16, cid: u16) -> u16 {
+        let out = self.sqs[usize::from(sqid)].as_ref().map(|s| &s.outstanding);
+        (1..=u16::MAX)
+            .map(|k| cid ^ 0x8000u16.wrapping_add(k - 1))
+            .find(|c| *c != cid && !out.is_some_and(|o| o.contains(c)))
+            .unwrap_or(cid.wrapping_add(1))
+    }
+
+    /// Posts `n` events back to back on outstanding Asynchronous Event Requests, bypassing
+    /// the per-type masking (fault injection: an AER storm). Returns how many were posted.
+    pub(crate) fn aer_storm(&mut self, n: usize, ev: AsyncEvent) -> usize {
+        let mut k = 0;
+        while k < n {
+            let Some(cid) = self.aer.outstanding.pop_front() else {
+                break;
+            };
+            self.post(
+                0,
+                cid,
+                Done {
+                    dw0: ev.to_dw0(),
+                    dw1: 0,
+                    status: Status::SUCCESS,
+                    nsid: 0,
+                    lba: None,
+                },
+            );
+            k += 1;
+        }
+        k
     }
 
     /// Queues a completion for `sqid`'s CQ and records failed commands in the Error
     /// Information log (§5.1.12.1.2).
     pub(crate) fn post(&mut self, sqid: u16, cid: u16, done: Done) {
+        self.post_with(sqid, cid, done, PostFault::None);
+    }
+
+    fn post_with(&mut self, sqid: u16, cid: u16, done: Done, fault: PostFault) {
         let st = done.status;
         if !st.is_success()
             && !st.is(
@@ -1030,6 +1156,7 @@ impl Controller {
             dw0: done.dw0,
             dw1: done.dw1,
             status: st,
+            fault,
         });
         self.drain_cq(cqid);
     }
@@ -1050,11 +1177,54 @@ impl Controller {
             if cq.full() {
                 return;
             }
-            let Some(p) = cq.backlog.pop_front() else {
+            if let Some(t) = cq.phase_hold {
+                if Instant::now() < t {
+                    return;
+                }
+                cq.phase_hold = None;
+            }
+            let Some(mut p) = cq.backlog.pop_front() else {
                 return;
             };
             let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
             let phase = cq.phase;
+            match p.fault {
+                PostFault::None => {}
+                PostFault::Duplicate => {
+                    // The same entry again, in the next slot.
+                    cq.backlog.push_front(PendingCqe {
+                        fault: PostFault::None,
+                        ..p
+                    });
+                    p.fault = PostFault::None;
+                }
+                PostFault::WrongPhase(d) => {
+                    // The entry with the previous pass's phase tag (§4.2.4): to the host the
+                    // slot still holds an old entry. The right one is written at `t`.
+                    let sqhd = self
+                        .sqs
+                        .get(usize::from(p.sqid))
+                        .and_then(|s| s.as_ref())
+                        .map_or(0, |s| s.head as u16);
+                    let stale =
+                        Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, !phase, p.status);
+                    if self.dma.write_cqe(addr, &stale.to_le_bytes()).is_err() {
+                        self.violation(
+                            ViolationKind::UnmappedDma,
+                            format!("CQ {cqid} entry post: unmapped"),
+                        );
+                        self.set_fatal("CQ entry post failed");
+                        return;
+                    }
+                    let cq = self.cqs[usize::from(cqid)].as_mut().expect("exists");
+                    cq.phase_hold = Some(Instant::now() + d);
+                    cq.backlog.push_front(PendingCqe {
+                        fault: PostFault::None,
+                        ..p
+                    });
+                    return;
+                }
+            }
             let (ien, iv) = (cq.ien, cq.iv);
             let sq = self
                 .sqs
