@@ -394,7 +394,10 @@ impl<P: Platform> IoQueuePair<P> {
                 _ => None,
             };
             match engine.submit(req.cmd, data, req, None) {
-                Ok(_) => any = true,
+                Ok(_) => {
+                    engine.stats.retried += 1;
+                    any = true;
+                }
                 Err((error, req)) => parked.push_back(IoCompletion {
                     tag: req.tag,
                     cid: 0,

@@ -243,6 +243,8 @@ pub struct QueueStats {
     pub late: u64,
     /// Requests that timed out.
     pub timeouts: u64,
+    /// Requests resubmitted by the recovery policy (after an Abort or a reset).
+    pub retried: u64,
 }
 
 #[cfg(test)]

@@ -216,6 +216,8 @@ fn delayed_completion_is_delivered_after_the_host_timed_out() {
         sim.platform(),
         ControllerConfig {
             io_timeout: Duration::from_millis(50),
+            // The host reports the timeout as it happens (no Abort behind the test's back).
+            recovery: nvme_core::RecoveryPolicy::REPORT_ONLY,
             ..ControllerConfig::default()
         },
     )

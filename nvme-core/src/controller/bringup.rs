@@ -2,6 +2,7 @@
 //! (§3.6.1).
 
 use super::*;
+use crate::shared::NsFormat;
 
 /// Waits until `done(csts)` or the deadline; CSTS all-ones is [`Error::DeviceGone`].
 pub(crate) fn wait_csts<P: Platform>(
@@ -305,24 +306,42 @@ impl<P: Platform> Controller<P> {
     /// # Errors
     /// Command failures.
     pub fn rescan_namespaces(&mut self) -> Result<()> {
-        // Handles taken before this point describe what may no longer be true: the epoch
-        // moves first, so I/O through them is refused from now on.
-        let epoch = self.namespaces_changing();
+        let before: Vec<NsFormat> = self.shared.formats.lock().clone();
+        let epoch = self.shared.ns_epoch.load(Ordering::Acquire);
         let ids: Vec<u32> = if self.vs.0 >= Vs::new(1, 1, 0).0 {
             let page = self.identify_raw(cns::ACTIVE_NS_LIST, 0)?;
             NamespaceList::parse(&page).ids().to_vec()
         } else {
             (1..=self.identify.nn.min(1024)).collect()
         };
-        let mut list = Vec::with_capacity(ids.len());
+        let mut ids_and_data = Vec::with_capacity(ids.len());
         for nsid in ids {
             let id = IdentifyNamespace::parse(&self.identify_raw(cns::NAMESPACE, nsid)?)?;
             if id.is_inactive() || id.nsze == 0 {
                 continue;
             }
-            list.push(Namespace::from_identify(nsid, id, self.shared.id, epoch)?);
+            ids_and_data.push((nsid, id));
         }
-        *self.shared.formats.lock() = list.iter().map(Namespace::format).collect();
+        let mut list = Vec::with_capacity(ids_and_data.len());
+        for (nsid, id) in &ids_and_data {
+            list.push(Namespace::from_identify(
+                *nsid,
+                id.clone(),
+                self.shared.id,
+                epoch,
+            )?);
+        }
+        let after: Vec<NsFormat> = list.iter().map(Namespace::format).collect();
+        if after != before {
+            // The formats changed (or were never read): handles taken before describe what
+            // is no longer true, so the epoch moves and I/O through them is refused.
+            let epoch = self.namespaces_changing();
+            list.clear();
+            for (nsid, id) in ids_and_data {
+                list.push(Namespace::from_identify(nsid, id, self.shared.id, epoch)?);
+            }
+        }
+        *self.shared.formats.lock() = after;
         self.namespaces = list;
         Ok(())
     }
@@ -372,13 +391,29 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Controller Level Reset (§3.7.2): disables the controller (every I/O queue is deleted
-    /// and every outstanding command is discarded; existing [`IoQueuePair`]s become dead and
-    /// fail with [`Error::ControllerReset`]), then brings it up again. Use it to recover
-    /// from a timeout or CSTS.CFS.
+    /// and every outstanding command is discarded), then brings it up again. With a
+    /// [`crate::RecoveryPolicy`] that resets, existing [`IoQueuePair`]s come back: on their
+    /// next call they put their retryable commands back into their rings, and the next
+    /// [`Controller::recover`] re-creates their queues; otherwise (or if the namespaces'
+    /// formats changed across the reset) they become dead and fail with
+    /// [`Error::ControllerReset`]. Namespace handles stay valid unless the formats changed.
     ///
     /// # Errors
     /// As [`Controller::new`].
     pub fn reset(&mut self) -> Result<()> {
+        let epoch = self.shared.ns_epoch.load(Ordering::Acquire);
+        let r = self.reset_inner();
+        if self.shared.ns_epoch.load(Ordering::Acquire) != epoch {
+            // The namespaces changed across the reset: commands the pairs hold were sized for
+            // the old formats, so no pair is re-created (they fail their requests).
+            for rec in self.shared.mailbox.pairs.lock().iter() {
+                rec.failed.store(true, Ordering::Release);
+            }
+        }
+        r
+    }
+
+    fn reset_inner(&mut self) -> Result<()> {
         self.disable_and_reclaim()?;
         self.stats.resets += 1;
         self.needs_reset = None;
