@@ -89,6 +89,12 @@ pub struct SoakArgs {
     /// Namespace ID.
     #[arg(short = 'n', long = "namespace-id", default_value_t = 1)]
     pub nsid: u32,
+    /// First block of the region the soak reads and writes (the rest is not touched).
+    #[arg(long = "start-block", default_value_t = 0)]
+    pub start_block: u64,
+    /// Blocks in that region (default: to the end of the namespace).
+    #[arg(long = "block-count")]
+    pub block_count: Option<u64>,
     /// Interrupt mode.
     #[arg(long, value_enum, default_value = "polled")]
     pub irq: Irq,
@@ -288,7 +294,25 @@ where
         c.max_transfer()
     );
     let per_io = (a.io_size / bs) as u64;
-    let slots = ns.blocks() / per_io;
+    ensure!(
+        a.start_block < ns.blocks(),
+        "--start-block {} is past the end of namespace {} ({} blocks)",
+        a.start_block,
+        ns.nsid(),
+        ns.blocks()
+    );
+    let room = ns.blocks() - a.start_block;
+    let region = a.block_count.unwrap_or(room);
+    ensure!(
+        region <= room,
+        "--start-block {} --block-count {region} runs past the end of namespace {} ({} blocks)",
+        a.start_block,
+        ns.nsid(),
+        ns.blocks()
+    );
+    // The region starts on a slot boundary of its own: slot k covers blocks
+    // start_block + k * per_io ...
+    let slots = region / per_io;
     ensure!(
         slots >= a.threads as u64,
         "the namespace has {slots} I/O-sized slots, fewer than --threads {}",
@@ -331,6 +355,7 @@ where
                     WorkerCfg {
                         thread: t,
                         first_slot: first,
+                        base: a.start_block,
                         slots: (last - first) as usize,
                         per_io,
                         qd: a.qd,
@@ -520,6 +545,8 @@ struct Held {
 struct WorkerCfg {
     thread: u64,
     first_slot: u64,
+    /// First block of the soak's region.
+    base: u64,
     slots: usize,
     per_io: u64,
     qd: usize,
@@ -756,7 +783,7 @@ impl<P: Platform> Worker<P> {
     }
 
     fn lba(&self, slot: usize) -> u64 {
-        (self.cfg.first_slot + slot as u64) * self.cfg.per_io
+        self.cfg.base + (self.cfg.first_slot + slot as u64) * self.cfg.per_io
     }
 
     /// Submits one request on `tag`; false if the pair cannot take it now.
@@ -962,6 +989,8 @@ mod tests {
             irq: Irq::Polled,
             sim_thread: false,
             recovery: RecoveryMode::Driver,
+            start_block: 0,
+            block_count: None,
         }
     }
 
@@ -1018,6 +1047,7 @@ mod tests {
         let cfg = WorkerCfg {
             thread: 0,
             first_slot: 0,
+            base: 0,
             slots: 4,
             per_io: 8,
             qd: 1,

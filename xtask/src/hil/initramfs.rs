@@ -69,7 +69,10 @@ pub const NO_IOMMU_STEPS: &[&str] = &[
     "diagnose-nvme-tool",
 ];
 /// Steps run once per interrupt mode, in order (named `<step>[<mode>]`).
-pub const MODE_STEPS: &[&str] = &["conformance", "nvme-read", "nvme-cmp", "nvme-write"];
+pub const MODE_STEPS: &[&str] = &["conformance", "nvme-read", "nvme-cmp", "nvme-write", "soak"];
+/// Seconds of `nvme-tool soak` per mode: verified random reads and writes on several queue
+/// pairs, in the second half of the namespace (the image checks use the first).
+pub const SOAK_SECS: u32 = 5;
 /// The words the driver's diagnosis of a device without an IOMMU group must contain
 /// (`VfioError::NoIommuGroup` in vfio-backend).
 pub const NO_IOMMU_MARKER: &str = "no IOMMU";
@@ -77,6 +80,12 @@ pub const NO_IOMMU_MARKER: &str = "no IOMMU";
 pub const WRONG_DIAGNOSIS: &str = "must be bound to vfio-pci";
 
 impl GuestPlan {
+    /// First block of the soak's region: the second half of the 64 MiB namespace, away from
+    /// the host's and the guest's data checks.
+    pub fn soak_start(&self) -> u64 {
+        (32u64 << 20) / u64::from(self.lba_size.max(512))
+    }
+
     /// LBA that mode number `i` writes `guest.bin` at.
     pub fn guest_lba_for(&self, i: usize) -> u64 {
         self.guest_lba + i as u64 * u64::from(self.blocks)
@@ -279,8 +288,12 @@ run "nvme-read[{m}]" /bin/nvme-tool read "pci:$BDF" --namespace-id 1 --start-blo
 run "nvme-cmp[{m}]" cmp /tmp/out-{m}.bin /data/host.bin || io=fail
 run "nvme-write[{m}]" /bin/nvme-tool write "pci:$BDF" --namespace-id 1 --start-block {wlba} --block-count {n_z} --data-size {size} --data /data/guest.bin --irq {m} || io=fail
 TOKENS="$TOKENS io[{m}]=$io"
+run "soak[{m}]" /bin/nvme-tool soak "pci:$BDF" --irq {m} --threads 2 --time {soak} --start-block {sb}
+echo "HIL-SOAK[{m}] $(grep -a '^soak: ' "/tmp/soak[{m}].log" | tail -n 1)"
 "#,
             hl = p.host_lba,
+            soak = SOAK_SECS,
+            sb = p.soak_start(),
         );
         if let Some(secs) = p.perf_secs {
             let _ = write!(
@@ -572,7 +585,8 @@ mod tests {
                 "conformance[msix]",
                 "nvme-read[msix]",
                 "nvme-cmp[msix]",
-                "nvme-write[msix]"
+                "nvme-write[msix]",
+                "soak[msix]"
             ]
         );
     }

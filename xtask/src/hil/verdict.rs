@@ -411,7 +411,8 @@ HIL-CONFORMANCE[polled] conformance: 40 passed, 1 allowed, 0 failed\n\
 HIL-STEP nvme-read[polled] BEGIN\nHIL-STEP nvme-read[polled] END PASS rc=0\n\
 HIL-STEP nvme-cmp[polled] BEGIN\nHIL-STEP nvme-cmp[polled] END PASS rc=0\n\
 HIL-STEP nvme-write[polled] BEGIN\nHIL-STEP nvme-write[polled] END PASS rc=0\n\
-HIL-VERDICT: PASS steps=8/8 conformance[polled]=40/41 allowed[polled]=1 io[polled]=ok\n";
+HIL-STEP soak[polled] BEGIN\nsoak: 1000 I/Os, 480 verified, 0 mismatches, 0 lost, 0 faults injected, 0 recovered\nHIL-STEP soak[polled] END PASS rc=0\n\
+HIL-VERDICT: PASS steps=9/9 conformance[polled]=40/41 allowed[polled]=1 io[polled]=ok\n";
 
     #[test]
     fn good_log_passes_every_check() {
@@ -431,7 +432,7 @@ HIL-VERDICT: PASS steps=8/8 conformance[polled]=40/41 allowed[polled]=1 io[polle
         let res = judge("lba512-ns1", &plan(&[IrqMode::Polled]), &r, &[Ok(())], None);
         assert_eq!(res.len(), 1);
         assert!(res[0].pass(), "{:?}", res[0].checks);
-        assert_eq!(res[0].counts(), (11, 0));
+        assert_eq!(res[0].counts(), (12, 0));
         assert_eq!(res[0].name, "lba512-ns1/polled");
     }
 
@@ -446,7 +447,7 @@ HIL-VERDICT: PASS steps=8/8 conformance[polled]=40/41 allowed[polled]=1 io[polle
             None,
         );
         assert!(!res[0].pass());
-        assert_eq!(res[0].counts(), (10, 1));
+        assert_eq!(res[0].counts(), (11, 1));
         assert!(!res[1].pass()); // no msix steps in the log at all
         let failed: Vec<_> = res[1]
             .checks
