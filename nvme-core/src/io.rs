@@ -301,25 +301,34 @@ impl<P: Platform> IoQueuePair<P> {
     /// Follows a controller reset: with a recovery policy that resets, the pair revives
     /// (its rings start over and its retryable commands wait in the SQ until the controller
     /// re-creates the queues); otherwise it dies, failing everything outstanding.
+    #[inline]
     fn check_alive(&mut self) -> Result<()> {
+        if !self.dead && self.shared.reclaim.generation() == self.generation {
+            return Ok(());
+        }
+        self.after_reset()
+    }
+
+    /// The slow half of [`IoQueuePair::check_alive`].
+    #[cold]
+    #[inline(never)]
+    fn after_reset(&mut self) -> Result<()> {
         if self.dead {
             return Err(Error::ControllerReset);
         }
         let g = self.shared.reclaim.generation();
-        if g != self.generation {
-            let revivable = self.policy.reset
-                && self
-                    .record
-                    .as_ref()
-                    .is_some_and(|r| !r.failed.load(Ordering::Acquire));
-            if revivable {
-                self.revive(g);
-            } else {
-                self.die();
-                return Err(Error::ControllerReset);
-            }
+        let revivable = self.policy.reset
+            && self
+                .record
+                .as_ref()
+                .is_some_and(|r| !r.failed.load(Ordering::Acquire));
+        if revivable {
+            self.revive(g);
+            Ok(())
+        } else {
+            self.die();
+            Err(Error::ControllerReset)
         }
-        Ok(())
     }
 
     /// The controller was reset and will not re-create this pair: every command was
