@@ -253,15 +253,13 @@ fn surprise_removal_fails_everything_and_hands_back_nothing() {
     s.faults().surprise_removal();
     let mut done = Vec::new();
     let start = Instant::now();
-    let mut gone = false;
     while done.len() < 3 && start.elapsed() < Duration::from_secs(5) {
+        // Found either by the periodic CSTS read of `wait` or when the deadlines pass.
         match qp.wait(Duration::from_millis(50), |cpl| done.push(cpl)) {
-            Err(Error::DeviceGone) => gone = true,
+            Err(Error::DeviceGone) | Ok(_) => {}
             Err(e) => panic!("{e}"),
-            Ok(_) => {}
         }
     }
-    assert!(gone);
     assert_eq!(done.len(), 3, "every request ends");
     for d in &done {
         assert!(matches!(d.result, Err(Error::DeviceGone)));

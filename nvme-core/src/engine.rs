@@ -388,6 +388,12 @@ impl<T> Engine<T> {
         n
     }
 
+    /// True if a dated deadline has passed at `now_ns` (the next [`Engine::expire`] will
+    /// report something).
+    pub(crate) fn due(&self, now_ns: u64) -> bool {
+        now_ns >= self.next_deadline_ns
+    }
+
     /// Gives the commands submitted since the last call their deadline (`now_ns` plus the
     /// engine's timeout), then handles every request whose deadline passed, reporting each to
     /// `f`: with `abort_ns`, an in-flight request becomes [`Expiry::Abort`] (it gets

@@ -809,6 +809,16 @@ impl<P: Platform> IoQueuePair<P> {
         // call (none when idle), none per command.
         if self.engine.outstanding() > 0 {
             let now = self.shared.now_ns();
+            if self.engine.due(now) && self.device_is_gone() {
+                // A deadline passed because the device is gone (§3.1.4: all-ones): say that,
+                // not a timeout.
+                self.gone();
+                while let Some(c) = self.parked.pop_front() {
+                    n += 1;
+                    f(c);
+                }
+                return n;
+            }
             let qid = self.qid();
             let waited_ms = self.shared.io_timeout_ns / 1_000_000;
             let policy = self.policy;
@@ -941,6 +951,17 @@ impl<P: Platform> IoQueuePair<P> {
             return Err(Error::ControllerFatal);
         }
         Ok(())
+    }
+
+    /// CSTS reads all-ones: the device is gone (surprise removal, §3.1.4).
+    fn device_is_gone(&self) -> bool {
+        crate::spec::Csts(
+            self.shared
+                .platform
+                .bar()
+                .read32(crate::spec::regs::offset::CSTS),
+        )
+        .is_all_ones()
     }
 
     /// Surprise removal: everything outstanding fails with [`Error::DeviceGone`]; buffers are
