@@ -298,3 +298,284 @@ fn asynchronous_event_requests_are_reposted() {
     }
     c.shutdown().unwrap();
 }
+
+/// How one request ended.
+#[derive(Debug)]
+struct Ended {
+    result: Result<(), Error>,
+    buffer: Option<Vec<u8>>,
+}
+
+/// Writes known data to LBAs 0..n, arms a fault, reads them back on one pair (polling and
+/// calling `recover` as an application would) until every read has ended, and checks the
+/// promises every fault must keep: each request ends exactly once, nothing is lost, a
+/// successful read returns the data written, and a buffer comes back with every outcome but
+/// a timeout or a removed device.
+fn reads_under_fault(
+    mode: SimMode,
+    n: u64,
+    arm: impl FnOnce(&Simulator),
+) -> (
+    BTreeMap<u64, Ended>,
+    Simulator,
+    nvme_core::queue::QueueStats,
+) {
+    let s = sim(mode);
+    let mut c = controller(&s, policy());
+    let ns = c.namespace(1).unwrap().clone();
+    let bs = ns.lba_size() as usize;
+    let mut qp = c.create_io_queue_pair(16).unwrap();
+    for lba in 0..n {
+        let mut b = qp.alloc_buffer(bs).unwrap();
+        b.write(0, &block(lba, bs)).unwrap();
+        qp.write(&ns, lba, b).unwrap();
+    }
+    arm(&s);
+    for lba in 0..n {
+        qp.submit_read(&ns, lba, qp.alloc_buffer(bs).unwrap(), lba)
+            .unwrap();
+    }
+    qp.ring();
+    let mut ended = BTreeMap::new();
+    let start = Instant::now();
+    while (ended.len() as u64) < n && start.elapsed() < Duration::from_secs(10) {
+        qp.poll(|cpl| {
+            let e = Ended {
+                result: cpl.result,
+                buffer: cpl.buffer.map(|b| b.to_vec()),
+            };
+            assert!(
+                ended.insert(cpl.tag, e).is_none(),
+                "{mode:?}: request {} completed twice",
+                cpl.tag
+            );
+        })
+        .unwrap();
+        c.recover().unwrap();
+        // A late completion of a request already reported (and freed) must not come back.
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(ended.len() as u64, n, "{mode:?}: requests lost");
+    for (lba, e) in &ended {
+        match &e.result {
+            Ok(()) => assert_eq!(
+                e.buffer.as_deref(),
+                Some(&block(*lba, bs)[..]),
+                "{mode:?}: read {lba} returned other data"
+            ),
+            Err(Error::Timeout { .. } | Error::DeviceGone) => {
+                assert!(e.buffer.is_none(), "{mode:?}: a buffer the device may hold")
+            }
+            Err(_) => assert!(
+                e.buffer.is_some(),
+                "{mode:?}: a failed read kept its buffer"
+            ),
+        }
+    }
+    // Nothing stays behind: requests reported as timed out hold their slots only until the
+    // device lets go (or the reset the timeout asked for), and nothing ends twice.
+    let settle = Instant::now();
+    while qp.outstanding() > 0 && settle.elapsed() < Duration::from_secs(5) {
+        qp.poll(|cpl| panic!("{mode:?}: request {} ended twice", cpl.tag))
+            .unwrap();
+        c.recover().unwrap();
+    }
+    let stats = qp.stats();
+    assert_eq!(qp.outstanding(), 0, "{mode:?}");
+    c.delete_io_queue_pair(qp).unwrap();
+    c.shutdown().unwrap();
+    (ended, s, stats)
+}
+
+fn all_ok(ended: &BTreeMap<u64, Ended>) -> bool {
+    ended.values().all(|e| e.result.is_ok())
+}
+
+/// A completion delivered after the deadline: the Abort finds the command still held and
+/// the driver retries it; the late completion of the first attempt is not delivered twice.
+#[test]
+fn a_completion_delayed_past_the_timeout_ends_once() {
+    for mode in [SimMode::Inline, SimMode::Thread] {
+        let (ended, _, _) = reads_under_fault(mode, 4, |s| {
+            s.faults().delay_completion(
+                CommandMatch::io(NvmOpcode::READ.0).nth(2),
+                Duration::from_millis(300),
+            )
+        });
+        assert!(all_ok(&ended), "{mode:?}: {ended:?}");
+    }
+}
+
+/// A completion posted with a CID no command has (§4.2.1): counted as a bad CID, the real
+/// command recovered through Abort and retry.
+#[test]
+fn a_wrong_cid_is_survived_and_the_command_recovered() {
+    for mode in [SimMode::Inline, SimMode::Thread] {
+        let (ended, _, stats) = reads_under_fault(mode, 4, |s| {
+            s.faults()
+                .wrong_cid(CommandMatch::io(NvmOpcode::READ.0).lba(1..2))
+        });
+        assert!(all_ok(&ended), "{mode:?}: {ended:?}");
+        assert_eq!(stats.bad_cid, 1, "{mode:?}");
+    }
+}
+
+/// The same completion posted twice: the second is rejected (its slot was freed and its
+/// generation moved), the read ends once.
+#[test]
+fn a_duplicate_completion_is_rejected() {
+    for mode in [SimMode::Inline, SimMode::Thread] {
+        let (ended, _, stats) = reads_under_fault(mode, 4, |s| {
+            s.faults()
+                .duplicate_cid(CommandMatch::io(NvmOpcode::READ.0).nth(3))
+        });
+        assert!(all_ok(&ended), "{mode:?}: {ended:?}");
+        assert_eq!(stats.bad_cid, 1, "{mode:?}");
+    }
+}
+
+/// An entry first written with the old phase tag (§4.2.4) is not consumed until the right
+/// phase arrives.
+#[test]
+fn a_wrong_phase_is_not_taken_for_a_completion() {
+    for mode in [SimMode::Inline, SimMode::Thread] {
+        let (ended, _, stats) = reads_under_fault(mode, 4, |s| {
+            s.faults().wrong_phase(
+                CommandMatch::io(NvmOpcode::READ.0).nth(1),
+                Duration::from_millis(20),
+            )
+        });
+        assert!(all_ok(&ended), "{mode:?}: {ended:?}");
+        assert_eq!((stats.bad_cid, stats.bad_sqid), (0, 0), "{mode:?}");
+    }
+}
+
+/// A lost SQ tail doorbell write: the commands are never fetched and the Abort cannot find
+/// them, so they end as timeouts (without their buffers) and the controller is reset, after
+/// which their slots are free and the pair works again.
+#[test]
+fn a_lost_doorbell_ends_in_timeouts_and_a_reset() {
+    for mode in [SimMode::Inline, SimMode::Thread] {
+        let (ended, s, _) = reads_under_fault(mode, 4, |s| {
+            s.faults()
+                .lose_doorbell(CommandMatch::io(NvmOpcode::READ.0))
+        });
+        assert!(
+            ended
+                .values()
+                .all(|e| matches!(e.result, Ok(()) | Err(Error::Timeout { .. }))),
+            "{mode:?}: {ended:?}"
+        );
+        assert!(s.stats().resets >= 2, "{mode:?}: a reset besides bring-up");
+    }
+}
+
+/// A media error fails the read cleanly (Unrecovered Read Error, buffer back), others pass.
+#[test]
+fn a_media_error_fails_cleanly() {
+    for mode in [SimMode::Inline, SimMode::Thread] {
+        let (ended, _, _) = reads_under_fault(mode, 4, |s| s.faults().media_error(1, 2..3));
+        for (lba, e) in &ended {
+            if *lba == 2 {
+                let st = e.result.as_ref().unwrap_err().status();
+                assert_eq!(st.map(|s| (s.sct().0, s.sc())), Some((2, 0x81)), "{mode:?}");
+            } else {
+                assert!(e.result.is_ok(), "{mode:?}: {e:?}");
+            }
+        }
+    }
+}
+
+/// DMA to an unmapped address: a Data Transfer Error (00h/04h) with the buffer back; no
+/// memory was written.
+#[test]
+fn dma_to_an_unmapped_address_fails_cleanly() {
+    for mode in [SimMode::Inline, SimMode::Thread] {
+        let (ended, s, _) = reads_under_fault(mode, 4, |s| {
+            s.faults()
+                .unmapped_dma(CommandMatch::io(NvmOpcode::READ.0).lba(3..4))
+        });
+        let st = ended[&3].result.as_ref().unwrap_err().status();
+        assert_eq!(st.map(|s| (s.sct().0, s.sc())), Some((0, 0x04)), "{mode:?}");
+        assert!(ended
+            .iter()
+            .filter(|(l, _)| **l != 3)
+            .all(|(_, e)| e.result.is_ok()));
+        s.assert_no_violations();
+    }
+}
+
+/// An AER storm: as many events as requests outstanding, each taken once, the requests
+/// re-posted; nothing else breaks.
+#[test]
+fn an_aer_storm_is_absorbed() {
+    let s = sim(SimMode::Inline);
+    let mut c = Controller::new(
+        s.platform(),
+        ControllerConfig {
+            interrupts: false,
+            async_events: 4,
+            recovery: policy(),
+            ..ControllerConfig::default()
+        },
+    )
+    .unwrap();
+    let wanted = c.aers_outstanding();
+    assert!(wanted >= 1);
+    let ev = nvme_core::spec::AsyncEvent::from_dw0(0x0001_0001);
+    let posted = s.faults().aer_storm(100, ev);
+    assert_eq!(
+        posted,
+        usize::from(wanted),
+        "limited by the requests outstanding"
+    );
+    let mut got = 0;
+    while c.take_async_event().is_some() {
+        got += 1;
+    }
+    assert_eq!(got, posted);
+    assert_eq!(c.aers_outstanding(), wanted, "re-posted");
+    // A second storm is absorbed the same way.
+    assert_eq!(s.faults().aer_storm(100, ev), usize::from(wanted));
+    c.process_admin_completions();
+    assert_eq!(c.aers_outstanding(), wanted);
+    c.shutdown().unwrap();
+}
+
+/// Power loss with a volatile write cache (NVM §3.3.2 Flush, FUA): a write completed with FUA
+/// and a write followed by a completed Flush survive; an unflushed write may be lost but
+/// corrupts no other block.
+#[test]
+fn power_loss_keeps_what_the_spec_promises() {
+    let s = sim(SimMode::Inline);
+    let mut c = controller(&s, policy());
+    let ns = c.namespace(1).unwrap().clone();
+    let bs = ns.lba_size() as usize;
+    let mut qp = c.create_io_queue_pair(8).unwrap();
+    let before: Vec<Vec<u8>> = (0..6)
+        .map(|l| s.namespace_bytes(1, l, 1).unwrap())
+        .collect();
+    let write = |qp: &mut nvme_core::IoQueuePair<SimPlatform>, lba: u64, fua: bool| {
+        let mut b = qp.alloc_buffer(bs).unwrap();
+        b.write(0, &block(lba + 1000, bs)).unwrap();
+        let cmd = nvme_core::spec::Command::rw(NvmOpcode::WRITE, 1, lba, 0, fua);
+        qp.passthrough(cmd, Some(b)).unwrap();
+    };
+    write(&mut qp, 1, false);
+    qp.flush(1).unwrap();
+    write(&mut qp, 2, true);
+    write(&mut qp, 3, false);
+    c.delete_io_queue_pair(qp).unwrap();
+    c.shutdown().unwrap();
+    s.power_loss();
+    let after = |l: u64| s.namespace_bytes(1, l, 1).unwrap();
+    assert_eq!(after(1), block(1001, bs), "flushed write survives");
+    assert_eq!(after(2), block(1002, bs), "FUA write survives");
+    assert!(
+        after(3) == block(1003, bs) || after(3) == before[3],
+        "an unflushed write is lost or kept, never torn"
+    );
+    for l in [0, 4, 5] {
+        assert_eq!(after(l), before[l as usize], "block {l} was never written");
+    }
+}
