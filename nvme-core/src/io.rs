@@ -69,6 +69,18 @@ impl<P: Platform> core::fmt::Debug for IoReq<P> {
 }
 
 impl<P: Platform> IoReq<P> {
+    /// The request ends with `result` (not from a device completion), its buffer handed back
+    /// as it is (the caller decides whether the device can still reach it).
+    fn end(self, cid: u16, result: Result<()>) -> IoCompletion<P> {
+        IoCompletion {
+            tag: self.tag,
+            cid,
+            result,
+            dw0: 0,
+            buffer: self.buffer,
+            sync: self.sync,
+        }
+    }
     /// Retires the buffer (the device may still use it; see `crate::reclaim`).
     pub(crate) fn retire(self, shared: &Shared<P>, generation: u32) {
         if let Some(b) = self.buffer {
@@ -339,17 +351,9 @@ impl<P: Platform> IoQueuePair<P> {
         self.dead = true;
         let (parked, engine) = (&mut self.parked, &mut self.engine);
         engine.take_all(|cid, req| {
-            if req.timed_out {
-                return;
+            if !req.timed_out {
+                parked.push_back(req.end(cid, Err(Error::ControllerReset)));
             }
-            parked.push_back(IoCompletion {
-                tag: req.tag,
-                cid,
-                result: Err(Error::ControllerReset),
-                dw0: 0,
-                buffer: req.buffer,
-                sync: req.sync,
-            });
         });
     }
 
@@ -368,14 +372,7 @@ impl<P: Platform> IoQueuePair<P> {
                 req.retries += 1;
                 retry.push(req);
             } else {
-                parked.push_back(IoCompletion {
-                    tag: req.tag,
-                    cid,
-                    result: Err(Error::ControllerReset),
-                    dw0: 0,
-                    buffer: req.buffer,
-                    sync: req.sync,
-                });
+                parked.push_back(req.end(cid, Err(Error::ControllerReset)));
             }
         });
         self.generation = g;
@@ -407,14 +404,7 @@ impl<P: Platform> IoQueuePair<P> {
                     engine.stats.retried += 1;
                     any = true;
                 }
-                Err((error, req)) => parked.push_back(IoCompletion {
-                    tag: req.tag,
-                    cid: 0,
-                    result: Err(error),
-                    dw0: 0,
-                    buffer: req.buffer,
-                    sync: req.sync,
-                }),
+                Err((error, req)) => parked.push_back(req.end(0, Err(error))),
             }
         }
         any

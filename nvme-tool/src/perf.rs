@@ -79,10 +79,10 @@ pub fn run(a: PerfArgs) -> Result<()> {
     }
 }
 
-struct Rng(u64);
+/// A small deterministic generator (xorshift64*) for LBAs and read/write mixes.
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;

@@ -495,15 +495,7 @@ fn block_generation(blk: &[u8], nsid: u32, lba: u64, scratch: &mut [u8]) -> Opti
     (scratch[..] == blk[..]).then_some(gen)
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
+use crate::perf::Rng;
 
 /// What the tool knows of one slot.
 #[derive(Debug, Default, Clone)]

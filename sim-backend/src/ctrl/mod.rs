@@ -1090,23 +1090,28 @@ impl Controller {
 
     /// Posts `n` events back to back on outstanding Asynchronous Event Requests, bypassing
     /// the per-type masking (fault injection: an AER storm). Returns how many were posted.
+    /// Completes Asynchronous Event Request `cid` with event `ev` (§5.1.2, DW0).
+    fn post_event(&mut self, cid: u16, ev: AsyncEvent) {
+        self.post(
+            0,
+            cid,
+            Done {
+                dw0: ev.to_dw0(),
+                dw1: 0,
+                status: Status::SUCCESS,
+                nsid: 0,
+                lba: None,
+            },
+        );
+    }
+
     pub(crate) fn aer_storm(&mut self, n: usize, ev: AsyncEvent) -> usize {
         let mut k = 0;
         while k < n {
             let Some(cid) = self.aer.outstanding.pop_front() else {
                 break;
             };
-            self.post(
-                0,
-                cid,
-                Done {
-                    dw0: ev.to_dw0(),
-                    dw1: 0,
-                    status: Status::SUCCESS,
-                    nsid: 0,
-                    lba: None,
-                },
-            );
+            self.post_event(cid, ev);
             k += 1;
         }
         k
@@ -1316,17 +1321,7 @@ impl Controller {
             let ev = self.aer.pending.remove(pos).expect("position is valid");
             self.aer.outstanding.pop_front();
             self.aer.masked[usize::from(ev.event_type & 7)] = true;
-            self.post(
-                0,
-                cid,
-                Done {
-                    dw0: ev.to_dw0(),
-                    dw1: 0,
-                    status: Status::SUCCESS,
-                    nsid: 0,
-                    lba: None,
-                },
-            );
+            self.post_event(cid, ev);
         }
     }
 
