@@ -59,13 +59,8 @@ pub(crate) struct Reaped<T> {
 pub(crate) enum Expiry<'a, T> {
     /// Past its deadline: ask for an Abort.
     Abort { cid: u16 },
-    /// An aborted command is still not back: the controller needs a reset.
-    Escalate {
-        cid: u16,
-        opcode: u8,
-        payload: &'a mut T,
-    },
-    /// Past its deadline, no recovery: report it.
+    /// Past its deadline with no Abort policy, or past the second deadline after an Abort:
+    /// report it (and, by the policy, ask for a reset).
     Timeout {
         cid: u16,
         opcode: u8,
@@ -397,8 +392,8 @@ impl<T> Engine<T> {
     /// Gives the commands submitted since the last call their deadline (`now_ns` plus the
     /// engine's timeout), then handles every request whose deadline passed, reporting each to
     /// `f`: with `abort_ns`, an in-flight request becomes [`Expiry::Abort`] (it gets
-    /// `abort_ns` more) and an aborting one [`Expiry::Escalate`]; without, an in-flight
-    /// request becomes [`Expiry::Timeout`]. O(new submissions) when nothing expired; called
+    /// `abort_ns` more) and an aborting one [`Expiry::Timeout`]; without, an in-flight
+    /// request becomes [`Expiry::Timeout`] at once. O(new submissions) when nothing expired; called
     /// with one clock reading per poll. Returns how many events were reported.
     pub(crate) fn expire(
         &mut self,
@@ -443,15 +438,7 @@ impl<T> Engine<T> {
                     next = next.min(s.deadline_ns);
                     f(Expiry::Abort { cid });
                 }
-                (SlotState::Aborting, _) => {
-                    s.state = SlotState::TimedOut;
-                    self.stats.timeouts += 1;
-                    f(Expiry::Escalate {
-                        cid,
-                        opcode: s.opcode,
-                        payload: p,
-                    });
-                }
+                // In flight without an Abort policy, or aborting past the second deadline.
                 _ => {
                     s.state = SlotState::TimedOut;
                     self.stats.timeouts += 1;

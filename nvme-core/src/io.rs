@@ -818,12 +818,7 @@ impl<P: Platform> IoQueuePair<P> {
             let mailbox = &self.shared.mailbox;
             self.engine.expire(now, abort_ns, |e| match e {
                 Expiry::Abort { cid } => mailbox.request_abort(qid, cid),
-                Expiry::Escalate {
-                    cid,
-                    opcode,
-                    payload,
-                }
-                | Expiry::Timeout {
+                Expiry::Timeout {
                     cid,
                     opcode,
                     payload,

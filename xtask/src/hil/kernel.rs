@@ -349,33 +349,9 @@ pub fn prepare(tools: &HostTools, cache: &Path, arch: Arch) -> Result<Kernel> {
     let deb = download(tools, &dl, &format!("{}={version}", arch.apt_name(&pkg)))?;
     let members = present_members(&deb_listing(tools, &deb)?, DEB_MEMBERS);
 
-    // dpkg-deb --fsys-tarfile X.deb | tar -x -C root --wildcards MEMBERS...
-    let mut dpkg = Command::new(&tools.dpkg_deb)
-        .arg("--fsys-tarfile")
-        .arg(&deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting dpkg-deb")?;
-    let tar_in = dpkg
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("dpkg-deb has no stdout"))?;
-    let tar_status = Command::new(&tools.tar)
-        .arg("-x")
-        .arg("-C")
-        .arg(&root)
-        .arg("--wildcards")
-        .args(&members)
-        .stdin(tar_in)
-        .status()
-        .context("starting tar")?;
-    let dpkg_status = dpkg.wait()?;
-    if !dpkg_status.success() || !tar_status.success() {
-        bail!(
-            "extracting {} failed (dpkg-deb: {dpkg_status}, tar: {tar_status})",
-            deb.display()
-        );
-    }
+    let mut wildcards = vec!["--wildcards".to_owned()];
+    wildcards.extend(members.iter().map(|m| (*m).to_owned()));
+    extract_deb(tools, &deb, &root, &wildcards)?;
 
     let kver = fs::read_dir(root.join("lib/modules"))?
         .filter_map(|e| e.ok())
@@ -514,9 +490,18 @@ pub fn prepare_busybox(tools: &HostTools, cache: &Path, arch: Arch) -> Result<Pa
     }
     fs::create_dir_all(&dl)?;
     let deb = download(tools, &dl, &format!("{spec}={version}"))?;
+    extract_deb(tools, &deb, &dl, &["./bin/busybox".to_owned()])?;
+    fs::rename(dl.join("bin/busybox"), &bin)?;
+    fs::remove_dir_all(&dl)?;
+    fs::write(&stamp, format!("{version}\n"))?;
+    Ok(bin)
+}
+
+/// `dpkg-deb --fsys-tarfile DEB | tar -x -C DEST ARGS...`: unpacks members of a package.
+fn extract_deb(tools: &HostTools, deb: &Path, dest: &Path, args: &[String]) -> Result<()> {
     let mut dpkg = Command::new(&tools.dpkg_deb)
         .arg("--fsys-tarfile")
-        .arg(&deb)
+        .arg(deb)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting dpkg-deb")?;
@@ -524,21 +509,22 @@ pub fn prepare_busybox(tools: &HostTools, cache: &Path, arch: Arch) -> Result<Pa
         .stdout
         .take()
         .ok_or_else(|| anyhow!("dpkg-deb has no stdout"))?;
-    let st = Command::new(&tools.tar)
-        .args(["-x", "-C"])
-        .arg(&dl)
-        .arg("./bin/busybox")
+    let tar_status = Command::new(&tools.tar)
+        .arg("-x")
+        .arg("-C")
+        .arg(dest)
+        .args(args)
         .stdin(tar_in)
         .status()
         .context("starting tar")?;
-    let dst = dpkg.wait()?;
-    if !st.success() || !dst.success() {
-        bail!("extracting bin/busybox from {} failed", deb.display());
+    let dpkg_status = dpkg.wait()?;
+    if !dpkg_status.success() || !tar_status.success() {
+        bail!(
+            "extracting {} failed (dpkg-deb: {dpkg_status}, tar: {tar_status})",
+            deb.display()
+        );
     }
-    fs::rename(dl.join("bin/busybox"), &bin)?;
-    fs::remove_dir_all(&dl)?;
-    fs::write(&stamp, format!("{version}\n"))?;
-    Ok(bin)
+    Ok(())
 }
 
 #[cfg(test)]
