@@ -160,7 +160,9 @@ impl DmaRegion {
 /// - the device sees the same bytes at `iova .. iova + len` (coherent DMA: no cache
 ///   maintenance is needed on the supported targets; a non-coherent platform must map it
 ///   uncached);
-/// - the memory is zeroed when handed out.
+/// - the memory is zeroed when handed out;
+/// - no region contains bus address 0: the core sends commands without a data buffer with
+///   PRP1 = PRP2 = 0, which must name nothing the device could reach.
 ///
 /// The core, for its part, never creates a Rust reference into a region; it reads and writes
 /// through raw pointers (see [`crate::dma`]) and frees a region only once the device can no
