@@ -74,6 +74,21 @@ fn main() -> ExitCode {
             filter,
             &mut all,
         );
+        // An unusual but legal shape: MDTS 8 KiB and a single I/O queue pair. Every case
+        // sizes itself from what the controller reports, or skips with its reason.
+        run(
+            &SimBackend::new(
+                SimConfig {
+                    mdts: 1,
+                    max_io_queues: 1,
+                    ..SimConfig::default()
+                },
+                true,
+                "msix-mdts1-1pair",
+            ),
+            filter,
+            &mut all,
+        );
         // A 64 KiB DMA granule, as on ARM64 servers with 64 KiB-page kernels: every buffer
         // and ring is 64 KiB aligned and rounded, PRPs stay 4 KiB (CC.MPS).
         run(

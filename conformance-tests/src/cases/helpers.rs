@@ -2,7 +2,7 @@
 
 use anyhow::{ensure, Context as _};
 use nvme_core::hw::Platform;
-use nvme_core::{Controller, DmaBuffer, Namespace};
+use nvme_core::{Controller, DmaBuffer, IoQueuePair, Namespace};
 
 /// A deterministic pattern: byte `i` of block `lba` for `seed`.
 pub fn pattern(seed: u8, lba: u64, len: usize, lba_size: usize) -> Vec<u8> {
@@ -49,6 +49,49 @@ pub fn buffer_with<P: Platform>(c: &Controller<P>, data: &[u8]) -> anyhow::Resul
 
 /// An LBA near the end of the namespace that `blocks` blocks fit before (tests stay away from
 /// LBA 0, which a real SSD's owner may care about less than the end... both are scratch).
+/// Writes `data` at `lba` in commands no larger than the controller's maximum transfer
+/// (MDTS), so a case sized by the data works on a controller of any MDTS.
+pub fn write_split<P: Platform>(
+    c: &Controller<P>,
+    qp: &mut IoQueuePair<P>,
+    ns: &Namespace,
+    lba: u64,
+    data: &[u8],
+) -> anyhow::Result<()> {
+    let bs = ns.lba_size() as usize;
+    let step = (c.max_transfer() / bs).max(1) * bs;
+    for (i, chunk) in data.chunks(step).enumerate() {
+        let at = lba + (i * step / bs) as u64;
+        qp.write(ns, at, buffer_with(c, chunk)?)
+            .map_err(|e| anyhow::anyhow!("Write at LBA {at}: {}", e.error))?;
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes at `lba` in commands no larger than the maximum transfer.
+pub fn read_split<P: Platform>(
+    c: &Controller<P>,
+    qp: &mut IoQueuePair<P>,
+    ns: &Namespace,
+    lba: u64,
+    len: usize,
+) -> anyhow::Result<Vec<u8>> {
+    let bs = ns.lba_size() as usize;
+    let step = (c.max_transfer() / bs).max(1) * bs;
+    let mut out = Vec::with_capacity(len);
+    let mut done = 0;
+    while done < len {
+        let n = step.min(len - done);
+        let at = lba + (done / bs) as u64;
+        let b = qp
+            .read(ns, at, c.alloc_buffer(n)?)
+            .map_err(|e| anyhow::anyhow!("Read at LBA {at}: {}", e.error))?;
+        out.extend_from_slice(&b.to_vec());
+        done += n;
+    }
+    Ok(out)
+}
+
 pub fn scratch_lba(ns: &Namespace, blocks: u64) -> u64 {
     ns.blocks().saturating_sub(blocks + 64)
 }

@@ -8,7 +8,8 @@ use nvme_core::{DsmRange, Error};
 use nvme_core::spec::Status;
 
 use super::helpers::{
-    buffer_with, dealloc_block_ok, namespace, pattern, require_oncs, scratch_lba, submit_wait,
+    buffer_with, dealloc_block_ok, namespace, pattern, read_split, require_oncs, scratch_lba,
+    submit_wait, write_split,
 };
 use crate::backend::Backend;
 use crate::case;
@@ -477,8 +478,7 @@ fn dsm_ranges<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let ranges = [(1u64, 2u32), (5, 3), (12, 1)];
     let mut qp = c.create_io_queue_pair(8)?;
     let r = (|| -> anyhow::Result<Vec<u8>> {
-        qp.write(&ns, lba, buffer_with(c, &data)?)
-            .map_err(|e| anyhow::anyhow!("{}", e.error))?;
+        write_split(c, &mut qp, &ns, lba, &data)?;
         let list: Vec<DsmRange> = ranges
             .iter()
             .map(|&(o, n)| DsmRange {
@@ -488,10 +488,7 @@ fn dsm_ranges<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             })
             .collect();
         qp.deallocate(&ns, &list)?;
-        Ok(qp
-            .read(&ns, lba, c.alloc_buffer(16 * bs)?)
-            .map_err(|e| anyhow::anyhow!("{}", e.error))?
-            .to_vec())
+        read_split(c, &mut qp, &ns, lba, 16 * bs)
     })();
     c.delete_io_queue_pair(qp)?;
     let back = r?;

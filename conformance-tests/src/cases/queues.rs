@@ -12,7 +12,7 @@ use nvme_core::spec::regs::{cq_head_doorbell, sq_tail_doorbell};
 use nvme_core::spec::{Cap, Command, Completion, NvmOpcode};
 use nvme_core::{Controller, Error};
 
-use super::helpers::{buffer_with, namespace, pattern, scratch_lba};
+use super::helpers::{buffer_with, namespace, pattern, scratch_lba, write_split};
 use crate::backend::Backend;
 use crate::case;
 use crate::runner::{Case, Ctx, Verdict};
@@ -574,8 +574,7 @@ fn large_wrap<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let lba = scratch_lba(&ns, depth as u64);
     let data = pattern(0x77, lba, depth * bs, bs);
     let r = (|| -> anyhow::Result<()> {
-        qp.write(&ns, lba, buffer_with(c, &data)?)
-            .map_err(|e| anyhow::anyhow!("{}", e.error))?;
+        write_split(c, &mut qp, &ns, lba, &data)?;
         let mut bufs: Vec<_> = (0..depth)
             .map(|_| c.alloc_buffer(bs))
             .collect::<Result<_, _>>()?;
@@ -627,6 +626,12 @@ fn vector_per_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         return Ok(Verdict::Skip(format!(
             "{} MSI-X vectors in use: needs three (admin and two I/O CQs)",
             c.vectors()
+        )));
+    }
+    if c.granted_queue_pairs() < 2 {
+        return Ok(Verdict::Skip(format!(
+            "{} I/O queue pair granted: needs two CQs to tell their vectors apart",
+            c.granted_queue_pairs()
         )));
     }
     let ns = namespace(c, None)?;
