@@ -280,6 +280,18 @@ fn soak<P>(c: &mut Controller<P>, a: &SoakArgs, io_timeout: Duration) -> Result<
 where
     P: Platform + Send + Sync + 'static,
 {
+    // One queue pair per thread: never more threads than the controller granted pairs.
+    let granted = usize::from(c.granted_queue_pairs());
+    if a.threads > granted {
+        eprintln!(
+            "soak: {granted} thread(s) instead of {}: the controller granted {granted} I/O queue pair(s)",
+            a.threads
+        );
+    }
+    let a = &SoakArgs {
+        threads: a.threads.min(granted).max(1),
+        ..a.clone()
+    };
     let ns: Namespace = c.namespace(a.nsid)?.clone();
     let bs = ns.lba_size() as usize;
     ensure!(
