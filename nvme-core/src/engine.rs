@@ -380,6 +380,11 @@ impl<T> Engine<T> {
         if self.cq.ring(bar) {
             self.stats.cq_doorbells += 1;
         }
+        if self.free.len() == self.slots.len() {
+            // Nothing outstanding: no deadline to give (the list stays within its capacity
+            // even when no poll ever finds a command still in flight).
+            self.undated.clear();
+        }
         n
     }
 

@@ -423,16 +423,7 @@ fn download(tools: &HostTools, dl: &Path, spec: &str) -> Result<PathBuf> {
 
 /// The member paths of a `.deb`'s data archive (`dpkg-deb --fsys-tarfile X | tar -t`).
 fn deb_listing(tools: &HostTools, deb: &Path) -> Result<String> {
-    let mut dpkg = Command::new(&tools.dpkg_deb)
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting dpkg-deb")?;
-    let tar_in = dpkg
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("dpkg-deb has no stdout"))?;
+    let (mut dpkg, tar_in) = fsys_tarfile(tools, deb)?;
     let out = Command::new(&tools.tar)
         .arg("-t")
         .stdin(tar_in)
@@ -497,18 +488,27 @@ pub fn prepare_busybox(tools: &HostTools, cache: &Path, arch: Arch) -> Result<Pa
     Ok(bin)
 }
 
-/// `dpkg-deb --fsys-tarfile DEB | tar -x -C DEST ARGS...`: unpacks members of a package.
-fn extract_deb(tools: &HostTools, deb: &Path, dest: &Path, args: &[String]) -> Result<()> {
+/// Starts `dpkg-deb --fsys-tarfile DEB`; returns the process and its stdout (a tar stream).
+fn fsys_tarfile(
+    tools: &HostTools,
+    deb: &Path,
+) -> Result<(std::process::Child, std::process::ChildStdout)> {
     let mut dpkg = Command::new(&tools.dpkg_deb)
         .arg("--fsys-tarfile")
         .arg(deb)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting dpkg-deb")?;
-    let tar_in = dpkg
+    let out = dpkg
         .stdout
         .take()
         .ok_or_else(|| anyhow!("dpkg-deb has no stdout"))?;
+    Ok((dpkg, out))
+}
+
+/// `dpkg-deb --fsys-tarfile DEB | tar -x -C DEST ARGS...`: unpacks members of a package.
+fn extract_deb(tools: &HostTools, deb: &Path, dest: &Path, args: &[String]) -> Result<()> {
+    let (mut dpkg, tar_in) = fsys_tarfile(tools, deb)?;
     let tar_status = Command::new(&tools.tar)
         .arg("-x")
         .arg("-C")
