@@ -13,8 +13,10 @@
 //! - blocking: [`IoQueuePair::read`], [`IoQueuePair::write`], ... submit one command and wait
 //!   for it (completions of other commands that arrive meanwhile are parked, not lost).
 //!
-//! Transfers larger than the controller's MDTS (or the configured maximum) are refused with
-//! [`Error::TransferTooLarge`]: the caller splits them.
+//! A single command larger than the controller's MDTS (or the configured maximum) is refused
+//! with [`Error::TransferTooLarge`]. Transfers of any length go through
+//! [`Namespace::read_at`], [`Namespace::write_at`] and friends, which split them and keep
+//! several commands in flight.
 //!
 //! Every command's data length comes from the command itself (see [`crate::spec::transfer`])
 //! and the namespace handle's current format; a buffer that does not fit it is refused before
@@ -41,6 +43,9 @@ use crate::shared::Shared;
 use crate::spec::status::generic;
 use crate::spec::transfer::{io_data_length, DataLength};
 use crate::spec::{Command, Completion, NvmOpcode, Status, StatusCodeType, PAGE_SIZE};
+
+mod blockio;
+pub use blockio::{STAGING_BUFFERS, STAGING_CHUNK};
 
 /// One request's state inside a queue slot.
 pub(crate) struct IoReq<P: Platform> {
@@ -187,6 +192,8 @@ pub struct IoQueuePair<P: Platform> {
     /// Revived after a reset: the SQ holds resubmitted commands to ring as soon as the
     /// controller re-created the queues.
     awaiting_queues: bool,
+    /// Staging buffers of [`Namespace::read_at`] and friends (allocated on first use).
+    staging: alloc::vec::Vec<DmaBuffer<P>>,
 }
 
 impl<P: Platform> core::fmt::Debug for IoQueuePair<P> {
@@ -229,6 +236,7 @@ impl<P: Platform> IoQueuePair<P> {
             sync_seq: 0,
             next_sync: 0,
             awaiting_queues: false,
+            staging: alloc::vec::Vec::new(),
         }
     }
     /// True if the device has this pair's queues in reset generation `g`.
@@ -1176,8 +1184,9 @@ impl<P: Platform> IoQueuePair<P> {
                 "Dataset Management takes 1..=256 ranges",
             ));
         }
+        // A range names up to 2^32 - 1 blocks (NVM Command Set §3.3.3), not the 65,536 of NLB.
         for r in ranges {
-            self.lba_check(ns, r.slba, r.nlb.max(1))?;
+            self.check_extent(ns, r.slba, r.nlb as u64)?;
         }
         let mut buf = self.alloc_buffer(PAGE_SIZE)?;
         for (i, r) in ranges.iter().enumerate() {
