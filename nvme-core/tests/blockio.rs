@@ -148,7 +148,7 @@ fn other_commands_completions_are_parked_not_lost() {
 #[test]
 fn stale_and_foreign_handles_are_refused() {
     let (_sim, mut ctrl) = setup(SimConfig::default());
-    let (_sim2, mut other) = setup(SimConfig::default());
+    let (_sim2, other) = setup(SimConfig::default());
     let ns_other = other.namespace(1).unwrap().clone();
     let mut qp = ctrl.create_io_queue_pair(16).unwrap();
     assert!(matches!(
