@@ -16,7 +16,9 @@
 //! - `barrier`: the CPU-to-device memory barriers of each supported CPU;
 //! - [`prp`]: PRP entries and lists;
 //! - [`queue`]: submission and completion rings (and the request engine behind them);
-//! - [`io`]: I/O queue pairs and the safe I/O API;
+//! - [`io`]: I/O queue pairs and the safe I/O API, and transfers of any length on a
+//!   namespace ([`Namespace::read_at`], [`Namespace::write_at`], ...);
+//! - [`aio`]: futures for I/O commands, a waker per command slot, for any executor;
 //! - [`namespace`]: namespace handles, tied to one controller and its current formats;
 //! - [`controller`]: bring-up and reset, the admin queue, typed admin commands, queue pair
 //!   lifecycle;
@@ -42,6 +44,7 @@ extern crate alloc;
 #[cfg(any(test, feature = "arbitrary", feature = "test-utils"))]
 extern crate std;
 
+pub mod aio;
 mod barrier;
 #[cfg(test)]
 mod bringup_tests;

@@ -41,7 +41,10 @@ fn large_transfers_split_at_mdts_and_queue_depth() {
     ns.read_at(&mut qp, 77, &mut back).unwrap();
     assert_eq!(back, data);
     let s = qp.stats();
-    assert!(s.submitted >= 256, "1 MiB at 8 KiB per command, twice: {s:?}");
+    assert!(
+        s.submitted >= 256,
+        "1 MiB at 8 KiB per command, twice: {s:?}"
+    );
     assert_eq!(qp.outstanding(), 0);
     sim.assert_no_violations();
 }
@@ -63,8 +66,14 @@ fn more_than_65536_blocks_per_call() {
     assert!(back[..512].iter().all(|&b| b == 0xee));
     assert!(back[512..].iter().all(|&b| b == 0));
     ns.read_at(&mut qp, 70_000, &mut back).unwrap();
-    assert!(back[..512].iter().all(|&b| b == 0), "block 70000 was zeroed");
-    assert!(back[512..].iter().all(|&b| b == 0xee), "block 70001 was not");
+    assert!(
+        back[..512].iter().all(|&b| b == 0),
+        "block 70000 was zeroed"
+    );
+    assert!(
+        back[512..].iter().all(|&b| b == 0xee),
+        "block 70001 was not"
+    );
     ns.deallocate(&mut qp, 0, ns.blocks()).unwrap();
     ns.flush(&mut qp).unwrap();
     sim.assert_no_violations();
@@ -122,7 +131,11 @@ fn a_failing_command_stops_the_transfer_and_keeps_the_staging_buffers() {
         }
         other => panic!("expected the media error, got {other:?}"),
     }
-    assert_eq!(qp.outstanding(), 0, "every command in flight was waited for");
+    assert_eq!(
+        qp.outstanding(),
+        0,
+        "every command in flight was waited for"
+    );
     // The pair and the staging pool still work.
     sim.faults().clear_media_errors();
     ns.read_at(&mut qp, 0, &mut back).unwrap();

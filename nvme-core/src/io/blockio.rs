@@ -248,7 +248,7 @@ impl Namespace {
 impl<P: Platform> IoQueuePair<P> {
     /// Checks that `ns` is current on this pair's controller and that `blocks` blocks from
     /// `slba` lie inside it (0 blocks: the handle only).
-    pub(super) fn check_extent(&self, ns: &Namespace, slba: u64, blocks: u64) -> Result<()> {
+    pub(crate) fn check_extent(&self, ns: &Namespace, slba: u64, blocks: u64) -> Result<()> {
         // The handle (owner, epoch) and the first block.
         self.lba_check(ns, slba.min(ns.blocks().saturating_sub(1)), 1)?;
         let end = slba.checked_add(blocks);
