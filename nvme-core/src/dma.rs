@@ -162,6 +162,17 @@ impl<P: Platform> DmaBuffer<P> {
     /// Allocates a zeroed buffer of `len` bytes (rounded up to the allocator's page size
     /// underneath; [`len`](Self::len) reports `len`).
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// use nvme_core::DmaBuffer;
+    /// let buf = DmaBuffer::new(&sim.platform(), 4096)?; // or ctrl.alloc_buffer(4096)
+    /// assert!(buf.to_vec().iter().all(|&b| b == 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Dma`] if the allocator fails; [`Error::InvalidArgument`] for `len == 0`.
     pub fn new(platform: &Arc<P>, len: usize) -> Result<Self, Error> {
@@ -202,6 +213,20 @@ impl<P: Platform> DmaBuffer<P> {
         self.mem.iova()
     }
     /// Copies `dst.len()` bytes starting at `offset` out of the buffer.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let mut buf = ctrl.alloc_buffer(4096)?;
+    /// buf.write(100, b"abc")?;
+    /// let mut out = [0u8; 3];
+    /// buf.read(100, &mut out)?;
+    /// assert_eq!(&out, b"abc");
+    /// assert!(buf.read(4095, &mut out).is_err()); // out of bounds: an error, never a panic
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if the range is outside the buffer.

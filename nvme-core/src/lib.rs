@@ -36,6 +36,44 @@
 //! tied to the controller that made them; device memory is freed only when the device can no
 //! longer reach it. Register writes ([`hw::Bar::write32`]) are `unsafe`, and so is passthrough
 //! of an opcode whose length the core cannot derive.
+//!
+//! # Example
+//! Bring-up, a queue pair, a read (here on the simulator; on hardware the platform is
+//! `vfio_backend::VfioPlatform::open("0000:01:00.0", &Default::default())?`):
+//! ```
+//! use nvme_core::{Controller, ControllerConfig};
+//!
+//! let sim = sim_backend::Simulator::new(sim_backend::SimConfig::default())?;
+//! let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+//! let ns = ctrl.namespace(1)?.clone();
+//! let mut qp = ctrl.create_io_queue_pair(64)?;
+//!
+//! // Zero-copy: a device-visible buffer moves into the queue and comes back with the data.
+//! let buf = qp.read(&ns, 0, ctrl.alloc_buffer(4096)?)?;
+//! let first = buf.to_vec();
+//!
+//! // Any length, any block: split at MDTS inside, through the pair's staging buffers.
+//! let mut data = vec![0u8; 1 << 20];
+//! ns.read_at(&mut qp, 2048, &mut data)?;
+//!
+//! // Asynchronous: queue several commands, ring once, poll for completions.
+//! for i in 0..8 {
+//!     qp.submit_read(&ns, i * 8, ctrl.alloc_buffer(4096)?, i)
+//!         .map_err(|e| e.error)?;
+//! }
+//! qp.ring();
+//! let mut done = 0;
+//! while done < 8 {
+//!     qp.poll(|c| {
+//!         assert!(c.result.is_ok());
+//!         done += 1;
+//!     })?;
+//! }
+//! ctrl.delete_io_queue_pair(qp)?;
+//! ctrl.shutdown()?;
+//! # let _ = first;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![no_std]
 #![warn(missing_docs)]
 

@@ -273,6 +273,20 @@ impl<P: Platform> Controller<P> {
     /// Namespace Attachment) are refused while I/O queues exist, as for
     /// [`Controller::format_nvm`].
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// use nvme_core::spec::Command;
+    /// // Identify Controller (CNS 01h) into a buffer of ours: the core derives its 4 KiB length.
+    /// let buf = ctrl.alloc_buffer(4096)?;
+    /// let (c, buf) = ctrl.admin_passthrough(Command::identify(0x01, 0, 0, 0), Some(buf), None)?;
+    /// assert!(c.status().is_success());
+    /// assert_ne!(buf.unwrap().to_vec()[..2], [0, 0]); // PCI vendor ID
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::InvalidArgument`] for the refused opcodes, [`Error::UnknownTransfer`] for a
     /// buffer with an opcode the core does not know (see

@@ -69,6 +69,15 @@ impl<P: Platform> Controller<P> {
     /// Brings the controller up (§3.5.1): disable, admin queue, CC, enable, Identify
     /// Controller, namespaces, Number of Queues, interrupts, Asynchronous Event Requests.
     ///
+    /// ```
+    /// use nvme_core::{Controller, ControllerConfig};
+    /// let sim = sim_backend::Simulator::new(sim_backend::SimConfig::default())?;
+    /// // Any `Arc<impl Platform>`: the simulator's, or `vfio_backend::VfioPlatform::open("0000:01:00.0", ..)`.
+    /// let ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// println!("{} namespaces, {} I/O queue pairs granted", ctrl.namespaces().len(), ctrl.granted_queue_pairs());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::DeviceGone`] (all-ones registers), [`Error::ControllerFatal`] (CSTS.CFS),
     /// [`Error::ReadyTimeout`] (RDY did not follow EN within CAP.TO), [`Error::Unsupported`]
@@ -303,6 +312,16 @@ impl<P: Platform> Controller<P> {
 
     /// Re-reads the active namespace list and every namespace's Identify data.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// ctrl.rescan_namespaces()?;
+    /// assert!(ctrl.namespace(1).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// Command failures.
     pub fn rescan_namespaces(&mut self) -> Result<()> {
@@ -398,6 +417,19 @@ impl<P: Platform> Controller<P> {
     /// formats changed across the reset) they become dead and fail with
     /// [`Error::ControllerReset`]. Namespace handles stay valid unless the formats changed.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// ctrl.reset()?;
+    /// // Namespace handles taken before stay valid if the formats did not change.
+    /// let ns = ctrl.namespace(1)?.clone();
+    /// let mut qp = ctrl.create_io_queue_pair(16)?;
+    /// ns.write_at(&mut qp, 0, &[1; 512])?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`Controller::new`].
     pub fn reset(&mut self) -> Result<()> {
@@ -445,6 +477,15 @@ impl<P: Platform> Controller<P> {
     /// [`ControllerConfig::shutdown_timeout`], longer if RTD3E says so), then disables the
     /// controller and frees its memory. Delete your [`IoQueuePair`]s first
     /// ([`Controller::delete_io_queue_pair`]); pairs still alive become dead.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// ctrl.shutdown()?; // CC.SHN normal shutdown, then disable: the write cache is written back
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::ShutdownTimeout`], [`Error::DeviceGone`].

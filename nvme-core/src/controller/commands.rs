@@ -16,6 +16,16 @@ impl<P: Platform> Controller<P> {
 
     /// Identify Controller (CNS 01h), read again from the device.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let id = ctrl.identify_controller()?;
+    /// println!("vendor {:04x}, MDTS {}, {} namespaces", id.vid, id.mdts, id.nn);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// Command failures.
     pub fn identify_controller(&mut self) -> Result<IdentifyController> {
@@ -26,6 +36,16 @@ impl<P: Platform> Controller<P> {
 
     /// Identify Namespace (CNS 00h).
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let id = ctrl.identify_namespace(1)?;
+    /// assert_eq!(id.nsze, ctrl.namespace(1)?.blocks());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// Command failures.
     pub fn identify_namespace(&mut self, nsid: u32) -> Result<IdentifyNamespace> {
@@ -35,6 +55,15 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Active namespace IDs (CNS 02h) greater than `start`.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// assert_eq!(ctrl.active_namespace_ids(0)?, vec![1, 2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// Command failures.
@@ -58,6 +87,17 @@ impl<P: Platform> Controller<P> {
 
     /// Get Features, current value (SEL 000b).
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// use nvme_core::spec::FeatureId;
+    /// let vwc = ctrl.get_feature(FeatureId::VOLATILE_WRITE_CACHE)?;
+    /// println!("volatile write cache {}", if vwc & 1 == 1 { "on" } else { "off" });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Command`].
     pub fn get_feature(&mut self, fid: FeatureId) -> Result<u32> {
@@ -69,6 +109,17 @@ impl<P: Platform> Controller<P> {
     /// Number of Queues may only be set once, before I/O queues exist (§5.1.25.2.1); the
     /// controller already did that at bring-up, so it is refused here with the spec's reason.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// use nvme_core::spec::FeatureId;
+    /// ctrl.set_features(FeatureId::VOLATILE_WRITE_CACHE, 0, false)?; // write through
+    /// assert_eq!(ctrl.get_feature(FeatureId::VOLATILE_WRITE_CACHE)? & 1, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Command`].
     pub fn set_features(&mut self, fid: FeatureId, value: u32, save: bool) -> Result<u32> {
@@ -79,6 +130,17 @@ impl<P: Platform> Controller<P> {
 
     /// Get Log Page (§5.1.12): `len` bytes (a multiple of 4, at most 64 KiB) from byte
     /// `offset` of log `lid`.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// // The first 64 bytes of the SMART / Health Information log (LID 02h).
+    /// let bytes = ctrl.get_log_page(0x02, 0xFFFF_FFFF, 0, 64, false)?;
+    /// assert_eq!(bytes.len(), 64);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a length not a multiple of 4; [`Error::Command`].
@@ -103,6 +165,16 @@ impl<P: Platform> Controller<P> {
 
     /// SMART / Health Information (log 02h) for the whole controller.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let smart = ctrl.smart_log()?;
+    /// println!("{} K, {}% spare", smart.composite_temperature, smart.available_spare);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// Command failures.
     pub fn smart_log(&mut self) -> Result<SmartLog> {
@@ -116,6 +188,17 @@ impl<P: Platform> Controller<P> {
     }
 
     /// The Error Information log (01h): up to `entries` entries (at most ELPE + 1).
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// for e in ctrl.error_log(16)? {
+    ///     println!("{e:?}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// Command failures.
@@ -193,6 +276,17 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Waits up to `timeout` for an asynchronous event.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// use std::time::Duration;
+    /// // Nothing happens on an idle simulator: the wait ends at its timeout.
+    /// assert!(ctrl.wait_async_event(Duration::from_millis(10)).is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait_async_event(&mut self, timeout: Duration) -> Option<AsyncEvent> {
         let p = self.shared.platform.clone();
         let deadline = Deadline::after(p.clock(), timeout);
@@ -221,6 +315,18 @@ impl<P: Platform> Controller<P> {
     /// The LBA size decides how many bytes a Read or Write transfers, so Format NVM is
     /// refused while I/O queues exist: a command in flight was sized for the old format and
     /// the device would transfer by the new one. Delete the queue pairs first.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// // Namespace 1 to LBA format 0, no secure erase; no I/O queue may exist meanwhile.
+    /// ctrl.format_nvm(1, 0, 0)?;
+    /// let ns = ctrl.namespace(1)?; // handles taken before are stale now
+    /// assert_eq!(ns.lba_size(), 512);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Unsupported`] if OACS lacks Format NVM; [`Error::InvalidArgument`] while I/O

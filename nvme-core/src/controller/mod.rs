@@ -183,10 +183,32 @@ impl<P: Platform> Controller<P> {
         &self.identify
     }
     /// Active namespaces.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// for ns in ctrl.namespaces() {
+    ///     println!("nsid {}: {} bytes", ns.nsid(), ns.size_bytes());
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn namespaces(&self) -> &[Namespace] {
         &self.namespaces
     }
     /// One active namespace.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let ns = ctrl.namespace(1)?;
+    /// println!("namespace {}: {} blocks of {} bytes", ns.nsid(), ns.blocks(), ns.lba_size());
+    /// assert!(ctrl.namespace(99).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidNamespace`].
@@ -210,6 +232,19 @@ impl<P: Platform> Controller<P> {
         self.allocated
     }
     /// Bytes one command may transfer (MDTS and the configured bound).
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let ns = ctrl.namespace(1)?.clone();
+    /// let mut qp = ctrl.create_io_queue_pair(16)?;
+    /// // One command moves at most this much; Namespace::read_at splits longer transfers.
+    /// let buf = ctrl.alloc_buffer(ctrl.max_transfer())?;
+    /// qp.read(&ns, 0, buf)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_transfer(&self) -> usize {
         self.max_transfer
     }
@@ -232,6 +267,17 @@ impl<P: Platform> Controller<P> {
         &self.config
     }
     /// Allocates a DMA buffer on this controller's platform.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let mut buf = ctrl.alloc_buffer(8192)?; // device-visible, zeroed
+    /// buf.write(0, b"data")?;
+    /// assert_eq!(buf.len(), 8192);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Dma`].

@@ -10,6 +10,22 @@ impl<P: Platform> Controller<P> {
     /// Creates an I/O queue pair (one CQ, then one SQ bound to it: §3.5.1 step 7) with
     /// `entries` slots (capped by CAP.MQES + 1), using the next free queue ID.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let ns = ctrl.namespace(1)?.clone();
+    /// let mut qp = ctrl.create_io_queue_pair(256)?; // clamped to CAP.MQES
+    /// let buf = qp.read(&ns, 0, ctrl.alloc_buffer(4096)?)?;
+    /// assert_eq!(buf.len(), 4096);
+    /// // Pairs are `Send`: move each to the thread that uses it.
+    /// let h = std::thread::spawn(move || qp);
+    /// let qp = h.join().unwrap();
+    /// ctrl.delete_io_queue_pair(qp)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::NoQueueAvailable`] when all granted pairs are in use; DMA and command
     /// failures.
@@ -104,6 +120,16 @@ impl<P: Platform> Controller<P> {
     /// Deletes an I/O queue pair: Delete I/O SQ (which aborts what is outstanding), then
     /// Delete I/O CQ (§3.6.1, §5.2.3, §5.2.4). The memory is freed once both succeed;
     /// otherwise it waits for the next controller disable.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let qp = ctrl.create_io_queue_pair(16)?;
+    /// ctrl.delete_io_queue_pair(qp)?; // Delete I/O SQ, then CQ; its memory is freed
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// Command failures (the pair is consumed either way).

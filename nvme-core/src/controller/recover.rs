@@ -29,6 +29,17 @@ impl<P: Platform> Controller<P> {
     /// pairs asked for (at most ACL + 1, Identify Controller, §5.1.1), and re-creates the
     /// queues of every pair that has seen the last reset.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// // The controller's owner calls this periodically while other threads do I/O.
+    /// let report = ctrl.recover()?;
+    /// assert_eq!(report.resets, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::DeviceGone`] when the registers read all-ones (surprise removal); reset
     /// failures.
