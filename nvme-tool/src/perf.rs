@@ -69,7 +69,7 @@ pub fn run(a: PerfArgs) -> Result<()> {
     ensure!(a.mix <= 100, "--rwmixread is a percentage");
     match (&a.device, a.sim_thread) {
         (DeviceSpec::Sim(img), true) => {
-            let sim = sim_backend::Simulator::new(device::sim_config(img.as_deref(), true)?)?;
+            let sim = sim_backend::Simulator::new(device::sim_config(img.as_ref(), true)?)?;
             device::session(sim.platform(), a.irq, |c| bench(c, &a))
         }
         _ => match device::open(&a.device, a.irq)? {
