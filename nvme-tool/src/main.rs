@@ -265,6 +265,12 @@ fn parse_u32(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: restoring the default SIGPIPE action before any thread starts: output into a
+    // closed pipe (`nvme-tool read ... | head`) ends the process quietly, as for C tools,
+    // instead of failing every later print.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     exit::init_logger(cli.verbose);
     match run(cli) {
