@@ -183,6 +183,8 @@ pub fn open(dev: &DeviceSpec, irq: Irq) -> Result<Opened> {
                 } else {
                     IrqMode::Polled
                 },
+                sysfs_root: crate::regs::sysfs_root(),
+                dev_vfio: crate::regs::dev_vfio(),
                 ..VfioOptions::default()
             };
             Ok(Opened::Vfio(VfioPlatform::open(addr, &opts).context(
@@ -608,4 +610,55 @@ pub fn demo(image: Option<PathBuf>, threaded: bool) -> Result<()> {
     );
     println!("Protocol check: the simulator (strict mode) recorded no host protocol violation");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_split_at_mdts_nlb_and_the_buffer() {
+        // MDTS 128 KiB, 512-byte blocks: 256 blocks a command.
+        assert_eq!(blocks_per_command(128 << 10, 512), 256);
+        // No MDTS (the core reports a huge maximum), 512-byte blocks: the 8 MiB buffer
+        // (16,384 blocks) comes first ...
+        assert_eq!(blocks_per_command(usize::MAX, 512), 16_384);
+        // ... with 64-byte "blocks" NLB's 65,536 would, and is never exceeded.
+        assert_eq!(blocks_per_command(usize::MAX, 64), MAX_BLOCKS_PER_COMMAND);
+        // A maximum below one block still moves one block.
+        assert_eq!(blocks_per_command(256, 4096), 1);
+    }
+
+    #[test]
+    fn device_specs_and_sizes_parse() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        let d: DeviceSpec = "sim:a.img,create=2M,ro".parse().unwrap();
+        assert_eq!(
+            d,
+            DeviceSpec::Sim(Some(ImageSpec {
+                path: "a.img".into(),
+                create: Some(2 << 20),
+                read_only: true
+            }))
+        );
+        assert_eq!(d.volatile(1), Some(false));
+        assert_eq!(d.volatile(2), Some(true));
+        assert!("sim:a.img,size=3".parse::<DeviceSpec>().is_err());
+        assert!("sim:".parse::<DeviceSpec>().is_err());
+        assert!("/dev/nvme0n1"
+            .parse::<DeviceSpec>()
+            .unwrap_err()
+            .contains("setup bind"));
+        assert_eq!(
+            "pci:0000:03:00.0"
+                .parse::<DeviceSpec>()
+                .unwrap()
+                .volatile(1),
+            None
+        );
+    }
 }

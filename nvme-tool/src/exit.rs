@@ -65,6 +65,7 @@ impl fmt::Display for DeviceOpen {
         f.write_str(&self.0)
     }
 }
+impl std::error::Error for DeviceOpen {}
 
 /// `bail!` for usage errors: exit code 2.
 #[macro_export]

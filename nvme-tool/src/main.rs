@@ -14,6 +14,7 @@ mod fmt;
 mod passthru;
 mod perf;
 mod regs;
+mod setup;
 mod soak;
 
 use std::path::PathBuf;
@@ -251,6 +252,9 @@ enum Cmd {
     Reset(Dev),
     /// Measure I/O performance (like SPDK's `perf`): IOPS, bandwidth, latency percentiles.
     Perf(perf::PerfArgs),
+    /// Bind NVMe controllers to vfio-pci and back, reserve huge pages, show what is bound
+    /// (like SPDK's setup.sh and driverctl).
+    Setup(setup::SetupArgs),
     /// Data-integrity soak: threads with their own queue pairs write and verify random blocks
     /// (headers with LBA, generation and namespace ID), optionally with injected faults.
     Soak(soak::SoakArgs),
@@ -685,5 +689,6 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Cmd::Perf(args) => perf::run(args),
         Cmd::Soak(args) => soak::run(args),
+        Cmd::Setup(args) => setup::run(args),
     }
 }

@@ -211,6 +211,9 @@ impl Histogram {
         if self.count == 0 {
             return 0;
         }
+        if p <= 0.0 {
+            return self.min;
+        }
         let want = ((p / 100.0) * self.count as f64).ceil().max(1.0) as u64;
         let mut seen = 0;
         for (i, &n) in self.buckets.iter().enumerate() {

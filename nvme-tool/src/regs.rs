@@ -26,6 +26,9 @@ pub struct ShowRegsArgs {
     human: bool,
 }
 
+/// One decoded register: name, value, `(field, value)` pairs.
+pub type Decoded = (&'static str, u64, Vec<(&'static str, String)>);
+
 /// The registers, read once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Regs {
@@ -59,7 +62,7 @@ impl Regs {
     }
 
     /// `(register, value, fields)`; fields named as in NVMe Base 2.1 §3.1.4.
-    pub fn decoded(&self) -> Vec<(&'static str, u64, Vec<(&'static str, String)>)> {
+    pub fn decoded(&self) -> Vec<Decoded> {
         let cap = Cap(self.cap);
         let cc = Cc(self.cc);
         let csts = Csts(self.csts);
@@ -358,6 +361,19 @@ pub fn sysfs_root() -> PathBuf {
     std::env::var_os("NVME_TOOL_SYSFS").map_or_else(|| PathBuf::from("/sys"), PathBuf::from)
 }
 
+/// The VFIO device directory: `$NVME_TOOL_DEV_VFIO`; else, with a fake sysfs
+/// (`$NVME_TOOL_SYSFS`), `dev-vfio` inside it, so a fake tree never reaches the machine's
+/// VFIO nodes; else `/dev/vfio`.
+pub fn dev_vfio() -> PathBuf {
+    if let Some(p) = std::env::var_os("NVME_TOOL_DEV_VFIO") {
+        return PathBuf::from(p);
+    }
+    match std::env::var_os("NVME_TOOL_SYSFS") {
+        Some(root) => PathBuf::from(root).join("dev-vfio"),
+        None => PathBuf::from("/dev/vfio"),
+    }
+}
+
 fn identify_entries<P: Platform>(c: &Controller<P>, dev: &str) -> Vec<Value> {
     crate::fmt::list_entries(c, dev, &|_| None)
 }
@@ -378,10 +394,12 @@ pub fn list_all(irq: Irq, out: Out) -> Result<()> {
         if vfio {
             let spec = DeviceSpec::Pci(f.addr.clone());
             let mut found = Vec::new();
-            let r: Result<()> = with_controller!(&spec, irq, |c| {
-                found = identify_entries(c, &spec.to_string());
-                Ok(())
-            });
+            let r: Result<()> = (|| {
+                with_controller!(&spec, irq, |c| {
+                    found = identify_entries(c, &spec.to_string());
+                    Ok(())
+                })
+            })();
             match r {
                 Ok(()) => entry["Namespaces"] = Value::from(found),
                 Err(e) => entry["Error"] = format!("{e:#}").into(),
@@ -401,8 +419,8 @@ pub fn list_all(irq: Irq, out: Out) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<14} {:<10} {:<40} {:<20} {:<8} {}",
-        "Address", "Driver", "Model", "SN", "FW Rev", "Namespaces"
+        "{:<14} {:<10} {:<40} {:<20} {:<8} Namespaces",
+        "Address", "Driver", "Model", "SN", "FW Rev"
     );
     for d in &devices {
         let drv = d["Driver"].as_str().unwrap_or("(none)");

@@ -21,11 +21,14 @@
 //!   than one block is left untouched.
 
 use std::fmt;
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use rustix::fs::{flock, FlockOperation};
+use rustix::io::Errno;
 
 use crate::config::{Backing, NamespaceConfig};
 
@@ -202,14 +205,14 @@ impl ImageFile {
         if !meta.is_file() {
             return Err(bad("not a regular file".into()));
         }
-        let locked = if read_only {
-            file.try_lock_shared()
+        let op = if read_only {
+            FlockOperation::NonBlockingLockShared
         } else {
-            file.try_lock()
+            FlockOperation::NonBlockingLockExclusive
         };
-        match locked {
+        match flock(&file, op) {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
+            Err(e) if e == Errno::WOULDBLOCK => {
                 let holder = std::fs::read_to_string("/proc/locks")
                     .ok()
                     .and_then(|l| lock_holder(&l, meta.dev(), meta.ino()));
@@ -218,7 +221,7 @@ impl ImageFile {
                     holder,
                 });
             }
-            Err(TryLockError::Error(e)) => return Err(io_err(e)),
+            Err(e) => return Err(io_err(e.into())),
         }
         let len = meta.len();
         if let Some(want) = create {
