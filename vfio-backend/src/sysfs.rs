@@ -147,7 +147,7 @@ fn is_vfio_driver(d: &str) -> bool {
 impl DeviceReport {
     /// Checks the report: NVMe class, in an IOMMU group (checked before the driver: without an
     /// IOMMU vfio-pci cannot bind), bound to vfio-pci, with every other group member usable by
-    /// VFIO. Warns on stderr about an NVM-subclass device with another
+    /// VFIO. Logs a warning (`log` crate) about an NVM-subclass device with another
     /// programming interface.
     ///
     /// # Errors
@@ -157,8 +157,8 @@ impl DeviceReport {
         let addr = self.addr.to_string();
         if self.class != NVME_CLASS {
             if self.class >> 8 == NVME_CLASS >> 8 {
-                eprintln!(
-                    "vfio-backend: warning: {addr}: class {:#08x} is a non-volatile memory controller \
+                log::warn!(
+                    "{addr}: class {:#08x} is a non-volatile memory controller \
                      but not NVM Express (programming interface {:#04x}, expected 0x02); trying anyway",
                     self.class,
                     self.class & 0xff
