@@ -6,6 +6,9 @@ use nvme_core::spec::{
     Cap, ErrorLogEntry, FirmwareSlotLog, IdentifyController, IdentifyNamespace, SmartLog, Vs,
 };
 use nvme_core::Controller;
+use serde_json::{json, Value};
+
+use crate::exit::n128;
 
 /// Names of the optional NVM commands in ONCS.
 pub fn oncs_names(v: u16) -> String {
@@ -33,15 +36,15 @@ pub fn oncs_names(v: u16) -> String {
 }
 
 /// `nvme list`-style lines.
-pub fn list<P: Platform>(c: &Controller<P>, dev: &str) {
+pub fn list<P: Platform>(c: &Controller<P>, dev: &str, volatile: &dyn Fn(u32) -> Option<bool>) {
     let id = c.identify();
     println!(
-        "{:<24} {:<20} {:<40} {:>5} {:>22} {:<10} {:<8}",
-        "Device", "SN", "Model", "NSID", "Usage", "Format", "FW Rev"
+        "{:<24} {:<20} {:<40} {:>5} {:>22} {:<10} {:<8} {:<8}",
+        "Device", "SN", "Model", "NSID", "Usage", "Format", "FW Rev", "Medium"
     );
     println!(
-        "{:-<24} {:-<20} {:-<40} {:->5} {:->22} {:-<10} {:-<8}",
-        "", "", "", "", "", "", ""
+        "{:-<24} {:-<20} {:-<40} {:->5} {:->22} {:-<10} {:-<8} {:-<8}",
+        "", "", "", "", "", "", "", ""
     );
     for ns in c.namespaces() {
         let usage = format!(
@@ -50,14 +53,19 @@ pub fn list<P: Platform>(c: &Controller<P>, dev: &str) {
             ns.size_bytes() as f64 / 1e9
         );
         println!(
-            "{:<24} {:<20} {:<40} {:>5} {:>22} {:<10} {:<8}",
+            "{:<24} {:<20} {:<40} {:>5} {:>22} {:<10} {:<8} {:<8}",
             dev,
             id.sn.as_str(),
             id.mn.as_str(),
             ns.nsid(),
             usage,
             format!("{} B + {} B", ns.lba_size(), ns.metadata_size()),
-            id.fr.as_str()
+            id.fr.as_str(),
+            match volatile(ns.nsid()) {
+                Some(true) => "volatile",
+                Some(false) => "image",
+                None => "device",
+            }
         );
     }
 }
@@ -119,8 +127,11 @@ pub fn id_ctrl(id: &IdentifyController, cap: Cap, vs: Vs) {
 }
 
 /// `nvme id-ns`-style output.
-pub fn id_ns(nsid: u32, ns: &IdentifyNamespace) {
+pub fn id_ns(nsid: u32, ns: &IdentifyNamespace, volatile: Option<bool>) {
     println!("NVME Identify Namespace {nsid}:");
+    if volatile == Some(true) {
+        println!("(volatile: the simulator keeps this namespace in memory; it is lost at exit)");
+    }
     println!("nsze    : {:#x}", ns.nsze);
     println!("ncap    : {:#x}", ns.ncap);
     println!("nuse    : {:#x}", ns.nuse);
@@ -239,6 +250,13 @@ pub fn fw_log(f: &FirmwareSlotLog) {
 /// A hex dump (16 bytes a line with offsets), for reads to stdout.
 pub fn hexdump(data: &[u8]) {
     for (i, line) in data.chunks(16).enumerate() {
+        println!("{}", hexline(i * 16, line));
+    }
+}
+
+/// One hex dump line: offset, up to 16 bytes in hex, the printable ones as text.
+pub fn hexline(off: usize, line: &[u8]) -> String {
+    {
         let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
         let asc: String = line
             .iter()
@@ -250,6 +268,125 @@ pub fn hexdump(data: &[u8]) {
                 }
             })
             .collect();
-        println!("{:08x}: {:<47}  {asc}", i * 16, hex.join(" "));
+        format!("{off:08x}: {:<47}  {asc}", hex.join(" "))
     }
+}
+
+/// Identify Controller as nvme-cli's `id-ctrl -o json` names it.
+pub fn id_ctrl_json(id: &IdentifyController) -> Value {
+    json!({
+        "vid": id.vid, "ssvid": id.ssvid, "sn": id.sn.as_str(), "mn": id.mn.as_str(),
+        "fr": id.fr.as_str(), "rab": id.rab,
+        "ieee": u32::from(id.ieee[0]) | u32::from(id.ieee[1]) << 8 | u32::from(id.ieee[2]) << 16,
+        "cmic": id.cmic, "mdts": id.mdts, "cntlid": id.cntlid, "ver": id.ver,
+        "rtd3r": id.rtd3r, "rtd3e": id.rtd3e, "oaes": id.oaes, "ctratt": id.ctratt,
+        "cntrltype": id.cntrltype, "oacs": id.oacs, "acl": id.acl, "aerl": id.aerl,
+        "frmw": id.frmw, "lpa": id.lpa, "elpe": id.elpe, "npss": id.npss,
+        "wctemp": id.wctemp, "cctemp": id.cctemp, "sqes": id.sqes, "cqes": id.cqes,
+        "maxcmd": id.maxcmd, "nn": id.nn, "oncs": id.oncs, "fuses": id.fuses, "fna": id.fna,
+        "vwc": id.vwc, "awun": id.awun, "awupf": id.awupf, "sgls": id.sgls,
+        "subnqn": id.subnqn.as_str(),
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Identify Namespace as nvme-cli's `id-ns -o json` names it, plus `"volatile"` (the
+/// namespace lives in memory and is lost when the tool exits) where the tool knows it.
+pub fn id_ns_json(ns: &IdentifyNamespace, volatile: Option<bool>) -> Value {
+    let lbafs: Vec<Value> = (0..=ns.nlbaf_z.min(63) as usize)
+        .map(|i| json!({"ms": ns.lbaf[i].ms, "ds": ns.lbaf[i].lbads, "rp": ns.lbaf[i].rp}))
+        .collect();
+    let mut v = json!({
+        "nsze": ns.nsze, "ncap": ns.ncap, "nuse": ns.nuse, "nsfeat": ns.nsfeat,
+        "nlbaf": ns.nlbaf_z, "flbas": ns.flbas, "mc": ns.mc, "dpc": ns.dpc, "dps": ns.dps,
+        "nmic": ns.nmic, "dlfeat": ns.dlfeat, "nguid": hex(&ns.nguid), "eui64": hex(&ns.eui64),
+        "lbafs": lbafs,
+    });
+    if let Some(vol) = volatile {
+        v["volatile"] = vol.into();
+    }
+    v
+}
+
+/// The SMART / Health log as nvme-cli's `smart-log -o json` names it (temperature in
+/// kelvins, as there).
+pub fn smart_json(s: &SmartLog) -> Value {
+    json!({
+        "critical_warning": s.critical_warning,
+        "temperature": s.composite_temperature,
+        "avail_spare": s.available_spare,
+        "spare_thresh": s.available_spare_threshold,
+        "percent_used": s.percentage_used,
+        "data_units_read": n128(s.data_units_read),
+        "data_units_written": n128(s.data_units_written),
+        "host_read_commands": n128(s.host_read_commands),
+        "host_write_commands": n128(s.host_write_commands),
+        "controller_busy_time": n128(s.controller_busy_time),
+        "power_cycles": n128(s.power_cycles),
+        "power_on_hours": n128(s.power_on_hours),
+        "unsafe_shutdowns": n128(s.unsafe_shutdowns),
+        "media_errors": n128(s.media_errors),
+        "num_err_log_entries": n128(s.num_error_log_entries),
+    })
+}
+
+/// The Error Information log as nvme-cli's `error-log -o json` names it.
+pub fn error_log_json(log: &[ErrorLogEntry]) -> Value {
+    let errors: Vec<Value> = log
+        .iter()
+        .map(|e| {
+            json!({
+                "error_count": e.error_count, "sqid": e.sqid, "cmdid": e.cid,
+                "status_field": e.status_field >> 1, "phase_tag": e.status_field & 1,
+                "parm_error_location": e.param_error_location, "lba": e.lba, "nsid": e.nsid,
+                "vs": e.vs, "trtype": e.trtype, "cs": e.cs,
+            })
+        })
+        .collect();
+    json!({ "errors": errors })
+}
+
+/// The Firmware Slot log as nvme-cli's `fw-log -o json` names it.
+pub fn fw_log_json(dev: &str, f: &FirmwareSlotLog) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("Active Firmware Slot (afi)".into(), f.afi.into());
+    for (i, s) in f.frs.iter().enumerate() {
+        if !s.as_str().is_empty() {
+            m.insert(format!("Firmware Rev Slot {}", i + 1), s.as_str().into());
+        }
+    }
+    json!({ dev: Value::Object(m) })
+}
+
+/// One `nvme list -o json` device entry per namespace of a brought-up controller
+/// (nvme-cli's field names, plus `"Volatile"`).
+pub fn list_entries<P: Platform>(
+    c: &Controller<P>,
+    dev: &str,
+    volatile: &dyn Fn(u32) -> Option<bool>,
+) -> Vec<Value> {
+    let id = c.identify();
+    c.namespaces()
+        .iter()
+        .map(|ns| {
+            let mut v = json!({
+                "DevicePath": dev,
+                "NameSpace": ns.nsid(),
+                "Firmware": id.fr.as_str(),
+                "ModelNumber": id.mn.as_str(),
+                "SerialNumber": id.sn.as_str(),
+                "UsedBytes": ns.identify().nuse.saturating_mul(u64::from(ns.lba_size())),
+                "MaximumLBA": ns.blocks(),
+                "PhysicalSize": ns.size_bytes(),
+                "SectorSize": ns.lba_size(),
+            });
+            if let Some(vol) = volatile(ns.nsid()) {
+                v["Volatile"] = vol.into();
+            }
+            v
+        })
+        .collect()
 }

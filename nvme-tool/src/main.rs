@@ -1,19 +1,26 @@
 //! `nvme-tool`: the driver from the command line, in the spirit of `nvme-cli` (same
 //! subcommand and option names where they exist) and SPDK's `perf`.
 //!
-//! Devices: `sim` (the built-in simulator, in memory), `sim:IMAGE` (the simulator with
-//! namespace 1 on a raw image file, created if missing), `pci:DDDD:BB:DD.F` or a bare PCI
-//! address (a controller bound to `vfio-pci`).
+//! Devices: `sim` (the built-in simulator, in memory), `sim:IMAGE[,create=SIZE][,ro]` (the
+//! simulator with namespace 1 on a raw image file: created only with `create=`, locked
+//! against a second writer, read-only with `ro` or when the file is), `pci:DDDD:BB:DD.F` or a
+//! bare PCI address (a controller bound to `vfio-pci`).
+//!
+//! Exit codes: see [`exit`].
 
 mod device;
+mod exit;
 mod fmt;
+mod passthru;
 mod perf;
+mod regs;
+mod setup;
 mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use nvme_core::hw::Platform;
 use nvme_core::spec::FeatureId;
@@ -25,9 +32,13 @@ use device::DeviceSpec;
 #[command(
     name = "nvme-tool",
     version,
-    about = "A userspace NVMe driver from the command line (simulator or vfio-pci)"
+    about = "A userspace NVMe driver from the command line (simulator or vfio-pci)",
+    after_help = exit::EXIT_CODES_HELP
 )]
 struct Cli {
+    /// More log output on stderr: -v info, -vv debug, -vvv trace (else RUST_LOG, else warnings).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -43,7 +54,7 @@ pub enum Irq {
 
 #[derive(clap::Args, Debug, Clone)]
 struct Dev {
-    /// The device: `sim`, `sim:IMAGE`, `pci:0000:03:00.0` or `0000:03:00.0`.
+    /// The device: `sim`, `sim:IMAGE[,create=SIZE][,ro]`, `pci:0000:03:00.0` or `0000:03:00.0`.
     device: DeviceSpec,
     /// Interrupt mode.
     #[arg(long, value_enum, default_value = "msix")]
@@ -60,16 +71,25 @@ struct Rw {
     /// First LBA.
     #[arg(short = 's', long = "start-block", default_value_t = 0)]
     slba: u64,
-    /// Number of blocks, 0's based (as in nvme-cli: 0 means one block).
-    #[arg(short = 'c', long = "block-count", default_value_t = 0)]
-    nlb_z: u32,
-    /// Bytes to transfer; defaults to (block-count + 1) × LBA size. Must match that.
-    #[arg(short = 'z', long = "data-size")]
+    /// Number of blocks, 0's based (as in nvme-cli: 0 means one block). Any count: the tool
+    /// splits it into commands.
+    #[arg(short = 'c', long = "block-count")]
+    nlb_z: Option<u64>,
+    /// Bytes to transfer (a multiple of the LBA size, suffixes K/M/G); instead of, or equal
+    /// to, (block-count + 1) × LBA size. Without either: one block, or for write/compare the
+    /// whole data file.
+    #[arg(short = 'z', long = "data-size", value_parser = device::parse_size)]
     data_size: Option<u64>,
-    /// Data file (read: written with what was read, `-` for stdout as hex; write/compare: read
-    /// from it).
+    /// Data file (read: written with what was read, `-` or none for a hex dump on stdout;
+    /// write/compare: read from it, `-` for stdin). Streamed through an 8 MiB buffer.
     #[arg(short = 'd', long = "data")]
     data: Option<PathBuf>,
+    /// read: raw binary on stdout instead of a hex dump.
+    #[arg(short = 'r', long = "raw-binary")]
+    raw: bool,
+    /// Show the progress line even when stderr is not a terminal.
+    #[arg(long)]
+    progress: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,35 +105,82 @@ enum Cmd {
         threaded: bool,
     },
     /// One line per namespace: model, serial, firmware, usage and format (like `nvme list`).
-    List(Dev),
+    /// Without a device: every NVMe controller in sysfs (class 010802h); those bound to
+    /// vfio-pci are brought up and identified, the others shown with their kernel driver.
+    List {
+        /// The device (default: every NVMe controller in sysfs).
+        device: Option<DeviceSpec>,
+        /// Interrupt mode.
+        #[arg(long, value_enum, default_value = "polled")]
+        irq: Irq,
+        #[command(flatten)]
+        out: exit::Out,
+    },
     /// Identify Controller (like `nvme id-ctrl`).
-    IdCtrl(Dev),
+    IdCtrl {
+        #[command(flatten)]
+        dev: Dev,
+        #[command(flatten)]
+        out: exit::Out,
+    },
     /// Identify Namespace (like `nvme id-ns`).
     IdNs {
         #[command(flatten)]
         dev: Dev,
+        #[command(flatten)]
+        out: exit::Out,
         /// Namespace ID.
         #[arg(short = 'n', long = "namespace-id", default_value_t = 1)]
         nsid: u32,
     },
     /// Active namespace IDs (like `nvme list-ns`).
-    ListNs(Dev),
+    ListNs {
+        #[command(flatten)]
+        dev: Dev,
+        #[command(flatten)]
+        out: exit::Out,
+    },
     /// SMART / Health log (like `nvme smart-log`).
-    SmartLog(Dev),
+    SmartLog {
+        #[command(flatten)]
+        dev: Dev,
+        #[command(flatten)]
+        out: exit::Out,
+    },
     /// Error Information log (like `nvme error-log`).
     ErrorLog {
         #[command(flatten)]
         dev: Dev,
+        #[command(flatten)]
+        out: exit::Out,
         /// Entries to show.
         #[arg(short = 'e', long = "log-entries", default_value_t = 16)]
         entries: usize,
     },
     /// Firmware Slot log (like `nvme fw-log`).
-    FwLog(Dev),
+    FwLog {
+        #[command(flatten)]
+        dev: Dev,
+        #[command(flatten)]
+        out: exit::Out,
+    },
+    /// Get Log Page of any log (like `nvme get-log`).
+    GetLog(passthru::GetLogArgs),
+    /// Any admin command (like `nvme admin-passthru`).
+    AdminPassthru(passthru::PassthruArgs),
+    /// Any I/O command (like `nvme io-passthru`).
+    IoPassthru(passthru::PassthruArgs),
+    /// The controller registers, decoded (like `nvme show-regs`).
+    ShowRegs(regs::ShowRegsArgs),
+    /// What VFIO reports of the device (regions, interrupts, PCI config space); simulated
+    /// values on the simulator.
+    VfioInfo(regs::VfioInfoArgs),
     /// Get Features (like `nvme get-feature`).
     GetFeature {
         #[command(flatten)]
         dev: Dev,
+        #[command(flatten)]
+        out: exit::Out,
         /// Feature ID (decimal or 0x hex).
         #[arg(short = 'f', long = "feature-id", value_parser = parse_u32)]
         fid: u32,
@@ -185,6 +252,9 @@ enum Cmd {
     Reset(Dev),
     /// Measure I/O performance (like SPDK's `perf`): IOPS, bandwidth, latency percentiles.
     Perf(perf::PerfArgs),
+    /// Bind NVMe controllers to vfio-pci and back, reserve huge pages, show what is bound
+    /// (like SPDK's setup.sh and driverctl).
+    Setup(setup::SetupArgs),
     /// Data-integrity soak: threads with their own queue pairs write and verify random blocks
     /// (headers with LBA, generation and namespace ID), optionally with injected faults.
     Soak(soak::SoakArgs),
@@ -199,185 +269,384 @@ fn parse_u32(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: restoring the default SIGPIPE action before any thread starts: output into a
+    // closed pipe (`nvme-tool read ... | head`) ends the process quietly, as for C tools,
+    // instead of failing every later print.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
+    exit::init_logger(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Err(e) => exit::report(&e),
+    }
+}
+
+/// The blocks of a read/write/compare/verify: from `-c` (0's based), `-z` (bytes), or the
+/// data file's length (write/compare), else one block.
+fn rw_blocks(rw: &Rw, lba_size: u32, file_len: Option<u64>) -> Result<u64> {
+    let bs = u64::from(lba_size);
+    let from_z = match rw.data_size {
+        Some(z) if z == 0 || z % bs != 0 => {
+            usage!("--data-size {z} is not a whole number of {bs}-byte blocks")
+        }
+        Some(z) => Some(z / bs),
+        None => None,
+    };
+    let from_c = rw.nlb_z.map(|c| c.saturating_add(1));
+    match (from_c, from_z) {
+        (Some(c), Some(z)) if c != z => usage!(
+            "--data-size {} does not match (block-count + 1) × LBA size = {c} × {bs} = {}",
+            z * bs,
+            c.saturating_mul(bs)
+        ),
+        (Some(c), _) => Ok(c),
+        (None, Some(z)) => Ok(z),
+        (None, None) => match file_len {
+            Some(0) => usage!("the data file is empty"),
+            Some(n) if n % bs != 0 => usage!(
+                "the data file holds {n} bytes, not a whole number of {bs}-byte blocks; give --block-count or --data-size"
+            ),
+            Some(n) => Ok(n / bs),
+            None => Ok(1),
+        },
+    }
+}
+
+/// Opens the source of a write or compare, checking a regular file holds enough bytes before
+/// anything is sent.
+fn open_source(rw: &Rw, lba_size: u32) -> Result<(Box<dyn std::io::Read>, u64)> {
+    match rw.data.as_deref() {
+        None => usage!("--data FILE is required (or --data - for stdin)"),
+        Some(p) if p.as_os_str() == "-" => {
+            let blocks = rw_blocks(rw, lba_size, None)?;
+            Ok((Box::new(std::io::stdin().lock()), blocks))
+        }
+        Some(p) => {
+            let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+            let meta = f.metadata()?;
+            let len = meta.is_file().then_some(meta.len());
+            let blocks = rw_blocks(rw, lba_size, len)?;
+            if let Some(n) = len {
+                let need = blocks.saturating_mul(u64::from(lba_size));
+                if n < need {
+                    usage!(
+                        "{} holds {n} bytes; the command transfers {need}",
+                        p.display()
+                    );
+                }
+            }
+            Ok((
+                Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+                blocks,
+            ))
         }
     }
 }
 
-fn rw_len<P: Platform>(c: &Controller<P>, rw: &Rw) -> Result<(nvme_core::Namespace, usize)> {
-    let ns = c.namespace(rw.nsid)?.clone();
-    let blocks = rw.nlb_z as u64 + 1;
-    let len = blocks * ns.lba_size() as u64;
-    if let Some(z) = rw.data_size {
-        if z != len {
-            bail!("--data-size {z} does not match (block-count + 1) × LBA size = {blocks} × {} = {len}", ns.lba_size());
+/// A hex dump sink that keeps its offset across writes.
+struct HexSink<W: std::io::Write> {
+    out: W,
+    off: usize,
+    pending: Vec<u8>,
+}
+
+impl<W: std::io::Write> std::io::Write for HexSink<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(b);
+        let whole = self.pending.len() / 16 * 16;
+        let mut s = String::new();
+        for line in self.pending[..whole].chunks(16) {
+            s.push_str(&fmt::hexline(self.off, line));
+            s.push('\n');
+            self.off += 16;
         }
+        self.pending.drain(..whole);
+        self.out.write_all(s.as_bytes())?;
+        Ok(b.len())
     }
-    let end = rw.slba.saturating_add(blocks);
-    if end > ns.blocks() {
-        bail!(
-            "LBA range {}..{end} is outside namespace {}, which has {} blocks",
-            rw.slba,
-            ns.nsid(),
-            ns.blocks()
-        );
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            let l = fmt::hexline(self.off, &self.pending);
+            writeln!(self.out, "{l}")?;
+            self.off += self.pending.len();
+            self.pending.clear();
+        }
+        self.out.flush()
     }
-    Ok((ns, len as usize))
+}
+
+fn do_rw<P: Platform>(c: &mut Controller<P>, rw: &Rw, kind: &'static str) -> Result<()> {
+    let ns = c.namespace(rw.nsid)?.clone();
+    let bs = ns.lba_size();
+    let (blocks, tr) = match kind {
+        "read" => {
+            let blocks = rw_blocks(rw, bs, None)?;
+            let mut progress = device::Progress::new("read", blocks * u64::from(bs), rw.progress);
+            let tr = match &rw.data {
+                Some(p) if p.as_os_str() != "-" => {
+                    let f = std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?;
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                    let tr = device::transfer(
+                        c,
+                        &ns,
+                        rw.slba,
+                        blocks,
+                        device::Op::Read(&mut w),
+                        &mut progress,
+                    )?;
+                    std::io::Write::flush(&mut w)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                    tr
+                }
+                _ if rw.raw => {
+                    let mut w = std::io::stdout().lock();
+                    let tr = device::transfer(
+                        c,
+                        &ns,
+                        rw.slba,
+                        blocks,
+                        device::Op::Read(&mut w),
+                        &mut progress,
+                    )?;
+                    std::io::Write::flush(&mut w)?;
+                    tr
+                }
+                _ => {
+                    let mut w = HexSink {
+                        out: std::io::stdout().lock(),
+                        off: 0,
+                        pending: Vec::new(),
+                    };
+                    let tr = device::transfer(
+                        c,
+                        &ns,
+                        rw.slba,
+                        blocks,
+                        device::Op::Read(&mut w),
+                        &mut progress,
+                    )?;
+                    std::io::Write::flush(&mut w)?;
+                    tr
+                }
+            };
+            (blocks, tr)
+        }
+        "write" | "compare" => {
+            let (mut src, blocks) = open_source(rw, bs)?;
+            let mut progress = device::Progress::new(kind, blocks * u64::from(bs), rw.progress);
+            let op = if kind == "write" {
+                device::Op::Write(&mut src)
+            } else {
+                device::Op::Compare(&mut src)
+            };
+            (
+                blocks,
+                device::transfer(c, &ns, rw.slba, blocks, op, &mut progress)?,
+            )
+        }
+        _ => {
+            let blocks = rw_blocks(rw, bs, None)?;
+            let mut progress = device::Progress::new("verify", blocks * u64::from(bs), rw.progress);
+            (
+                blocks,
+                device::transfer(c, &ns, rw.slba, blocks, device::Op::Verify, &mut progress)?,
+            )
+        }
+    };
+    eprintln!(
+        "{kind}: Success ({blocks} blocks of {bs} B from LBA {} of namespace {}, {} commands)",
+        rw.slba,
+        ns.nsid(),
+        tr.commands
+    );
+    Ok(())
+}
+
+/// The count of a write-zeroes or dsm: NLB is 16 bits, DSM's range length 32 bits.
+fn single_count(rw: &Rw, lba_size: u32, max: u64, what: &str) -> Result<u64> {
+    let n = rw_blocks(rw, lba_size, None)?;
+    if n > max {
+        usage!("{what} covers at most {max} blocks per command; {n} asked");
+    }
+    Ok(n)
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Demo { image, threaded } => device::demo(image, threaded),
-        Cmd::List(d) => with_controller!(&d.device, d.irq, |c| {
-            fmt::list(c, &d.device.to_string());
-            Ok(())
-        }),
-        Cmd::IdCtrl(d) => with_controller!(&d.device, d.irq, |c| {
+        Cmd::List { device, irq, out } => match device {
+            Some(d) => with_controller!(&d, irq, |c| {
+                let vol = |n| d.volatile(n);
+                if out.json() {
+                    let devs = fmt::list_entries(c, &d.to_string(), &vol);
+                    exit::print_json(&serde_json::json!({ "Devices": devs }));
+                } else {
+                    fmt::list(c, &d.to_string(), &vol);
+                }
+                Ok(())
+            }),
+            None => regs::list_all(irq, out),
+        },
+        Cmd::IdCtrl { dev: d, out } => with_controller!(&d.device, d.irq, |c| {
             let id = c.identify_controller()?;
-            fmt::id_ctrl(&id, c.cap(), c.version());
-            Ok(())
-        }),
-        Cmd::IdNs { dev, nsid } => with_controller!(&dev.device, dev.irq, |c| {
-            let ns = c.identify_namespace(nsid)?;
-            fmt::id_ns(nsid, &ns);
-            Ok(())
-        }),
-        Cmd::ListNs(d) => with_controller!(&d.device, d.irq, |c| {
-            for (i, id) in c.active_namespace_ids(0)?.iter().enumerate() {
-                println!("[{i:>4}]:{id:#x}");
+            if out.json() {
+                exit::print_json(&fmt::id_ctrl_json(&id));
+            } else {
+                fmt::id_ctrl(&id, c.cap(), c.version());
             }
             Ok(())
         }),
-        Cmd::SmartLog(d) => with_controller!(&d.device, d.irq, |c| {
-            fmt::smart(&c.smart_log()?);
+        Cmd::IdNs { dev, out, nsid } => with_controller!(&dev.device, dev.irq, |c| {
+            let ns = c.identify_namespace(nsid)?;
+            let vol = dev.device.volatile(nsid);
+            if out.json() {
+                exit::print_json(&fmt::id_ns_json(&ns, vol));
+            } else {
+                fmt::id_ns(nsid, &ns, vol);
+            }
             Ok(())
         }),
-        Cmd::ErrorLog { dev, entries } => with_controller!(&dev.device, dev.irq, |c| {
+        Cmd::ListNs { dev: d, out } => with_controller!(&d.device, d.irq, |c| {
+            let ids = c.active_namespace_ids(0)?;
+            if out.json() {
+                let v: Vec<_> = ids
+                    .iter()
+                    .map(|i| serde_json::json!({ "nsid": i }))
+                    .collect();
+                exit::print_json(&serde_json::json!({ "nsid_list": v }));
+            } else {
+                for (i, id) in ids.iter().enumerate() {
+                    println!("[{i:>4}]:{id:#x}");
+                }
+            }
+            Ok(())
+        }),
+        Cmd::SmartLog { dev: d, out } => with_controller!(&d.device, d.irq, |c| {
+            let s = c.smart_log()?;
+            if out.json() {
+                exit::print_json(&fmt::smart_json(&s));
+            } else {
+                fmt::smart(&s);
+            }
+            Ok(())
+        }),
+        Cmd::ErrorLog { dev, out, entries } => with_controller!(&dev.device, dev.irq, |c| {
             let log = c.error_log(entries)?;
-            fmt::error_log(&log);
+            if out.json() {
+                exit::print_json(&fmt::error_log_json(&log));
+            } else {
+                fmt::error_log(&log);
+            }
             Ok(())
         }),
-        Cmd::FwLog(d) => with_controller!(&d.device, d.irq, |c| {
-            fmt::fw_log(&c.firmware_slot_log()?);
+        Cmd::FwLog { dev: d, out } => with_controller!(&d.device, d.irq, |c| {
+            let f = c.firmware_slot_log()?;
+            if out.json() {
+                exit::print_json(&fmt::fw_log_json(&d.device.to_string(), &f));
+            } else {
+                fmt::fw_log(&f);
+            }
             Ok(())
         }),
+        Cmd::GetLog(a) => passthru::get_log(a),
+        Cmd::AdminPassthru(a) => passthru::passthru(a, false),
+        Cmd::IoPassthru(a) => passthru::passthru(a, true),
+        Cmd::ShowRegs(a) => regs::show_regs(a),
+        Cmd::VfioInfo(a) => regs::vfio_info(a),
         Cmd::GetFeature {
             dev,
+            out,
             fid,
             sel,
             cdw11,
-        } => with_controller!(&dev.device, dev.irq, |c| {
-            let fid = u8::try_from(fid).context("feature IDs are 8 bits")?;
-            let v = c.get_features(FeatureId(fid), sel, cdw11)?;
-            println!(
-                "get-feature:{fid:#04x} ({}), {} value:{v:#010x}",
-                FeatureId(fid).name().unwrap_or("unknown"),
-                ["Current", "Default", "Saved", "Supported capabilities"]
-                    .get(sel as usize)
-                    .unwrap_or(&"?")
-            );
-            Ok(())
-        }),
+        } => {
+            let Ok(fid) = u8::try_from(fid) else {
+                usage!("feature IDs are 8 bits; {fid:#x} is not one")
+            };
+            if sel > 3 {
+                usage!(
+                    "--sel is 0 (current), 1 (default), 2 (saved) or 3 (supported capabilities)"
+                );
+            }
+            with_controller!(&dev.device, dev.irq, |c| {
+                let v = c.get_features(FeatureId(fid), sel, cdw11)?;
+                if out.json() {
+                    exit::print_json(&serde_json::json!({
+                        "feature_id": fid,
+                        "name": FeatureId(fid).name().unwrap_or("unknown"),
+                        "sel": sel,
+                        "value": v,
+                    }));
+                } else {
+                    println!(
+                        "get-feature:{fid:#04x} ({}), {} value:{v:#010x}",
+                        FeatureId(fid).name().unwrap_or("unknown"),
+                        ["Current", "Default", "Saved", "Supported capabilities"]
+                            .get(sel as usize)
+                            .unwrap_or(&"?")
+                    );
+                }
+                Ok(())
+            })
+        }
         Cmd::SetFeature {
             dev,
             fid,
             value,
             save,
         } => {
+            let Ok(fid) = u8::try_from(fid) else {
+                usage!("feature IDs are 8 bits; {fid:#x} is not one")
+            };
+            if FeatureId(fid) == FeatureId::NUMBER_OF_QUEUES {
+                usage!("Number of Queues can only be set once, before I/O queues exist; the driver sets it at bring-up");
+            }
             with_controller!(&dev.device, dev.irq, |c| {
-                let fid = u8::try_from(fid).context("feature IDs are 8 bits")?;
-                if FeatureId(fid) == FeatureId::NUMBER_OF_QUEUES {
-                    bail!("Number of Queues can only be set once, before I/O queues exist; the driver sets it at bring-up");
-                }
                 let dw0 = c.set_features(FeatureId(fid), value, save)?;
                 println!("set-feature:{fid:#04x} ({}), value:{value:#010x}, cdw0:{dw0:#010x}, save:{save}", FeatureId(fid).name().unwrap_or("unknown"));
                 Ok(())
             })
         }
-        Cmd::Read(rw) => with_controller!(&rw.dev.device, rw.dev.irq, |c| {
-            let (ns, len) = rw_len(c, &rw)?;
-            let data = device::read_blocks(c, &ns, rw.slba, len)?;
-            match &rw.data {
-                Some(p) if p.as_os_str() != "-" => {
-                    std::fs::write(p, &data).with_context(|| format!("writing {}", p.display()))?
-                }
-                _ => fmt::hexdump(&data),
-            }
-            eprintln!(
-                "read: Success ({len} bytes from LBA {} of namespace {})",
-                rw.slba,
-                ns.nsid()
-            );
-            Ok(())
-        }),
-        Cmd::Write(rw) => with_controller!(&rw.dev.device, rw.dev.irq, |c| {
-            let (ns, len) = rw_len(c, &rw)?;
-            let data = device::load_data(rw.data.as_deref(), len)?;
-            device::write_blocks(c, &ns, rw.slba, &data)?;
-            eprintln!(
-                "write: Success ({len} bytes to LBA {} of namespace {})",
-                rw.slba,
-                ns.nsid()
-            );
-            Ok(())
-        }),
-        Cmd::Compare(rw) => with_controller!(&rw.dev.device, rw.dev.irq, |c| {
-            let (ns, len) = rw_len(c, &rw)?;
-            let data = device::load_data(rw.data.as_deref(), len)?;
-            if len > c.max_transfer() {
-                bail!(
-                    "compare of {len} bytes exceeds the maximum of {} per command (MDTS)",
-                    c.max_transfer()
-                );
-            }
-            let mut qp = c.create_io_queue_pair(8)?;
-            let mut b = c.alloc_buffer(len)?;
-            b.write(0, &data)?;
-            let (same, _) = qp.compare(&ns, rw.slba, b)?;
-            c.delete_io_queue_pair(qp)?;
-            if !same {
-                bail!(
-                    "compare: the blocks differ from {} (Compare Failure, SCT 2h SC 85h)",
-                    rw.data
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                );
-            }
-            eprintln!("compare: Success");
-            Ok(())
-        }),
-        Cmd::Verify(rw) => with_controller!(&rw.dev.device, rw.dev.irq, |c| {
-            let (ns, _) = rw_len(c, &rw)?;
-            let mut qp = c.create_io_queue_pair(8)?;
-            let r = qp.verify(&ns, rw.slba, rw.nlb_z + 1);
-            c.delete_io_queue_pair(qp)?;
-            r?;
-            eprintln!("verify: Success");
-            Ok(())
-        }),
+        Cmd::Read(rw) => with_controller!(&rw.dev.device, rw.dev.irq, |c| do_rw(c, &rw, "read")),
+        Cmd::Write(rw) => with_controller!(&rw.dev.device, rw.dev.irq, |c| do_rw(c, &rw, "write")),
+        Cmd::Compare(rw) => {
+            with_controller!(&rw.dev.device, rw.dev.irq, |c| do_rw(c, &rw, "compare"))
+        }
+        Cmd::Verify(rw) => {
+            with_controller!(&rw.dev.device, rw.dev.irq, |c| do_rw(c, &rw, "verify"))
+        }
         Cmd::WriteZeroes { rw, deac } => with_controller!(&rw.dev.device, rw.dev.irq, |c| {
-            let (ns, _) = rw_len(c, &rw)?;
+            let ns = c.namespace(rw.nsid)?.clone();
+            let n = single_count(
+                &rw,
+                ns.lba_size(),
+                device::MAX_BLOCKS_PER_COMMAND,
+                "Write Zeroes",
+            )?;
             let mut qp = c.create_io_queue_pair(8)?;
-            let r = qp.write_zeroes(&ns, rw.slba, rw.nlb_z + 1, deac);
+            let r = qp.write_zeroes(&ns, rw.slba, n as u32, deac);
             c.delete_io_queue_pair(qp)?;
             r?;
             eprintln!("write-zeroes: Success");
             Ok(())
         }),
         Cmd::Dsm { rw } => with_controller!(&rw.dev.device, rw.dev.irq, |c| {
-            let (ns, _) = rw_len(c, &rw)?;
+            let ns = c.namespace(rw.nsid)?.clone();
+            let n = single_count(
+                &rw,
+                ns.lba_size(),
+                u64::from(u32::MAX),
+                "a Dataset Management range",
+            )?;
             let mut qp = c.create_io_queue_pair(8)?;
             let r = qp.deallocate(
                 &ns,
                 &[DsmRange {
                     slba: rw.slba,
-                    nlb: rw.nlb_z + 1,
+                    nlb: n as u32,
                     attributes: 0,
                 }],
             );
@@ -420,5 +689,6 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Cmd::Perf(args) => perf::run(args),
         Cmd::Soak(args) => soak::run(args),
+        Cmd::Setup(args) => setup::run(args),
     }
 }

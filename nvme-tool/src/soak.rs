@@ -204,7 +204,7 @@ pub fn execute(a: &SoakArgs) -> Result<Summary> {
     let io_timeout = Duration::from_millis(a.io_timeout_ms);
     let sim = match &a.device {
         DeviceSpec::Sim(img) if a.sim_thread => Some(
-            Simulator::new(device::sim_config(img.as_deref(), true)?)
+            Simulator::new(device::sim_config(img.as_ref(), true)?)
                 .context("starting the simulator")?,
         ),
         DeviceSpec::Sim(_) => match device::open(&a.device, a.irq)? {

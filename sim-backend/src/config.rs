@@ -25,6 +25,9 @@ pub enum Backing {
     /// `n × lba_size`. Created (or extended) to `blocks × lba_size` bytes if it is missing
     /// or shorter.
     File(PathBuf),
+    /// An image opened by [`crate::ImageFile::open`] (created only on request, locked, maybe
+    /// read-only). Never resized: the namespace must fit in it.
+    Image(crate::ImageFile),
 }
 
 /// One namespace of the simulated controller. Namespace IDs are given in order: the first

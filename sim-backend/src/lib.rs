@@ -66,6 +66,7 @@ mod config;
 mod ctrl;
 mod dma;
 mod fault;
+mod image;
 mod irq;
 mod namespace;
 mod prp;
@@ -82,6 +83,7 @@ pub use config::{Backing, NamespaceConfig, SimConfig, SimMode};
 pub use ctrl::BAR_SIZE;
 pub use dma::{SimDma, SimDmaError, DMA_PAGE, IOVA_BASE};
 pub use fault::{CommandMatch, FaultInjector, QueueMatch, RandomFault};
+pub use image::{sidecar_path, ImageError, ImageFile, MIN_IMAGE_BYTES};
 pub use irq::{SimIrq, SimIrqError};
 pub use violation::{SimStats, Violation, ViolationKind};
 

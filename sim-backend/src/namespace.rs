@@ -142,6 +142,9 @@ pub(crate) struct Namespace {
     uncorrectable: BitVec,
     cache: BTreeMap<u64, CacheEntry>,
     cache_bytes: usize,
+    /// The image behind the namespace, if opened by [`crate::ImageFile`] (Format NVM records
+    /// the new LBA size next to it).
+    image: Option<crate::ImageFile>,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -197,6 +200,14 @@ impl Namespace {
                 // An existing image may hold data anywhere: every LBA counts as allocated.
                 (Storage::File(f), existed && cur > 0)
             }
+            Backing::Image(img) if img.len() < len => {
+                return Err(format!("namespace {nsid}: {} holds {} bytes, the namespace needs {len}; an image is never resized", img.path().display(), img.len()))
+            }
+            Backing::Image(img) => (Storage::File(img.file().map_err(|e| format!("namespace {nsid}: {}: {e}", img.path().display()))?), true),
+        };
+        let image = match &cfg.backing {
+            Backing::Image(img) => Some(img.clone()),
+            _ => None,
         };
         let alloc = BitVec::repeat(allocated, nbits);
         Ok(Self {
@@ -209,7 +220,13 @@ impl Namespace {
             uncorrectable: BitVec::repeat(false, nbits),
             cache: BTreeMap::new(),
             cache_bytes: 0,
+            image,
         })
+    }
+
+    /// True if the medium is a read-only image: the namespace is write protected.
+    pub(crate) fn write_protected(&self) -> bool {
+        self.image.as_ref().is_some_and(crate::ImageFile::read_only)
     }
 
     pub(crate) fn lba_size(&self) -> u32 {
@@ -375,7 +392,10 @@ impl Namespace {
         self.alloc = BitVec::repeat(false, n);
         self.persist_alloc = self.alloc.clone();
         self.uncorrectable = BitVec::repeat(false, n);
-        Ok(())
+        match &self.image {
+            Some(img) => img.save_lba_size(self.lba_size()),
+            None => Ok(()),
+        }
     }
 
     /// Test back door: writes bytes straight to the medium at `lba`, bypassing the cache.

@@ -85,7 +85,7 @@ pub(crate) fn write16(io: &dyn ConfigIo, addr: &str, offset: u64, v: u16) -> Res
 }
 
 /// Read-modify-write of COMMAND: sets `set`, clears `clear`; returns the value read back.
-/// A bit that does not stick is reported on stderr (VFIO virtualises part of COMMAND).
+/// A bit that does not stick is logged as a warning (VFIO virtualises part of COMMAND).
 pub(crate) fn update_command(
     io: &dyn ConfigIo,
     addr: &str,
@@ -99,9 +99,7 @@ pub(crate) fn update_command(
     }
     let back = read16(io, addr, COMMAND)?;
     if back & (set | clear) != new & (set | clear) {
-        eprintln!(
-            "vfio-backend: warning: {addr}: PCI COMMAND wrote {new:#06x}, reads back {back:#06x}"
-        );
+        log::warn!("{addr}: PCI COMMAND wrote {new:#06x}, reads back {back:#06x}");
     }
     Ok(back)
 }

@@ -231,8 +231,8 @@ impl VfioDma {
                 }
                 Err(e) if st.huge == Huge::Untried => {
                     st.huge = Huge::No;
-                    eprintln!(
-                        "vfio-backend: {}: no 2 MiB hugepages available ({e}); falling back to \
+                    log::warn!(
+                        "{}: no 2 MiB hugepages available ({e}); falling back to \
                          4 KiB pages (slower: more IOMMU entries and TLB misses). To use \
                          hugepages, reserve some as root: `echo 64 > /proc/sys/vm/nr_hugepages` \
                          (or `hugepages=64` on the kernel command line)",
@@ -336,10 +336,12 @@ impl VfioDma {
         let mut leaked = Vec::new();
         for a in allocs {
             if let Err(e) = self.mapper.unmap(a.iova, a.len) {
-                eprintln!(
-                    "vfio-backend: {}: teardown: VFIO_IOMMU_UNMAP_DMA iova {:#x} len {:#x}: {e}; \
+                log::warn!(
+                    "{}: teardown: VFIO_IOMMU_UNMAP_DMA iova {:#x} len {:#x}: {e}; \
                      keeping its memory",
-                    self.addr, a.iova, a.len
+                    self.addr,
+                    a.iova,
+                    a.len
                 );
                 leaked.push(a.chunk);
             }
@@ -465,8 +467,8 @@ unsafe impl DmaAllocator for VfioDma {
     unsafe fn free(&self, region: DmaRegion) {
         let mut st = self.lock();
         let Some(a) = st.allocs.get(&region.cookie()).copied() else {
-            eprintln!(
-                "vfio-backend: {}: free of an unknown DMA region (iova {:#x}); ignored",
+            log::warn!(
+                "{}: free of an unknown DMA region (iova {:#x}); ignored",
                 self.addr,
                 region.iova()
             );
@@ -476,8 +478,8 @@ unsafe impl DmaAllocator for VfioDma {
             || a.iova != region.iova()
             || a.len != region.len() as u64
         {
-            eprintln!(
-                "vfio-backend: {}: free of a DMA region that does not match its allocation \
+            log::warn!(
+                "{}: free of a DMA region that does not match its allocation \
                  (iova {:#x} vs {:#x}); ignored",
                 self.addr,
                 region.iova(),
@@ -488,10 +490,12 @@ unsafe impl DmaAllocator for VfioDma {
         st.allocs.remove(&region.cookie());
         if let Err(e) = self.mapper.unmap(a.iova, a.len) {
             // Still visible to the device: never reuse it.
-            eprintln!(
-                "vfio-backend: {}: VFIO_IOMMU_UNMAP_DMA iova {:#x} len {:#x}: {e}; the memory is \
+            log::warn!(
+                "{}: VFIO_IOMMU_UNMAP_DMA iova {:#x} len {:#x}: {e}; the memory is \
                  kept out of use",
-                self.addr, a.iova, a.len
+                self.addr,
+                a.iova,
+                a.len
             );
             return;
         }

@@ -118,10 +118,7 @@ impl InterruptSource for VfioIrq {
         // MSI-X cannot grow in place on every kernel: turn it off, then on with `n` vectors.
         if self.enabled.load(Ordering::Acquire) > 0 {
             if let Err(e) = ctl.disable() {
-                eprintln!(
-                    "vfio-backend: {}: disabling MSI-X before re-enabling: {e}",
-                    self.addr
-                );
+                log::warn!("{}: disabling MSI-X before re-enabling: {e}", self.addr);
             }
             self.enabled.store(0, Ordering::Release);
             self.fds.write().unwrap_or_else(|p| p.into_inner()).clear();
@@ -158,8 +155,8 @@ impl InterruptSource for VfioIrq {
         if self.enabled.swap(0, Ordering::AcqRel) > 0 {
             if let Some(ctl) = &self.ctl {
                 if let Err(e) = ctl.disable() {
-                    eprintln!(
-                        "vfio-backend: {}: VFIO_DEVICE_SET_IRQS (MSI-X off) failed: {e}",
+                    log::warn!(
+                        "{}: VFIO_DEVICE_SET_IRQS (MSI-X off) failed: {e}",
                         self.addr
                     );
                 }
@@ -197,7 +194,7 @@ impl InterruptSource for VfioIrq {
             match sys::poll_in(fd.as_fd(), ms) {
                 Ok(_) => {} // ready, timed out or EINTR: the loop re-checks
                 Err(e) => {
-                    eprintln!("vfio-backend: {}: poll on vector {vector}: {e}", self.addr);
+                    log::warn!("{}: poll on vector {vector}: {e}", self.addr);
                     return false;
                 }
             }

@@ -64,7 +64,7 @@ pub use platform::{disable_controller, DisableOutcome, IrqInfo, RegionInfo, Vfio
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HugePagePolicy {
     /// Use hugepages if the kernel has some reserved; otherwise fall back to 4 KiB pages and
-    /// say so once on stderr.
+    /// say so once in a warning (`log` crate).
     #[default]
     Auto,
     /// Never use hugepages.

@@ -407,8 +407,8 @@ impl VfioPlatform {
         let (space, iova_defaulted) =
             iommu::usable_iova_space(&iommu, &report.reserved_regions, granule);
         if iova_defaulted {
-            eprintln!(
-                "vfio-backend: {name}: the kernel reports no usable IOVA ranges \
+            log::warn!(
+                "{name}: the kernel reports no usable IOVA ranges \
                  (VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE needs Linux 5.4); using the conservative \
                  default {:#x}-{:#x} minus the MSI windows and the group's reserved regions",
                 iommu::DEFAULT_IOVA_RANGE.0,
@@ -463,9 +463,7 @@ impl VfioPlatform {
         };
         if p.device_flags & b::VFIO_DEVICE_FLAGS_RESET != 0 {
             if let Err(e) = p.reset() {
-                eprintln!(
-                    "vfio-backend: warning: {e}; continuing with a controller reset (CC.EN = 0)"
-                );
+                log::warn!("{e}; continuing with a controller reset (CC.EN = 0)");
             }
         }
         config::update_command(
@@ -484,8 +482,8 @@ impl VfioPlatform {
                         .to_string(),
                 })
             }
-            DisableOutcome::TimedOut { csts } => eprintln!(
-                "vfio-backend: warning: {}: CSTS.RDY still 1 ({csts:#x}) after CAP.TO with \
+            DisableOutcome::TimedOut { csts } => log::warn!(
+                "{}: CSTS.RDY still 1 ({csts:#x}) after CAP.TO with \
                  CC.EN = 0",
                 p.name
             ),
@@ -550,8 +548,8 @@ impl VfioPlatform {
 
     fn teardown(&self) {
         match disable_controller(&self.bar, &self.clock) {
-            DisableOutcome::TimedOut { csts } => eprintln!(
-                "vfio-backend: {}: teardown: CSTS.RDY still 1 ({csts:#x}) after CAP.TO with CC.EN = 0",
+            DisableOutcome::TimedOut { csts } => log::warn!(
+                "{}: teardown: CSTS.RDY still 1 ({csts:#x}) after CAP.TO with CC.EN = 0",
                 self.name
             ),
             DisableOutcome::Gone => {}
@@ -560,7 +558,7 @@ impl VfioPlatform {
         self.irq.disable();
         if let Err(e) = config::update_command(&self.config, &self.name, 0, config::CMD_BUS_MASTER)
         {
-            eprintln!("vfio-backend: teardown: {e}");
+            log::warn!("teardown: {e}");
         }
         self.dma.teardown();
         // BAR0 munmap and the fds (device, group, container) follow as the fields drop.

@@ -438,8 +438,8 @@ impl Drop for Mapping {
         // nothing refers to it (the owners drop their users first).
         let r = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
         if r != 0 {
-            eprintln!(
-                "vfio-backend: munmap({:p}, {:#x}) failed: {}",
+            log::warn!(
+                "munmap({:p}, {:#x}) failed: {}",
                 self.ptr,
                 self.len,
                 io::Error::last_os_error()

@@ -147,7 +147,7 @@ fn is_vfio_driver(d: &str) -> bool {
 impl DeviceReport {
     /// Checks the report: NVMe class, in an IOMMU group (checked before the driver: without an
     /// IOMMU vfio-pci cannot bind), bound to vfio-pci, with every other group member usable by
-    /// VFIO. Warns on stderr about an NVM-subclass device with another
+    /// VFIO. Logs a warning (`log` crate) about an NVM-subclass device with another
     /// programming interface.
     ///
     /// # Errors
@@ -157,8 +157,8 @@ impl DeviceReport {
         let addr = self.addr.to_string();
         if self.class != NVME_CLASS {
             if self.class >> 8 == NVME_CLASS >> 8 {
-                eprintln!(
-                    "vfio-backend: warning: {addr}: class {:#08x} is a non-volatile memory controller \
+                log::warn!(
+                    "{addr}: class {:#08x} is a non-volatile memory controller \
                      but not NVM Express (programming interface {:#04x}, expected 0x02); trying anyway",
                     self.class,
                     self.class & 0xff
@@ -203,6 +203,62 @@ impl DeviceReport {
         }
         Ok(group)
     }
+}
+
+/// The NUMA node of `addr` (`numa_node`; `None` when absent or -1, "no node").
+pub fn numa_node(root: &Path, addr: &str) -> Option<u32> {
+    let t = fs::read_to_string(devices_dir(root).join(addr).join("numa_node")).ok()?;
+    t.trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+/// The block devices the kernel's nvme driver made for controller `addr`: each namespace
+/// (`nvme/nvmeX/nvmeXnY`) and its partitions (`nvmeXnYpZ`), by name.
+pub fn block_devices(root: &Path, addr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(ctrls) = fs::read_dir(devices_dir(root).join(addr).join("nvme")) else {
+        return out;
+    };
+    for ctrl in ctrls.filter_map(|e| e.ok()) {
+        let cname = ctrl.file_name().to_string_lossy().into_owned();
+        let Ok(nss) = fs::read_dir(ctrl.path()) else {
+            continue;
+        };
+        for ns in nss.filter_map(|e| e.ok()) {
+            let name = ns.file_name().to_string_lossy().into_owned();
+            // Namespaces are `nvme0n1` (or `nvme0c0n1` behind native multipath).
+            if !name.starts_with(&cname) || !name[cname.len()..].contains('n') {
+                continue;
+            }
+            out.push(name.clone());
+            if let Ok(parts) = fs::read_dir(ns.path()) {
+                for part in parts.filter_map(|e| e.ok()) {
+                    let pn = part.file_name().to_string_lossy().into_owned();
+                    if pn.starts_with(&name) && pn[name.len()..].starts_with('p') {
+                        out.push(pn);
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The holders of block device `name` (`class/block/NAME/holders/*`: device-mapper, md,
+/// bcache, ... stacked on it).
+pub fn block_holders(root: &Path, name: &str) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(root.join("class/block").join(name).join("holders")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 /// A fake sysfs tree in a directory, for tests (never the real `/sys`).
@@ -284,6 +340,7 @@ pub mod fake {
                 fs::create_dir_all(&ddir)?;
                 symlink(&ddir, dev.join("driver"))?;
             }
+            fs::write(dev.join("numa_node"), "-1\n")?;
             if let Some(g) = group {
                 let gdir = r.join("kernel/iommu_groups").join(g.to_string());
                 fs::create_dir_all(gdir.join("devices"))?;
@@ -298,6 +355,52 @@ pub mod fake {
             }
             Ok(())
         }
+
+        /// Gives the function at `addr` a kernel namespace block device `nvmeXnY` (under
+        /// `nvme/nvmeX/`, linked from `class/block/`), with the partitions and holders named.
+        pub fn add_block_device(
+            &self,
+            addr: &str,
+            name: &str,
+            partitions: &[&str],
+            holders: &[&str],
+        ) -> io::Result<()> {
+            let r = self.root();
+            let ctrl = name.split('n').take(2).collect::<Vec<_>>().join("n");
+            let dev = r
+                .join("bus/pci/devices")
+                .join(addr)
+                .join("nvme")
+                .join(&ctrl);
+            let ns = dev.join(name);
+            fs::create_dir_all(ns.join("holders"))?;
+            fs::create_dir_all(r.join("class/block"))?;
+            symlink(&ns, r.join("class/block").join(name))?;
+            for h in holders {
+                fs::create_dir_all(ns.join("holders").join(h))?;
+            }
+            for p in partitions {
+                fs::create_dir_all(ns.join(p).join("holders"))?;
+                symlink(ns.join(p), r.join("class/block").join(p))?;
+            }
+            Ok(())
+        }
+
+        /// Makes `bus/pci/drivers/NAME` exist (a loaded driver).
+        pub fn add_driver(&self, name: &str) -> io::Result<()> {
+            fs::create_dir_all(self.root().join("bus/pci/drivers").join(name))
+        }
+
+        /// Sets the `numa_node` of `addr`.
+        pub fn set_numa_node(&self, addr: &str, node: i32) -> io::Result<()> {
+            fs::write(
+                self.root()
+                    .join("bus/pci/devices")
+                    .join(addr)
+                    .join("numa_node"),
+                format!("{node}\n"),
+            )
+        }
     }
 }
 
@@ -305,6 +408,28 @@ pub mod fake {
 mod tests {
     use super::fake::FakeSysfs;
     use super::*;
+
+    #[test]
+    fn block_devices_numa_and_holders() {
+        let fs = FakeSysfs::new().unwrap();
+        fs.add_device("0000:00:04.0", NVME_CLASS, Some("nvme"), Some(3))
+            .unwrap();
+        assert_eq!(numa_node(fs.root(), "0000:00:04.0"), None, "-1 is no node");
+        fs.set_numa_node("0000:00:04.0", 1).unwrap();
+        assert_eq!(numa_node(fs.root(), "0000:00:04.0"), Some(1));
+        assert!(block_devices(fs.root(), "0000:00:04.0").is_empty());
+        fs.add_block_device("0000:00:04.0", "nvme0n1", &["nvme0n1p1"], &["dm-0"])
+            .unwrap();
+        assert_eq!(
+            block_devices(fs.root(), "0000:00:04.0"),
+            vec!["nvme0n1".to_string(), "nvme0n1p1".to_string()]
+        );
+        assert_eq!(
+            block_holders(fs.root(), "nvme0n1"),
+            vec!["dm-0".to_string()]
+        );
+        assert!(block_holders(fs.root(), "nvme0n1p1").is_empty());
+    }
 
     fn addr(s: &str) -> PciAddress {
         PciAddress::parse(s).unwrap()

@@ -91,6 +91,9 @@ pub mod generic {
     pub const PRP_OFFSET_INVALID: u8 = 0x13;
     /// 15h Operation Denied.
     pub const OPERATION_DENIED: u8 = 0x15;
+    /// 20h Namespace is Write Protected (NVMe Base 2.1 §8.1.16: a write-type command to a
+    /// write protected namespace).
+    pub const NAMESPACE_WRITE_PROTECTED: u8 = 0x20;
     /// 80h LBA Out of Range.
     pub const LBA_OUT_OF_RANGE: u8 = 0x80;
     /// 81h Capacity Exceeded.
@@ -234,6 +237,7 @@ impl Status {
             (0, 0x82) => "Namespace Not Ready",
             (0, 0x83) => "Reservation Conflict",
             (0, 0x84) => "Format In Progress",
+            (0, 0x20) => "Namespace is Write Protected",
             (1, 0x00) => "Completion Queue Invalid",
             (1, 0x01) => "Invalid Queue Identifier",
             (1, 0x02) => "Invalid Queue Size",

@@ -299,7 +299,11 @@ impl Controller {
         let nn = self.namespaces.len() as u32;
         match cnsv {
             cns::NAMESPACE => match self.ns_index(nsid) {
-                Ok(i) => self.identify_namespace(i).encode(&mut page),
+                Ok(i) => {
+                    self.identify_namespace(i).encode(&mut page);
+                    // NSATTR (byte 99) bit 0: write protected (a read-only image).
+                    page[99] |= u8::from(self.namespaces[i].write_protected());
+                }
                 Err(s) => return Done::err(s),
             },
             cns::CONTROLLER => self.identify_controller().encode(&mut page),
@@ -791,6 +795,12 @@ impl Controller {
         }
         if ses > 1 {
             return invalid_field();
+        }
+        if targets
+            .iter()
+            .any(|&i| self.namespaces[i].write_protected())
+        {
+            return Done::err(Status::generic(generic::NAMESPACE_WRITE_PROTECTED, true));
         }
         for i in targets {
             if self.namespaces[i].format(lbaf).is_err() {

@@ -110,6 +110,16 @@ impl Controller {
         if slba.checked_add(nlb).is_none_or(|end| end > blocks) {
             return fail(Status::generic(generic::LBA_OUT_OF_RANGE, true), Some(slba));
         }
+        let writes = matches!(
+            op,
+            NvmOpcode::WRITE | NvmOpcode::WRITE_ZEROES | NvmOpcode::WRITE_UNCORRECTABLE
+        );
+        if writes && self.namespaces[i].write_protected() {
+            return fail(
+                Status::generic(generic::NAMESPACE_WRITE_PROTECTED, true),
+                Some(slba),
+            );
+        }
         let bytes = (nlb * bs) as usize;
         let transfers = matches!(op, NvmOpcode::READ | NvmOpcode::WRITE | NvmOpcode::COMPARE);
         if transfers && self.max_transfer().is_some_and(|m| bytes > m) {
@@ -213,6 +223,9 @@ impl Controller {
                 return Done::err(Status::generic(generic::LBA_OUT_OF_RANGE, true));
             }
             ranges.push((slba, len));
+        }
+        if ad && self.namespaces[i].write_protected() {
+            return Done::err(Status::generic(generic::NAMESPACE_WRITE_PROTECTED, true));
         }
         if ad {
             let cached = self.feat.vwc;
