@@ -7,6 +7,7 @@
 
 mod device;
 mod fmt;
+mod nbd;
 mod perf;
 mod soak;
 
@@ -188,6 +189,8 @@ enum Cmd {
     /// Data-integrity soak: threads with their own queue pairs write and verify random blocks
     /// (headers with LBA, generation and namespace ID), optionally with injected faults.
     Soak(soak::SoakArgs),
+    /// Serve a namespace over the NBD protocol (Unix socket or TCP) until SIGINT/SIGTERM.
+    Nbd(nbd::NbdArgs),
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -420,5 +423,6 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Cmd::Perf(args) => perf::run(args),
         Cmd::Soak(args) => soak::run(args),
+        Cmd::Nbd(args) => nbd::run(args),
     }
 }
