@@ -72,7 +72,10 @@ fn fio_random_writes_verify_through_the_export_and_across_a_restart() {
     std::fs::write(&img, &bytes).unwrap();
     let s = Server::start(&dir, &dev, &[]);
     let (ok, out) = fio(&s.uri(), &["--verify_only"]);
-    assert!(!ok, "fio must detect the corrupted block at {block}:\n{out}");
+    assert!(
+        !ok,
+        "fio must detect the corrupted block at {block}:\n{out}"
+    );
     assert!(out.contains("verify"), "{out}");
     let (st, log) = s.stop();
     assert!(st.success(), "{log}");

@@ -526,9 +526,10 @@ fn connection<P: Platform>(
     };
     eprintln!("{log}: transmission on I/O queue pair {}", qp.qid());
     let (why, st) = transmit::serve(&mut qp, g, stream, wait_irq, &log);
+    let (qid, left) = (qp.qid(), qp.outstanding());
+    pool.lock().unwrap_or_else(|e| e.into_inner()).push(qp);
     eprintln!(
-        "{log}: closed ({why}): {} requests, {} errors, {} NVMe commands",
+        "{log}: closed ({why}): {} requests, {} errors, {} NVMe commands; I/O queue pair {qid} back in the pool ({left} commands still held by the device)",
         st.requests, st.errors, st.commands
     );
-    pool.lock().unwrap_or_else(|e| e.into_inner()).push(qp);
 }
