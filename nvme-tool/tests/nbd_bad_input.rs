@@ -479,3 +479,33 @@ fn sigterm_completes_what_was_read_flushes_and_keeps_every_acknowledged_write() 
     assert!(acked > 0, "no write was acknowledged before the shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_export_of_a_block_range_starts_at_its_first_block_and_ends_at_its_last() {
+    let dir = scratch("range");
+    let img = dir.join("r.img");
+    let s = Server::start(
+        &dir,
+        &format!("sim:{}", img.display()),
+        &["--start-block", "2048", "--block-count", "4096"],
+    );
+    let mut c = Client::connect(&s.socket);
+    let (size, _, _) = c.go().unwrap();
+    assert_eq!(size, 4096 * 512);
+    let d = pattern(0x3c, 8192);
+    assert_eq!(c.write(1, 0, &d), 0);
+    assert_eq!(c.write(2, size - 8192, &d), 0);
+    assert_eq!(c.write(3, size, &d), ENOSPC);
+    assert_eq!(c.simple(WRITE_ZEROES, 0, size - 512, 1024), ENOSPC);
+    c.disconnect();
+    let (st, log) = s.stop();
+    assert!(st.success(), "{log}");
+    let img = std::fs::read(&img).unwrap();
+    let base = 2048 * 512;
+    assert_eq!(img[base..base + 8192], d[..]);
+    let end = base + size as usize;
+    assert_eq!(img[end - 8192..end], d[..]);
+    assert!(img[..base].iter().all(|&b| b == 0));
+    assert!(img[end..].iter().all(|&b| b == 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

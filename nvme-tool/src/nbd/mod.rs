@@ -60,6 +60,13 @@ pub struct NbdArgs {
     /// Listen on this TCP address (e.g. 127.0.0.1:10809; clients: `nbd://HOST:PORT`).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+    /// First block of the namespace the export starts at (the export is blocks
+    /// `start-block..start-block + block-count`).
+    #[arg(long = "start-block", default_value_t = 0)]
+    pub start_block: u64,
+    /// Blocks in the export (default: to the end of the namespace).
+    #[arg(long = "block-count")]
+    pub block_count: Option<u64>,
     /// Export read-only: writes, trims and zeroes get EPERM.
     #[arg(long)]
     pub read_only: bool,
@@ -326,10 +333,27 @@ fn describe<P: Platform>(c: &Controller<P>, a: &NbdArgs) -> Result<(Geometry, Ex
     let id = c.identify();
     let chunk_bytes = c.max_transfer().min(MAX_CHUNK) / bs as usize * bs as usize;
     ensure!(chunk_bytes > 0, "the maximum transfer is below one block");
+    ensure!(
+        a.start_block < ns.blocks(),
+        "--start-block {} is past the end of namespace {} ({} blocks)",
+        a.start_block,
+        ns.nsid(),
+        ns.blocks()
+    );
+    let room = ns.blocks() - a.start_block;
+    let blocks = a.block_count.unwrap_or(room);
+    ensure!(
+        blocks >= 1 && blocks <= room,
+        "--start-block {} --block-count {blocks} does not fit namespace {} ({} blocks)",
+        a.start_block,
+        ns.nsid(),
+        ns.blocks()
+    );
     let g = Geometry {
         nsid: ns.nsid(),
         lba_size: bs,
-        blocks: ns.blocks(),
+        base: a.start_block,
+        blocks,
         read_only: a.read_only,
         trim: id.supports(oncs::DATASET_MANAGEMENT),
         write_zeroes: id.supports(oncs::WRITE_ZEROES),
@@ -358,10 +382,11 @@ fn describe<P: Platform>(c: &Controller<P>, a: &NbdArgs) -> Result<(Geometry, Ex
     let ex = Export {
         name: format!("ns{}", ns.nsid()),
         description: format!(
-            "{} namespace {}: {} blocks of {bs} bytes{}",
+            "{} namespace {}: blocks {}..{} of {bs} bytes{}",
             id.mn.to_string().trim(),
             ns.nsid(),
-            ns.blocks(),
+            g.base,
+            g.base + g.blocks,
             if a.read_only { ", read-only" } else { "" }
         ),
         size: g.size(),

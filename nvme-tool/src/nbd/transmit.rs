@@ -67,7 +67,9 @@ pub struct Geometry {
     pub nsid: u32,
     /// Bytes per logical block (the minimum block size).
     pub lba_size: u32,
-    /// Blocks in the namespace.
+    /// First namespace block of the export (export offset 0).
+    pub base: u64,
+    /// Blocks in the export.
     pub blocks: u64,
     /// Writes, trims and zeroes get `NBD_EPERM`.
     pub read_only: bool,
@@ -617,7 +619,7 @@ impl<P: Platform> Worker<'_, P> {
                 } else {
                     NvmOpcode::READ
                 };
-                let c = Command::rw(opc, nsid, slba, (n - 1) as u16, fua);
+                let c = Command::rw(opc, nsid, self.g.base + slba, (n - 1) as u16, fua);
                 (c, Some(b), n as usize * bs, n)
             }
             Op::Zeroes {
@@ -627,7 +629,8 @@ impl<P: Platform> Worker<'_, P> {
                 fua,
             } => {
                 let (slba, n) = piece(lba, blocks, next, MAX_ZEROES_BLOCKS);
-                let mut c = Command::write_zeroes(nsid, slba, (n - 1) as u16, deallocate);
+                let mut c =
+                    Command::write_zeroes(nsid, self.g.base + slba, (n - 1) as u16, deallocate);
                 if fua {
                     let dw12 = c.cdw(12).unwrap_or(0) | 1 << 30;
                     c.set_cdw(12, dw12);
@@ -642,7 +645,7 @@ impl<P: Platform> Worker<'_, P> {
                 // context attributes, length in blocks, starting LBA, little endian.
                 let mut e = [0u8; 16];
                 e[4..8].copy_from_slice(&(blocks.min(u64::from(u32::MAX)) as u32).to_le_bytes());
-                e[8..16].copy_from_slice(&lba.to_le_bytes());
+                e[8..16].copy_from_slice(&(self.g.base + lba).to_le_bytes());
                 if let Err(err) = b.write(0, &e) {
                     self.free.push(b);
                     return Err((errno::EIO, format!("filling a DMA buffer: {err}")));
@@ -821,6 +824,7 @@ mod tests {
         Geometry {
             nsid: 1,
             lba_size: 512,
+            base: 0,
             blocks: 2048,
             read_only: false,
             trim: true,
