@@ -12,6 +12,7 @@ mod device;
 mod exit;
 mod fmt;
 mod passthru;
+mod nbd;
 mod perf;
 mod regs;
 mod setup;
@@ -258,6 +259,8 @@ enum Cmd {
     /// Data-integrity soak: threads with their own queue pairs write and verify random blocks
     /// (headers with LBA, generation and namespace ID), optionally with injected faults.
     Soak(soak::SoakArgs),
+    /// Serve a namespace over the NBD protocol (Unix socket or TCP) until SIGINT/SIGTERM.
+    Nbd(nbd::NbdArgs),
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -690,5 +693,6 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Perf(args) => perf::run(args),
         Cmd::Soak(args) => soak::run(args),
         Cmd::Setup(args) => setup::run(args),
+        Cmd::Nbd(args) => nbd::run(args),
     }
 }
