@@ -1,40 +1,70 @@
 #!/usr/bin/env bash
-# Instructions per I/O, attributed to nvme-core, the simulator, memcpy/memset and the rest,
-# from callgrind (instructions are deterministic where wall-clock time on a shared machine is
-# not). Runs the iopath example twice (20,000 and 60,000 I/Os) and divides the difference, so
-# bring-up and teardown cancel out. Also counts heap allocations per I/O of the whole process.
-#   scripts/iocost.sh [read|write] [QD]      e.g. scripts/iocost.sh read 128
+# Instructions per 4 KiB I/O, attributed to nvme-core, the simulator, libc's
+# memcpy/memmove/memset and the rest, from callgrind (instructions are deterministic where
+# wall-clock time on a shared machine is not), and heap allocations per I/O (the whole process,
+# and those made on behalf of nvme-core). Each workload runs the iopath example twice (20,000
+# and 60,000 I/Os) and divides the difference, so bring-up and teardown cancel out.
+#   scripts/iocost.sh                 read and write at QD1 and QD128: one table
+#   scripts/iocost.sh read|write QD   one workload
+# IOPATH_BIN=path measures another build of the example.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-op=${1:-read}; qd=${2:-1}
+
+need() { # need COMMAND PACKAGE
+  command -v "$1" >/dev/null && return
+  echo "iocost: $1 not found; installing $2 with apt-get" >&2
+  if command -v apt-get >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -q "$2" >&2; else sudo apt-get install -y -q "$2" >&2; fi || true
+  fi
+  command -v "$1" >/dev/null || {
+    echo "iocost: $1 is required (package $2); install it and run again" >&2
+    exit 1
+  }
+}
+need valgrind valgrind
+need python3 python3
+
 [ -n "${IOPATH_BIN:-}" ] || cargo build --release -q -p sim-backend --example iopath
 bin=${IOPATH_BIN:-target/release/examples/iopath}
 tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# run OP QD IOS -> "core sim mem other allocs core_allocs"
 run() {
-  valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$tmp/cg.$1" \
-    "$bin" "$op" "$qd" "$1" >/dev/null 2>&1
-  callgrind_annotate --auto=no --threshold=100 "$tmp/cg.$1" | awk '
-    /^ *[0-9,]+ .*:/ {
-      n = $1; gsub(",", "", n); f = $0
-      sub(/^ *[0-9,]+ *\([ 0-9.%]*\) */, "", f); sub(/ \[.*$/, "", f); fn = f; sub(/^[^:]*:/, "", fn)
-      if (fn ~ /^(<)?nvme_core::/) c += n
-      else if (fn ~ /^(<)?sim_backend::/) s += n
-      else if (fn ~ /memcpy|memmove|memset/) m += n
-      else o += n
-    }
-    END { printf "%.0f %.0f %.0f %.0f ", c, s, m, o }'
-  # Heap allocations of the whole process (malloc, calloc, realloc, posix_memalign calls);
-  # attribute them with `callgrind_annotate --tree=caller` when they are not zero.
-  awk '
-    /^cfn=/ { callee = $0 }
-    /^calls=/ {
-      if (callee ~ /^cfn=(malloc|calloc|realloc|posix_memalign)([ @]|$)/) { split($1, a, "="); n += a[2] }
-    }
-    END { printf "%.0f\n", n }' "$tmp/cg.$1"
+  local out="$tmp/cg.$1.$2.$3"
+  if ! valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out" \
+    "$bin" "$1" "$2" "$3" >"$tmp/log" 2>&1; then
+    echo "iocost: $bin $1 $2 $3 failed under valgrind:" >&2
+    tail -20 "$tmp/log" >&2
+    exit 1
+  fi
+  python3 scripts/callgrind_costs.py "$out"
 }
-a=$(run 20000); b=$(run 60000)
-echo "$a $b" | awk -v op="$op" -v qd="$qd" '{
-  printf "%s QD%s instructions per I/O: nvme-core %.0f, simulator %.0f, memcpy/memset %.0f, other %.0f\n",
-    op, qd, ($6-$1)/40000, ($7-$2)/40000, ($8-$3)/40000, ($9-$4)/40000
-  printf "%s QD%s heap allocations per I/O (whole process): %.2f\n", op, qd, ($10-$5)/40000 }'
-rm -rf "$tmp"
+
+# measure OP QD -> one table row
+measure() {
+  local a b
+  a=$(run "$1" "$2" 20000)
+  b=$(run "$1" "$2" 60000)
+  echo "$a $b" | awk -v op="$1" -v qd="$2" '
+    function per(i) { return ($(i + 6) - $i) / 40000 }
+    { printf "| %s QD%s | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f |\n",
+        op, qd, per(1), per(2), per(3), per(4), per(5), per(6) }'
+}
+
+header() {
+  echo "| workload | nvme-core | simulator | memcpy/memmove/memset | other | allocations (process) | allocations (nvme-core) |"
+  echo "|---|---|---|---|---|---|---|"
+}
+
+if [ $# -eq 0 ]; then
+  echo "Instructions and heap allocations per 4 KiB I/O (inline simulator, polled, batched doorbells):"
+  header
+  for w in "read 1" "read 128" "write 1" "write 128"; do
+    # shellcheck disable=SC2086
+    measure $w
+  done
+else
+  header
+  measure "${1:-read}" "${2:-1}"
+fi

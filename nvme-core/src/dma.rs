@@ -41,6 +41,7 @@ impl Mem {
     }
 
     /// Pointer to byte `off` if `off + size` fits and `off` is `align`-aligned.
+    #[inline(always)]
     fn ptr(&self, off: usize, size: usize, align: usize) -> Option<*mut u8> {
         let end = off.checked_add(size)?;
         if end > self.region.len() || off % align != 0 {
@@ -51,6 +52,7 @@ impl Mem {
     }
 
     /// Volatile 32-bit read; `None` if out of bounds or misaligned.
+    #[cfg_attr(not(feature = "raw-access"), allow(dead_code))]
     pub(crate) fn read_u32(&self, off: usize) -> Option<u32> {
         let p = self.ptr(off, 4, 4)? as *const u32;
         // SAFETY: `p` is in bounds and 4-byte aligned (checked by `ptr`; the region itself is
@@ -67,6 +69,50 @@ impl Mem {
         }
     }
 
+    /// Volatile writes of `dw.len()` dwords (little-endian) from byte `off`, with one bounds
+    /// and alignment check for the whole run (a 64-byte submission entry); nothing is written
+    /// if it does not fit.
+    #[inline(always)]
+    pub(crate) fn write_dwords(&self, off: usize, dw: &[u32; 16]) {
+        if let Some(p) = self.ptr(off, 64, 4) {
+            #[cfg(target_endian = "big")]
+            let dw = &dw.map(u32::to_le);
+            // SAFETY: `p .. p + 64` is in bounds and 4-byte aligned (checked by `ptr`), valid
+            // for writes (see `read_u32`), and cannot overlap `dw`, which is host memory. A
+            // plain copy (four 16-byte stores on x86_64) suffices: the device reads the entry
+            // only after the doorbell, and `crate::barrier::before_doorbell` orders every
+            // store before it, for the compiler and for the CPU.
+            unsafe { core::ptr::copy_nonoverlapping(dw.as_ptr() as *const u8, p, 64) }
+        }
+    }
+
+    /// Reads the 16-byte completion entry at `off` if its phase tag (bit 16 of dword 3,
+    /// NVMe Base §4.2.4) equals `phase`: dword 3 with an `Acquire` load first, then, after
+    /// the read barrier of `crate::barrier`, the other three with volatile reads, so they are
+    /// at least as new as the phase tag. One bounds check for the entry; `None` if the entry
+    /// is not new or does not fit.
+    #[inline]
+    pub(crate) fn read_entry_after_phase(&self, off: usize, phase: bool) -> Option<[u32; 4]> {
+        let p = self.ptr(off, 16, 16)? as *mut u32;
+        // SAFETY: `p .. p + 16` is in bounds and 16-byte aligned (checked by `ptr`), valid
+        // for the region's lifetime; AtomicU32 has the size and alignment of u32, and the
+        // memory is only ever accessed through raw pointers (see `load_acquire_u32`).
+        let dw3 = u32::from_le(unsafe { AtomicU32::from_ptr(p.add(3)) }.load(Ordering::Acquire));
+        if (dw3 & (1 << 16) != 0) != phase {
+            return None;
+        }
+        crate::barrier::after_phase_check();
+        // SAFETY: in bounds, aligned and valid for reads (checked above).
+        let (dw0, dw1, dw2) = unsafe {
+            (
+                u32::from_le(p.read_volatile()),
+                u32::from_le(p.add(1).read_volatile()),
+                u32::from_le(p.add(2).read_volatile()),
+            )
+        };
+        Some([dw0, dw1, dw2, dw3])
+    }
+
     /// Volatile 64-bit write as two dwords (PRP list entries).
     pub(crate) fn write_u64(&self, off: usize, v: u64) {
         self.write_u32(off, v as u32);
@@ -76,6 +122,7 @@ impl Mem {
     /// Atomic load with `Acquire` ordering: used for the completion dword carrying the phase
     /// tag, so that the rest of the entry, read afterwards, is at least as new (§4.2.4: the
     /// phase tag tells the host a new entry was posted).
+    #[cfg_attr(not(feature = "raw-access"), allow(dead_code))]
     pub(crate) fn load_acquire_u32(&self, off: usize) -> Option<u32> {
         let p = self.ptr(off, 4, 4)? as *mut u32;
         // SAFETY: `p` is in bounds, 4-byte aligned and valid for the region's lifetime;

@@ -30,9 +30,10 @@ struct Slot<T> {
     opcode: u8,
     deadline_ns: u64,
     payload: Option<T>,
-    /// The SQ doorbell has covered this command: only then can the device have fetched it,
+    /// Position of this command in the engine's submission sequence: the SQ doorbell has
+    /// covered it once `seq < Engine::rung_seq`; only then can the device have fetched it,
     /// and only then can a completion for it be genuine.
-    rung: bool,
+    seq: u64,
     /// Qwords of this slot's PRP list pages written by earlier commands (a prefix, in
     /// list order): a shorter list zeroes the rest, so no entry beyond the current command's
     /// ever names memory of an earlier command.
@@ -114,8 +115,10 @@ pub(crate) struct Engine<T> {
     codec: CidCodec,
     slots: Vec<Slot<T>>,
     free: Vec<u16>,
-    /// Slots submitted since the last SQ doorbell (capacity: every slot, allocated once).
-    unrung: Vec<u16>,
+    /// Commands placed in the SQ so far (the next command's `Slot::seq`); 64 bits never wrap.
+    pushed: u64,
+    /// `pushed` at the last SQ doorbell: every command with a smaller `seq` is covered.
+    rung_seq: u64,
     lists: Option<Mem>,
     lists_per_slot: usize,
     pub(crate) stats: QueueStats,
@@ -149,7 +152,7 @@ impl<T> Engine<T> {
                 opcode: 0,
                 deadline_ns: u64::MAX,
                 payload: None,
-                rung: false,
+                seq: 0,
                 list_len: 0,
             });
             free.push(nslots - 1 - i);
@@ -160,7 +163,8 @@ impl<T> Engine<T> {
             codec: CidCodec::new(nslots),
             slots,
             free,
-            unrung: Vec::with_capacity(nslots as usize),
+            pushed: 0,
+            rung_seq: 0,
             lists,
             lists_per_slot,
             stats: QueueStats::default(),
@@ -178,6 +182,10 @@ impl<T> Engine<T> {
     pub(crate) fn qid(&self) -> u16 {
         self.sq.qid()
     }
+    /// The CID codec (slot index and generation of a CID).
+    pub(crate) fn codec(&self) -> CidCodec {
+        self.codec
+    }
     pub(crate) fn outstanding(&self) -> usize {
         self.slots.len() - self.free.len()
     }
@@ -191,6 +199,7 @@ impl<T> Engine<T> {
     /// Places `cmd` in the SQ with a fresh CID and PRPs for `data`. The doorbell is not
     /// written (see [`Engine::ring`]). `deadline_ns: None` takes the engine's timeout from
     /// the next clock reading. On error the payload is handed back untouched.
+    #[inline]
     pub(crate) fn submit(
         &mut self,
         mut cmd: Command,
@@ -229,7 +238,7 @@ impl<T> Engine<T> {
                     payload,
                 ));
             }
-            let mut lists = SlotLists {
+            let lists = || SlotLists {
                 mem: self.lists.unwrap_or(t.mem),
                 first: slot_idx as usize * self.lists_per_slot,
                 count: if self.lists.is_some() {
@@ -239,14 +248,21 @@ impl<T> Engine<T> {
                 },
                 _p: core::marker::PhantomData,
             };
-            match prp::build(t.mem.iova() + t.offset as u64, t.len, PAGE_SIZE, &mut lists) {
+            // `offset + len` fits the region (checked above), so the sum does not overflow.
+            let addr = t.mem.iova() + t.offset as u64;
+            let built = match prp::build_small(addr, t.len) {
+                Some(p) => Ok(p),
+                None => prp::build(addr, t.len, PAGE_SIZE, &mut lists()),
+            };
+            match built {
                 Ok(p) => {
                     cmd.set_prps(p.prp1, p.prp2);
-                    let slot = &mut self.slots[slot_idx as usize];
-                    if (slot.list_len as usize) > p.list_len && lists.count > 0 {
-                        lists.clear(p.list_len, slot.list_len as usize);
+                    let old = self.slots[slot_idx as usize].list_len as usize;
+                    if old > p.list_len && self.lists.is_some() {
+                        // Stale entries of an earlier, longer list are zeroed.
+                        lists().clear(p.list_len, old);
                     }
-                    slot.list_len = p.list_len as u32;
+                    self.slots[slot_idx as usize].list_len = p.list_len as u32;
                 }
                 Err(PrpError::Misaligned) => {
                     return Err((Error::Misaligned { offset: t.offset }, payload))
@@ -291,8 +307,8 @@ impl<T> Engine<T> {
         slot.state = SlotState::InFlight;
         slot.opcode = cmd.opcode();
         slot.payload = Some(payload);
-        slot.rung = false;
-        self.unrung.push(slot_idx);
+        slot.seq = self.pushed;
+        self.pushed += 1;
         match deadline_ns {
             Some(d) => {
                 slot.deadline_ns = d;
@@ -314,11 +330,8 @@ impl<T> Engine<T> {
         if self.sq.ring(bar) {
             self.stats.sq_doorbells += 1;
         }
-        for idx in self.unrung.drain(..) {
-            if let Some(s) = self.slots.get_mut(idx as usize) {
-                s.rung = true;
-            }
-        }
+        // Every command pushed so far is now behind the doorbell.
+        self.rung_seq = self.pushed;
     }
 
     /// Consumes every posted completion, validating SQID, SQHD and CID, and hands each matched
@@ -347,8 +360,11 @@ impl<T> Engine<T> {
                 self.stats.bad_cid += 1;
                 continue;
             };
-            if slot.state == SlotState::Free || slot.generation != generation || !slot.rung {
-                // `!slot.rung`: the device never saw this command (its SQ entry is still
+            if slot.state == SlotState::Free
+                || slot.generation != generation
+                || slot.seq >= self.rung_seq
+            {
+                // `seq >= rung_seq`: the device never saw this command (its SQ entry is still
                 // behind the doorbell), so this cannot be its completion; accepting it would
                 // hand back a buffer the device will reach once the doorbell is written.
                 // Unknown, duplicate or stale: logged and survived (never trusted).
@@ -489,7 +505,6 @@ impl<T> Engine<T> {
                 self.free.push(i as u16);
             }
         }
-        self.unrung.clear();
         self.undated.clear();
         self.next_deadline_ns = u64::MAX;
     }

@@ -311,6 +311,15 @@ impl Deadline {
     }
     /// Time left, zero once expired.
     pub fn remaining<C: Clock + ?Sized>(&self, clock: &C) -> Duration {
-        Duration::from_nanos(self.at_ns.saturating_sub(clock.now_ns()))
+        self.remaining_at(clock.now_ns())
+    }
+    /// True once the deadline has passed at `now_ns`, a reading of the clock the deadline
+    /// was set with (for a loop that reads the clock once per turn).
+    pub fn expired_at(&self, now_ns: u64) -> bool {
+        now_ns >= self.at_ns
+    }
+    /// Time left at `now_ns`, zero once expired.
+    pub fn remaining_at(&self, now_ns: u64) -> Duration {
+        Duration::from_nanos(self.at_ns.saturating_sub(now_ns))
     }
 }

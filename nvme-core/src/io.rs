@@ -54,8 +54,6 @@ pub(crate) struct IoReq<P: Platform> {
     /// The caller was already given this request's outcome ([`Error::Timeout`]): it must not
     /// be reported again, only its buffer freed once the device lets go.
     timed_out: bool,
-    /// The command as submitted (pointers cleared), to resubmit it (`crate::recovery`).
-    cmd: Command,
     /// Offset and length of the transfer in `buffer` (length 0: no data).
     xfer: (usize, usize),
     /// Resubmissions so far.
@@ -183,8 +181,12 @@ pub struct IoQueuePair<P: Platform> {
     /// detached pair).
     record: Option<Arc<PairRecord>>,
     policy: RecoveryPolicy,
-    /// Requests to resubmit (capacity: every slot, allocated once).
-    retry: alloc::vec::Vec<IoReq<P>>,
+    /// Requests to resubmit, each with its command (capacity: every slot, allocated once).
+    retry: alloc::vec::Vec<(IoReq<P>, Command)>,
+    /// The command of each request slot as submitted (pointers cleared), to resubmit it
+    /// (`crate::recovery`). Kept beside the slots rather than in the request, so that a
+    /// request stays small enough to move without a call to memcpy.
+    cmds: alloc::vec::Vec<Command>,
     /// The last blocking call's identifier.
     sync_seq: u64,
     /// The identifier the next submission carries (a blocking call in progress), else 0.
@@ -194,6 +196,9 @@ pub struct IoQueuePair<P: Platform> {
     awaiting_queues: bool,
     /// Staging buffers of [`Namespace::read_at`] and friends (allocated on first use).
     staging: alloc::vec::Vec<DmaBuffer<P>>,
+    /// The clock reading the last completion processing took, if it took one (a blocking
+    /// wait uses it instead of reading the clock again).
+    clock_read_ns: Option<u64>,
 }
 
 impl<P: Platform> core::fmt::Debug for IoQueuePair<P> {
@@ -233,10 +238,12 @@ impl<P: Platform> IoQueuePair<P> {
             record,
             policy,
             retry: alloc::vec::Vec::with_capacity(cap),
+            cmds: alloc::vec![Command::default(); cap],
             sync_seq: 0,
             next_sync: 0,
             awaiting_queues: false,
             staging: alloc::vec::Vec::new(),
+            clock_read_ns: None,
         }
     }
     /// True if the device has this pair's queues in reset generation `g`.
@@ -372,13 +379,18 @@ impl<P: Platform> IoQueuePair<P> {
     fn revive(&mut self, g: u32) {
         let max = self.policy.retries;
         let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
+        let (cmds, codec) = (&self.cmds, engine.codec());
         engine.reinit(|cid, mut req| {
             if req.timed_out {
                 return;
             }
             if req.retries < max {
                 req.retries += 1;
-                retry.push(req);
+                let cmd = cmds
+                    .get(codec.decode(cid).0 as usize)
+                    .copied()
+                    .unwrap_or_default();
+                retry.push((req, cmd));
             } else {
                 parked.push_back(req.end(cid, Err(Error::ControllerReset)));
             }
@@ -398,7 +410,8 @@ impl<P: Platform> IoQueuePair<P> {
     fn resubmit(&mut self) -> bool {
         let mut any = false;
         let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
-        for req in retry.drain(..) {
+        let cmds = &mut self.cmds;
+        for (req, cmd) in retry.drain(..) {
             let data = match (&req.buffer, req.xfer) {
                 (Some(b), (offset, len)) if len > 0 => Some(Transfer {
                     mem: b.mem(),
@@ -407,8 +420,11 @@ impl<P: Platform> IoQueuePair<P> {
                 }),
                 _ => None,
             };
-            match engine.submit(req.cmd, data, req, None) {
-                Ok(_) => {
+            match engine.submit(cmd, data, req, None) {
+                Ok(cid) => {
+                    if let Some(c) = cmds.get_mut(engine.codec().decode(cid).0 as usize) {
+                        *c = cmd;
+                    }
                     engine.stats.retried += 1;
                     any = true;
                 }
@@ -454,6 +470,8 @@ impl<P: Platform> IoQueuePair<P> {
         len: Option<usize>,
         tag: u64,
     ) -> core::result::Result<u16, IoError<P>> {
+        let mut cmd = cmd;
+        crate::dma::sanitize_pointers(&mut cmd);
         if buffer.is_none() {
             // No data pointer (PRPs zero, a bus address no allocator hands out): the device
             // can reach no memory whatever the command says, so any command may be sent, to
@@ -514,6 +532,8 @@ impl<P: Platform> IoQueuePair<P> {
         len: usize,
         tag: u64,
     ) -> core::result::Result<u16, IoError<P>> {
+        let mut cmd = cmd;
+        crate::dma::sanitize_pointers(&mut cmd);
         self.submit_bytes(cmd, buffer, offset, len, tag)
     }
 
@@ -532,16 +552,19 @@ impl<P: Platform> IoQueuePair<P> {
         }
     }
 
-    /// Places a command whose transfer is `len` bytes of `buffer` from `offset`.
+    /// Places a command whose transfer is `len` bytes of `buffer` from `offset`. The
+    /// command's pointers are already clear (`crate::dma::sanitize_pointers` for a command the
+    /// caller built, none set for one the core built).
+    #[inline(always)]
     fn submit_bytes(
         &mut self,
-        mut cmd: Command,
+        cmd: Command,
         buffer: Option<DmaBuffer<P>>,
         offset: usize,
         len: usize,
         tag: u64,
     ) -> core::result::Result<u16, IoError<P>> {
-        crate::dma::sanitize_pointers(&mut cmd);
+        debug_assert_eq!(cmd.prp1() | cmd.prp2() | cmd.mptr(), 0);
         if let Err(error) = self.check_alive() {
             return Err(IoError { error, buffer });
         }
@@ -590,14 +613,21 @@ impl<P: Platform> IoQueuePair<P> {
                 buffer,
                 tag,
                 timed_out: false,
-                cmd,
                 xfer: (offset, if data.is_some() { len } else { 0 }),
                 retries: 0,
                 sync,
             },
             None,
         ) {
-            Ok(cid) => Ok(cid),
+            Ok(cid) => {
+                if let Some(c) = self
+                    .cmds
+                    .get_mut(self.engine.codec().decode(cid).0 as usize)
+                {
+                    *c = cmd;
+                }
+                Ok(cid)
+            }
             Err((error, req)) => Err(IoError {
                 error,
                 buffer: req.buffer,
@@ -627,6 +657,7 @@ impl<P: Platform> IoQueuePair<P> {
 
     /// Checks that `ns` is a current handle of this controller and that `nlb` blocks at
     /// `slba` lie inside it.
+    #[inline(always)]
     fn lba_check(&self, ns: &Namespace, slba: u64, nlb: u32) -> Result<()> {
         let (owner, epoch) = ns.origin();
         if owner != self.shared.id {
@@ -664,6 +695,7 @@ impl<P: Platform> IoQueuePair<P> {
         Ok(())
     }
 
+    #[inline(always)]
     fn data_cmd(
         &mut self,
         op: NvmOpcode,
@@ -674,16 +706,24 @@ impl<P: Platform> IoQueuePair<P> {
         fua: bool,
     ) -> core::result::Result<u16, IoError<P>> {
         let bpb = ns.bytes_per_block() as usize;
-        if buffer.len() % bpb != 0 {
+        let len = buffer.len();
+        // Blocks of a power-of-two size (every format without interleaved metadata) by mask
+        // and shift; others (extended LBAs) by division.
+        let (whole, blocks) = if bpb.is_power_of_two() {
+            (len & (bpb - 1) == 0, len >> bpb.trailing_zeros())
+        } else {
+            (len % bpb == 0, len / bpb)
+        };
+        if !whole || blocks > u32::MAX as usize {
             return Err(IoError {
                 error: Error::BufferSize {
-                    need: buffer.len().div_ceil(bpb) * bpb,
-                    have: buffer.len(),
+                    need: len.div_ceil(bpb) * bpb,
+                    have: len,
                 },
                 buffer: Some(buffer),
             });
         }
-        let nlb = (buffer.len() / bpb) as u32;
+        let nlb = blocks as u32;
         if let Err(error) = self.lba_check(ns, slba, nlb) {
             return Err(IoError {
                 error,
@@ -692,7 +732,6 @@ impl<P: Platform> IoQueuePair<P> {
         }
         let cmd = Command::rw(op, ns.nsid(), slba, (nlb - 1) as u16, fua);
         // The length is NLB × bytes per block by construction, from a current handle.
-        let len = buffer.len();
         self.submit_bytes(cmd, Some(buffer), 0, len, tag)
     }
 
@@ -774,13 +813,15 @@ impl<P: Platform> IoQueuePair<P> {
     /// deadlines with one clock reading. Delivers to `f`; returns how many.
     fn service(&mut self, f: &mut impl FnMut(IoCompletion<P>)) -> usize {
         let mut n = 0;
+        self.clock_read_ns = None;
         if self.awaiting_queues {
             // Rings what was resubmitted after the reset once the queues exist again.
             self.ring();
         }
         let bar = self.shared.platform.bar();
         let max = self.policy.retries;
-        let (retry, engine) = (&mut self.retry, &mut self.engine);
+        let (retry, engine, cmds) = (&mut self.retry, &mut self.engine, &self.cmds);
+        let codec = engine.codec();
         engine.reap(bar, usize::MAX, |r| {
             let st = r.completion.status();
             // Command Abort Requested (§5.1.1, SCT 0h SC 07h) after a timeout: resubmit while
@@ -792,7 +833,11 @@ impl<P: Platform> IoQueuePair<P> {
             {
                 let mut req = r.payload;
                 req.retries += 1;
-                retry.push(req);
+                let cmd = cmds
+                    .get(codec.decode(r.cid).0 as usize)
+                    .copied()
+                    .unwrap_or_default();
+                retry.push((req, cmd));
                 return;
             }
             if let Some(c) = Self::to_completion(r) {
@@ -807,6 +852,7 @@ impl<P: Platform> IoQueuePair<P> {
         // call (none when idle), none per command.
         if self.engine.outstanding() > 0 {
             let now = self.shared.now_ns();
+            self.clock_read_ns = Some(now);
             if self.engine.due(now) && self.device_is_gone() {
                 // A deadline passed because the device is gone (§3.1.4: all-ones): say that,
                 // not a timeout.
@@ -855,6 +901,7 @@ impl<P: Platform> IoQueuePair<P> {
         n
     }
 
+    #[inline(always)]
     fn to_completion(r: Reaped<IoReq<P>>) -> Option<IoCompletion<P>> {
         if r.payload.timed_out {
             // Already reported as timed out; the device is done with the buffer now, so it
@@ -884,7 +931,8 @@ impl<P: Platform> IoQueuePair<P> {
     }
 
     /// Waits until at least one completion (or timeout report) is delivered, or `timeout`
-    /// passes; uses the CQ's interrupt vector when there is one, else polls.
+    /// passes; uses the CQ's interrupt vector when there is one, else polls. Reads the clock
+    /// once per turn: the poll's reading when it took one, else one of its own.
     ///
     /// # Errors
     /// [`Error::DeviceGone`] (everything outstanding is failed the same way first).
@@ -893,11 +941,16 @@ impl<P: Platform> IoQueuePair<P> {
         let deadline = crate::hw::Deadline::after(p.clock(), timeout);
         let mut spins: u32 = 0;
         loop {
+            self.clock_read_ns = None;
             let n = self.poll(&mut f)?;
             if n > 0 || self.dead {
                 return Ok(n);
             }
-            if deadline.expired(p.clock()) {
+            let now = match self.clock_read_ns {
+                Some(t) => t,
+                None => p.clock().now_ns(),
+            };
+            if deadline.expired_at(now) {
                 return Ok(0);
             }
             spins = spins.wrapping_add(1);
@@ -911,10 +964,8 @@ impl<P: Platform> IoQueuePair<P> {
             }
             match self.vector {
                 Some(v) => {
-                    p.irq().wait(
-                        v,
-                        deadline.remaining(p.clock()).min(Duration::from_millis(10)),
-                    );
+                    p.irq()
+                        .wait(v, deadline.remaining_at(now).min(Duration::from_millis(10)));
                 }
                 None => p.clock().relax(),
             }

@@ -69,6 +69,7 @@ pub enum PrpError {
 }
 
 /// Number of memory pages the transfer touches: one PRP entry each.
+#[inline]
 pub fn page_count(addr: u64, len: usize, page: usize) -> usize {
     if len == 0 || page == 0 {
         return 0;
@@ -104,6 +105,10 @@ pub fn max_list_pages(max_len: usize, page: usize) -> usize {
 ///
 /// # Errors
 /// [`PrpError`] for an empty or misaligned transfer, or too few list pages.
+///
+/// Inlined, so that with a constant `page` (the core's [`crate::spec::PAGE_SIZE`]) the page
+/// arithmetic becomes masks and shifts and the checks of `page` vanish.
+#[inline]
 pub fn build<L: PrpListPages + ?Sized>(
     addr: u64,
     len: usize,
@@ -170,6 +175,30 @@ pub fn build<L: PrpListPages + ?Sized>(
         prp2: lists.iova(0),
         list_pages: list_page + 1,
         list_len: list_page * per + index,
+    })
+}
+
+/// The common case of [`build`] for the core's memory page size ([`crate::spec::PAGE_SIZE`]):
+/// a valid transfer that touches one or two memory pages needs no list (§4.3.1: PRP2 is 0 or
+/// the second page's address), computed inline with masks. `None` for everything else (lists,
+/// and every error), which [`build`] handles; where this returns `Some`, it is what [`build`]
+/// returns.
+#[inline(always)]
+pub(crate) fn build_small(addr: u64, len: usize) -> Option<Prps> {
+    const PG: u64 = crate::spec::PAGE_SIZE as u64;
+    let span = (addr & (PG - 1)).wrapping_add(len as u64);
+    if len == 0 || addr & 3 != 0 || span > 2 * PG || addr.checked_add(len as u64).is_none() {
+        return None;
+    }
+    Some(Prps {
+        prp1: addr,
+        prp2: if span <= PG {
+            0
+        } else {
+            (addr & !(PG - 1)) + PG
+        },
+        list_pages: 0,
+        list_len: 0,
     })
 }
 
@@ -308,6 +337,22 @@ mod tests {
 
     proptest! {
         #![proptest_config(config())]
+        /// The inline one- and two-page path agrees with the general builder everywhere,
+        /// including misaligned, empty, overflowing and list-needing transfers.
+        #[test]
+        fn small_path_agrees_with_build(
+            addr in prop_oneof![any::<u64>(), (0u64..64).prop_map(|x| u64::MAX - x * 4), 0u64..0x10_0000],
+            len in prop_oneof![0usize..(3 * PAGE), any::<usize>()],
+        ) {
+            let mut l = VecLists::new(2);
+            let full = build(addr, len, PAGE, &mut l);
+            match build_small(addr, len) {
+                Some(p) => prop_assert_eq!(Ok(p), full),
+                // Only lists and errors are left to `build`.
+                None => prop_assert!(full.is_err() || full.is_ok_and(|p| p.list_pages > 0)),
+            }
+        }
+
         #[test]
         fn prps_cover_the_buffer(page_idx in 1u64..1_000_000, off_dw in 0u64..1024, len in 1usize..(3 * 1024 * 1024)) {
             let addr = page_idx * PAGE as u64 + off_dw * 4;

@@ -60,24 +60,26 @@ impl SubQueue {
     }
     /// Free entries: one slot always stays empty so that full and empty differ (§4.1.1: the
     /// queue is full when tail + 1 == head).
+    #[inline]
     pub(crate) fn free(&self) -> u16 {
         let used = ring_distance(self.head, self.tail, self.entries);
         self.entries - 1 - used
     }
+    #[inline]
     pub(crate) fn is_full(&self) -> bool {
         self.free() == 0
     }
     /// Writes `cmd` at the tail and advances it. The doorbell is not written: see
     /// [`SubQueue::ring`]. Returns `false` if the ring is full.
+    #[inline]
     pub(crate) fn push(&mut self, cmd: &Command) -> bool {
         if self.is_full() {
             return false;
         }
-        let base = self.tail as usize * SQE_SIZE;
-        for (i, d) in cmd.dwords().iter().enumerate() {
-            self.mem.write_u32(base + 4 * i, *d);
-        }
-        self.tail = (self.tail + 1) % self.entries;
+        // One bounds check for the whole 64-byte entry (`Mem::write_dwords`).
+        self.mem
+            .write_dwords(self.tail as usize * SQE_SIZE, cmd.dwords_ref());
+        self.tail = wrap_inc(self.tail, self.entries);
         true
     }
     /// Writes the tail doorbell if the tail moved since the last ring (batched doorbells:
@@ -98,6 +100,7 @@ impl SubQueue {
     }
     /// Applies an SQHD value from a completion. Valid values lie in the consumed window
     /// `head ..= rung` (circularly); others are rejected and the caller counts them.
+    #[inline]
     pub(crate) fn update_head(&mut self, sqhd: u16) -> bool {
         if sqhd >= self.entries {
             return false;
@@ -115,10 +118,27 @@ impl SubQueue {
     }
 }
 
-/// Steps from `from` forward to `to` in a ring of `entries` slots. Computed in `u32`: with up
-/// to 65535 entries, `to + entries` does not fit a `u16`.
+/// Steps from `from` forward to `to` in a ring of `entries` slots (both below `entries`).
+/// Compare and wrap, no division; computed in `u32`: with up to 65535 entries, `to + entries`
+/// does not fit a `u16`.
+#[inline(always)]
 fn ring_distance(from: u16, to: u16, entries: u16) -> u16 {
-    ((to as u32 + entries as u32 - from as u32) % entries as u32) as u16
+    if to >= from {
+        to - from
+    } else {
+        (to as u32 + entries as u32 - from as u32) as u16
+    }
+}
+
+/// `i + 1` in a ring of `entries` slots (`i < entries`).
+#[inline(always)]
+fn wrap_inc(i: u16, entries: u16) -> u16 {
+    let n = i.wrapping_add(1);
+    if n >= entries {
+        0
+    } else {
+        n
+    }
 }
 
 /// A completion queue ring in DMA memory.
@@ -158,24 +178,19 @@ impl CompQueue {
         self.rung = 0;
     }
     /// Takes the next completion if the device has posted one (its phase tag matches).
+    #[inline]
     pub(crate) fn pop(&mut self) -> Option<Completion> {
         let base = self.head as usize * CQE_SIZE;
-        // Acquire on the dword holding the phase tag; see the module docs.
-        let dw3 = self.mem.load_acquire_u32(base + 12)?;
-        if (dw3 & (1 << 16) != 0) != self.phase {
-            return None;
-        }
-        // The other dwords are read only after the phase said the entry is new (`dma_rmb`).
-        crate::barrier::after_phase_check();
-        let dw0 = self.mem.read_u32(base)?;
-        let dw1 = self.mem.read_u32(base + 4)?;
-        let dw2 = self.mem.read_u32(base + 8)?;
+        // Acquire on the dword holding the phase tag, then, only if the phase says the entry
+        // is new, the other dwords after a read barrier (`dma_rmb`); see the module docs.
+        // One bounds check for the whole entry.
+        let dw = self.mem.read_entry_after_phase(base, self.phase)?;
         self.head += 1;
         if self.head == self.entries {
             self.head = 0;
             self.phase = !self.phase;
         }
-        Some(Completion::from_dwords([dw0, dw1, dw2, dw3]))
+        Some(Completion::from_dwords(dw))
     }
     /// Writes the head doorbell if entries were consumed since the last write.
     pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) -> bool {
@@ -198,6 +213,10 @@ impl CompQueue {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CidCodec {
     slot_bits: u32,
+    /// Low `slot_bits` bits set.
+    slot_mask: u16,
+    /// The generation bits that fit above the slot index.
+    gen_mask: u16,
 }
 
 impl CidCodec {
@@ -205,20 +224,24 @@ impl CidCodec {
         // Up to 16 bits: a queue of more than 32768 slots needs them all for the slot index
         // (and then has no generation bits left).
         let slot_bits = (u16::BITS - (slots.max(2) - 1).leading_zeros()).min(16);
-        Self { slot_bits }
+        Self {
+            slot_bits,
+            slot_mask: ((1u32 << slot_bits) - 1) as u16,
+            gen_mask: ((1u32 << (16 - slot_bits)) - 1) as u16,
+        }
     }
+    #[inline]
     pub(crate) fn encode(&self, slot: u16, generation: u16) -> u16 {
-        let gen_mask = (1u32 << (16 - self.slot_bits)) - 1;
-        (slot as u32 | ((generation as u32 & gen_mask) << self.slot_bits)) as u16
+        (slot as u32 | (((generation & self.gen_mask) as u32) << self.slot_bits)) as u16
     }
     /// Returns (slot, generation).
+    #[inline]
     pub(crate) fn decode(&self, cid: u16) -> (u16, u16) {
-        let mask = ((1u32 << self.slot_bits) - 1) as u16;
-        (cid & mask, (cid as u32 >> self.slot_bits) as u16)
+        (cid & self.slot_mask, (cid as u32 >> self.slot_bits) as u16)
     }
+    #[inline]
     pub(crate) fn next_generation(&self, generation: u16) -> u16 {
-        let gen_mask = ((1u32 << (16 - self.slot_bits)) - 1) as u16;
-        generation.wrapping_add(1) & gen_mask
+        generation.wrapping_add(1) & self.gen_mask
     }
 }
 

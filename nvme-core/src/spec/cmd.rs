@@ -58,6 +58,11 @@ impl Command {
     pub const fn dwords(&self) -> [u32; 16] {
         self.cdw
     }
+    /// The 16 dwords, borrowed (no copy).
+    #[inline]
+    pub const fn dwords_ref(&self) -> &[u32; 16] {
+        &self.cdw
+    }
     /// Decodes the wire form (little-endian dwords).
     pub fn from_le_bytes(b: &[u8; 64]) -> Self {
         let mut cdw = [0u32; 16];

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Reads a callgrind output file (written with --compress-strings=no, event Ir only) and prints
+one line: instructions attributed to nvme-core, the simulator, libc's memcpy/memmove/memset and
+everything else, then heap allocations (malloc, calloc, realloc, posix_memalign,
+aligned_alloc, memalign calls) of the whole process and those made on behalf of nvme-core.
+
+An allocation belongs to the nearest caller that is a crate's own function: calls from
+library code (alloc::, core::, std::, __rust_alloc, ...) are handed up to their callers in
+proportion to the number of calls each made, until they reach a function of nvme-core, of the
+simulator, of the example, or the top of the stack.
+
+Instructions go by the source file of the line that executed them (from the debug info, so a
+function of nvme-core inlined into the simulator or into the example still counts for
+nvme-core); lines of library code (core, alloc, std, dependencies) and of nvme-core's spec types
+(nvme-core/src/spec/, the wire format the simulator shares) count for the crate whose function
+they were inlined into, and a spec function that was not inlined hands its cost up to its
+callers in proportion to their calls (the simulator decoding a command with the core's spec
+types is the simulator's work).
+
+Usage: callgrind_costs.py FILE  ->  "core sim mem other allocs core_allocs"
+"""
+
+import re
+import sys
+from collections import defaultdict
+
+ALLOC = re.compile(r"^(malloc|calloc|realloc|posix_memalign|aligned_alloc|memalign)$")
+MEM = re.compile(r"memcpy|memmove|memset")
+
+
+def owner(fn):
+    """Which crate a function belongs to, or None for library code."""
+    if re.match(r"^<?nvme_core::", fn):
+        return "core"
+    if re.match(r"^<?sim_backend::", fn):
+        return "sim"
+    if re.match(r"^<?iopath::", fn):
+        return "example"
+    return None
+
+
+def is_spec(fn):
+    return re.match(r"^<?nvme_core::spec::", fn) is not None
+
+
+def file_owner(path):
+    """Which crate a source file belongs to, or None for library code, the shared spec types
+    and unknown files."""
+    if "/nvme-core/src/spec/" in path:
+        return None
+    if "/nvme-core/src/" in path:
+        return "core"
+    if "/sim-backend/src/" in path:
+        return "sim"
+    if "/examples/" in path:
+        return "example"
+    return None
+
+
+def parse(path):
+    spec_cost = defaultdict(int)
+    by_owner = defaultdict(int)
+    calls = defaultdict(lambda: defaultdict(int))  # caller -> callee -> count
+    fn = cfn = None
+    fl = cur = ""
+    pending_call = False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("fl="):
+                fl = cur = line[3:].strip()
+            elif line.startswith("fi=") or line.startswith("fe="):
+                cur = line[3:].strip()
+            elif line.startswith("fn="):
+                fn = line[3:].strip()
+                cur = fl
+                pending_call = False
+            elif line.startswith("cfn="):
+                cfn = line[4:].strip()
+            elif line.startswith("calls="):
+                calls[fn][cfn] += int(line[6:].split()[0])
+                pending_call = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if fn is None:
+                    continue
+                if pending_call:
+                    pending_call = False  # the inclusive cost of the call: not this fn's own
+                    continue
+                parts = line.split()
+                if len(parts) >= 2:
+                    n = int(parts[-1])
+                    if is_spec(fn):
+                        spec_cost[fn] += n
+                        continue
+                    o = file_owner(cur) or owner(fn)
+                    if o in ("core", "sim"):
+                        by_owner[o] += n
+                    elif MEM.search(fn):
+                        by_owner["mem"] += n
+                    else:
+                        by_owner["other"] += n
+    return by_owner, calls, spec_cost
+
+
+def main():
+    buckets, calls, spec_cost = parse(sys.argv[1])
+
+    # Direct allocation calls per function, and calls into each function (for the hand-up).
+    direct = defaultdict(int)
+    into = defaultdict(int)
+    for caller, callees in calls.items():
+        for callee, n in callees.items():
+            into[callee] += n
+            if ALLOC.match(callee):
+                direct[caller] += n
+    total = sum(direct.values())
+
+    # pending(G): allocations a library function G makes itself or through library callees.
+    memo = {}
+
+    def pending(g, stack):
+        if g in memo:
+            return memo[g]
+        if g in stack:
+            return 0.0
+        stack.add(g)
+        v = float(direct[g])
+        for h, n in calls.get(g, {}).items():
+            if owner(h) is None and not ALLOC.match(h) and into[h]:
+                v += n / into[h] * pending(h, stack)
+        stack.discard(g)
+        memo[g] = v
+        return v
+
+    sys.setrecursionlimit(100000)
+
+    # Spec functions that were not inlined: their cost goes to the callers that are not.
+    smemo = {}
+
+    def spec_pending(g, stack):
+        if g in smemo:
+            return smemo[g]
+        if g in stack:
+            return 0.0
+        stack.add(g)
+        v = float(spec_cost[g])
+        for h, n in calls.get(g, {}).items():
+            if is_spec(h) and into[h]:
+                v += n / into[h] * spec_pending(h, stack)
+        stack.discard(g)
+        smemo[g] = v
+        return v
+
+    for fn, callees in list(calls.items()):
+        if is_spec(fn):
+            continue
+        share = sum(n / into[h] * spec_pending(h, set()) for h, n in callees.items() if is_spec(h) and into[h])
+        if share:
+            o = owner(fn)
+            buckets[o if o in ("core", "sim") else "other"] += share
+
+    core = sum(pending(fn, set()) for fn in list(calls) if owner(fn) == "core")
+    print(
+        round(buckets["core"]),
+        round(buckets["sim"]),
+        round(buckets["mem"]),
+        round(buckets["other"]),
+        total,
+        round(core),
+    )
+
+
+if __name__ == "__main__":
+    main()
