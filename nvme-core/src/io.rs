@@ -314,6 +314,19 @@ impl<P: Platform> IoQueuePair<P> {
         self.max_transfer
     }
     /// Counters, including what the device did wrong.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// qp.read(&ns, 0, ctrl.alloc_buffer(512)?)?;
+    /// let s = qp.stats();
+    /// assert_eq!((s.submitted, s.completed, s.timeouts), (1, 1, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> QueueStats {
         self.engine.stats
     }
@@ -441,6 +454,24 @@ impl<P: Platform> IoQueuePair<P> {
     /// the buffer; PRPs are built for exactly that length from the buffer, so the device can
     /// reach nothing else. The doorbell is not written until [`IoQueuePair::ring`] (or a
     /// blocking call). Returns the command ID.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// use nvme_core::spec::{Command, NvmOpcode};
+    /// // Read 8 blocks (NLB 7, 0's based): the core derives 8 × 512 bytes and checks the buffer.
+    /// let cmd = Command::rw(NvmOpcode::READ, ns.nsid(), 0, 7, false);
+    /// qp.submit(cmd, Some(ctrl.alloc_buffer(4096)?), 1).map_err(|e| e.error)?;
+    /// // A buffer too small for what the command says is refused, and comes back.
+    /// let e = qp.submit(cmd, Some(ctrl.alloc_buffer(512)?), 2).unwrap_err();
+    /// assert!(e.buffer.is_some());
+    /// qp.ring();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::UnknownTransfer`] for an opcode the core does not know (see
@@ -638,6 +669,19 @@ impl<P: Platform> IoQueuePair<P> {
     /// Writes the SQ tail doorbell for everything submitted since the last ring. After a
     /// controller reset, not before the controller re-created this pair's queues
     /// ([`crate::Controller::recover`]): until then the entries wait in the SQ.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// qp.submit_read(&ns, 0, ctrl.alloc_buffer(512)?, 0).map_err(|e| e.error)?;
+    /// qp.submit_read(&ns, 1, ctrl.alloc_buffer(512)?, 1).map_err(|e| e.error)?;
+    /// qp.ring(); // one SQ tail doorbell write for both
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ring(&mut self) {
         if self.check_alive().is_err() {
             return;
@@ -738,6 +782,27 @@ impl<P: Platform> IoQueuePair<P> {
     /// Queues a Read (NVM §3.3.4) of `buffer.len() / lba_size` blocks at `slba` into
     /// `buffer` (its length must be a multiple of the LBA size).
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// for i in 0..4u64 {
+    ///     // Queued, not yet rung: one doorbell write for the batch.
+    ///     qp.submit_read(&ns, i * 8, ctrl.alloc_buffer(4096)?, i).map_err(|e| e.error)?;
+    /// }
+    /// qp.ring();
+    /// let mut tags = Vec::new();
+    /// while tags.len() < 4 {
+    ///     qp.poll(|c| tags.push(c.tag))?;
+    /// }
+    /// tags.sort();
+    /// assert_eq!(tags, [0, 1, 2, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::LbaOutOfRange`], [`Error::TransferTooLarge`], [`Error::BufferSize`],
     /// [`Error::QueueFull`]; the buffer comes back in the error.
@@ -752,6 +817,25 @@ impl<P: Platform> IoQueuePair<P> {
     }
 
     /// Queues a Write (NVM §3.3.6) of `buffer` at `slba`.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// let mut buf = ctrl.alloc_buffer(4096)?;
+    /// buf.fill(0xa5);
+    /// qp.submit_write(&ns, 64, buf, 7).map_err(|e| e.error)?;
+    /// qp.ring();
+    /// qp.wait(std::time::Duration::from_secs(1), |c| {
+    ///     assert_eq!(c.tag, 7);
+    ///     assert!(c.result.is_ok());
+    ///     let _buffer_back = c.buffer;
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`IoQueuePair::submit_read`].
@@ -785,6 +869,23 @@ impl<P: Platform> IoQueuePair<P> {
     /// from the controller ([`crate::Controller::recover`]) or the request is reported as
     /// [`Error::Timeout`]. A command the controller aborted on request is resubmitted while
     /// retries remain. Returns how many completions were delivered.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// qp.submit_read(&ns, 0, ctrl.alloc_buffer(512)?, 42).map_err(|e| e.error)?;
+    /// qp.ring();
+    /// let mut got = None;
+    /// while got.is_none() {
+    ///     qp.poll(|c| got = Some((c.tag, c.result.is_ok(), c.buffer)))?;
+    /// }
+    /// assert_eq!(got.as_ref().map(|g| (g.0, g.1)), Some((42, true)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// None today; the result leaves room for device errors.
@@ -933,6 +1034,22 @@ impl<P: Platform> IoQueuePair<P> {
     /// Waits until at least one completion (or timeout report) is delivered, or `timeout`
     /// passes; uses the CQ's interrupt vector when there is one, else polls. Reads the clock
     /// once per turn: the poll's reading when it took one, else one of its own.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// use std::time::Duration;
+    /// qp.submit_read(&ns, 0, ctrl.alloc_buffer(512)?, 0).map_err(|e| e.error)?;
+    /// qp.ring();
+    /// // Sleeps on the queue's MSI-X vector if it has one, else polls.
+    /// let n = qp.wait(Duration::from_secs(1), |c| assert!(c.result.is_ok()))?;
+    /// assert_eq!(n, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::DeviceGone`] (everything outstanding is failed the same way first).
@@ -1117,6 +1234,18 @@ impl<P: Platform> IoQueuePair<P> {
     /// Reads `buffer.len() / lba_size` blocks at `slba` and waits. The buffer comes back
     /// filled.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// let buf = qp.read(&ns, 0, ctrl.alloc_buffer(8192)?)?; // 16 blocks of 512 bytes
+    /// assert_eq!(buf.len(), 8192);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// Validation errors before submission; [`Error::Command`] with the device's status;
     /// [`Error::Timeout`] (then the buffer stays with the queue).
@@ -1133,6 +1262,20 @@ impl<P: Platform> IoQueuePair<P> {
 
     /// Writes `buffer` at `slba` and waits.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// let mut buf = ctrl.alloc_buffer(512)?;
+    /// buf.write(0, b"block zero")?;
+    /// let buf = qp.write(&ns, 0, buf)?; // the buffer comes back for reuse
+    /// assert_eq!(&qp.read(&ns, 0, buf)?.to_vec()[..10], b"block zero");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`IoQueuePair::read`].
     pub fn write(
@@ -1148,6 +1291,23 @@ impl<P: Platform> IoQueuePair<P> {
 
     /// Compares `buffer` with the blocks at `slba` and waits; `Ok(false)` on Compare
     /// Failure.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// let mut buf = ctrl.alloc_buffer(512)?;
+    /// buf.fill(3);
+    /// let buf = qp.write(&ns, 9, buf)?;
+    /// let (same, mut buf) = qp.compare(&ns, 9, buf)?;
+    /// assert!(same);
+    /// buf.fill(4);
+    /// assert!(!qp.compare(&ns, 9, buf)?.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`IoQueuePair::read`], except that Compare Failure is `Ok((false, buffer))`.
@@ -1178,6 +1338,18 @@ impl<P: Platform> IoQueuePair<P> {
     /// Flush (NVM §3.3.2): commits the volatile write cache of namespace `nsid`
     /// (`0xFFFF_FFFF` for all namespaces).
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// qp.write(&ns, 0, ctrl.alloc_buffer(512)?)?;
+    /// qp.flush(ns.nsid())?; // on non-volatile media now
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`IoQueuePair::read`].
     pub fn flush(&mut self, nsid: u32) -> Result<()> {
@@ -1187,6 +1359,18 @@ impl<P: Platform> IoQueuePair<P> {
     }
 
     /// Write Zeroes (NVM §3.3.8) of `nlb` blocks at `slba`; `deallocate` sets DEAC.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// qp.write_zeroes(&ns, 0, 128, false)?;
+    /// assert!(qp.read(&ns, 0, ctrl.alloc_buffer(512)?)?.to_vec().iter().all(|&b| b == 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`IoQueuePair::read`].
@@ -1210,6 +1394,17 @@ impl<P: Platform> IoQueuePair<P> {
     /// Verify (NVM §3.3.7) of `nlb` blocks at `slba`: the controller checks the data without
     /// transferring it.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// qp.verify(&ns, 0, 64)?; // the controller checks the blocks; nothing is transferred
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`IoQueuePair::read`].
     pub fn verify(&mut self, ns: &Namespace, slba: u64, nlb: u32) -> Result<()> {
@@ -1225,6 +1420,18 @@ impl<P: Platform> IoQueuePair<P> {
 
     /// Dataset Management with the Deallocate attribute (NVM §3.3.3): up to 256 ranges.
     /// The range list is built in a buffer allocated for the call.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// use nvme_core::DsmRange;
+    /// qp.deallocate(&ns, &[DsmRange { slba: 0, nlb: 1024, attributes: 0 }])?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for 0 or more than 256 ranges, [`Error::LbaOutOfRange`],
@@ -1255,6 +1462,20 @@ impl<P: Platform> IoQueuePair<P> {
 
     /// Runs any I/O command the core knows and waits; returns the completion DW0 and the
     /// buffer. The transfer length comes from the command (see [`IoQueuePair::submit`]).
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// use nvme_core::spec::{Command, NvmOpcode};
+    /// let cmd = Command::rw(NvmOpcode::READ, ns.nsid(), 0, 0, false);
+    /// let (_dw0, buf) = qp.passthrough(cmd, Some(ctrl.alloc_buffer(512)?)).map_err(|e| e.error)?;
+    /// assert!(buf.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`IoQueuePair::submit`] and [`IoQueuePair::read`].

@@ -11,8 +11,8 @@
 mod device;
 mod exit;
 mod fmt;
-mod passthru;
 mod nbd;
+mod passthru;
 mod perf;
 mod regs;
 mod setup;
