@@ -18,7 +18,7 @@ use crate::config::SimConfig;
 use crate::dma::DmaSpace;
 use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
-use crate::namespace::Namespace;
+use crate::namespace::{Namespace, ReadError};
 use crate::prp::{self, PrpError};
 use crate::violation::{SimStats, Violation, ViolationKind};
 
@@ -96,6 +96,15 @@ impl Cq {
     fn full(&self) -> bool {
         (self.tail + 1) % self.size == self.head
     }
+}
+
+/// Why the data path of a Read failed.
+#[derive(Debug)]
+pub(crate) enum ReadFailure {
+    /// The PRPs were invalid or unmapped (not yet recorded as a violation).
+    Prp(PrpError),
+    /// The backing file could not be read.
+    Medium,
 }
 
 /// The result of executing one command.
@@ -241,6 +250,10 @@ pub(crate) struct Controller {
     dma: Arc<DmaSpace>,
     irq: Arc<IrqCore>,
     pending_irqs: Vec<u16>,
+    /// The PRP segments of the command being executed (reused: no allocation per command).
+    segs: Vec<(u64, usize)>,
+    /// Staging for writes and image-file reads (reused, grown to the largest transfer).
+    scratch: Vec<u8>,
     inline: bool,
     /// Thread mode: work for the device thread.
     pub(crate) kick: bool,
@@ -303,6 +316,8 @@ impl Controller {
             dma,
             irq,
             pending_irqs: Vec::new(),
+            segs: Vec::new(),
+            scratch: Vec::new(),
             inline,
             kick: false,
             created: Instant::now(),
@@ -322,7 +337,7 @@ impl Controller {
         }
     }
 
-    fn prp_violation(&mut self, e: PrpError) -> Status {
+    pub(crate) fn prp_violation(&mut self, e: PrpError) -> Status {
         self.violation(e.kind, e.detail);
         e.status
     }
@@ -1266,16 +1281,16 @@ impl Controller {
 
     // ---------------------------------------------------------------- data transfer
 
-    /// Walks the command's PRPs for `len` bytes.
-    pub(crate) fn prps(&mut self, cmd: &Command, len: usize) -> Result<Vec<(u64, usize)>, Status> {
-        let ps = self.page_size();
-        prp::walk(&self.dma, cmd.prp1(), cmd.prp2(), len, ps).map_err(|e| self.prp_violation(e))
-    }
-
     /// Controller-to-host transfer of `data` through the command's PRPs.
     pub(crate) fn transfer_to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
-        let segs = self.prps(cmd, data.len())?;
-        prp::scatter(&self.dma, &segs, data).map_err(|e| self.prp_violation(e))
+        let ps = self.page_size();
+        let mut segs = std::mem::take(&mut self.segs);
+        let r = self.dma.with_view(|v| {
+            prp::walk(v, cmd.prp1(), cmd.prp2(), data.len(), ps, &mut segs)?;
+            prp::Scatter::new(v, &segs).put(data)
+        });
+        self.segs = segs;
+        r.map_err(|e| self.prp_violation(e))
     }
 
     /// Host-to-controller transfer of `len` bytes through the command's PRPs.
@@ -1284,8 +1299,73 @@ impl Controller {
         cmd: &Command,
         len: usize,
     ) -> Result<Vec<u8>, Status> {
-        let segs = self.prps(cmd, len)?;
-        prp::gather(&self.dma, &segs, len).map_err(|e| self.prp_violation(e))
+        let mut out = vec![0u8; len];
+        self.gather_from_host(cmd, &mut out)?;
+        Ok(out)
+    }
+
+    /// Host-to-controller transfer of `out.len()` bytes through the command's PRPs into
+    /// `out`.
+    pub(crate) fn gather_from_host(&mut self, cmd: &Command, out: &mut [u8]) -> Result<(), Status> {
+        let ps = self.page_size();
+        let mut segs = std::mem::take(&mut self.segs);
+        let r = self.dma.with_view(|v| {
+            prp::walk(v, cmd.prp1(), cmd.prp2(), out.len(), ps, &mut segs)?;
+            prp::gather(v, &segs, out)
+        });
+        self.segs = segs;
+        r.map_err(|e| self.prp_violation(e))
+    }
+
+    /// Read (NVM Command Set §3.3.4) data path: `nlb` blocks at `slba` of namespace `i`
+    /// straight from the medium and the write cache into the host memory the command's
+    /// PRPs describe, in one pass (no intermediate buffer for a memory medium). The PRPs are
+    /// walked and every segment checked to be mapped before any byte moves.
+    pub(crate) fn read_to_host(
+        &mut self,
+        i: usize,
+        slba: u64,
+        nlb: u64,
+        cmd: &Command,
+    ) -> Result<(), ReadFailure> {
+        let ps = self.page_size();
+        let len = nlb as usize * self.namespaces[i].lba_size() as usize;
+        let mut segs = std::mem::take(&mut self.segs);
+        let ns = &self.namespaces[i];
+        let scratch = &mut self.scratch;
+        let r = self.dma.with_view(|v| {
+            prp::walk(v, cmd.prp1(), cmd.prp2(), len, ps, &mut segs).map_err(ReadFailure::Prp)?;
+            let mut out = prp::Scatter::new(v, &segs);
+            ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
+                .map_err(|e| match e {
+                    ReadError::Medium => ReadFailure::Medium,
+                    ReadError::Sink(e) => ReadFailure::Prp(e),
+                })
+        });
+        self.segs = segs;
+        r
+    }
+
+    /// Write (NVM Command Set §3.3.6) data path: the host's data through the command's PRPs
+    /// into the controller's reusable staging buffer, then into the write cache or the
+    /// medium. Nothing is written if a PRP is invalid.
+    pub(crate) fn write_from_host(
+        &mut self,
+        i: usize,
+        slba: u64,
+        len: usize,
+        cached: bool,
+        cmd: &Command,
+    ) -> Result<Result<(), std::io::Error>, Status> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        let r = self
+            .gather_from_host(cmd, &mut scratch[..len])
+            .map(|()| self.namespaces[i].write(slba, &scratch[..len], cached));
+        self.scratch = scratch;
+        r
     }
 
     // ---------------------------------------------------------------- events
