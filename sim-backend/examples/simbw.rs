@@ -17,8 +17,8 @@
 //! The multi-queue figures are wall-clock I/Os per second (what scaling means).
 //!
 //! ```sh
-//! cargo run --release -p sim-backend --example simbw            # about 20 s
-//! cargo run --release -p sim-backend --example simbw -- 0.5     # seconds per figure
+//! cargo run --release -p sim-backend --example simbw            # about 15 s
+//! cargo run --release -p sim-backend --example simbw -- 0.2     # seconds per slice
 //! ```
 //!
 //! Figures are wall-clock: on a shared machine, run it twice and compare like with like.
@@ -36,6 +36,8 @@ const LBA: u32 = 4096;
 const QD: usize = 32;
 const SMALL: usize = 4096;
 const LARGE: usize = 128 << 10;
+/// Interleaved measuring rounds.
+const ROUNDS: u64 = 4;
 
 /// xorshift64*: block numbers.
 struct Rng(u64);
@@ -72,12 +74,36 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// `memcpy` of `io`-byte pieces of `src` into `QD` rotating destinations, for `secs`.
-fn memcpy_bw(src: &[u8], io: usize, random: bool, secs: f64) -> f64 {
-    let mut dst: Vec<Vec<u8>> = (0..QD).map(|_| vec![0u8; io]).collect();
+/// Bytes moved and the CPU time it took.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    bytes: u64,
+    cpu: Duration,
+}
+
+impl Tally {
+    fn add(&mut self, (bytes, cpu): (u64, Duration)) {
+        self.bytes += bytes;
+        self.cpu += cpu;
+    }
+    fn gbps(&self) -> f64 {
+        gbps(self.bytes, self.cpu)
+    }
+}
+
+/// `memcpy` of `io`-byte pieces of `src` into the `QD` rotating destinations `dst`, for
+/// `secs`: random pieces, or sequential from piece `seed`. Returns (bytes, CPU time).
+fn memcpy_bw(
+    src: &[u8],
+    dst: &mut [Vec<u8>],
+    random: bool,
+    seed: u64,
+    secs: f64,
+) -> (u64, Duration) {
+    let io = dst[0].len();
     let slots = (src.len() / io) as u64;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut seq = 0u64;
+    let mut rng = Rng(seed | 1);
+    let mut seq = seed % slots;
     let mut bytes = 0u64;
     let start = Instant::now();
     let cpu = thread_cpu();
@@ -92,7 +118,7 @@ fn memcpy_bw(src: &[u8], io: usize, random: bool, secs: f64) -> f64 {
                 seq
             };
             let off = slot as usize * io;
-            let d = &mut dst[k % QD];
+            let d = &mut dst[k % dst.len()];
             d.copy_from_slice(&src[off..off + io]);
             black_box(d.as_mut_ptr());
             k += 1;
@@ -102,7 +128,7 @@ fn memcpy_bw(src: &[u8], io: usize, random: bool, secs: f64) -> f64 {
             break;
         }
     }
-    gbps(bytes, thread_cpu() - cpu)
+    (bytes, thread_cpu() - cpu)
 }
 
 /// `QD` buffers of `io` bytes.
@@ -113,7 +139,7 @@ fn buffers(c: &Controller<SimPlatform>, io: usize) -> Vec<Option<DmaBuffer<SimPl
 }
 
 /// Reads of `io` bytes at QD32 through queue pair `qp` for `secs`: random or sequential
-/// slots. Returns (GB/s per CPU second of this thread, I/Os).
+/// slots (sequential from slot `seed`). Returns (bytes, CPU time of this thread, I/Os).
 fn read_load(
     bufs: &mut [Option<DmaBuffer<SimPlatform>>],
     qp: &mut nvme_core::IoQueuePair<SimPlatform>,
@@ -122,12 +148,12 @@ fn read_load(
     random: bool,
     seed: u64,
     secs: f64,
-) -> (f64, u64) {
+) -> (u64, Duration, u64) {
     let bs = ns.lba_size() as usize;
     let per = (io / bs) as u64;
     let slots = ns.blocks() / per;
-    let mut rng = Rng(seed);
-    let mut seq = 0u64;
+    let mut rng = Rng(seed | 1);
+    let mut seq = seed % slots;
     let mut next = move || {
         let slot = if random {
             rng.next() % slots
@@ -169,7 +195,7 @@ fn read_load(
             break;
         }
     }
-    (gbps(completed * io as u64, thread_cpu() - cpu), completed)
+    (completed * io as u64, thread_cpu() - cpu, completed)
 }
 
 fn bring_up(sim: &Simulator, pairs: u16) -> Controller<SimPlatform> {
@@ -192,29 +218,48 @@ fn sim_config(ns: NamespaceConfig, mode: SimMode) -> SimConfig {
     }
 }
 
-/// 4 KiB random and 128 KiB sequential read bandwidth of one simulator.
-fn sim_bw(sim: &Simulator, secs: f64) -> (f64, f64) {
-    let mut c = bring_up(sim, 1);
-    let ns = c.namespace(1).expect("namespace 1").clone();
-    let mut qp = c.create_io_queue_pair(QD as u16 + 1).expect("queue pair");
-    // Warm-up: first touches of the buffers and the medium.
-    let (mut b_small, mut b_large) = (buffers(&c, SMALL), buffers(&c, LARGE));
-    read_load(&mut b_small, &mut qp, &ns, SMALL, true, 1, secs / 4.0);
-    let small = read_load(
-        &mut b_small,
-        &mut qp,
-        &ns,
-        SMALL,
-        true,
-        0x9E37_79B9_7F4A_7C15,
-        secs,
-    )
-    .0;
-    let large = read_load(&mut b_large, &mut qp, &ns, LARGE, false, 1, secs).0;
-    c.delete_io_queue_pair(qp).expect("delete");
-    c.shutdown().expect("shutdown");
-    sim.assert_no_violations();
-    (small, large)
+/// One simulator with a driver on it: a queue pair and buffers for both transfer sizes.
+struct Rig {
+    sim: Simulator,
+    c: Controller<SimPlatform>,
+    ns: Namespace,
+    qp: nvme_core::IoQueuePair<SimPlatform>,
+    small: Vec<Option<DmaBuffer<SimPlatform>>>,
+    large: Vec<Option<DmaBuffer<SimPlatform>>>,
+}
+
+impl Rig {
+    fn new(sim: Simulator) -> Self {
+        let mut c = bring_up(&sim, 1);
+        let ns = c.namespace(1).expect("namespace 1").clone();
+        let qp = c.create_io_queue_pair(QD as u16 + 1).expect("queue pair");
+        let (small, large) = (buffers(&c, SMALL), buffers(&c, LARGE));
+        Self {
+            sim,
+            c,
+            ns,
+            qp,
+            small,
+            large,
+        }
+    }
+
+    /// 4 KiB random reads (`large`: 128 KiB sequential reads) for `secs`.
+    fn run(&mut self, large: bool, seed: u64, secs: f64) -> (u64, Duration) {
+        let (bufs, io) = if large {
+            (&mut self.large, LARGE)
+        } else {
+            (&mut self.small, SMALL)
+        };
+        let (b, t, _) = read_load(bufs, &mut self.qp, &self.ns, io, !large, seed, secs);
+        (b, t)
+    }
+
+    fn finish(mut self) {
+        self.c.delete_io_queue_pair(self.qp).expect("delete");
+        self.c.shutdown().expect("shutdown");
+        self.sim.assert_no_violations();
+    }
 }
 
 /// 4 KiB random read IOPS with `threads` threads, each on its own queue pair.
@@ -236,7 +281,7 @@ fn multi_queue(mode: SimMode, threads: usize, secs: f64) -> f64 {
             .iter_mut()
             .enumerate()
             .map(|(i, (qp, bufs))| {
-                s.spawn(move || read_load(bufs, qp, ns, SMALL, true, 7 + i as u64, secs).1)
+                s.spawn(move || read_load(bufs, qp, ns, SMALL, true, 7 + i as u64, secs).2)
             })
             .collect();
         hs.into_iter().map(|h| h.join().expect("worker")).sum()
@@ -260,30 +305,14 @@ fn main() {
     let secs: f64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1.5);
+        .unwrap_or(0.4);
     let src = pattern(NS_BYTES as usize);
-    let m_small = memcpy_bw(&src, SMALL, true, secs);
-    let m_large = memcpy_bw(&src, LARGE, false, secs);
-    println!("memcpy      4 KiB random     {m_small:6.2} GB/s");
-    println!("memcpy      128 KiB seq      {m_large:6.2} GB/s");
-
-    let sim = Simulator::new(sim_config(
+    let mem = Simulator::new(sim_config(
         NamespaceConfig::memory(LBA, NS_BYTES),
         SimMode::Inline,
     ))
     .expect("simulator");
-    fill_memory(&sim);
-    let (s_small, s_large) = sim_bw(&sim, secs);
-    drop(sim);
-    println!(
-        "sim memory  4 KiB rand QD32  {s_small:6.2} GB/s  sim/memcpy {:.2}",
-        s_small / m_small
-    );
-    println!(
-        "sim memory  128 KiB seq QD32 {s_large:6.2} GB/s  sim/memcpy {:.2}",
-        s_large / m_large
-    );
-
+    fill_memory(&mem);
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("simbw.img");
     {
@@ -295,32 +324,63 @@ fn main() {
     }
     // Warm the page cache.
     black_box(std::fs::read(&path).expect("image").len());
-    let sim = Simulator::new(sim_config(
+    let img = Simulator::new(sim_config(
         NamespaceConfig::file(LBA, NS_BYTES, &path),
         SimMode::Inline,
     ))
     .expect("simulator");
-    let (i_small, i_large) = sim_bw(&sim, secs);
-    drop(sim);
+    let (mut mem, mut img) = (Rig::new(mem), Rig::new(img));
+    let mut dst_small: Vec<Vec<u8>> = (0..QD).map(|_| vec![0u8; SMALL]).collect();
+    let mut dst_large: Vec<Vec<u8>> = (0..QD).map(|_| vec![0u8; LARGE]).collect();
+    // Warm-up: first touches of buffers and medium.
+    mem.run(false, 1, secs / 4.0);
+    img.run(false, 1, secs / 4.0);
+    memcpy_bw(&src, &mut dst_small, true, 1, secs / 4.0);
+    // Interleaved rounds, so that every figure sees the same share of whatever else the
+    // machine is doing (memory bandwidth, caches).
+    let [mut m_small, mut m_large, mut s_small, mut s_large, mut i_small, mut i_large] =
+        [Tally::default(); 6];
+    for round in 0..ROUNDS {
+        let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(round + 1);
+        m_small.add(memcpy_bw(&src, &mut dst_small, true, seed, secs));
+        s_small.add(mem.run(false, seed, secs));
+        i_small.add(img.run(false, seed, secs));
+        m_large.add(memcpy_bw(&src, &mut dst_large, false, seed, secs));
+        s_large.add(mem.run(true, seed, secs));
+        i_large.add(img.run(true, seed, secs));
+    }
+    mem.finish();
+    img.finish();
+    let (ms, ml) = (m_small.gbps(), m_large.gbps());
+    let (ss, sl) = (s_small.gbps(), s_large.gbps());
+    let (is, il) = (i_small.gbps(), i_large.gbps());
+    println!("memcpy      4 KiB random          {ms:6.2} GB/s");
+    println!("memcpy      128 KiB sequential    {ml:6.2} GB/s");
     println!(
-        "sim image   4 KiB rand QD32  {i_small:6.2} GB/s  sim/memcpy {:.2}  image/memory {:.2}",
-        i_small / m_small,
-        i_small / s_small
+        "sim memory  4 KiB random QD32     {ss:6.2} GB/s  sim/memcpy {:.2}",
+        ss / ms
     );
     println!(
-        "sim image   128 KiB seq QD32 {i_large:6.2} GB/s  sim/memcpy {:.2}  image/memory {:.2}",
-        i_large / m_large,
-        i_large / s_large
+        "sim memory  128 KiB seq QD32      {sl:6.2} GB/s  sim/memcpy {:.2}",
+        sl / ml
+    );
+    println!(
+        "sim image   4 KiB random QD32     {is:6.2} GB/s  sim/memcpy {:.2}  image/memory {:.2}",
+        is / ms,
+        is / ss
+    );
+    println!(
+        "sim image   128 KiB seq QD32      {il:6.2} GB/s  sim/memcpy {:.2}  image/memory {:.2}",
+        il / ml,
+        il / sl
     );
 
-    let mq = secs / 1.5;
+    let mq = secs * 2.0;
     for (name, mode) in [("inline", SimMode::Inline), ("thread", SimMode::Thread)] {
         let one = multi_queue(mode, 1, mq);
         let two = multi_queue(mode, 2, mq);
         println!(
-            "multi-queue {name:6} 4 KiB rand QD32: 1 thread {:7.0} IOPS, 2 threads {:7.0} IOPS ({:.2}x)",
-            one,
-            two,
+            "multi-queue {name:6} 4 KiB random QD32: 1 thread {one:7.0} IOPS, 2 threads {two:7.0} IOPS ({:.2}x)",
             two / one
         );
     }

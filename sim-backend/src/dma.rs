@@ -14,7 +14,6 @@
 //! fault would.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,8 +35,9 @@ pub const DMA_LIMIT: usize = 2 << 30;
 /// Bytes per backing word (a dword).
 const WORD: usize = 4;
 
-/// The staging buffer of a device write to host memory (see `copy_in`).
-const STAGE: usize = 4096;
+/// The block size in which a device write to host memory touches its source before copying
+/// it (see `copy_in`).
+const BLOCK: usize = 4096;
 
 /// Why an access by the device to host memory failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,9 @@ struct Mapping {
 
 #[derive(Default)]
 struct SpaceInner {
-    regions: BTreeMap<u64, Mapping>,
+    /// Mapped regions by first IOVA, in IOVA order (IOVAs only grow, so a new region is
+    /// pushed at the end): a lookup is a binary search over contiguous memory.
+    regions: Vec<(u64, Mapping)>,
     next_iova: u64,
     mapped: usize,
     /// Allocation granule and alignment (a power of two, at least 4 KiB).
@@ -241,28 +243,34 @@ impl DmaSpace {
             ))?;
         g.next_iova = next;
         g.mapped += rounded;
-        g.regions.insert(
+        debug_assert!(g.regions.last().is_none_or(|(last, _)| *last < iova));
+        g.regions.push((
             iova,
             Mapping {
                 len: rounded,
                 words,
                 first_word,
             },
-        );
+        ));
         Ok(DmaRegion::new(ptr, iova, rounded, iova))
     }
 
     fn free(&self, region: DmaRegion) -> bool {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        match g.regions.get(&region.cookie()) {
-            Some(m) if m.len == region.len() && region.iova() == region.cookie() => {
-                let len = m.len;
-                g.regions.remove(&region.cookie());
-                g.mapped -= len;
-                true
-            }
-            _ => false,
+        let Ok(i) = g
+            .regions
+            .binary_search_by_key(&region.cookie(), |(s, _)| *s)
+        else {
+            return false;
+        };
+        let m = &g.regions[i].1;
+        if m.len != region.len() || region.iova() != region.cookie() {
+            return false;
         }
+        let len = m.len;
+        g.regions.remove(i);
+        g.mapped -= len;
+        true
     }
 
     /// Number of mapped regions.
@@ -302,7 +310,8 @@ fn split(m: &Mapping, off: usize, len: usize) -> Split {
 /// The mapping holding `iova .. iova + len`, and the byte offset of `iova` in it.
 fn lookup(inner: &SpaceInner, iova: u64, len: usize) -> Result<(&Mapping, usize), DmaFault> {
     let fault = DmaFault { iova, len };
-    let (start, m) = inner.regions.range(..=iova).next_back().ok_or(fault)?;
+    let i = inner.regions.partition_point(|(s, _)| *s <= iova);
+    let (start, m) = i.checked_sub(1).map(|i| &inner.regions[i]).ok_or(fault)?;
     let off = usize::try_from(iova - start).map_err(|_| fault)?;
     let end = off.checked_add(len).ok_or(fault)?;
     if end > m.len {
@@ -371,16 +380,18 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
     }
     let body = &data[pos..pos + whole.len() * WORD];
     let words = &m.words[whole];
-    // The source is first copied into a small staging buffer with a plain (wide,
-    // prefetch-friendly) memcpy: the source is usually cold (a random block of the medium),
-    // and a dword-by-dword loop over cold memory keeps far fewer cache misses in flight
-    // than memcpy does. The stores into host memory stay single atomic dword stores.
-    let mut stage = [0u8; STAGE];
-    for (ws, src) in words.chunks(STAGE / WORD).zip(body.chunks(STAGE)) {
-        let st = &mut stage[..src.len()];
-        st.copy_from_slice(src);
+    // Block by block: first one load per cache line of the source block (independent
+    // loads, so their misses overlap: the source is usually cold, a random block of the
+    // medium), then the dword stores, whose loads now hit the L1 cache. A plain dword loop
+    // over cold memory would keep far fewer misses in flight than memcpy does.
+    for (ws, src) in words.chunks(BLOCK / WORD).zip(body.chunks(BLOCK)) {
+        let mut touch = 0u8;
+        for line in src.chunks(64) {
+            touch ^= line[0];
+        }
+        std::hint::black_box(touch);
         let mut dst = ws.chunks_exact(8);
-        let mut from = st.chunks_exact(8 * WORD);
+        let mut from = src.chunks_exact(8 * WORD);
         for (w8, d) in (&mut dst).zip(&mut from) {
             for (w, b) in w8.iter().zip(d.chunks_exact(WORD)) {
                 w.store(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), order);
@@ -601,7 +612,7 @@ mod tests {
         let r = dma.allocate(4096).unwrap();
         {
             let g = space.read_lock();
-            let m = &g.regions[&r.iova()];
+            let (_, m) = g.regions.iter().find(|(s, _)| *s == r.iova()).unwrap();
             assert_eq!(std::mem::size_of_val(&m.words[0]), 4);
             assert_eq!(m.words.len(), 2 * 4096 / 4);
         }

@@ -157,7 +157,7 @@ impl Shared {
 
 impl Service for Shared {
     fn service(&self) -> Option<Duration> {
-        self.with_ctrl(|c| c.service(Instant::now()))
+        self.with_ctrl(|c| c.service_now())
     }
 }
 
@@ -191,7 +191,7 @@ fn device_thread(weak: Weak<Shared>, wake: Arc<Wake>) {
                 return;
             };
             let next = sh.with_ctrl(|c| {
-                let n = c.service(Instant::now());
+                let n = c.service_now();
                 c.process();
                 n
             });

@@ -2,7 +2,7 @@
 //! volatile write cache (NVM Command Set §4.1.5.1 DLFEAT, NVMe Base §5.1.25.2.x "Volatile
 //! Write Cache").
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
@@ -37,9 +37,15 @@ pub(crate) enum ReadError<E> {
 }
 
 enum Storage {
-    /// Sparse: chunks never written read as zeroes.
-    Memory(BTreeMap<u64, Box<[u8]>>),
+    /// Sparse: chunks never written (`None`) read as zeroes. Indexed by chunk number: a
+    /// lookup is an index, one pointer per 64 KiB of capacity.
+    Memory(Vec<Option<Box<[u8]>>>),
     File(File),
+}
+
+/// Chunk `idx` of a memory medium, if it was ever written.
+fn chunk(chunks: &[Option<Box<[u8]>>], idx: u64) -> Option<&[u8]> {
+    chunks.get(idx as usize).and_then(|c| c.as_deref())
 }
 
 struct Medium {
@@ -58,7 +64,7 @@ impl Medium {
                     let idx = abs / CHUNK as u64;
                     let in_chunk = (abs % CHUNK as u64) as usize;
                     let n = (CHUNK - in_chunk).min(buf.len() - pos);
-                    match chunks.get(&idx) {
+                    match chunk(chunks, idx) {
                         Some(c) => buf[pos..pos + n].copy_from_slice(&c[in_chunk..in_chunk + n]),
                         None => buf[pos..pos + n].fill(0),
                     }
@@ -72,7 +78,7 @@ impl Medium {
     /// The bytes `off .. off + len` of a memory medium, in order, as slices of its chunks
     /// (or of [`ZEROS`] where nothing was written), handed to `sink`: no copy, no buffer.
     fn memory_pieces<E>(
-        chunks: &BTreeMap<u64, Box<[u8]>>,
+        chunks: &[Option<Box<[u8]>>],
         off: u64,
         len: usize,
         sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
@@ -83,7 +89,7 @@ impl Medium {
             let idx = abs / CHUNK as u64;
             let in_chunk = (abs % CHUNK as u64) as usize;
             let n = (CHUNK - in_chunk).min(len - pos);
-            match chunks.get(&idx) {
+            match chunk(chunks, idx) {
                 Some(c) => sink(&c[in_chunk..in_chunk + n])?,
                 None => sink(&ZEROS[..n])?,
             }
@@ -102,9 +108,8 @@ impl Medium {
                     let idx = abs / CHUNK as u64;
                     let in_chunk = (abs % CHUNK as u64) as usize;
                     let n = (CHUNK - in_chunk).min(data.len() - pos);
-                    let c = chunks
-                        .entry(idx)
-                        .or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+                    let c = chunks[idx as usize]
+                        .get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
                     c[in_chunk..in_chunk + n].copy_from_slice(&data[pos..pos + n]);
                     pos += n;
                 }
@@ -132,8 +137,8 @@ impl Medium {
                     let in_chunk = (abs % CHUNK as u64) as usize;
                     let n = ((CHUNK - in_chunk) as u64).min(len - pos) as usize;
                     if in_chunk == 0 && n == CHUNK {
-                        chunks.remove(&idx);
-                    } else if let Some(c) = chunks.get_mut(&idx) {
+                        chunks[idx as usize] = None;
+                    } else if let Some(c) = chunks[idx as usize].as_mut() {
                         c[in_chunk..in_chunk + n].fill(0);
                     }
                     pos += n as u64;
@@ -146,7 +151,7 @@ impl Medium {
     fn clear(&mut self) -> io::Result<()> {
         match &mut self.storage {
             Storage::Memory(chunks) => {
-                chunks.clear();
+                chunks.iter_mut().for_each(|c| *c = None);
                 Ok(())
             }
             Storage::File(f) => {
@@ -358,7 +363,11 @@ impl Namespace {
         let nbits = usize::try_from(cfg.blocks)
             .map_err(|_| format!("namespace {nsid}: too many blocks"))?;
         let (storage, allocated) = match &cfg.backing {
-            Backing::Memory => (Storage::Memory(BTreeMap::new()), false),
+            Backing::Memory => {
+                let n = usize::try_from(len.div_ceil(CHUNK as u64))
+                    .map_err(|_| format!("namespace {nsid}: too large"))?;
+                (Storage::Memory((0..n).map(|_| None).collect()), false)
+            }
             Backing::File(path) => {
                 let existed = path.exists();
                 let f = OpenOptions::new()
