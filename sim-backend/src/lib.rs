@@ -108,16 +108,30 @@ pub enum SimError {
 /// The device thread's wake-up flag.
 #[derive(Debug, Default)]
 struct Wake {
-    state: Mutex<(bool, bool)>, // (kicked, stop)
+    state: Mutex<WakeState>,
     cond: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WakeState {
+    /// Work was queued since the device thread last looked.
+    kicked: bool,
+    /// The simulator is being dropped.
+    stop: bool,
+    /// The device thread is waiting on the condition variable (only then is it notified:
+    /// a doorbell write while it is busy costs no system call).
+    sleeping: bool,
 }
 
 impl Wake {
     fn kick(&self) {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 = true;
+        g.kicked = true;
+        let sleeping = g.sleeping;
         drop(g);
-        self.cond.notify_all();
+        if sleeping {
+            self.cond.notify_all();
+        }
     }
 }
 
@@ -165,7 +179,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         {
             let mut g = self.wake.state.lock().unwrap_or_else(|e| e.into_inner());
-            g.1 = true;
+            g.stop = true;
         }
         self.wake.cond.notify_all();
         let handle = self
@@ -183,33 +197,34 @@ impl Drop for Shared {
 }
 
 /// The device thread of [`SimMode::Thread`]: processes submission queues when a doorbell
-/// kicks it and delivers timed events.
+/// kicks it and delivers timed events. It takes the controller lock for one arbitration
+/// round at a time, so host threads ringing doorbells of other queues wait for at most one
+/// command per queue, not for a whole batch.
 fn device_thread(weak: Weak<Shared>, wake: Arc<Wake>) {
     loop {
         let timeout = {
             let Some(sh) = weak.upgrade() else {
                 return;
             };
-            let next = sh.with_ctrl(|c| {
-                let n = c.service_now();
-                c.process();
-                n
-            });
+            let next = sh.with_ctrl(|c| c.service_now());
+            while sh.with_ctrl(|c| c.process_round()) {}
             next.unwrap_or(Duration::from_millis(50))
                 .min(Duration::from_millis(50))
         };
         let mut g = wake.state.lock().unwrap_or_else(|e| e.into_inner());
-        if !g.0 && !g.1 {
+        if !g.kicked && !g.stop {
+            g.sleeping = true;
             g = wake
                 .cond
                 .wait_timeout(g, timeout)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            g.sleeping = false;
         }
-        if g.1 {
+        if g.stop {
             return;
         }
-        g.0 = false;
+        g.kicked = false;
     }
 }
 

@@ -1043,30 +1043,34 @@ impl Controller {
     /// command per SQ per round, the admin queue first (§3.4.1 "Round Robin Arbitration").
     /// An SQ whose CQ has completions waiting for room is not fetched from.
     pub(crate) fn process(&mut self) {
-        loop {
-            if !self.operational() {
-                break;
-            }
-            let mut progressed = false;
-            for qid in 0..self.sqs.len() {
-                let ready = match &self.sqs[qid] {
-                    Some(sq) if sq.head != sq.tail => self
-                        .cqs
-                        .get(usize::from(sq.cqid))
-                        .and_then(|c| c.as_ref())
-                        .is_some_and(|cq| cq.backlog.is_empty()),
-                    _ => false,
-                };
-                if ready {
-                    self.fetch_and_execute(qid as u16);
-                    progressed = true;
-                }
-            }
-            if !progressed {
-                break;
+        while self.process_round() {}
+        self.raise_interrupts();
+    }
+
+    /// One arbitration round of [`Controller::process`]: at most one command from each SQ
+    /// that has one and may be fetched from. Returns whether a command was executed. The
+    /// device thread runs one round per hold of the controller lock, so doorbell writes of
+    /// other queues are not held up for a whole batch.
+    pub(crate) fn process_round(&mut self) -> bool {
+        if !self.operational() {
+            return false;
+        }
+        let mut progressed = false;
+        for qid in 0..self.sqs.len() {
+            let ready = match &self.sqs[qid] {
+                Some(sq) if sq.head != sq.tail => self
+                    .cqs
+                    .get(usize::from(sq.cqid))
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|cq| cq.backlog.is_empty()),
+                _ => false,
+            };
+            if ready {
+                self.fetch_and_execute(qid as u16);
+                progressed = true;
             }
         }
-        self.raise_interrupts();
+        progressed
     }
 
     fn fetch_and_execute(&mut self, sqid: u16) {
