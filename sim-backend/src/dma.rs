@@ -11,7 +11,9 @@
 //! simulator's own space, starting at [`IOVA_BASE`], page aligned, never reused, with an
 //! unmapped guard page after every region: an access by the device to an unmapped or freed
 //! IOVA fails (a Data Transfer Error for the command, NVMe Base §9.3), just as an IOMMU
-//! fault would.
+//! fault would. Regions are kept in IOVA order (a lookup is a binary search), and a command's
+//! transfers go through one [`DmaView`], which takes the space's lock once and remembers the
+//! last region it found.
 
 use std::cell::Cell;
 use std::fmt;
