@@ -15,7 +15,7 @@
 use nvme_core::spec::status::generic;
 use nvme_core::spec::Status;
 
-use crate::dma::DmaSpace;
+use crate::dma::{DmaFault, DmaView};
 use crate::violation::ViolationKind;
 
 /// Why a PRP walk failed: the status for the command and the violation for the log.
@@ -43,17 +43,20 @@ fn unmapped(detail: String) -> PrpError {
 }
 
 /// The host memory segments of a `len`-byte transfer described by `prp1`/`prp2` with memory
-/// page size `ps` (CC.MPS). Every segment is checked to be mapped before any data moves.
+/// page size `ps` (CC.MPS), into `segs` (cleared first; its capacity is reused, so a walk
+/// allocates nothing once `segs` has grown to the largest transfer). Every segment is checked
+/// to be mapped before any data moves.
 pub(crate) fn walk(
-    dma: &DmaSpace,
+    dma: &DmaView<'_>,
     prp1: u64,
     prp2: u64,
     len: usize,
     ps: usize,
-) -> Result<Vec<(u64, usize)>, PrpError> {
-    let mut segs = Vec::new();
+    segs: &mut Vec<(u64, usize)>,
+) -> Result<(), PrpError> {
+    segs.clear();
     if len == 0 {
-        return Ok(segs);
+        return Ok(());
     }
     let ps64 = ps as u64;
     if prp1 & 3 != 0 {
@@ -96,15 +99,25 @@ pub(crate) fn walk(
             let slots = (ps - (list % ps64) as usize) / 8;
             let chained = needed > slots;
             let count = if chained { slots } else { needed };
-            let mut raw = vec![0u8; count * 8];
-            dma.read(list, &mut raw)
-                .map_err(|f| unmapped(format!("PRP list at {list:#x}: {f}")))?;
-            let entries: Vec<u64> = raw
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                .collect();
+            if !dma.is_mapped(list, count * 8) {
+                return Err(unmapped(format!(
+                    "PRP list at {list:#x}: {}",
+                    DmaFault {
+                        iova: list,
+                        len: count * 8
+                    }
+                )));
+            }
+            let entry = |i: usize| -> Result<u64, PrpError> {
+                let mut b = [0u8; 8];
+                let at = list + 8 * i as u64;
+                dma.read(at, &mut b)
+                    .map_err(|f| unmapped(format!("PRP list at {list:#x}: {f}")))?;
+                Ok(u64::from_le_bytes(b))
+            };
             let data_entries = if chained { count - 1 } else { count };
-            for (i, &e) in entries[..data_entries].iter().enumerate() {
+            for i in 0..data_entries {
+                let e = entry(i)?;
                 if e % ps64 != 0 {
                     return Err(offset_invalid(
                         ViolationKind::MisalignedPrp,
@@ -117,7 +130,7 @@ pub(crate) fn walk(
             }
             needed -= data_entries;
             if chained {
-                let next = entries[count - 1];
+                let next = entry(count - 1)?;
                 if next & 7 != 0 || next == 0 {
                     return Err(offset_invalid(
                         ViolationKind::MalformedPrpList,
@@ -128,53 +141,96 @@ pub(crate) fn walk(
             }
         }
     }
-    for &(addr, n) in &segs {
+    for &(addr, n) in segs.iter() {
         if !dma.is_mapped(addr, n) {
             return Err(unmapped(format!(
                 "PRP data segment {addr:#x}+{n:#x} is not mapped"
             )));
         }
     }
-    Ok(segs)
+    Ok(())
 }
 
-/// Copies host memory described by `segs` into one buffer.
+/// Copies host memory described by `segs` into `out` (whose length is the transfer's).
 pub(crate) fn gather(
-    dma: &DmaSpace,
+    dma: &DmaView<'_>,
     segs: &[(u64, usize)],
-    len: usize,
-) -> Result<Vec<u8>, PrpError> {
-    let mut out = vec![0u8; len];
+    out: &mut [u8],
+) -> Result<(), PrpError> {
     let mut pos = 0;
     for &(addr, n) in segs {
         dma.read(addr, &mut out[pos..pos + n])
             .map_err(|f| unmapped(f.to_string()))?;
         pos += n;
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Copies `data` to host memory described by `segs`.
-pub(crate) fn scatter(dma: &DmaSpace, segs: &[(u64, usize)], data: &[u8]) -> Result<(), PrpError> {
-    let mut pos = 0;
-    for &(addr, n) in segs {
-        dma.write(addr, &data[pos..pos + n])
-            .map_err(|f| unmapped(f.to_string()))?;
-        pos += n;
+/// A cursor over the host memory segments of a controller-to-host transfer: data handed
+/// to [`Scatter::put`] piece by piece lands in the segments in order, so the source never has
+/// to be one contiguous buffer.
+pub(crate) struct Scatter<'v, 'd, 's> {
+    dma: &'v DmaView<'d>,
+    segs: &'s [(u64, usize)],
+    /// The current segment and the bytes of it already written.
+    seg: usize,
+    done: usize,
+}
+
+impl<'v, 'd, 's> Scatter<'v, 'd, 's> {
+    pub(crate) fn new(dma: &'v DmaView<'d>, segs: &'s [(u64, usize)]) -> Self {
+        Self {
+            dma,
+            segs,
+            seg: 0,
+            done: 0,
+        }
     }
-    Ok(())
+
+    /// Writes the next `data.len()` bytes of the transfer (which must not run past its end).
+    pub(crate) fn put(&mut self, mut data: &[u8]) -> Result<(), PrpError> {
+        while !data.is_empty() {
+            let Some(&(addr, len)) = self.segs.get(self.seg) else {
+                return Err(unmapped("transfer longer than its PRPs".into()));
+            };
+            let n = (len - self.done).min(data.len());
+            self.dma
+                .write(addr + self.done as u64, &data[..n])
+                .map_err(|f| unmapped(f.to_string()))?;
+            data = &data[n..];
+            self.done += n;
+            if self.done == len {
+                self.seg += 1;
+                self.done = 0;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::dma::SimDma;
+    use super::{PrpError, Scatter};
+    use crate::dma::{DmaSpace, SimDma};
+    use crate::violation::ViolationKind;
     use nvme_core::hw::DmaAllocator;
     use std::sync::Arc;
 
     fn setup() -> (Arc<DmaSpace>, SimDma) {
         let s = Arc::new(DmaSpace::new(crate::dma::DMA_PAGE));
         (s.clone(), SimDma::new(s))
+    }
+
+    fn walk(
+        s: &DmaSpace,
+        prp1: u64,
+        prp2: u64,
+        len: usize,
+        ps: usize,
+    ) -> Result<Vec<(u64, usize)>, PrpError> {
+        let mut segs = Vec::new();
+        s.with_view(|v| super::walk(v, prp1, prp2, len, ps, &mut segs))?;
+        Ok(segs)
     }
 
     #[test]
@@ -189,6 +245,26 @@ mod tests {
         assert_eq!(e.status.sc(), 0x13);
         let e = walk(&s, a.iova(), a.iova() + 4100, 5000, 4096).unwrap_err();
         assert_eq!(e.kind, ViolationKind::MisalignedPrp);
+    }
+
+    /// Data put in pieces of any size lands in the segments in order, and a transfer
+    /// longer than its segments is refused.
+    #[test]
+    fn scatter_fills_segments_in_order() {
+        let (s, d) = setup();
+        let a = d.allocate(8192).unwrap();
+        let segs = walk(&s, a.iova() + 4000, a.iova() + 4096, 200, 4096).unwrap();
+        let data: Vec<u8> = (0..200u8).collect();
+        s.with_view(|v| {
+            let mut out = Scatter::new(v, &segs);
+            for piece in data.chunks(7) {
+                out.put(piece).unwrap();
+            }
+            assert!(out.put(&[1]).is_err());
+        });
+        let mut back = vec![0u8; 200];
+        s.read(a.iova() + 4000, &mut back).unwrap();
+        assert_eq!(back, data);
     }
 
     #[test]

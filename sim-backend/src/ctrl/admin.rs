@@ -233,7 +233,7 @@ impl Controller {
             head: 0,
             tail: 0,
             cqid,
-            outstanding: HashSet::new(),
+            outstanding: super::CidSet::new(),
             abort_on_fetch: HashSet::new(),
         });
         self.io_queues_created = true;

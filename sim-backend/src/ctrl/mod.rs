@@ -18,7 +18,7 @@ use crate::config::SimConfig;
 use crate::dma::DmaSpace;
 use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
-use crate::namespace::Namespace;
+use crate::namespace::{Namespace, ReadError};
 use crate::prp::{self, PrpError};
 use crate::violation::{SimStats, Violation, ViolationKind};
 
@@ -33,6 +33,38 @@ pub(crate) const WCTEMP: u16 = 343;
 /// CCTEMP, kelvin (80 °C).
 pub(crate) const CCTEMP: u16 = 353;
 
+/// A set of command identifiers: one bit per possible CID (8 KiB), so that marking a
+/// command outstanding and completing it are a bit operation each, with no hashing and no
+/// allocation.
+pub(crate) struct CidSet(Box<[u64; 1024]>);
+
+impl CidSet {
+    pub(crate) fn new() -> Self {
+        Self(Box::new([0; 1024]))
+    }
+    pub(crate) fn contains(&self, cid: u16) -> bool {
+        self.0[usize::from(cid >> 6)] & (1 << (cid & 63)) != 0
+    }
+    /// Adds `cid`; false if it was already in.
+    pub(crate) fn insert(&mut self, cid: u16) -> bool {
+        let w = &mut self.0[usize::from(cid >> 6)];
+        let had = *w & (1 << (cid & 63)) != 0;
+        *w |= 1 << (cid & 63);
+        !had
+    }
+    pub(crate) fn remove(&mut self, cid: u16) {
+        self.0[usize::from(cid >> 6)] &= !(1 << (cid & 63));
+    }
+}
+
+impl std::fmt::Debug for CidSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries((0..=u16::MAX).filter(|&c| self.contains(c)))
+            .finish()
+    }
+}
+
 /// An I/O or admin submission queue (NVMe Base §3.3.1, §4.1).
 #[derive(Debug)]
 pub(crate) struct Sq {
@@ -42,7 +74,7 @@ pub(crate) struct Sq {
     tail: u32,
     cqid: u16,
     /// Commands fetched whose completion is not yet in the CQ memory.
-    outstanding: HashSet<u16>,
+    outstanding: CidSet,
     /// CIDs an Abort asked for before they were fetched.
     abort_on_fetch: HashSet<u16>,
 }
@@ -96,6 +128,15 @@ impl Cq {
     fn full(&self) -> bool {
         (self.tail + 1) % self.size == self.head
     }
+}
+
+/// Why the data path of a Read failed.
+#[derive(Debug)]
+pub(crate) enum ReadFailure {
+    /// The PRPs were invalid or unmapped (not yet recorded as a violation).
+    Prp(PrpError),
+    /// The backing file could not be read.
+    Medium,
 }
 
 /// The result of executing one command.
@@ -241,7 +282,17 @@ pub(crate) struct Controller {
     dma: Arc<DmaSpace>,
     irq: Arc<IrqCore>,
     pending_irqs: Vec<u16>,
+    /// The CIDs of one SQ doorbell's new commands while they are checked (empty between
+    /// doorbells).
+    batch_cids: CidSet,
+    /// The PRP segments of the command being executed (reused: no allocation per command).
+    segs: Vec<(u64, usize)>,
+    /// Staging for writes and image-file reads (reused, grown to the largest transfer).
+    scratch: Vec<u8>,
     inline: bool,
+    /// A CQ may hold a wrong-phase entry to rewrite (fault injection); recomputed by
+    /// [`Controller::service`].
+    phase_holds: bool,
     /// Thread mode: work for the device thread.
     pub(crate) kick: bool,
     pub(crate) created: Instant,
@@ -303,7 +354,11 @@ impl Controller {
             dma,
             irq,
             pending_irqs: Vec::new(),
+            batch_cids: CidSet::new(),
+            segs: Vec::new(),
+            scratch: Vec::new(),
             inline,
+            phase_holds: false,
             kick: false,
             created: Instant::now(),
             cfg,
@@ -322,7 +377,7 @@ impl Controller {
         }
     }
 
-    fn prp_violation(&mut self, e: PrpError) -> Status {
+    pub(crate) fn prp_violation(&mut self, e: PrpError) -> Status {
         self.violation(e.kind, e.detail);
         e.status
     }
@@ -360,17 +415,39 @@ impl Controller {
 
     /// Raises the interrupts collected while posting (after the entries were written).
     pub(crate) fn raise_interrupts(&mut self) {
-        let mut v = std::mem::take(&mut self.pending_irqs);
-        v.sort_unstable();
-        v.dedup();
-        for vector in v {
+        if self.pending_irqs.is_empty() {
+            return;
+        }
+        self.pending_irqs.sort_unstable();
+        self.pending_irqs.dedup();
+        for &vector in &self.pending_irqs {
             if self.irq.raise(vector) {
                 self.stats.interrupts_raised += 1;
             }
         }
+        // Cleared, not replaced: the capacity is reused by the next commands.
+        self.pending_irqs.clear();
     }
 
     // ---------------------------------------------------------------- timers
+
+    /// True if a timed event may be pending (so that register accesses, doorbells and
+    /// interrupt polls read the clock only when something waits for it).
+    fn timers_armed(&self) -> bool {
+        self.rdy_change.is_some()
+            || self.shutdown_done_at.is_some()
+            || !self.held.is_empty()
+            || self.phase_holds
+    }
+
+    /// [`Controller::service`] at the current time, if a timed event may be pending.
+    pub(crate) fn service_now(&mut self) -> Option<Duration> {
+        if self.timers_armed() {
+            self.service(Instant::now())
+        } else {
+            None
+        }
+    }
 
     /// Applies every timed transition that is due: RDY following EN, shutdown completing,
     /// delayed completions. Returns the time to the next timed event.
@@ -427,9 +504,12 @@ impl Controller {
                 consider(d);
             }
         }
+        let mut holds = false;
         for t in self.cqs.iter().flatten().filter_map(|c| c.phase_hold) {
             consider(t);
+            holds = true;
         }
+        self.phase_holds = holds;
         next.map(|t| t.saturating_duration_since(now))
     }
 
@@ -441,7 +521,7 @@ impl Controller {
         if self.faults.removed || off % 4 != 0 || off + 4 > BAR_SIZE {
             return u32::MAX;
         }
-        self.service(Instant::now());
+        self.service_now();
         match off {
             offset::CAP => self.cap.0 as u32,
             0x04 => (self.cap.0 >> 32) as u32,
@@ -471,15 +551,16 @@ impl Controller {
             );
             return;
         }
-        let now = Instant::now();
-        self.service(now);
+        self.service_now();
         match off {
             offset::INTMS => self.intms |= v,
             offset::INTMC => self.intms &= !v,
-            offset::CC => self.write_cc(Cc(v), now),
+            offset::CC => self.write_cc(Cc(v), Instant::now()),
             // CSTS.NSSRO is RW1C (§3.1.4.6); the other bits are read-only.
             offset::CSTS if v & 0x10 != 0 => self.nssro = false,
-            offset::NSSR if v == NSSR_RESET && self.cap.nssrs() => self.subsystem_reset(now),
+            offset::NSSR if v == NSSR_RESET && self.cap.nssrs() => {
+                self.subsystem_reset(Instant::now());
+            }
             offset::AQA | offset::ASQ | 0x2C | offset::ACQ | 0x34 => {
                 if self.cc.en() {
                     self.violation(
@@ -673,7 +754,7 @@ impl Controller {
             head: 0,
             tail: 0,
             cqid: 0,
-            outstanding: HashSet::new(),
+            outstanding: CidSet::new(),
             abort_on_fetch: HashSet::new(),
         });
         self.cqs[0] = Some(Cq {
@@ -841,25 +922,43 @@ impl Controller {
             return;
         }
         // CIDs must be unique among the commands outstanding on one SQ (§4.1): look for a
-        // duplicate within the new batch (one outstanding at fetch is caught there).
-        let mut seen = HashSet::new();
+        // duplicate within the new batch (one outstanding at fetch is caught there). The
+        // controller's batch set is left empty again afterwards.
+        let mut dups = 0usize;
+        let dma = &*self.dma;
+        let batch = &mut self.batch_cids;
+        let cid_at = |i: u32| sqe_cid(dma, base, i);
         let mut i = tail;
         while i != v {
-            let mut b = [0u8; 4];
-            if self
-                .dma
-                .read(base + u64::from(i) * SQE_SIZE as u64, &mut b)
-                .is_ok()
-            {
-                let cid = (u32::from_le_bytes(b) >> 16) as u16;
-                if !seen.insert(cid) {
-                    self.violation(
-                        ViolationKind::CidConflict,
-                        format!("SQ {qid}: CID {cid} submitted twice in one batch (slot {i})"),
-                    );
+            if let Some(cid) = cid_at(i) {
+                if !batch.insert(cid) {
+                    dups += 1;
                 }
             }
             i = (i + 1) % size;
+        }
+        let mut i = tail;
+        while i != v {
+            if let Some(cid) = cid_at(i) {
+                batch.remove(cid);
+            }
+            i = (i + 1) % size;
+        }
+        if dups > 0 {
+            // Rare: find the slots again for the report.
+            let mut seen = HashSet::new();
+            let mut i = tail;
+            while i != v {
+                if let Some(cid) = sqe_cid(&self.dma, base, i) {
+                    if !seen.insert(cid) {
+                        self.violation(
+                            ViolationKind::CidConflict,
+                            format!("SQ {qid}: CID {cid} submitted twice in one batch (slot {i})"),
+                        );
+                    }
+                }
+                i = (i + 1) % size;
+            }
         }
         if self.faults.may_lose_doorbell() {
             let mut new = Vec::new();
@@ -944,30 +1043,34 @@ impl Controller {
     /// command per SQ per round, the admin queue first (§3.4.1 "Round Robin Arbitration").
     /// An SQ whose CQ has completions waiting for room is not fetched from.
     pub(crate) fn process(&mut self) {
-        loop {
-            if !self.operational() {
-                break;
-            }
-            let mut progressed = false;
-            for qid in 0..self.sqs.len() {
-                let ready = match &self.sqs[qid] {
-                    Some(sq) if sq.head != sq.tail => self
-                        .cqs
-                        .get(usize::from(sq.cqid))
-                        .and_then(|c| c.as_ref())
-                        .is_some_and(|cq| cq.backlog.is_empty()),
-                    _ => false,
-                };
-                if ready {
-                    self.fetch_and_execute(qid as u16);
-                    progressed = true;
-                }
-            }
-            if !progressed {
-                break;
+        while self.process_round() {}
+        self.raise_interrupts();
+    }
+
+    /// One arbitration round of [`Controller::process`]: at most one command from each SQ
+    /// that has one and may be fetched from. Returns whether a command was executed. The
+    /// device thread runs one round per hold of the controller lock, so doorbell writes of
+    /// other queues are not held up for a whole batch.
+    pub(crate) fn process_round(&mut self) -> bool {
+        if !self.operational() {
+            return false;
+        }
+        let mut progressed = false;
+        for qid in 0..self.sqs.len() {
+            let ready = match &self.sqs[qid] {
+                Some(sq) if sq.head != sq.tail => self
+                    .cqs
+                    .get(usize::from(sq.cqid))
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|cq| cq.backlog.is_empty()),
+                _ => false,
+            };
+            if ready {
+                self.fetch_and_execute(qid as u16);
+                progressed = true;
             }
         }
-        self.raise_interrupts();
+        progressed
     }
 
     fn fetch_and_execute(&mut self, sqid: u16) {
@@ -996,7 +1099,7 @@ impl Controller {
         };
         *counter.entry(opcode).or_default() += 1;
 
-        if sq.outstanding.contains(&cid) {
+        if sq.outstanding.contains(cid) {
             self.violation(
                 ViolationKind::CidConflict,
                 format!("SQ {sqid}: CID {cid} reused while a command with it is outstanding"),
@@ -1005,7 +1108,7 @@ impl Controller {
             return;
         }
         sq.outstanding.insert(cid);
-        if sq.abort_on_fetch.remove(&cid) {
+        if !sq.abort_on_fetch.is_empty() && sq.abort_on_fetch.remove(&cid) {
             self.post(
                 sqid,
                 cid,
@@ -1042,13 +1145,12 @@ impl Controller {
         let Outcome::Done(done) = outcome else {
             return;
         };
-        let now = Instant::now();
         match fault {
             Some(CompletionFault::Delay(d)) => self.held.push(Held {
                 sqid,
                 cid,
                 opcode,
-                due: Some(now + d),
+                due: Some(Instant::now() + d),
                 done,
             }),
             Some(CompletionFault::Drop) => self.held.push(Held {
@@ -1084,7 +1186,7 @@ impl Controller {
         let out = self.sqs[usize::from(sqid)].as_ref().map(|s| &s.outstanding);
         (1..=u16::MAX)
             .map(|k| cid ^ 0x8000u16.wrapping_add(k - 1))
-            .find(|c| *c != cid && !out.is_some_and(|o| o.contains(c)))
+            .find(|c| *c != cid && !out.is_some_and(|o| o.contains(*c)))
             .unwrap_or(cid.wrapping_add(1))
     }
 
@@ -1223,6 +1325,7 @@ impl Controller {
                     }
                     let cq = self.cqs[usize::from(cqid)].as_mut().expect("exists");
                     cq.phase_hold = Some(Instant::now() + d);
+                    self.phase_holds = true;
                     cq.backlog.push_front(PendingCqe {
                         fault: PostFault::None,
                         ..p
@@ -1250,7 +1353,7 @@ impl Controller {
                 .get_mut(usize::from(p.sqid))
                 .and_then(|s| s.as_mut())
             {
-                sq.outstanding.remove(&p.cid);
+                sq.outstanding.remove(p.cid);
             }
             let cq = self.cqs[usize::from(cqid)].as_mut().expect("exists");
             cq.tail = (cq.tail + 1) % cq.size;
@@ -1266,16 +1369,16 @@ impl Controller {
 
     // ---------------------------------------------------------------- data transfer
 
-    /// Walks the command's PRPs for `len` bytes.
-    pub(crate) fn prps(&mut self, cmd: &Command, len: usize) -> Result<Vec<(u64, usize)>, Status> {
-        let ps = self.page_size();
-        prp::walk(&self.dma, cmd.prp1(), cmd.prp2(), len, ps).map_err(|e| self.prp_violation(e))
-    }
-
     /// Controller-to-host transfer of `data` through the command's PRPs.
     pub(crate) fn transfer_to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
-        let segs = self.prps(cmd, data.len())?;
-        prp::scatter(&self.dma, &segs, data).map_err(|e| self.prp_violation(e))
+        let ps = self.page_size();
+        let mut segs = std::mem::take(&mut self.segs);
+        let r = self.dma.with_view(|v| {
+            prp::walk(v, cmd.prp1(), cmd.prp2(), data.len(), ps, &mut segs)?;
+            prp::Scatter::new(v, &segs).put(data)
+        });
+        self.segs = segs;
+        r.map_err(|e| self.prp_violation(e))
     }
 
     /// Host-to-controller transfer of `len` bytes through the command's PRPs.
@@ -1284,8 +1387,73 @@ impl Controller {
         cmd: &Command,
         len: usize,
     ) -> Result<Vec<u8>, Status> {
-        let segs = self.prps(cmd, len)?;
-        prp::gather(&self.dma, &segs, len).map_err(|e| self.prp_violation(e))
+        let mut out = vec![0u8; len];
+        self.gather_from_host(cmd, &mut out)?;
+        Ok(out)
+    }
+
+    /// Host-to-controller transfer of `out.len()` bytes through the command's PRPs into
+    /// `out`.
+    pub(crate) fn gather_from_host(&mut self, cmd: &Command, out: &mut [u8]) -> Result<(), Status> {
+        let ps = self.page_size();
+        let mut segs = std::mem::take(&mut self.segs);
+        let r = self.dma.with_view(|v| {
+            prp::walk(v, cmd.prp1(), cmd.prp2(), out.len(), ps, &mut segs)?;
+            prp::gather(v, &segs, out)
+        });
+        self.segs = segs;
+        r.map_err(|e| self.prp_violation(e))
+    }
+
+    /// Read (NVM Command Set §3.3.4) data path: `nlb` blocks at `slba` of namespace `i`
+    /// straight from the medium and the write cache into the host memory the command's
+    /// PRPs describe, in one pass (no intermediate buffer for a memory medium). The PRPs are
+    /// walked and every segment checked to be mapped before any byte moves.
+    pub(crate) fn read_to_host(
+        &mut self,
+        i: usize,
+        slba: u64,
+        nlb: u64,
+        cmd: &Command,
+    ) -> Result<(), ReadFailure> {
+        let ps = self.page_size();
+        let len = nlb as usize * self.namespaces[i].lba_size() as usize;
+        let mut segs = std::mem::take(&mut self.segs);
+        let ns = &self.namespaces[i];
+        let scratch = &mut self.scratch;
+        let r = self.dma.with_view(|v| {
+            prp::walk(v, cmd.prp1(), cmd.prp2(), len, ps, &mut segs).map_err(ReadFailure::Prp)?;
+            let mut out = prp::Scatter::new(v, &segs);
+            ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
+                .map_err(|e| match e {
+                    ReadError::Medium => ReadFailure::Medium,
+                    ReadError::Sink(e) => ReadFailure::Prp(e),
+                })
+        });
+        self.segs = segs;
+        r
+    }
+
+    /// Write (NVM Command Set §3.3.6) data path: the host's data through the command's PRPs
+    /// into the controller's reusable staging buffer, then into the write cache or the
+    /// medium. Nothing is written if a PRP is invalid.
+    pub(crate) fn write_from_host(
+        &mut self,
+        i: usize,
+        slba: u64,
+        len: usize,
+        cached: bool,
+        cmd: &Command,
+    ) -> Result<Result<(), std::io::Error>, Status> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        let r = self
+            .gather_from_host(cmd, &mut scratch[..len])
+            .map(|()| self.namespaces[i].write(slba, &scratch[..len], cached));
+        self.scratch = scratch;
+        r
     }
 
     // ---------------------------------------------------------------- events
@@ -1388,6 +1556,14 @@ impl Controller {
         }
         Ok(nsid as usize - 1)
     }
+}
+
+/// The CID of the submission queue entry in slot `i` of the SQ at `base`, if mapped.
+fn sqe_cid(dma: &DmaSpace, base: u64, i: u32) -> Option<u16> {
+    let mut b = [0u8; 4];
+    dma.read(base + u64::from(i) * SQE_SIZE as u64, &mut b)
+        .ok()
+        .map(|()| (u32::from_le_bytes(b) >> 16) as u16)
 }
 
 pub(crate) fn done_status(status: Status) -> Done {

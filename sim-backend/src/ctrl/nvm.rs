@@ -5,7 +5,7 @@ use nvme_core::spec::opcode::NvmOpcode;
 use nvme_core::spec::status::{generic, media};
 use nvme_core::spec::{Command, Status};
 
-use super::{Controller, Done, Outcome};
+use super::{Controller, Done, Outcome, ReadFailure};
 use crate::violation::ViolationKind;
 
 fn invalid_field() -> Outcome {
@@ -142,23 +142,19 @@ impl Controller {
         }
         match op {
             NvmOpcode::READ => {
-                let mut data = vec![0u8; bytes];
-                if self.namespaces[i].read(slba, nlb, &mut data).is_err() {
-                    return internal_error();
-                }
-                if let Err(s) = self.transfer_to_host(cmd, &data) {
-                    return Done::err(s);
+                match self.read_to_host(i, slba, nlb, cmd) {
+                    Ok(()) => {}
+                    Err(ReadFailure::Prp(e)) => return Done::err(self.prp_violation(e)),
+                    Err(ReadFailure::Medium) => return internal_error(),
                 }
                 self.health.host_reads += 1;
                 self.health.bytes_read += bytes as u128;
             }
             NvmOpcode::WRITE => {
-                let data = match self.transfer_from_host(cmd, bytes) {
-                    Ok(d) => d,
+                match self.write_from_host(i, slba, bytes, cached, cmd) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Done::err(Status::media(media::WRITE_FAULT, false)),
                     Err(s) => return Done::err(s),
-                };
-                if self.namespaces[i].write(slba, &data, cached).is_err() {
-                    return Done::err(Status::media(media::WRITE_FAULT, false));
                 }
                 self.health.host_writes += 1;
                 self.health.bytes_written += bytes as u128;
