@@ -333,23 +333,15 @@ fn copy_out(m: &Mapping, off: usize, buf: &mut [u8], order: Ordering) {
     }
     let body = &mut buf[pos..pos + whole.len() * WORD];
     let words = &m.words[whole];
-    // Eight dwords per step: the loads stay single atomic dword loads, the stores into
-    // `body` become one wide store.
-    let mut src = words.chunks_exact(8);
-    let mut dst = body.chunks_exact_mut(8 * WORD);
-    for (ws, out) in (&mut src).zip(&mut dst) {
-        let mut a = [0u8; 8 * WORD];
-        for (w, o) in ws.iter().zip(a.chunks_exact_mut(WORD)) {
-            o.copy_from_slice(&w.load(order).to_ne_bytes());
+    // One branch on the ordering per access, not per load.
+    match order {
+        Ordering::Relaxed => load_words::<false>(words, body),
+        Ordering::Acquire => load_words::<true>(words, body),
+        _ => {
+            for (w, out) in words.iter().zip(body.chunks_exact_mut(WORD)) {
+                out.copy_from_slice(&w.load(order).to_ne_bytes());
+            }
         }
-        out.copy_from_slice(&a);
-    }
-    for (w, out) in src
-        .remainder()
-        .iter()
-        .zip(dst.into_remainder().chunks_exact_mut(WORD))
-    {
-        out.copy_from_slice(&w.load(order).to_ne_bytes());
     }
     if let Some((w, n)) = tail {
         let v = m.words[w].load(order).to_ne_bytes();
@@ -392,23 +384,78 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
             touch ^= line[0];
         }
         std::hint::black_box(touch);
-        let mut dst = ws.chunks_exact(8);
-        let mut from = src.chunks_exact(8 * WORD);
-        for (w8, d) in (&mut dst).zip(&mut from) {
-            for (w, b) in w8.iter().zip(d.chunks_exact(WORD)) {
-                w.store(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), order);
+        // One branch on the ordering per block, not per store.
+        match order {
+            Ordering::Relaxed => store_words::<false>(ws, src),
+            Ordering::Release => store_words::<true>(ws, src),
+            _ => {
+                for (w, d) in ws.iter().zip(src.chunks_exact(WORD)) {
+                    w.store(u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), order);
+                }
             }
-        }
-        for (w, d) in dst
-            .remainder()
-            .iter()
-            .zip(from.remainder().chunks_exact(WORD))
-        {
-            w.store(u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), order);
         }
     }
     if let Some((w, n)) = tail {
         merge(&m.words[w], 0, &data[data.len() - n..]);
+    }
+}
+
+/// Loads `ws` into `out` (`out.len() == 4 * ws.len()`), one atomic dword load per word,
+/// eight at a time (the stores into `out` become one wide store); `ACQUIRE`: Acquire
+/// loads, else Relaxed.
+#[inline(always)]
+fn load_words<const ACQUIRE: bool>(ws: &[AtomicU32], out: &mut [u8]) {
+    let order = if ACQUIRE {
+        Ordering::Acquire
+    } else {
+        Ordering::Relaxed
+    };
+    let mut src = ws.chunks_exact(8);
+    let mut dst = out.chunks_exact_mut(8 * WORD);
+    for (w8, o) in (&mut src).zip(&mut dst) {
+        let mut a = [0u8; 8 * WORD];
+        for (w, b) in w8.iter().zip(a.chunks_exact_mut(WORD)) {
+            b.copy_from_slice(&w.load(order).to_ne_bytes());
+        }
+        o.copy_from_slice(&a);
+    }
+    for (w, o) in src
+        .remainder()
+        .iter()
+        .zip(dst.into_remainder().chunks_exact_mut(WORD))
+    {
+        o.copy_from_slice(&w.load(order).to_ne_bytes());
+    }
+}
+
+/// Stores `src` into `ws` (`src.len() == 4 * ws.len()`), one atomic dword store per word,
+/// eight at a time; `RELEASE`: Release stores, else Relaxed (a constant, so that the loop
+/// holds plain stores and nothing else).
+#[inline(always)]
+fn store_words<const RELEASE: bool>(ws: &[AtomicU32], src: &[u8]) {
+    let order = if RELEASE {
+        Ordering::Release
+    } else {
+        Ordering::Relaxed
+    };
+    let n = ws.len().min(src.len() / WORD);
+    let (ws, src) = (&ws[..n], &src[..n * WORD]);
+    let full = n / 8 * 8;
+    let (ws8, ws_rest) = ws.split_at(full);
+    let (src8, src_rest) = src.split_at(full * WORD);
+    for (w8, d) in ws8.chunks_exact(8).zip(src8.chunks_exact(8 * WORD)) {
+        if let (Ok(w8), Ok(d)) = (
+            <&[AtomicU32; 8]>::try_from(w8),
+            <&[u8; 8 * WORD]>::try_from(d),
+        ) {
+            for (k, w) in w8.iter().enumerate() {
+                let b = [d[4 * k], d[4 * k + 1], d[4 * k + 2], d[4 * k + 3]];
+                w.store(u32::from_ne_bytes(b), order);
+            }
+        }
+    }
+    for (w, d) in ws_rest.iter().zip(src_rest.chunks_exact(WORD)) {
+        w.store(u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), order);
     }
 }
 

@@ -68,9 +68,9 @@
 //! nor atomics of another size there): 1024 stores per 4 KiB, which no `memcpy` pays.
 //! `cargo run --release -p sim-backend --example simbw` measures it (per CPU second, so
 //! that a busy machine does not skew it): on a 2-core VM, 4 KiB random reads at QD32 through
-//! the driver reach about 0.25 of the bandwidth of `memcpy` of 4 KiB blocks (3 GB/s), and
-//! 128 KiB sequential reads about 0.6 of `memcpy` of 128 KiB (5 GB/s); an image file in the
-//! page cache about 0.8 to 1.0 of memory.
+//! the driver reach about 0.25 of the bandwidth of `memcpy` of 4 KiB blocks (2.5 to 3 GB/s),
+//! and 128 KiB sequential reads about 0.6 of `memcpy` of 128 KiB (4 to 4.7 GB/s); an image
+//! file in the page cache 0.8 to 1.0 of memory.
 //!
 //! # One lock for the whole controller
 //! The controller model is one state machine behind one mutex: every register access and
@@ -83,7 +83,10 @@
 //!   gain at most 1.03x over one, on any number of cores.
 //! - [`SimMode::Thread`]: one device thread executes every queue, as a single-core
 //!   controller would, taking the lock for one arbitration round (at most one command per
-//!   queue) at a time, so a doorbell write on another queue waits for at most that.
+//!   queue) at a time, so a doorbell write on another queue waits for at most that. Two
+//!   host threads on two queue pairs share that one device thread (and contend with it for
+//!   the lock and, on a 2-core machine, for the cores): `simbw` measured 0.56 to 0.74 of the
+//!   IOPS of one pair.
 //!
 //! Independent queues would need command execution split in three phases (fetch and
 //! checks under the controller lock; the transfer under a per-namespace lock; completion

@@ -15,7 +15,7 @@ use nvme_core::spec::status::generic;
 use nvme_core::spec::{AsyncEvent, Command, Completion, ErrorLogEntry, Status, CQE_SIZE, SQE_SIZE};
 
 use crate::config::SimConfig;
-use crate::dma::DmaSpace;
+use crate::dma::{DmaSpace, DmaView};
 use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
 use crate::namespace::{Namespace, ReadError};
@@ -924,32 +924,34 @@ impl Controller {
         // CIDs must be unique among the commands outstanding on one SQ (§4.1): look for a
         // duplicate within the new batch (one outstanding at fetch is caught there). The
         // controller's batch set is left empty again afterwards.
-        let mut dups = 0usize;
-        let dma = &*self.dma;
         let batch = &mut self.batch_cids;
-        let cid_at = |i: u32| sqe_cid(dma, base, i);
-        let mut i = tail;
-        while i != v {
-            if let Some(cid) = cid_at(i) {
-                if !batch.insert(cid) {
-                    dups += 1;
+        let dups = self.dma.with_view(|view| {
+            let mut dups = 0usize;
+            let mut i = tail;
+            while i != v {
+                if let Some(cid) = sqe_cid(view, base, i) {
+                    if !batch.insert(cid) {
+                        dups += 1;
+                    }
                 }
+                i = (i + 1) % size;
             }
-            i = (i + 1) % size;
-        }
-        let mut i = tail;
-        while i != v {
-            if let Some(cid) = cid_at(i) {
-                batch.remove(cid);
+            let mut i = tail;
+            while i != v {
+                if let Some(cid) = sqe_cid(view, base, i) {
+                    batch.remove(cid);
+                }
+                i = (i + 1) % size;
             }
-            i = (i + 1) % size;
-        }
+            dups
+        });
         if dups > 0 {
             // Rare: find the slots again for the report.
             let mut seen = HashSet::new();
             let mut i = tail;
             while i != v {
-                if let Some(cid) = sqe_cid(&self.dma, base, i) {
+                let cid = self.dma.with_view(|view| sqe_cid(view, base, i));
+                if let Some(cid) = cid {
                     if !seen.insert(cid) {
                         self.violation(
                             ViolationKind::CidConflict,
@@ -1559,7 +1561,7 @@ impl Controller {
 }
 
 /// The CID of the submission queue entry in slot `i` of the SQ at `base`, if mapped.
-fn sqe_cid(dma: &DmaSpace, base: u64, i: u32) -> Option<u16> {
+fn sqe_cid(dma: &DmaView<'_>, base: u64, i: u32) -> Option<u16> {
     let mut b = [0u8; 4];
     dma.read(base + u64::from(i) * SQE_SIZE as u64, &mut b)
         .ok()
