@@ -561,6 +561,18 @@ impl<P: Platform> Worker<'_, P> {
         }
     }
 
+    /// No DMA buffer now: wait for one to come back if any is in flight, else the request
+    /// fails (allocation keeps failing and none will come back).
+    fn no_buffer(&self) -> Result<bool, Refusal> {
+        if self.owned > self.free.len() {
+            return Ok(false);
+        }
+        Err((
+            errno::EIO,
+            "no DMA buffer could be allocated for the request".into(),
+        ))
+    }
+
     /// Submits commands for pending requests, oldest first, while the pair has room.
     fn submit_pending(&mut self) {
         while let Some(&slot) = self.pending.front() {
@@ -602,7 +614,7 @@ impl<P: Platform> Worker<'_, P> {
             Op::Read { lba, blocks } | Op::Write { lba, blocks, .. } => {
                 let (slba, n) = piece(lba, blocks, next, chunk);
                 let Some(mut b) = self.buffer() else {
-                    return Ok(false);
+                    return self.no_buffer();
                 };
                 let write = matches!(op, Op::Write { .. });
                 let fua = matches!(op, Op::Write { fua: true, .. });
@@ -639,7 +651,7 @@ impl<P: Platform> Worker<'_, P> {
             }
             Op::Trim { lba, blocks, .. } => {
                 let Some(mut b) = self.buffer() else {
-                    return Ok(false);
+                    return self.no_buffer();
                 };
                 // One range (NVM §3.3.3, Figure "Dataset Management – Range Definition"):
                 // context attributes, length in blocks, starting LBA, little endian.
