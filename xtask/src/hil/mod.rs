@@ -410,8 +410,9 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
 /// The NBD step of a boot: the second half of namespace 1 (the soak's region, which no
 /// image check reads), through the kernel's `nbd` module, with `ext4` for the mount.
 fn nbd_plan(env: &Env<'_>, plan: &initramfs::GuestPlan) -> Result<initramfs::NbdPlan> {
-    // Debian builds ext4 (which also mounts ext2) as a module.
-    let modules: Vec<String> = kernel::modules_for(&env.kernel, &["nbd", "ext4"])?
+    // Debian builds ext4 (which also mounts ext2) as a module; its softdep names the
+    // algorithm alias `crypto-crc32c`, which `crc32c_generic` provides.
+    let modules: Vec<String> = kernel::modules_for(&env.kernel, &["nbd", "crc32c_generic", "ext4"])?
         .into_iter()
         .filter(|m| !plan.modules.contains(m))
         .collect();
