@@ -412,10 +412,11 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
 fn nbd_plan(env: &Env<'_>, plan: &initramfs::GuestPlan) -> Result<initramfs::NbdPlan> {
     // Debian builds ext4 (which also mounts ext2) as a module; its softdep names the
     // algorithm alias `crypto-crc32c`, which `crc32c_generic` provides.
-    let modules: Vec<String> = kernel::modules_for(&env.kernel, &["nbd", "crc32c_generic", "ext4"])?
-        .into_iter()
-        .filter(|m| !plan.modules.contains(m))
-        .collect();
+    let modules: Vec<String> =
+        kernel::modules_for(&env.kernel, &["nbd", "crc32c_generic", "ext4"])?
+            .into_iter()
+            .filter(|m| !plan.modules.contains(m))
+            .collect();
     let start_block = plan.soak_start();
     Ok(initramfs::NbdPlan {
         modules,
