@@ -759,6 +759,10 @@ impl<P: Platform> Worker<'_, P> {
             return;
         };
         a.outstanding -= 1;
+        // Reads, writes and the Dataset Management of a trim carry a pool buffer; a trim's
+        // trailing Flush does not.
+        let had_buffer = matches!(a.op, Op::Read { .. } | Op::Write { .. })
+            || (matches!(a.op, Op::Trim { .. }) && !a.flushing);
         let mut problem = None;
         match &c.result {
             Ok(()) => {
@@ -784,10 +788,9 @@ impl<P: Platform> Worker<'_, P> {
         }
         match c.buffer {
             Some(b) => self.free.push(b),
-            // Timed out: the queue keeps the buffer until the device lets go of it.
-            None if c.result.is_err() && matches!(c.result, Err(Error::Timeout { .. })) => {
-                self.owned = self.owned.saturating_sub(1);
-            }
+            // Timed out (the queue keeps the buffer until the device lets go of it) or the
+            // device is gone (the buffer stays retired): it is not coming back.
+            None if had_buffer => self.owned = self.owned.saturating_sub(1),
             None => {}
         }
         if let Some(p) = problem {
