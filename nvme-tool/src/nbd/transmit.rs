@@ -31,10 +31,13 @@
 //!
 //! Bounds: a write payload above [`MAX_REQUEST`] closes the connection (the payload cannot
 //! be skipped without reading it; proto.md allows a hard disconnect for a payload "deemed a
-//! denial of service"); a read above it gets `NBD_EINVAL`. The worker takes new requests only
-//! while the data it holds stays under [`BUDGET`], so one connection holds at most about
-//! `BUDGET + 2 × MAX_REQUEST` bytes of request data, and at most one DMA buffer per queue
-//! entry.
+//! denial of service"); a read above it gets `NBD_EINVAL`. The worker starts new requests
+//! only while the data it holds stays under [`BUDGET`] (or holds none); the reader hands
+//! requests over in batches of at most [`BATCH_BYTES`] plus one request, with at most two
+//! batches in the channel. One connection therefore holds at most `BUDGET + MAX_REQUEST`
+//! bytes in requests being served plus four batches (one waiting in the worker, two in the
+//! channel, one being read): about 230 MiB, and only for a client that pipelines 32 MiB
+//! writes. DMA buffers: at most one per queue entry.
 
 use std::collections::VecDeque;
 use std::io::{self, BufReader, Read, Write};
