@@ -509,3 +509,66 @@ fn an_export_of_a_block_range_starts_at_its_first_block_and_ends_at_its_last() {
     assert!(img[end..].iter().all(|&b| b == 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_export_is_served_on_tcp_too() {
+    use std::net::TcpStream;
+    use std::process::{Command, Stdio};
+    let dir = scratch("tcp");
+    let log = dir.join("tcp.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvme-tool"))
+        .args(["nbd", "sim", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut addr = None;
+    for _ in 0..1500 {
+        let l = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(rest) = l.split("on nbd://").nth(1) {
+            addr = rest.split('/').next().map(str::to_owned);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addr = addr.expect("the server printed its TCP address");
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..16], b"NBDMAGICIHAVEOPT");
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    // NBD_OPT_EXPORT_NAME "ns1": size and flags come back without the 124 zeroes.
+    let mut m = IHAVEOPT.to_be_bytes().to_vec();
+    m.extend_from_slice(&1u32.to_be_bytes());
+    m.extend_from_slice(&3u32.to_be_bytes());
+    m.extend_from_slice(b"ns1");
+    s.write_all(&m).unwrap();
+    let mut info = [0u8; 10];
+    s.read_exact(&mut info).unwrap();
+    assert_eq!(u64::from_be_bytes(info[..8].try_into().unwrap()), 64 << 20);
+    let d = pattern(7, 4096);
+    let mut req = [0u8; 28];
+    req[0..4].copy_from_slice(&0x2560_9513u32.to_be_bytes());
+    req[6..8].copy_from_slice(&WRITE.to_be_bytes());
+    req[8..16].copy_from_slice(&5u64.to_be_bytes());
+    req[16..24].copy_from_slice(&8192u64.to_be_bytes());
+    req[24..28].copy_from_slice(&4096u32.to_be_bytes());
+    s.write_all(&req).unwrap();
+    s.write_all(&d).unwrap();
+    let mut rep = [0u8; 16];
+    s.read_exact(&mut rep).unwrap();
+    assert_eq!(&rep[4..8], &[0, 0, 0, 0]);
+    req[6..8].copy_from_slice(&READ.to_be_bytes());
+    s.write_all(&req).unwrap();
+    s.read_exact(&mut rep).unwrap();
+    assert_eq!(&rep[4..8], &[0, 0, 0, 0]);
+    let mut back = vec![0u8; 4096];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, d);
+    drop(s);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

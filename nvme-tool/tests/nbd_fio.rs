@@ -6,6 +6,7 @@
 
 mod nbd_common;
 
+use std::path::Path;
 use std::process::Command;
 
 use nbd_common::{have, run, scratch, Server};
@@ -22,8 +23,10 @@ fn fio_has_nbd() -> bool {
     true
 }
 
-fn fio(uri: &str, extra: &[&str]) -> (bool, String) {
+fn fio(dir: &Path, uri: &str, extra: &[&str]) -> (bool, String) {
     let mut c = Command::new("fio");
+    // fio leaves its verify state files in the working directory.
+    c.current_dir(dir);
     c.args([
         "--name=nbd-verify",
         "--ioengine=nbd",
@@ -50,14 +53,14 @@ fn fio_random_writes_verify_through_the_export_and_across_a_restart() {
     let img = dir.join("ns1.img");
     let dev = format!("sim:{}", img.display());
     let s = Server::start(&dir, &dev, &["-q", "32"]);
-    let (ok, out) = fio(&s.uri(), &["--verify_backlog=64"]);
+    let (ok, out) = fio(&dir, &s.uri(), &["--verify_backlog=64"]);
     assert!(ok, "fio failed:\n{out}\nserver:\n{}", s.log_text());
     assert!(out.contains("err= 0"), "{out}");
     let (st, log) = s.stop();
     assert!(st.success(), "{log}");
     // The same job's blocks, read and verified by a new server on the same image.
     let s = Server::start(&dir, &dev, &[]);
-    let (ok, out) = fio(&s.uri(), &["--verify_only"]);
+    let (ok, out) = fio(&dir, &s.uri(), &["--verify_only"]);
     assert!(ok, "fio --verify_only after a restart failed:\n{out}");
     let (st, log) = s.stop();
     assert!(st.success(), "{log}");
@@ -71,7 +74,7 @@ fn fio_random_writes_verify_through_the_export_and_across_a_restart() {
     bytes[block + 100] ^= 0x5a;
     std::fs::write(&img, &bytes).unwrap();
     let s = Server::start(&dir, &dev, &[]);
-    let (ok, out) = fio(&s.uri(), &["--verify_only"]);
+    let (ok, out) = fio(&dir, &s.uri(), &["--verify_only"]);
     assert!(
         !ok,
         "fio must detect the corrupted block at {block}:\n{out}"

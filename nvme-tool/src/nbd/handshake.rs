@@ -158,7 +158,9 @@ pub fn negotiate<S: Read + Write, T>(
                 if !no_zeroes {
                     m.extend_from_slice(&[0u8; 124]);
                 }
-                s.write_all(&m)?;
+                // The lease goes back to the caller even if the socket just failed: the
+                // transmission phase then ends at once and returns it.
+                let _ = s.write_all(&m);
                 return Ok(Negotiated::Transmission(lease));
             }
             opt::LIST => {
@@ -234,7 +236,8 @@ pub fn negotiate<S: Read + Write, T>(
                 }
                 match acquire() {
                     Ok(lease) => {
-                        proto::send_option_reply(s, option, rep::ACK, &[])?;
+                        // As for NBD_OPT_EXPORT_NAME: never lose the lease to a socket error.
+                        let _ = proto::send_option_reply(s, option, rep::ACK, &[]);
                         return Ok(Negotiated::Transmission(lease));
                     }
                     Err(msg) => {

@@ -393,10 +393,9 @@ where
     let pool: Mutex<Vec<IoQueuePair<P>>> = Mutex::new(pairs);
     install_signal_handlers()?;
     let shutting_down = AtomicBool::new(false);
-    let where_ = match (&a.socket, &a.listen) {
-        (Some(p), _) => format!("nbd+unix:///{}?socket={}", ex.name, p.display()),
-        (None, Some(addr)) => format!("nbd://{addr}/{}", ex.name),
-        (None, None) => unreachable!(),
+    let where_ = match listener {
+        Listener::Unix(_, p) => format!("nbd+unix:///{}?socket={}", ex.name, p.display()),
+        Listener::Tcp(l) => format!("nbd://{}/{}", l.local_addr()?, ex.name),
     };
     eprintln!(
         "nbd: serving {} ({} bytes, {}-byte blocks, flags {:#06x}, max payload {}) from {name} on {where_}; {want} connection(s) of queue depth {depth}",

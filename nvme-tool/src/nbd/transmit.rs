@@ -31,13 +31,16 @@
 //!
 //! Bounds: a write payload above [`MAX_REQUEST`] closes the connection (the payload cannot
 //! be skipped without reading it; proto.md allows a hard disconnect for a payload "deemed a
-//! denial of service"); a read above it gets `NBD_EINVAL`. The worker takes new requests only
-//! while the data it holds stays under [`BUDGET`], so one connection holds at most about
-//! `BUDGET + 2 × MAX_REQUEST` bytes of request data, and at most one DMA buffer per queue
-//! entry.
+//! denial of service"); a read above it gets `NBD_EINVAL`. The worker starts new requests
+//! only while the data it holds stays under [`BUDGET`] (or holds none); the reader hands
+//! requests over in batches of at most [`BATCH_BYTES`] plus one request, with at most two
+//! batches in the channel. One connection therefore holds at most `BUDGET + MAX_REQUEST`
+//! bytes in requests being served plus four batches (one waiting in the worker, two in the
+//! channel, one being read): about 230 MiB, and only for a client that pipelines 32 MiB
+//! writes. DMA buffers: at most one per queue entry.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::Duration;
 
@@ -294,7 +297,7 @@ pub fn serve<P: Platform>(
     };
     // Small: back-pressure comes from the worker, which takes requests only while it has
     // room for them.
-    let (tx, rx) = mpsc::sync_channel::<Incoming>(2);
+    let (tx, rx) = mpsc::sync_channel::<Vec<Incoming>>(2);
     let reader = std::thread::Builder::new()
         .name("nbd-reader".into())
         .spawn(move || read_requests(reader_stream, tx));
@@ -312,6 +315,8 @@ pub fn serve<P: Platform>(
         g: *g,
         out: stream,
         rx,
+        queued: VecDeque::new(),
+        replies: Vec::with_capacity(64 << 10),
         active: Vec::new(),
         pending: VecDeque::new(),
         free: Vec::new(),
@@ -334,53 +339,81 @@ pub fn serve<P: Platform>(
     (why, stats)
 }
 
-/// Reads requests until the end; returns why it stopped.
-fn read_requests(mut s: Stream, tx: SyncSender<Incoming>) -> String {
+/// Most request bytes (headers and write payloads) the reader puts in one batch beyond the
+/// first request: what a batch adds to the reader's and the channel's share of memory.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Reads requests until the end; returns why it stopped. Requests that already sit in the
+/// read buffer behind the first go to the worker in the same batch (one wake-up, one
+/// channel message, for a client that pipelines).
+fn read_requests(s: Stream, tx: SyncSender<Vec<Incoming>>) -> String {
+    let mut r = BufReader::with_capacity(64 << 10, s);
     loop {
-        let mut hb = [0u8; proto::REQUEST_LEN];
-        match read_full(&mut s, &mut hb) {
-            Ok(0) => return "the client closed the connection".into(),
-            Ok(n) if n < hb.len() => {
-                return format!("the client closed the connection {n} bytes into a request header")
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let end = loop {
+            match read_request(&mut r) {
+                Ok(inc) => {
+                    bytes += proto::REQUEST_LEN + inc.data.len();
+                    batch.push(inc);
+                }
+                Err(why) => break Some(why),
             }
-            Ok(_) => {}
-            Err(e) => return format!("socket read failed: {e}"),
-        }
-        let h = match RequestHeader::decode(&hb) {
-            Ok(h) => h,
-            Err(m) => {
-                return format!(
-                    "request magic {m:#010x} is not NBD_REQUEST_MAGIC: connection closed (proto.md \"Request message\")"
-                )
+            if r.buffer().len() < proto::REQUEST_LEN || bytes >= BATCH_BYTES || batch.len() >= 64 {
+                break None;
             }
         };
-        if h.kind == cmd::DISC {
-            return "NBD_CMD_DISC".into();
-        }
-        let mut data = Vec::new();
-        if h.kind == cmd::WRITE {
-            if h.len > MAX_REQUEST {
-                return format!(
-                    "a WRITE of {} bytes exceeds the {MAX_REQUEST}-byte maximum payload: connection closed without reading it",
-                    h.len
-                );
-            }
-            data = vec![0u8; h.len as usize];
-            match read_full(&mut s, &mut data) {
-                Ok(n) if n == data.len() => {}
-                Ok(n) => {
-                    return format!(
-                        "the client closed the connection {n} bytes into the {}-byte payload of a WRITE (nothing of it was written)",
-                        h.len
-                    )
-                }
-                Err(e) => return format!("socket read failed inside a WRITE payload: {e}"),
-            }
-        }
-        if tx.send(Incoming { h, data }).is_err() {
+        if !batch.is_empty() && tx.send(batch).is_err() {
             return "the worker stopped".into();
         }
+        if let Some(why) = end {
+            return why;
+        }
     }
+}
+
+/// Reads one request (and a write's payload); `Err` says why the connection ends.
+fn read_request(r: &mut impl Read) -> Result<Incoming, String> {
+    let mut hb = [0u8; proto::REQUEST_LEN];
+    match read_full(r, &mut hb) {
+        Ok(0) => return Err("the client closed the connection".into()),
+        Ok(n) if n < hb.len() => {
+            return Err(format!(
+                "the client closed the connection {n} bytes into a request header"
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("socket read failed: {e}")),
+    }
+    let h = RequestHeader::decode(&hb).map_err(|m| {
+        format!(
+            "request magic {m:#010x} is not NBD_REQUEST_MAGIC: connection closed (proto.md \"Request message\")"
+        )
+    })?;
+    if h.kind == cmd::DISC {
+        return Err("NBD_CMD_DISC".into());
+    }
+    let mut data = Vec::new();
+    if h.kind == cmd::WRITE {
+        if h.len > MAX_REQUEST {
+            return Err(format!(
+                "a WRITE of {} bytes exceeds the {MAX_REQUEST}-byte maximum payload: connection closed without reading it",
+                h.len
+            ));
+        }
+        data = vec![0u8; h.len as usize];
+        match read_full(r, &mut data) {
+            Ok(n) if n == data.len() => {}
+            Ok(n) => {
+                return Err(format!(
+                    "the client closed the connection {n} bytes into the {}-byte payload of a WRITE (nothing of it was written)",
+                    h.len
+                ))
+            }
+            Err(e) => return Err(format!("socket read failed inside a WRITE payload: {e}")),
+        }
+    }
+    Ok(Incoming { h, data })
 }
 
 /// Reads until `buf` is full or the peer closes; returns the bytes read.
@@ -401,7 +434,11 @@ struct Worker<'a, P: Platform> {
     qp: &'a mut IoQueuePair<P>,
     g: Geometry,
     out: Stream,
-    rx: Receiver<Incoming>,
+    rx: Receiver<Vec<Incoming>>,
+    /// Requests received and not started yet.
+    queued: VecDeque<Incoming>,
+    /// Replies not sent yet (sent together once per turn of the loop).
+    replies: Vec<u8>,
     /// Requests in progress, by slot (the slot is in the command tags).
     active: Vec<Option<Active>>,
     /// Slots with commands left to submit, oldest first.
@@ -421,6 +458,9 @@ struct Worker<'a, P: Platform> {
     wait_irq: bool,
 }
 
+/// Replies up to this size are collected and sent together; larger ones go out alone.
+const REPLY_COALESCE: usize = 64 << 10;
+
 /// Bits of a tag that carry the block offset of a command inside its request.
 const OFFSET_BITS: u32 = 40;
 
@@ -433,12 +473,16 @@ impl<P: Platform> Worker<'_, P> {
             self.qp.ring();
             let busy = self.active.iter().any(Option::is_some);
             if !busy {
-                if self.reader_done {
+                self.send_replies();
+                if self.reader_done && self.queued.is_empty() {
                     return;
+                }
+                if !self.queued.is_empty() {
+                    continue;
                 }
                 // Idle: sleep until the next request.
                 match self.rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(r) => self.start(r),
+                    Ok(b) => self.queued.extend(b),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => self.reader_done = true,
                 }
@@ -465,18 +509,26 @@ impl<P: Platform> Worker<'_, P> {
             for c in done.drain(..) {
                 self.complete(c);
             }
+            self.send_replies();
         }
     }
 
     /// Takes requests from the reader while there is room for them.
     fn intake(&mut self) {
-        while !self.reader_done {
+        loop {
             let count = self.active.iter().filter(|a| a.is_some()).count();
             if count > 0 && (count >= self.qp.depth() || self.held >= BUDGET) {
                 return;
             }
+            if let Some(r) = self.queued.pop_front() {
+                self.start(r);
+                continue;
+            }
+            if self.reader_done {
+                return;
+            }
             match self.rx.try_recv() {
-                Ok(r) => self.start(r),
+                Ok(b) => self.queued.extend(b),
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => self.reader_done = true,
             }
@@ -561,6 +613,18 @@ impl<P: Platform> Worker<'_, P> {
         }
     }
 
+    /// No DMA buffer now: wait for one to come back if any is in flight, else the request
+    /// fails (allocation keeps failing and none will come back).
+    fn no_buffer(&self) -> Result<bool, Refusal> {
+        if self.owned > self.free.len() {
+            return Ok(false);
+        }
+        Err((
+            errno::EIO,
+            "no DMA buffer could be allocated for the request".into(),
+        ))
+    }
+
     /// Submits commands for pending requests, oldest first, while the pair has room.
     fn submit_pending(&mut self) {
         while let Some(&slot) = self.pending.front() {
@@ -602,7 +666,7 @@ impl<P: Platform> Worker<'_, P> {
             Op::Read { lba, blocks } | Op::Write { lba, blocks, .. } => {
                 let (slba, n) = piece(lba, blocks, next, chunk);
                 let Some(mut b) = self.buffer() else {
-                    return Ok(false);
+                    return self.no_buffer();
                 };
                 let write = matches!(op, Op::Write { .. });
                 let fua = matches!(op, Op::Write { fua: true, .. });
@@ -639,7 +703,7 @@ impl<P: Platform> Worker<'_, P> {
             }
             Op::Trim { lba, blocks, .. } => {
                 let Some(mut b) = self.buffer() else {
-                    return Ok(false);
+                    return self.no_buffer();
                 };
                 // One range (NVM §3.3.3, Figure "Dataset Management – Range Definition"):
                 // context attributes, length in blocks, starting LBA, little endian.
@@ -698,6 +762,10 @@ impl<P: Platform> Worker<'_, P> {
             return;
         };
         a.outstanding -= 1;
+        // Reads, writes and the Dataset Management of a trim carry a pool buffer; a trim's
+        // trailing Flush does not.
+        let had_buffer = matches!(a.op, Op::Read { .. } | Op::Write { .. })
+            || (matches!(a.op, Op::Trim { .. }) && !a.flushing);
         let mut problem = None;
         match &c.result {
             Ok(()) => {
@@ -723,10 +791,9 @@ impl<P: Platform> Worker<'_, P> {
         }
         match c.buffer {
             Some(b) => self.free.push(b),
-            // Timed out: the queue keeps the buffer until the device lets go of it.
-            None if c.result.is_err() && matches!(c.result, Err(Error::Timeout { .. })) => {
-                self.owned = self.owned.saturating_sub(1);
-            }
+            // Timed out (the queue keeps the buffer until the device lets go of it) or the
+            // device is gone (the buffer stays retired): it is not coming back.
+            None if had_buffer => self.owned = self.owned.saturating_sub(1),
             None => {}
         }
         if let Some(p) = problem {
@@ -778,15 +845,43 @@ impl<P: Platform> Worker<'_, P> {
         if self.client_gone {
             return;
         }
-        let mut hdr = [0u8; proto::SIMPLE_REPLY_LEN];
-        let msg = match whole {
-            Some(m) => m,
-            None => {
-                proto::simple_reply(&mut hdr, error, cookie);
-                &hdr[..]
+        match whole {
+            // A large reply goes out at once, after what is pending (no copy).
+            Some(m) if m.len() > REPLY_COALESCE => {
+                self.send_replies();
+                if !self.client_gone {
+                    let r = (&self.out).write_all(m);
+                    self.sent(r);
+                }
             }
+            Some(m) => self.replies.extend_from_slice(m),
+            None => {
+                let mut hdr = [0u8; proto::SIMPLE_REPLY_LEN];
+                proto::simple_reply(&mut hdr, error, cookie);
+                self.replies.extend_from_slice(&hdr);
+            }
+        }
+        if self.replies.len() >= REPLY_COALESCE {
+            self.send_replies();
+        }
+    }
+
+    /// Sends the replies collected so far in one write.
+    fn send_replies(&mut self) {
+        if self.replies.is_empty() {
+            return;
+        }
+        let r = if self.client_gone {
+            Ok(())
+        } else {
+            (&self.out).write_all(&self.replies)
         };
-        if let Err(e) = (&self.out).write_all(msg) {
+        self.replies.clear();
+        self.sent(r);
+    }
+
+    fn sent(&mut self, r: io::Result<()>) {
+        if let Err(e) = r {
             self.client_gone = true;
             self.note(format!(
                 "the client is gone ({e}): remaining requests are completed without replies"

@@ -57,7 +57,30 @@ pub struct GuestPlan {
     /// The guest kernel runs with `iommu.passthrough=1`: the `bind` step requires the group's
     /// default domain to be `identity` (so the run proves the option took effect).
     pub expect_identity_domain: bool,
+    /// The NBD step, after the interrupt modes, if this boot runs it.
+    pub nbd: Option<NbdPlan>,
 }
+
+/// The NBD step: `nvme-tool nbd` serves a block range of namespace 1 (polled) on a Unix
+/// socket, the guest kernel's NBD client attaches to it (`nbd-attach`), busybox `mke2fs`
+/// makes an ext2 filesystem on `/dev/nbd0`, which is mounted, written (a directory,
+/// `/data/guest.bin`, `/data/host.bin`, 4 MiB of random data), unmounted, detached, attached
+/// again (a new connection: nothing can come from the first one's caches), mounted
+/// read-only and compared; then the server gets SIGTERM and must shut down in order. The
+/// host then checks the filesystem in its image (`e2fsck`, `debugfs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdPlan {
+    /// The `nbd` and `ext4` modules and what they need, relative to `/lib/modules/<kver>`,
+    /// in load order.
+    pub modules: Vec<String>,
+    /// First block of namespace 1 that the export covers.
+    pub start_block: u64,
+    /// Blocks exported.
+    pub blocks: u64,
+}
+
+/// The boot-level step of [`NbdPlan`].
+pub const NBD_STEP: &str = "nbd";
 
 /// Boot-level steps, in order.
 pub const BOOT_STEPS: &[&str] = &["modules", "bind", "hugepages", "vfio-info"];
@@ -116,6 +139,9 @@ impl GuestPlan {
         }
         for m in &self.irq_modes {
             v.extend(self.mode_steps().iter().map(|s| format!("{s}[{m}]")));
+        }
+        if self.nbd.is_some() {
+            v.push(NBD_STEP.to_owned());
         }
         v
     }
@@ -304,6 +330,9 @@ echo "HIL-PERF[{m}] $(grep -a '^pci:' "/tmp/perf[{m}].log" | tail -n 1)"
             );
         }
     }
+    if let Some(n) = &p.nbd {
+        s.push_str(&nbd_script(n, &moddir));
+    }
     s.push_str(
         r#"sync
 if [ "$FAILS" -eq 0 ]; then V=PASS; else V=FAIL; fi
@@ -312,6 +341,90 @@ poweroff -f
 "#,
     );
     s
+}
+
+/// The shell of the NBD step (see [`NbdPlan`]).
+fn nbd_script(n: &NbdPlan, moddir: &str) -> String {
+    format!(
+        r#"# ---- NBD: the guest kernel's NBD client on nvme-tool nbd ----
+# wait_for WHAT PID CMD...: polls CMD every 0.1 s for 30 s while PID lives.
+wait_for() {{
+  what=$1; pid=$2; shift 2; i=0
+  until "$@"; do
+    i=$((i + 1))
+    if [ "$i" -gt 300 ] || ! kill -0 "$pid" 2>/dev/null; then echo "$what: not ready"; return 1; fi
+    sleep 0.1
+  done
+}}
+nbd_attach() {{
+  /bin/nbd-attach /tmp/nbd.sock /dev/nbd0 >> /tmp/nbd-attach.log 2>&1 &
+  att=$!
+  wait_for nbd-attach "$att" sh -c '[ "$(cat /sys/block/nbd0/size)" -gt 0 ]'
+}}
+nbd_detach() {{
+  /bin/nbd-attach --disconnect /dev/nbd0
+  wait "$att"
+  att=""
+}}
+nbd_body() {{
+{insmods}  /bin/nvme-tool nbd "pci:$BDF" --socket /tmp/nbd.sock --start-block {start} --block-count {blocks} --connections 1 --queue-depth 32 > /tmp/nbd-server.log 2>&1 &
+  srv=$!
+  wait_for "nvme-tool nbd" "$srv" grep -q "nbd: serving" /tmp/nbd-server.log || return 1
+  nbd_attach || return 1
+  mke2fs -b 4096 -L nvme-nbd /dev/nbd0 || return 1
+  mkdir -p /mnt
+  mount -t ext2 /dev/nbd0 /mnt || return 1
+  mkdir /mnt/dir && cp /data/guest.bin /mnt/dir/guest.bin && cp /data/host.bin /mnt/host.bin || return 1
+  dd if=/dev/urandom of=/mnt/big.bin bs=65536 count=64 2>/dev/null || return 1
+  sha256sum /mnt/big.bin > /tmp/big.sum
+  umount /mnt || return 1
+  nbd_detach
+  echo 3 > /proc/sys/vm/drop_caches
+  nbd_attach || return 1
+  mount -t ext2 -o ro /dev/nbd0 /mnt || return 1
+  ls -lR /mnt
+  cmp /mnt/dir/guest.bin /data/guest.bin && cmp /mnt/host.bin /data/host.bin || return 1
+  sha256sum -c /tmp/big.sum || return 1
+  umount /mnt || return 1
+  nbd_detach
+  kill -TERM "$srv"
+  wait "$srv"
+  rc=$?
+  srv=""
+  [ "$rc" -eq 0 ] && grep -q "controller shut down in order" /tmp/nbd-server.log
+}}
+# Whatever happened, nothing is left running (a background job holding the step's output
+# pipe would stall the boot): unmount, detach, stop the server, show the logs.
+nbd_step() {{
+  att=""; srv=""
+  nbd_body
+  r=$?
+  umount /mnt 2>/dev/null
+  [ -n "$att" ] && nbd_detach
+  if [ -n "$srv" ]; then kill -TERM "$srv"; wait "$srv"; r=1; fi
+  cat /tmp/nbd-attach.log /tmp/nbd-server.log 2>/dev/null
+  return $r
+}}
+run {step} nbd_step
+"#,
+        insmods = n
+            .modules
+            .iter()
+            .map(|m| {
+                let arg = if m.ends_with("/nbd.ko") {
+                    " nbds_max=2"
+                } else {
+                    ""
+                };
+                format!(
+                    "  insmod {moddir}/{m}{arg} || {{ echo \"insmod {m} failed\"; return 1; }}\n"
+                )
+            })
+            .collect::<String>(),
+        start = n.start_block,
+        blocks = n.blocks,
+        step = NBD_STEP,
+    )
 }
 
 /// The paths under `root` for `cpio -o`, relative, parents before children, sorted.
@@ -399,7 +512,19 @@ pub fn build(tools: &HostTools, c: &Contents<'_>, staging: &Path, out: &Path) ->
         symlink("/bin/busybox", &link)?;
     }
     let moddir = staging.join("lib/modules").join(&c.plan.kver);
-    for m in c.plan.modules.iter().chain(&c.plan.late_modules) {
+    let nbd_modules = c
+        .plan
+        .nbd
+        .as_ref()
+        .map(|n| n.modules.as_slice())
+        .unwrap_or(&[]);
+    for m in c
+        .plan
+        .modules
+        .iter()
+        .chain(&c.plan.late_modules)
+        .chain(nbd_modules)
+    {
         let dst = moddir.join(m);
         fs::create_dir_all(dst.parent().ok_or_else(|| anyhow!("bad module path {m}"))?)?;
         fs::copy(c.modules_dir.join(m), &dst).with_context(|| format!("copying module {m}"))?;
@@ -480,7 +605,41 @@ mod tests {
             expect_no_iommu: false,
             perf_secs: None,
             expect_identity_domain: false,
+            nbd: None,
         }
+    }
+
+    #[test]
+    fn the_nbd_step_runs_last_and_is_valid_shell() {
+        let mut p = plan(&[IrqMode::Polled, IrqMode::Msix], false);
+        p.nbd = Some(NbdPlan {
+            modules: vec![
+                "kernel/drivers/block/nbd.ko".into(),
+                "kernel/fs/jbd2/jbd2.ko".into(),
+                "kernel/fs/ext4/ext4.ko".into(),
+            ],
+            start_block: 65536,
+            blocks: 65536,
+        });
+        let s = init_script(&p);
+        let pos = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("missing {needle}"));
+        assert!(pos("export NVME_TEST_IRQ=msix") < pos("run nbd nbd_step"));
+        assert!(pos("run nbd nbd_step") < pos("HIL-VERDICT"));
+        assert!(s.contains(
+            "insmod /lib/modules/6.1.0-56-amd64/kernel/drivers/block/nbd.ko nbds_max=2 ||"
+        ));
+        assert!(s.contains("insmod /lib/modules/6.1.0-56-amd64/kernel/fs/ext4/ext4.ko ||"));
+        assert!(s.contains("--start-block 65536 --block-count 65536"));
+        assert_eq!(p.expected_steps().last().map(String::as_str), Some("nbd"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("init");
+        fs::write(&f, &s).unwrap();
+        assert!(Command::new("sh")
+            .arg("-n")
+            .arg(&f)
+            .status()
+            .unwrap()
+            .success());
     }
 
     #[test]

@@ -251,6 +251,15 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
         expect_no_iommu: !boot.iommu,
         perf_secs: boot.perf_secs,
         expect_identity_domain: boot.iommu_passthrough,
+        nbd: None,
+    };
+    let plan = initramfs::GuestPlan {
+        nbd: if boot.nbd {
+            Some(nbd_plan(env, &plan)?)
+        } else {
+            None
+        },
+        ..plan
     };
     let size = usize::try_from(plan.data_size())?;
     let mut rng = util::TestRng::from_entropy();
@@ -336,7 +345,28 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
     let host_checks: Vec<Result<(), String>> = (0..plan.irq_modes.len())
         .map(|i| image_holds(&images[0], plan.guest_lba_for(i) * lba, &guest_bin))
         .collect();
-    let results = verdict::judge(&tag, &plan, &report, &host_checks, boot_error.as_deref());
+    let mut results = verdict::judge(&tag, &plan, &report, &host_checks, boot_error.as_deref());
+    if let Some(n) = &plan.nbd {
+        let r = nbd_image_check(
+            &images[0],
+            n.start_block * lba,
+            n.blocks * lba,
+            &dir,
+            &[("/dir/guest.bin", &guest_bin), ("/host.bin", &host_bin)],
+        );
+        if let Err(e) = &r {
+            eprintln!("xtask: [{tag}] nbd-image: {e}");
+        } else {
+            eprintln!("xtask: [{tag}] nbd-image: the guest's ext2 filesystem is in the image, clean, with its files");
+        }
+        for res in &mut results {
+            res.checks.push(verdict::Check {
+                name: "nbd-image".into(),
+                pass: r.is_ok(),
+                detail: r.clone().err().unwrap_or_default(),
+            });
+        }
+    }
     eprintln!(
         "xtask: [{tag}] QEMU ran {boot_secs:.1} s; devices: {:?}",
         report.devices
@@ -375,6 +405,79 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
         }
     }
     Ok(results)
+}
+
+/// The NBD step of a boot: the second half of namespace 1 (the soak's region, which no
+/// image check reads), through the kernel's `nbd` module, with `ext4` for the mount.
+fn nbd_plan(env: &Env<'_>, plan: &initramfs::GuestPlan) -> Result<initramfs::NbdPlan> {
+    // Debian builds ext4 (which also mounts ext2) as a module; its softdep names the
+    // algorithm alias `crypto-crc32c`, which `crc32c_generic` provides.
+    let modules: Vec<String> =
+        kernel::modules_for(&env.kernel, &["nbd", "crc32c_generic", "ext4"])?
+            .into_iter()
+            .filter(|m| !plan.modules.contains(m))
+            .collect();
+    let start_block = plan.soak_start();
+    Ok(initramfs::NbdPlan {
+        modules,
+        start_block,
+        blocks: IMAGE_BYTES / u64::from(plan.lba_size) - start_block,
+    })
+}
+
+/// A host tool from e2fsprogs (in `/sbin` on Debian, which may not be on `PATH`).
+fn e2fs_tool(name: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Host-side check of the NBD step: the `len` bytes at `offset` of `image` hold an ext2
+/// filesystem that `e2fsck -fn` finds clean, whose `files` (path, content) are what the
+/// guest copied onto it.
+fn nbd_image_check(
+    image: &Path,
+    offset: u64,
+    len: u64,
+    dir: &Path,
+    files: &[(&str, &[u8])],
+) -> Result<(), String> {
+    let mut f = fs::File::open(image).map_err(|e| format!("open {}: {e}", image.display()))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+    let mut fsimg = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
+    f.read_exact(&mut fsimg).map_err(|e| e.to_string())?;
+    let path = dir.join("nbd-fs.img");
+    fs::write(&path, &fsimg).map_err(|e| e.to_string())?;
+    let fsck = Command::new(e2fs_tool("e2fsck"))
+        .args(["-f", "-n"])
+        .arg(&path)
+        .output()
+        .map_err(|e| format!("running e2fsck (e2fsprogs): {e}"))?;
+    if !fsck.status.success() {
+        return Err(format!(
+            "e2fsck -fn on the image's bytes {offset}..{}: {}\n{}",
+            offset + len,
+            fsck.status,
+            String::from_utf8_lossy(&fsck.stdout)
+        ));
+    }
+    for (name, want) in files {
+        let out = Command::new(e2fs_tool("debugfs"))
+            .args(["-R", &format!("cat {name}")])
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("running debugfs (e2fsprogs): {e}"))?;
+        if out.stdout != *want {
+            return Err(format!(
+                "{name} in the filesystem differs from what the guest wrote ({} bytes read, {} expected)",
+                out.stdout.len(),
+                want.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn env_linker(tools: &tools::HostTools) -> Option<&Path> {
