@@ -294,6 +294,13 @@ impl Progress {
             last: now,
         }
     }
+    /// No progress line at all.
+    pub fn off() -> Self {
+        let mut p = Self::new("", 0, false);
+        p.on = false;
+        p
+    }
+
     fn update(&mut self, done: u64) {
         if !self.on || (self.last.elapsed() < Duration::from_millis(200) && done < self.total) {
             return;
@@ -545,7 +552,7 @@ pub fn demo(image: Option<PathBuf>, threaded: bool) -> Result<()> {
         let data: Vec<u8> = (0..len)
             .map(|i| ((i as u64 * 2654435761) >> 7) as u8 ^ ns.nsid() as u8)
             .collect();
-        let quiet = || Progress::new("demo", len as u64, false);
+        let quiet = Progress::off;
         let t = Instant::now();
         let w = transfer(
             &mut c,

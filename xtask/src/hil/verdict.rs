@@ -361,6 +361,7 @@ mod tests {
             expect_no_iommu: false,
             perf_secs: None,
             expect_identity_domain: false,
+            setup_modules: vec![],
         }
     }
 
