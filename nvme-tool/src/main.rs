@@ -320,6 +320,9 @@ fn open_source(rw: &Rw, lba_size: u32) -> Result<(Box<dyn std::io::Read>, u64)> 
     match rw.data.as_deref() {
         None => usage!("--data FILE is required (or --data - for stdin)"),
         Some(p) if p.as_os_str() == "-" => {
+            if rw.nlb_z.is_none() && rw.data_size.is_none() {
+                usage!("--data - (stdin) needs --block-count or --data-size: the length of a stream is not known in advance");
+            }
             let blocks = rw_blocks(rw, lba_size, None)?;
             Ok((Box::new(std::io::stdin().lock()), blocks))
         }

@@ -329,8 +329,10 @@ poweroff -f
     s
 }
 
-/// The `setup-roundtrip` step (see [`GuestPlan::setup_modules`]). It writes `guest.bin` at
-/// the slot after the interrupt modes' writes, so the host's image checks are untouched.
+/// The `setup-roundtrip` step (see [`GuestPlan::setup_modules`]). While the controller is
+/// back on vfio-pci it also runs `list` (no device: found in sysfs and identified),
+/// `show-regs`, `vfio-info` and `get-log` through real VFIO. It writes `guest.bin` at the slot
+/// after the interrupt modes' writes, so the host's image checks are untouched.
 fn setup_step(s: &mut String, p: &GuestPlan, moddir: &str) {
     let lba = p.guest_lba_for(p.irq_modes.len());
     let _ = write!(
@@ -358,6 +360,10 @@ roundtrip() {{
   /bin/nvme-tool setup status
   /bin/nvme-tool setup bind "$BDF" || return 1
   [ ! -e /dev/nvme0n1 ] || {{ echo "/dev/nvme0n1 still there after setup bind"; return 1; }}
+  /bin/nvme-tool list || return 1
+  /bin/nvme-tool show-regs "pci:$BDF" -H || return 1
+  /bin/nvme-tool vfio-info "pci:$BDF" || return 1
+  /bin/nvme-tool get-log "pci:$BDF" --log-id 2 --log-len 512 || return 1
   /bin/nvme-tool write "pci:$BDF" --namespace-id 1 --start-block {lba} --data /data/guest.bin --irq polled || return 1
   /bin/nvme-tool setup unbind "$BDF" || return 1
   wait_blk || return 1
@@ -696,9 +702,13 @@ mod tests {
         assert!(pos("nvme-core.ko") < pos("host/nvme.ko"));
         let unbind = pos("/bin/nvme-tool setup unbind");
         let bind = pos("/bin/nvme-tool setup bind");
+        let list = pos("/bin/nvme-tool list ||");
         let write = pos("/bin/nvme-tool write \"pci:$BDF\" --namespace-id 1 --start-block 216");
         let dd = pos("dd if=/dev/nvme0n1 of=/tmp/roundtrip.bin bs=512 skip=216 count=8");
-        assert!(unbind < bind && bind < write && write < dd, "{s}");
+        assert!(
+            unbind < bind && bind < list && list < write && write < dd,
+            "{s}"
+        );
         assert_eq!(p.guest_lba_for(2), 216);
     }
 }
