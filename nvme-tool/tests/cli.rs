@@ -619,3 +619,29 @@ fn verbosity_and_rust_log_set_the_log_level() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("created image"));
 }
+
+#[test]
+fn perf_prints_its_summary_on_sigint_and_progress_on_request() {
+    let child = Command::new(env!("CARGO_BIN_EXE_nvme-tool"))
+        .args(["perf", "sim", "-t", "60", "-q", "4", "--progress"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // SAFETY: signals the child this test spawned (its pid is live until waited for).
+    let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(r, 0);
+    let t = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(t.elapsed().as_secs() < 30, "the run stops on SIGINT");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        out.contains("(interrupted)") && out.contains("Latency summary (read"),
+        "{out}"
+    );
+    assert!(err.contains("interrupted (SIGINT)"), "{err}");
+    assert!(err.contains(" IOPS "), "a progress line each second: {err}");
+}
