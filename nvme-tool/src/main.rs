@@ -254,6 +254,9 @@ enum Cmd {
     Perf(perf::PerfArgs),
     /// Bind NVMe controllers to vfio-pci and back, reserve huge pages, show what is bound
     /// (like SPDK's setup.sh and driverctl).
+    #[command(
+        after_help = "Reads and writes $NVME_TOOL_SYSFS (default /sys) and reads $NVME_TOOL_PROC (default /proc): point them at a fake tree to try it safely. --dry-run prints every write as `echo VALUE > PATH`."
+    )]
     Setup(setup::SetupArgs),
     /// Data-integrity soak: threads with their own queue pairs write and verify random blocks
     /// (headers with LBA, generation and namespace ID), optionally with injected faults.
