@@ -238,9 +238,9 @@ pub enum Op<'a> {
     Read(&'a mut dyn Write),
     /// Write the blocks with bytes from the source.
     Write(&'a mut dyn Read),
-    /// Compare the blocks with bytes from the source (Compare, NVM Command Set §3.2.1).
+    /// Compare the blocks with bytes from the source (Compare, NVM Command Set 1.1 §3.3.1).
     Compare(&'a mut dyn Read),
-    /// Verify the blocks (NVM Command Set §3.2.6): the controller reads them and checks their
+    /// Verify the blocks (NVM Command Set 1.1 §3.3.5): the controller reads them and checks their
     /// integrity; nothing is transferred.
     Verify,
 }
@@ -259,7 +259,7 @@ impl Op<'_> {
 /// The most bytes [`transfer`] holds in memory at once.
 pub const STREAM_BUFFER: usize = 8 << 20;
 
-/// NLB is a 0's based 16-bit field (NVM Command Set §3.2, CDW12 bits 15:0): at most 65,536
+/// NLB is a 0's based 16-bit field (NVM Command Set 1.1 §3.3.4 Read, §3.3.6 Write, CDW12 bits 15:0): at most 65,536
 /// blocks per command.
 pub const MAX_BLOCKS_PER_COMMAND: u64 = 1 << 16;
 
@@ -294,6 +294,13 @@ impl Progress {
             last: now,
         }
     }
+    /// No progress line at all.
+    pub fn off() -> Self {
+        let mut p = Self::new("", 0, false);
+        p.on = false;
+        p
+    }
+
     fn update(&mut self, done: u64) {
         if !self.on || (self.last.elapsed() < Duration::from_millis(200) && done < self.total) {
             return;
@@ -545,7 +552,7 @@ pub fn demo(image: Option<PathBuf>, threaded: bool) -> Result<()> {
         let data: Vec<u8> = (0..len)
             .map(|i| ((i as u64 * 2654435761) >> 7) as u8 ^ ns.nsid() as u8)
             .collect();
-        let quiet = || Progress::new("demo", len as u64, false);
+        let quiet = Progress::off;
         let t = Instant::now();
         let w = transfer(
             &mut c,

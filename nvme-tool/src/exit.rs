@@ -7,7 +7,7 @@
 //! | 2 | usage error: a bad option, argument or combination (nothing was sent to a device) |
 //! | 3 | the device could not be opened or brought up (VFIO, sysfs, simulator image, bring-up) |
 //! | 4 | the controller completed a command with an error status, or did not complete it in time |
-//! | 5 | miscompare: Compare Failure (NVM Command Set §3.2.1, SCT 2h SC 85h), or data read back that differs from what was written (soak, verify) |
+//! | 5 | miscompare: Compare Failure (NVM Command Set 1.1 §3.3.1, SCT 2h SC 85h), or data read back that differs from what was written (soak) |
 
 use std::fmt;
 use std::io::Write as _;

@@ -255,6 +255,9 @@ enum Cmd {
     Perf(perf::PerfArgs),
     /// Bind NVMe controllers to vfio-pci and back, reserve huge pages, show what is bound
     /// (like SPDK's setup.sh and driverctl).
+    #[command(
+        after_help = "Reads and writes $NVME_TOOL_SYSFS (default /sys) and reads $NVME_TOOL_PROC (default /proc): point them at a fake tree to try it safely. --dry-run prints every write as `echo VALUE > PATH`."
+    )]
     Setup(setup::SetupArgs),
     /// Data-integrity soak: threads with their own queue pairs write and verify random blocks
     /// (headers with LBA, generation and namespace ID), optionally with injected faults.
@@ -323,6 +326,9 @@ fn open_source(rw: &Rw, lba_size: u32) -> Result<(Box<dyn std::io::Read>, u64)> 
     match rw.data.as_deref() {
         None => usage!("--data FILE is required (or --data - for stdin)"),
         Some(p) if p.as_os_str() == "-" => {
+            if rw.nlb_z.is_none() && rw.data_size.is_none() {
+                usage!("--data - (stdin) needs --block-count or --data-size: the length of a stream is not known in advance");
+            }
             let blocks = rw_blocks(rw, lba_size, None)?;
             Ok((Box::new(std::io::stdin().lock()), blocks))
         }

@@ -27,8 +27,8 @@ pub struct GetLogArgs {
     /// and MDTS).
     #[arg(short = 'l', long = "log-len", value_parser = parse_u32)]
     len: u32,
-    /// Namespace ID (0 for the controller; FFFFFFFFh for all namespaces).
-    #[arg(short = 'n', long = "namespace-id", default_value = "0", value_parser = parse_u32)]
+    /// Namespace ID (as nvme-cli, FFFFFFFFh by default: the controller and all namespaces).
+    #[arg(short = 'n', long = "namespace-id", default_value = "0xffffffff", value_parser = parse_u32)]
     nsid: u32,
     /// Log page offset in bytes (LPO; a multiple of 4).
     #[arg(short = 'L', long = "lpo", default_value_t = 0)]

@@ -528,3 +528,120 @@ fn setup_hugepages_writes_and_checks() {
         2
     );
 }
+
+#[test]
+fn stdin_streams_need_a_length_and_round_trip() {
+    use std::io::Write as _;
+    let d = tempfile::tempdir().unwrap();
+    let p = img(d.path(), "in.img");
+    let dev = format!("sim:{p},create=1M");
+    let send = |args: &[&str], data: &[u8]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nvme-tool"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(data).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let o = send(&["write", &dev, "-d", "-"], &[7u8; 1024]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let o = send(
+        &[
+            "write",
+            &format!("sim:{p}"),
+            "-d",
+            "-",
+            "-c",
+            "7",
+            "-s",
+            "3",
+        ],
+        &data,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_nvme-tool"))
+        .args(["read", &format!("sim:{p}"), "-s", "3", "-c", "7", "-r"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(o.stdout == data, "raw binary on stdout");
+    // A stream shorter than the range ends the write with a clear error.
+    let o = send(
+        &["write", &format!("sim:{p}"), "-d", "-", "-c", "15"],
+        &data,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the data ended after 4096 bytes"));
+}
+
+#[test]
+fn verbosity_and_rust_log_set_the_log_level() {
+    let d = tempfile::tempdir().unwrap();
+    let quiet = run(&[
+        "id-ctrl",
+        &format!("sim:{},create=1M", img(d.path(), "a.img")),
+    ]);
+    assert_eq!(quiet.code, 0, "{}", quiet.stderr);
+    assert!(!quiet.stderr.contains("created image"), "{}", quiet.stderr);
+    let loud = run(&[
+        "-v",
+        "id-ctrl",
+        &format!("sim:{},create=1M", img(d.path(), "b.img")),
+    ]);
+    assert!(
+        loud.stderr
+            .contains("INFO  sim_backend::image: created image"),
+        "{}",
+        loud.stderr
+    );
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nvme-tool"));
+    let o = c
+        .args([
+            "id-ctrl",
+            &format!("sim:{},create=1M", img(d.path(), "c.img")),
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("created image"));
+}
+
+#[test]
+fn perf_prints_its_summary_on_sigint_and_progress_on_request() {
+    let child = Command::new(env!("CARGO_BIN_EXE_nvme-tool"))
+        .args(["perf", "sim", "-t", "60", "-q", "4", "--progress"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // SAFETY: signals the child this test spawned (its pid is live until waited for).
+    let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(r, 0);
+    let t = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(t.elapsed().as_secs() < 30, "the run stops on SIGINT");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        out.contains("(interrupted)") && out.contains("Latency summary (read"),
+        "{out}"
+    );
+    assert!(err.contains("interrupted (SIGINT)"), "{err}");
+    assert!(err.contains(" IOPS "), "a progress line each second: {err}");
+}

@@ -11,9 +11,10 @@
 //!   (the simulator's namespace keeps one).
 //! - **Read-only**: a file that cannot be opened for writing (permissions, a read-only mount)
 //!   opens read-only; the simulator then reports the namespace write protected (Identify
-//!   Namespace NSATTR bit 0, NVMe Base 2.1 §8.1.16 "Namespace Write Protection") and fails
-//!   writes, Write Zeroes, deallocation and Format NVM with Generic status 20h "Namespace is
-//!   Write Protected" (NVMe Base 2.1 §4.2.3.1, Figure "Generic Command Status Values").
+//!   Namespace NSATTR bit 0, NVM Command Set 1.1 §4.1.5.1; NVMe Base 2.1 chapter 8,
+//!   "Namespace Write Protection") and fails writes, Write Zeroes, deallocation and Format NVM
+//!   with Generic status 20h "Namespace is Write Protected" (NVMe Base 2.1 §4.2.3.1, Figure
+//!   "Generic Command Status Values").
 //! - **LBA format**: after Format NVM (NVMe Base 2.1 §5.1.10) of an image-backed namespace the
 //!   new LBA data size is written to a sidecar, `IMAGE.nvme-sim.json`
 //!   (`{"lba_size": 4096}`), and [`ImageFile::namespace`] uses it on the next open; without

@@ -91,8 +91,8 @@ pub mod generic {
     pub const PRP_OFFSET_INVALID: u8 = 0x13;
     /// 15h Operation Denied.
     pub const OPERATION_DENIED: u8 = 0x15;
-    /// 20h Namespace is Write Protected (NVMe Base 2.1 §8.1.16: a write-type command to a
-    /// write protected namespace).
+    /// 20h Namespace is Write Protected: a write-type command to a write protected namespace
+    /// (NVMe Base 2.1 chapter 8, "Namespace Write Protection").
     pub const NAMESPACE_WRITE_PROTECTED: u8 = 0x20;
     /// 80h LBA Out of Range.
     pub const LBA_OUT_OF_RANGE: u8 = 0x80;

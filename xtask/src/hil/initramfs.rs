@@ -57,6 +57,12 @@ pub struct GuestPlan {
     /// The guest kernel runs with `iommu.passthrough=1`: the `bind` step requires the group's
     /// default domain to be `identity` (so the run proves the option took effect).
     pub expect_identity_domain: bool,
+    /// Modules of the kernel's nvme driver, in load order, for the last step,
+    /// `setup-roundtrip`: `nvme-tool setup unbind` hands the controller to the kernel
+    /// (`/dev/nvme0n1` appears), `setup bind` takes it back to vfio-pci, `nvme-tool write`
+    /// writes `guest.bin` through VFIO, `setup unbind` again, and busybox `dd` + `cmp` read it
+    /// back through the kernel's block device. Empty: no such step.
+    pub setup_modules: Vec<String>,
     /// The NBD step, after the interrupt modes, if this boot runs it.
     pub nbd: Option<NbdPlan>,
 }
@@ -81,6 +87,9 @@ pub struct NbdPlan {
 
 /// The boot-level step of [`NbdPlan`].
 pub const NBD_STEP: &str = "nbd";
+
+/// The last step when [`GuestPlan::setup_modules`] is not empty.
+pub const SETUP_STEP: &str = "setup-roundtrip";
 
 /// Boot-level steps, in order.
 pub const BOOT_STEPS: &[&str] = &["modules", "bind", "hugepages", "vfio-info"];
@@ -142,6 +151,9 @@ impl GuestPlan {
         }
         if self.nbd.is_some() {
             v.push(NBD_STEP.to_owned());
+        }
+        if !self.setup_modules.is_empty() {
+            v.push(SETUP_STEP.to_owned());
         }
         v
     }
@@ -333,6 +345,9 @@ echo "HIL-PERF[{m}] $(grep -a '^pci:' "/tmp/perf[{m}].log" | tail -n 1)"
     if let Some(n) = &p.nbd {
         s.push_str(&nbd_script(n, &moddir));
     }
+    if !p.setup_modules.is_empty() {
+        setup_step(&mut s, p, &moddir);
+    }
     s.push_str(
         r#"sync
 if [ "$FAILS" -eq 0 ]; then V=PASS; else V=FAIL; fi
@@ -425,6 +440,54 @@ run {step} nbd_step
         blocks = n.blocks,
         step = NBD_STEP,
     )
+}
+
+/// The `setup-roundtrip` step (see [`GuestPlan::setup_modules`]). While the controller is
+/// back on vfio-pci it also runs `list` (no device: found in sysfs and identified),
+/// `show-regs`, `vfio-info` and `get-log` through real VFIO. It writes `guest.bin` at the slot
+/// after the interrupt modes' writes, so the host's image checks are untouched.
+fn setup_step(s: &mut String, p: &GuestPlan, moddir: &str) {
+    let lba = p.guest_lba_for(p.irq_modes.len());
+    let _ = write!(
+        s,
+        r#"# ---- nvme-tool setup: kernel nvme <-> vfio-pci, data written through VFIO read by the kernel ----
+wait_blk() {{
+  i=0
+  while [ ! -b /dev/nvme0n1 ] && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done
+  [ -b /dev/nvme0n1 ] || {{ echo "no /dev/nvme0n1 after setup unbind"; return 1; }}
+}}
+roundtrip() {{
+"#
+    );
+    for m in &p.setup_modules {
+        let _ = writeln!(
+            s,
+            "  insmod {moddir}/{m} || {{ echo \"insmod {m} failed\"; return 1; }}"
+        );
+    }
+    let _ = write!(
+        s,
+        r#"  /bin/nvme-tool setup status
+  /bin/nvme-tool setup unbind "$BDF" || return 1
+  wait_blk || return 1
+  /bin/nvme-tool setup status
+  /bin/nvme-tool setup bind "$BDF" || return 1
+  [ ! -e /dev/nvme0n1 ] || {{ echo "/dev/nvme0n1 still there after setup bind"; return 1; }}
+  /bin/nvme-tool list || return 1
+  /bin/nvme-tool show-regs "pci:$BDF" -H || return 1
+  /bin/nvme-tool vfio-info "pci:$BDF" || return 1
+  /bin/nvme-tool get-log "pci:$BDF" --log-id 2 --log-len 512 || return 1
+  /bin/nvme-tool write "pci:$BDF" --namespace-id 1 --start-block {lba} --data /data/guest.bin --irq polled || return 1
+  /bin/nvme-tool setup unbind "$BDF" || return 1
+  wait_blk || return 1
+  dd if=/dev/nvme0n1 of=/tmp/roundtrip.bin bs={bs} skip={lba} count={n} || return 1
+  cmp /tmp/roundtrip.bin /data/guest.bin && echo "setup-roundtrip: /dev/nvme0n1 holds at LBA {lba} what was written through VFIO"
+}}
+run {SETUP_STEP} roundtrip
+"#,
+        bs = p.lba_size,
+        n = p.blocks,
+    );
 }
 
 /// The paths under `root` for `cpio -o`, relative, parents before children, sorted.
@@ -524,6 +587,7 @@ pub fn build(tools: &HostTools, c: &Contents<'_>, staging: &Path, out: &Path) ->
         .iter()
         .chain(&c.plan.late_modules)
         .chain(nbd_modules)
+        .chain(&c.plan.setup_modules)
     {
         let dst = moddir.join(m);
         fs::create_dir_all(dst.parent().ok_or_else(|| anyhow!("bad module path {m}"))?)?;
@@ -603,6 +667,7 @@ mod tests {
             host_lba: 100,
             guest_lba: 200,
             expect_no_iommu: false,
+            setup_modules: vec![],
             perf_secs: None,
             expect_identity_domain: false,
             nbd: None,
@@ -768,5 +833,36 @@ mod tests {
             cpio_list(d.path()).unwrap(),
             ["a", "a/b", "a/b/c", "bin", "bin/busybox", "init"]
         );
+    }
+
+    #[test]
+    fn setup_roundtrip_is_the_last_step_and_reads_back_through_the_kernel() {
+        let mut p = plan(&[IrqMode::Polled, IrqMode::Msix], false);
+        assert!(!p.expected_steps().contains(&SETUP_STEP.to_owned()));
+        assert!(!init_script(&p).contains("setup-roundtrip"));
+        p.setup_modules = vec![
+            "kernel/drivers/nvme/host/nvme-core.ko".into(),
+            "kernel/drivers/nvme/host/nvme.ko".into(),
+        ];
+        assert_eq!(
+            p.expected_steps().last().map(String::as_str),
+            Some(SETUP_STEP)
+        );
+        let s = init_script(&p);
+        let pos = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle} missing"));
+        // After both modes' steps, before the verdict; its LBA is past both modes' writes.
+        assert!(pos("run \"soak[msix]\"") < pos("run setup-roundtrip roundtrip"));
+        assert!(pos("run setup-roundtrip roundtrip") < pos("HIL-VERDICT"));
+        assert!(pos("nvme-core.ko") < pos("host/nvme.ko"));
+        let unbind = pos("/bin/nvme-tool setup unbind");
+        let bind = pos("/bin/nvme-tool setup bind");
+        let list = pos("/bin/nvme-tool list ||");
+        let write = pos("/bin/nvme-tool write \"pci:$BDF\" --namespace-id 1 --start-block 216");
+        let dd = pos("dd if=/dev/nvme0n1 of=/tmp/roundtrip.bin bs=512 skip=216 count=8");
+        assert!(
+            unbind < bind && bind < list && list < write && write < dd,
+            "{s}"
+        );
+        assert_eq!(p.guest_lba_for(2), 216);
     }
 }

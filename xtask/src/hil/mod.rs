@@ -57,6 +57,7 @@ struct Env<'a> {
     payload: Vec<(String, PathBuf)>,
     modules: Vec<String>,
     late_modules: Vec<String>,
+    setup_modules: Vec<String>,
     logs: PathBuf,
 }
 
@@ -99,6 +100,16 @@ pub fn main(args: &HilArgs) -> Result<bool> {
             .collect(),
         PayloadKind::Real => Vec::new(),
     };
+    // The x86_64 guest's last step moves the controller between the kernel's nvme driver and
+    // vfio-pci with `nvme-tool setup` (the stand-in's nvme-tool has no `setup`).
+    let setup_modules = match (args.payload, arch) {
+        (PayloadKind::Real, Arch::X86_64) => kernel::modules_for(&kernel, &["nvme"])
+            .context("the guest kernel's nvme driver (for the setup-roundtrip step)")?
+            .into_iter()
+            .filter(|m| !modules.contains(m))
+            .collect(),
+        _ => Vec::new(),
+    };
     let logs = cache.join("logs");
     fs::create_dir_all(&logs)?;
     let env = Env {
@@ -109,6 +120,7 @@ pub fn main(args: &HilArgs) -> Result<bool> {
         payload: built.into_iter().map(|b| (b.guest_name, b.path)).collect(),
         modules,
         late_modules,
+        setup_modules,
         logs,
     };
     eprintln!(
@@ -251,6 +263,11 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
         expect_no_iommu: !boot.iommu,
         perf_secs: boot.perf_secs,
         expect_identity_domain: boot.iommu_passthrough,
+        setup_modules: if boot.iommu {
+            env.setup_modules.clone()
+        } else {
+            Vec::new()
+        },
         nbd: None,
     };
     let plan = initramfs::GuestPlan {
