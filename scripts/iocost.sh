@@ -4,6 +4,7 @@
 # not). Runs the iopath example twice (20,000 and 60,000 I/Os) and divides the difference, so
 # bring-up and teardown cancel out. Also counts heap allocations per I/O of the whole process.
 #   scripts/iocost.sh [read|write] [QD]      e.g. scripts/iocost.sh read 128
+# IOPATH_TRANSFER=prp|sgl picks the data pointer (default: SGLs, which the simulator offers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 op=${1:-read}; qd=${2:-1}

@@ -298,6 +298,11 @@ impl<P: Platform> IoQueuePair<P> {
     pub fn max_transfer(&self) -> usize {
         self.max_transfer
     }
+    /// True if Read, Write and Compare on this pair describe their data with an SGL Data
+    /// Block descriptor rather than PRPs (see [`crate::sgl`]).
+    pub fn uses_sgl(&self) -> bool {
+        self.engine.sgl.enabled()
+    }
     /// Counters, including what the device did wrong.
     pub fn stats(&self) -> QueueStats {
         self.engine.stats
@@ -595,6 +600,48 @@ impl<P: Platform> IoQueuePair<P> {
                 buffer: req.buffer,
             }),
         }
+    }
+
+    /// Places `cmd` with the data pointer the caller built into it (the raw SGL door,
+    /// `crate::sgl::raw`): `buffer` moves into the request like any other and comes back
+    /// with the completion.
+    #[cfg(feature = "raw-access")]
+    pub(crate) fn submit_prebuilt(
+        &mut self,
+        cmd: Command,
+        buffer: DmaBuffer<P>,
+        tag: u64,
+    ) -> core::result::Result<u16, IoError<P>> {
+        if let Err(error) = self.check_alive() {
+            return Err(IoError {
+                error,
+                buffer: Some(buffer),
+            });
+        }
+        if !buffer.is_on(&self.shared.platform) {
+            return Err(IoError {
+                error: Error::ForeignObject {
+                    what: "the DMA buffer",
+                },
+                buffer: Some(buffer),
+            });
+        }
+        let sync = core::mem::take(&mut self.next_sync);
+        let req = IoReq {
+            buffer: Some(buffer),
+            tag,
+            timed_out: false,
+            cmd,
+            xfer: (0, 0),
+            retries: 0,
+            sync,
+        };
+        self.engine
+            .submit(cmd, None, req, None)
+            .map_err(|(error, req)| IoError {
+                error,
+                buffer: req.buffer,
+            })
     }
 
     /// Writes the SQ tail doorbell for everything submitted since the last ring. After a

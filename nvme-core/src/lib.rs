@@ -58,6 +58,7 @@ pub mod queue;
 pub mod raw;
 mod reclaim;
 pub mod recovery;
+pub mod sgl;
 mod shared;
 #[forbid(unsafe_code)]
 pub mod spec;
@@ -70,3 +71,4 @@ pub use error::{Error, Result};
 pub use io::{DsmRange, IoCompletion, IoError, IoQueuePair};
 pub use namespace::Namespace;
 pub use recovery::RecoveryPolicy;
+pub use sgl::TransferMode;

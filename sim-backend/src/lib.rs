@@ -48,6 +48,8 @@
 //!   are not fetched from until the host frees entries.
 //! - Abort can abort commands whose completion the controller holds (outstanding AERs,
 //!   completions delayed or dropped by fault injection) and commands not yet fetched.
+//! - SGLs (Identify SGLS from [`SimConfig::sgls`], default byte granularity with Bit
+//!   Buckets): see [`sgl`] for the descriptors walked and the status of every refusal.
 //! - Interrupt coalescing (feature 08h) is stored, not applied; INTMS/INTMC are stored and
 //!   have no effect (MSI-X only).
 //!
@@ -69,6 +71,7 @@ mod fault;
 mod irq;
 mod namespace;
 mod prp;
+pub mod sgl;
 mod violation;
 
 use std::fmt;

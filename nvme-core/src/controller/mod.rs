@@ -71,6 +71,9 @@ pub struct ControllerConfig {
     /// thread that owns the controller drives it by calling [`Controller::recover`]
     /// periodically.
     pub recovery: crate::RecoveryPolicy,
+    /// PRPs or SGLs for data transfers of I/O queue pairs (see [`crate::sgl`]); default
+    /// [`crate::TransferMode::Auto`]: an SGL when Identify SGLS allows it.
+    pub transfer_mode: crate::TransferMode,
 }
 
 impl Default for ControllerConfig {
@@ -86,6 +89,7 @@ impl Default for ControllerConfig {
             max_transfer: 2 * 1024 * 1024,
             async_events: 1,
             recovery: crate::RecoveryPolicy::default(),
+            transfer_mode: crate::TransferMode::Auto,
         }
     }
 }

@@ -20,7 +20,9 @@ use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
 use crate::namespace::Namespace;
 use crate::prp::{self, PrpError};
+use crate::sgl;
 use crate::violation::{SimStats, Violation, ViolationKind};
+use nvme_core::spec::sgl::{sgl1, Sgls};
 
 /// Size of BAR0 (registers at 0h, doorbells at 1000h).
 pub const BAR_SIZE: usize = 0x4000;
@@ -1274,6 +1276,9 @@ impl Controller {
 
     /// Controller-to-host transfer of `data` through the command's PRPs.
     pub(crate) fn transfer_to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
+        if cmd.psdt() != 0 {
+            return self.sgl_to_host(cmd, data);
+        }
         let segs = self.prps(cmd, data.len())?;
         prp::scatter(&self.dma, &segs, data).map_err(|e| self.prp_violation(e))
     }
@@ -1284,8 +1289,27 @@ impl Controller {
         cmd: &Command,
         len: usize,
     ) -> Result<Vec<u8>, Status> {
+        if cmd.psdt() != 0 {
+            return self.sgl_from_host(cmd, len);
+        }
         let segs = self.prps(cmd, len)?;
         prp::gather(&self.dma, &segs, len).map_err(|e| self.prp_violation(e))
+    }
+
+    /// Controller-to-host transfer through the command's SGL (`crate::sgl`).
+    fn sgl_to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
+        let sgls = Sgls(self.cfg.sgls);
+        let pieces = sgl::walk(&self.dma, sgls, sgl1(cmd), data.len(), true)
+            .map_err(|e| self.prp_violation(e))?;
+        sgl::scatter(&self.dma, &pieces, data).map_err(|e| self.prp_violation(e))
+    }
+
+    /// Host-to-controller transfer of `len` bytes through the command's SGL.
+    fn sgl_from_host(&mut self, cmd: &Command, len: usize) -> Result<Vec<u8>, Status> {
+        let sgls = Sgls(self.cfg.sgls);
+        let pieces =
+            sgl::walk(&self.dma, sgls, sgl1(cmd), len, false).map_err(|e| self.prp_violation(e))?;
+        sgl::gather(&self.dma, &pieces, len).map_err(|e| self.prp_violation(e))
     }
 
     // ---------------------------------------------------------------- events
