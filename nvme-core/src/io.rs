@@ -930,6 +930,7 @@ impl<P: Platform> IoQueuePair<P> {
     pub fn wait(&mut self, timeout: Duration, mut f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
         let p = self.shared.platform.clone();
         let deadline = crate::hw::Deadline::after(p.clock(), timeout);
+        let spin = self.spin_phase();
         let mut spins: u32 = 0;
         loop {
             let n = self.poll(&mut f)?;
@@ -949,6 +950,7 @@ impl<P: Platform> IoQueuePair<P> {
                 }
             }
             match self.vector {
+                Some(_) if spin.spinning(p.clock()) => p.clock().relax(),
                 Some(v) => {
                     p.irq().wait(
                         v,
@@ -958,6 +960,16 @@ impl<P: Platform> IoQueuePair<P> {
                 None => p.clock().relax(),
             }
         }
+    }
+
+    /// The spin phase of a hybrid wait on this pair's vector (`crate::interrupts`); none
+    /// when polled.
+    fn spin_phase(&self) -> crate::interrupts::Spin {
+        let ns = match self.vector {
+            Some(_) => self.shared.irq_spin_ns.load(Ordering::Relaxed),
+            None => 0,
+        };
+        crate::interrupts::Spin::start(self.shared.platform.clock(), ns)
     }
 
     /// Reads CSTS while waiting. All-ones: the device is gone (§3.1.4): every outstanding
@@ -1033,6 +1045,7 @@ impl<P: Platform> IoQueuePair<P> {
         submitted?;
         self.ring();
         let p = self.shared.platform.clone();
+        let spin = self.spin_phase();
         let mut spins: u32 = 0;
         loop {
             if let Err(error) = self.check_alive() {
@@ -1073,6 +1086,7 @@ impl<P: Platform> IoQueuePair<P> {
                 }
             }
             match self.vector {
+                Some(_) if spin.spinning(p.clock()) => p.clock().relax(),
                 Some(v) => {
                     p.irq().wait(v, Duration::from_millis(10));
                 }

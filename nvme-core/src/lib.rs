@@ -50,6 +50,7 @@ pub mod dma;
 mod engine;
 pub mod error;
 pub mod hw;
+pub mod interrupts;
 pub mod io;
 pub mod namespace;
 pub mod prp;

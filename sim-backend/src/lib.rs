@@ -50,7 +50,8 @@
 //!   completions delayed or dropped by fault injection) and commands not yet fetched.
 //! - SGLs (Identify SGLS from [`SimConfig::sgls`], default byte granularity with Bit
 //!   Buckets): see [`sgl`] for the descriptors walked and the status of every refusal.
-//! - Interrupt coalescing (feature 08h) is stored, not applied; INTMS/INTMC are stored and
+//! - Interrupt coalescing (feature 08h) is applied to every vector but 0 whose Interrupt
+//!   Vector Configuration (09h) leaves coalescing on: see `coalesce.rs`; INTMS/INTMC are stored and
 //!   have no effect (MSI-X only).
 //!
 //! # Fault injection
@@ -64,6 +65,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod coalesce;
 mod config;
 mod ctrl;
 mod dma;

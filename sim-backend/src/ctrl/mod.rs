@@ -14,6 +14,7 @@ use nvme_core::spec::regs::{offset, shst, Aqa, Cap, Cc, Csts, NSSR_RESET};
 use nvme_core::spec::status::generic;
 use nvme_core::spec::{AsyncEvent, Command, Completion, ErrorLogEntry, Status, CQE_SIZE, SQE_SIZE};
 
+use crate::coalesce::Coalescer;
 use crate::config::SimConfig;
 use crate::dma::DmaSpace;
 use crate::fault::{CompletionFault, FaultState};
@@ -243,6 +244,8 @@ pub(crate) struct Controller {
     dma: Arc<DmaSpace>,
     irq: Arc<IrqCore>,
     pending_irqs: Vec<u16>,
+    /// Completions whose interrupt coalescing holds back (feature 08h).
+    coalesce: Coalescer,
     inline: bool,
     /// Thread mode: work for the device thread.
     pub(crate) kick: bool,
@@ -305,6 +308,7 @@ impl Controller {
             dma,
             irq,
             pending_irqs: Vec::new(),
+            coalesce: Coalescer::new(cfg.msix_vectors),
             inline,
             kick: false,
             created: Instant::now(),
@@ -360,11 +364,16 @@ impl Controller {
             && !self.faults.removed
     }
 
-    /// Raises the interrupts collected while posting (after the entries were written).
+    /// Raises the interrupts collected while posting (after the entries were written), as
+    /// interrupt coalescing allows (`crate::coalesce`).
     pub(crate) fn raise_interrupts(&mut self) {
-        let mut v = std::mem::take(&mut self.pending_irqs);
-        v.sort_unstable();
-        v.dedup();
+        let posted = std::mem::take(&mut self.pending_irqs);
+        let v = self.coalesce.admit(
+            &posted,
+            self.feat.irq_coalescing,
+            &self.feat.irq_vector_cd,
+            Instant::now(),
+        );
         for vector in v {
             if self.irq.raise(vector) {
                 self.stats.interrupts_raised += 1;
@@ -400,6 +409,11 @@ impl Controller {
             }
             self.raise_interrupts();
         }
+        for vector in self.coalesce.due(self.feat.irq_coalescing, now) {
+            if self.irq.raise(vector) {
+                self.stats.interrupts_raised += 1;
+            }
+        }
         let phase_due: Vec<u16> = self
             .cqs
             .iter()
@@ -430,6 +444,9 @@ impl Controller {
             }
         }
         for t in self.cqs.iter().flatten().filter_map(|c| c.phase_hold) {
+            consider(t);
+        }
+        if let Some(t) = self.coalesce.next_due(self.feat.irq_coalescing) {
             consider(t);
         }
         next.map(|t| t.saturating_duration_since(now))
@@ -713,6 +730,7 @@ impl Controller {
         self.io_queues_created = false;
         self.cfs = false;
         self.pending_irqs.clear();
+        self.coalesce.clear();
         self.irq.clear_pending();
         self.stats.resets += 1;
     }
