@@ -7,6 +7,7 @@
 #   scripts/iocost.sh                 read and write at QD1 and QD128: one table
 #   scripts/iocost.sh read|write QD   one workload
 # IOPATH_BIN=path measures another build of the example.
+# IOPATH_TRANSFER=prp|sgl picks the data pointer (default: SGLs, which the simulator offers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

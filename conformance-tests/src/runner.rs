@@ -34,6 +34,8 @@ pub enum Group {
     NvmIo,
     /// PRP edge cases (§4.3.1).
     Prp,
+    /// Scatter Gather Lists (§4.3.2).
+    Sgl,
     /// Error handling and recovery on the driver side (faults).
     Recovery,
 }
@@ -51,6 +53,7 @@ impl Group {
             Group::Abort => "Abort",
             Group::NvmIo => "NVM I/O",
             Group::Prp => "PRP edge cases",
+            Group::Sgl => "SGLs",
             Group::Recovery => "Errors and recovery",
         }
     }
@@ -154,6 +157,9 @@ impl<'a, B: Backend> Ctx<'a, B> {
             // The suite examines the controller, not the driver's recovery: a timeout or a
             // reset is reported as it happens, never aborted or retried behind a case's back.
             recovery: nvme_core::RecoveryPolicy::REPORT_ONLY,
+            // PRPs, which every controller supports, so the PRP cases check PRPs; the SGL
+            // cases bring the controller up with SGLs themselves.
+            transfer_mode: nvme_core::TransferMode::Prp,
             ..ControllerConfig::default()
         }
     }

@@ -74,13 +74,14 @@ fn main() -> ExitCode {
             filter,
             &mut all,
         );
-        // An unusual but legal shape: MDTS 8 KiB and a single I/O queue pair. Every case
-        // sizes itself from what the controller reports, or skips with its reason.
+        // An unusual but legal shape: MDTS 8 KiB, a single I/O queue pair and no SGLs. Every
+        // case sizes itself from what the controller reports, or skips with its reason.
         run(
             &SimBackend::new(
                 SimConfig {
                     mdts: 1,
                     max_io_queues: 1,
+                    sgls: 0,
                     ..SimConfig::default()
                 },
                 true,
@@ -90,11 +91,13 @@ fn main() -> ExitCode {
             &mut all,
         );
         // A 64 KiB DMA granule, as on ARM64 servers with 64 KiB-page kernels: every buffer
-        // and ring is 64 KiB aligned and rounded, PRPs stay 4 KiB (CC.MPS).
+        // and ring is 64 KiB aligned and rounded, PRPs stay 4 KiB (CC.MPS); SGLs with dword
+        // granularity and no Bit Buckets (SGLS = 10b).
         run(
             &SimBackend::new(
                 SimConfig {
                     dma_granule: 65536,
+                    sgls: 0x2,
                     ..SimConfig::default()
                 },
                 true,

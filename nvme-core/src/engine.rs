@@ -127,6 +127,8 @@ pub(crate) struct Engine<T> {
     timeout_ns: u64,
     /// Slots submitted without a deadline since the last [`Engine::expire`].
     undated: Vec<u16>,
+    /// Whether data transfers may use an SGL instead of PRPs (`crate::sgl`).
+    pub(crate) sgl: crate::sgl::SglUse,
 }
 
 impl<T> Engine<T> {
@@ -171,6 +173,7 @@ impl<T> Engine<T> {
             next_deadline_ns: u64::MAX,
             timeout_ns: timeout_ns.unwrap_or(u64::MAX),
             undated: Vec::with_capacity(nslots as usize),
+            sgl: crate::sgl::SglUse::default(),
         }
     }
 
@@ -225,6 +228,16 @@ impl<T> Engine<T> {
                 payload,
             ));
         };
+        // An SGL Data Block descriptor instead of PRPs when the policy picks one
+        // (`crate::sgl`); then no PRP list is used and the slot's old list is cleared below.
+        let data = data.filter(|t| {
+            t.offset
+                .checked_add(t.len)
+                .is_none_or(|end| end > t.mem.len())
+                || !self
+                    .sgl
+                    .apply(&mut cmd, t.mem.iova() + t.offset as u64, t.len)
+        });
         if let Some(t) = data {
             if t.offset
                 .checked_add(t.len)

@@ -219,6 +219,32 @@ pub trait InterruptSource: Send + Sync {
     /// Blocks until `vector` fires or `timeout` passes; `true` if it fired. An unknown or
     /// disabled vector returns `false` after at most `timeout`.
     fn wait(&self, vector: u16, timeout: Duration) -> bool;
+    /// What the backend counted since it was created, over all vectors, or `None` if it
+    /// counts nothing (the default). For benchmarks: interrupts per I/O (see
+    /// [`crate::interrupts`]).
+    fn counts(&self) -> Option<InterruptCounts> {
+        None
+    }
+}
+
+/// Interrupt counters of an [`InterruptSource`] ([`InterruptSource::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InterruptCounts {
+    /// Interrupts the device signalled (with VFIO: the sum of the eventfd counter values
+    /// read; one read can cover several interrupts that fired while nobody was waiting).
+    pub fired: u64,
+    /// `poll` or `wait` calls that found an interrupt pending: the wake-ups a waiter paid.
+    pub wakeups: u64,
+}
+
+impl InterruptCounts {
+    /// The counts since `earlier` (a reading of the same source).
+    pub const fn since(self, earlier: Self) -> Self {
+        Self {
+            fired: self.fired.saturating_sub(earlier.fired),
+            wakeups: self.wakeups.saturating_sub(earlier.wakeups),
+        }
+    }
 }
 
 /// A monotonic clock, so that every wait has a deadline in a `no_std` core.

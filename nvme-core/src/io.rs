@@ -313,6 +313,11 @@ impl<P: Platform> IoQueuePair<P> {
     pub fn max_transfer(&self) -> usize {
         self.max_transfer
     }
+    /// True if Read, Write and Compare on this pair describe their data with an SGL Data
+    /// Block descriptor rather than PRPs (see [`crate::sgl`]).
+    pub fn uses_sgl(&self) -> bool {
+        self.engine.sgl.enabled()
+    }
     /// Counters, including what the device did wrong.
     ///
     /// ```
@@ -651,6 +656,57 @@ impl<P: Platform> IoQueuePair<P> {
             None,
         ) {
             Ok(cid) => {
+                if let Some(c) = self
+                    .cmds
+                    .get_mut(self.engine.codec().decode(cid).0 as usize)
+                {
+                    *c = cmd;
+                }
+                Ok(cid)
+            }
+            Err((error, req)) => Err(IoError {
+                error,
+                buffer: req.buffer,
+            }),
+        }
+    }
+
+    /// Places `cmd` with the data pointer the caller built into it (the raw SGL door,
+    /// `crate::sgl::raw`): `buffer` moves into the request like any other and comes back
+    /// with the completion.
+    #[cfg(feature = "raw-access")]
+    pub(crate) fn submit_prebuilt(
+        &mut self,
+        cmd: Command,
+        buffer: DmaBuffer<P>,
+        tag: u64,
+    ) -> core::result::Result<u16, IoError<P>> {
+        if let Err(error) = self.check_alive() {
+            return Err(IoError {
+                error,
+                buffer: Some(buffer),
+            });
+        }
+        if !buffer.is_on(&self.shared.platform) {
+            return Err(IoError {
+                error: Error::ForeignObject {
+                    what: "the DMA buffer",
+                },
+                buffer: Some(buffer),
+            });
+        }
+        let sync = core::mem::take(&mut self.next_sync);
+        let req = IoReq {
+            buffer: Some(buffer),
+            tag,
+            timed_out: false,
+            xfer: (0, 0),
+            retries: 0,
+            sync,
+        };
+        match self.engine.submit(cmd, None, req, None) {
+            Ok(cid) => {
+                // Kept for resubmission after a reset, as every command is.
                 if let Some(c) = self
                     .cmds
                     .get_mut(self.engine.codec().decode(cid).0 as usize)
@@ -1056,6 +1112,7 @@ impl<P: Platform> IoQueuePair<P> {
     pub fn wait(&mut self, timeout: Duration, mut f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
         let p = self.shared.platform.clone();
         let deadline = crate::hw::Deadline::after(p.clock(), timeout);
+        let spin = self.spin_phase();
         let mut spins: u32 = 0;
         loop {
             self.clock_read_ns = None;
@@ -1080,6 +1137,7 @@ impl<P: Platform> IoQueuePair<P> {
                 }
             }
             match self.vector {
+                Some(_) if spin.spinning(p.clock()) => p.clock().relax(),
                 Some(v) => {
                     p.irq()
                         .wait(v, deadline.remaining_at(now).min(Duration::from_millis(10)));
@@ -1087,6 +1145,16 @@ impl<P: Platform> IoQueuePair<P> {
                 None => p.clock().relax(),
             }
         }
+    }
+
+    /// The spin phase of a hybrid wait on this pair's vector (`crate::interrupts`); none
+    /// when polled.
+    fn spin_phase(&self) -> crate::interrupts::Spin {
+        let ns = match self.vector {
+            Some(_) => self.shared.irq_spin_ns.load(Ordering::Relaxed),
+            None => 0,
+        };
+        crate::interrupts::Spin::start(self.shared.platform.clock(), ns)
     }
 
     /// Reads CSTS while waiting. All-ones: the device is gone (§3.1.4): every outstanding
@@ -1162,6 +1230,7 @@ impl<P: Platform> IoQueuePair<P> {
         submitted?;
         self.ring();
         let p = self.shared.platform.clone();
+        let spin = self.spin_phase();
         let mut spins: u32 = 0;
         loop {
             if let Err(error) = self.check_alive() {
@@ -1202,6 +1271,7 @@ impl<P: Platform> IoQueuePair<P> {
                 }
             }
             match self.vector {
+                Some(_) if spin.spinning(p.clock()) => p.clock().relax(),
                 Some(v) => {
                     p.irq().wait(v, Duration::from_millis(10));
                 }

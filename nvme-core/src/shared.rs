@@ -3,7 +3,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 use crate::hw::{Clock, Platform};
@@ -41,6 +41,8 @@ pub(crate) struct Shared<P: Platform> {
     pub(crate) policy: RecoveryPolicy,
     /// Requests from queue pairs to the controller thread, and the live pairs.
     pub(crate) mailbox: Mailbox,
+    /// The spin phase of a hybrid completion wait (`crate::interrupts`), in nanoseconds.
+    pub(crate) irq_spin_ns: AtomicU64,
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
@@ -63,6 +65,7 @@ impl<P: Platform> Shared<P> {
             formats: spin::Mutex::new(Vec::new()),
             policy,
             mailbox: Mailbox::default(),
+            irq_spin_ns: AtomicU64::new(0),
         }
     }
     pub(crate) fn now_ns(&self) -> u64 {

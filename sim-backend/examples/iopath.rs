@@ -18,8 +18,16 @@ fn main() {
     })
     .expect("simulator");
     let p: Arc<SimPlatform> = sim.platform();
+    // IOPATH_TRANSFER=prp measures PRPs; by default the simulator's SGL support makes the
+    // driver describe each buffer with one SGL Data Block descriptor (nvme_core::sgl).
+    let transfer_mode = match std::env::var("IOPATH_TRANSFER").as_deref() {
+        Ok("prp") => nvme_core::TransferMode::Prp,
+        Ok("sgl") => nvme_core::TransferMode::Sgl,
+        _ => nvme_core::TransferMode::Auto,
+    };
     let config = ControllerConfig {
         interrupts: false,
+        transfer_mode,
         ..Default::default()
     };
     let mut c = Controller::new(p, config).expect("bring-up");

@@ -107,6 +107,11 @@ pub struct SimConfig {
     /// 4096 (the default), or 65536 to behave like an ARM64 host with 64 KiB pages. PRPs stay
     /// 4 KiB (CC.MPS); every allocation, however small, costs a whole granule.
     pub dma_granule: usize,
+    /// Identify Controller SGLS (NVMe Base §5.1.13.2.1; see `crate::sgl` for what the
+    /// simulator implements): bits 1:0 SGL support (00b none, 01b byte, 10b dword
+    /// granularity), bit 16 Bit Bucket descriptors, bit 18 SGLs longer than the transfer.
+    /// Default `0x1_0001`: SGLs with byte granularity and Bit Buckets.
+    pub sgls: u32,
 }
 
 impl Default for SimConfig {
@@ -132,6 +137,7 @@ impl Default for SimConfig {
             strict: true,
             volatile_write_cache: true,
             dma_granule: crate::dma::DMA_PAGE,
+            sgls: 0x1_0001,
         }
     }
 }

@@ -6,13 +6,15 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use nvme_core::hw::{InterruptError, InterruptSource};
+use nvme_core::hw::{InterruptCounts, InterruptError, InterruptSource};
 
 #[derive(Debug, Default)]
 struct IrqState {
     enabled: u16,
     pending: Vec<bool>,
     raised: u64,
+    /// `poll`/`wait` calls that found their vector pending.
+    wakeups: u64,
 }
 
 /// The interrupt lines, shared by the controller (which raises them) and [`SimIrq`] (which the
@@ -32,6 +34,7 @@ impl IrqCore {
                 enabled: 0,
                 pending: vec![false; usize::from(max)],
                 raised: 0,
+                wakeups: 0,
             }),
             cond: Condvar::new(),
         }
@@ -145,10 +148,21 @@ impl InterruptSource for SimIrq {
         match g.pending.get_mut(usize::from(vector)) {
             Some(p) if *p => {
                 *p = false;
+                g.wakeups += 1;
                 true
             }
             _ => false,
         }
+    }
+
+    /// `fired`: the vectors the controller raised; `wakeups`: `poll`/`wait` calls that found
+    /// one pending.
+    fn counts(&self) -> Option<InterruptCounts> {
+        let g = self.core.lock();
+        Some(InterruptCounts {
+            fired: g.raised,
+            wakeups: g.wakeups,
+        })
     }
 
     fn wait(&self, vector: u16, timeout: Duration) -> bool {
@@ -165,6 +179,7 @@ impl InterruptSource for SimIrq {
             let idx = usize::from(vector);
             if g.pending.get(idx).copied().unwrap_or(false) {
                 g.pending[idx] = false;
+                g.wakeups += 1;
                 return true;
             }
             let now = Instant::now();

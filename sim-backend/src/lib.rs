@@ -48,7 +48,10 @@
 //!   are not fetched from until the host frees entries.
 //! - Abort can abort commands whose completion the controller holds (outstanding AERs,
 //!   completions delayed or dropped by fault injection) and commands not yet fetched.
-//! - Interrupt coalescing (feature 08h) is stored, not applied; INTMS/INTMC are stored and
+//! - SGLs (Identify SGLS from [`SimConfig::sgls`], default byte granularity with Bit
+//!   Buckets): see [`sgl`] for the descriptors walked and the status of every refusal.
+//! - Interrupt coalescing (feature 08h) is applied to every vector but 0 whose Interrupt
+//!   Vector Configuration (09h) leaves coalescing on: see `coalesce.rs`; INTMS/INTMC are stored and
 //!   have no effect (MSI-X only).
 //!
 //! # Data path and what it costs
@@ -104,6 +107,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod coalesce;
 mod config;
 mod ctrl;
 mod dma;
@@ -112,6 +116,7 @@ mod image;
 mod irq;
 mod namespace;
 mod prp;
+pub mod sgl;
 mod violation;
 
 use std::fmt;

@@ -50,6 +50,9 @@ pub enum ViolationKind {
     /// PSDT ≠ 0: SGLs on an admin command (never allowed on PCIe) or on an I/O command
     /// (Identify SGLS = 0).
     Psdt,
+    /// An SGL the controller refuses (§4.3.2): a descriptor type or sub type it does not
+    /// support, a malformed segment, a length that does not match the transfer.
+    InvalidSgl,
     /// A command with FUSE bits set (fused operations are not supported: Identify FUSES = 0).
     FusedCommand,
     /// A device access to an IOVA that is not mapped (freed, never allocated, or past the

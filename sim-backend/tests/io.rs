@@ -277,8 +277,10 @@ fn write_zeroes_dsm_compare_verify_uncorrectable() {
 #[test]
 fn sgl_and_fused_are_refused() {
     let mut h = host();
+    // PSDT 10b (a metadata SGL in MPTR) needs SGLS bit 19, which the simulator never sets;
+    // PSDT 01b is refused only without SGL support (`sgl_refused_without_support`).
     let mut c = Command::flush(1);
-    c.set_psdt(1);
+    c.set_psdt(2);
     assert_eq!(sc(&h.io(1, c)), (0, 0x02));
     let mut c = Command::flush(1);
     c.set_fuse(1);
@@ -295,4 +297,16 @@ fn sgl_and_fused_are_refused() {
             ViolationKind::Psdt
         ]
     );
+}
+
+/// Identify SGLS = 0: a command with PSDT 01b is Invalid Field and a violation (§4.1).
+#[test]
+fn sgl_refused_without_support() {
+    let mut h = Host::enabled(SimConfig { sgls: 0, ..cfg() });
+    h.create_pair(1, 64, false);
+    let mut c = Command::flush(1);
+    c.set_psdt(1);
+    assert_eq!(sc(&h.io(1, c)), (0, 0x02));
+    let kinds: Vec<_> = h.sim.violations().iter().map(|v| v.kind).collect();
+    assert_eq!(kinds, vec![ViolationKind::Psdt]);
 }

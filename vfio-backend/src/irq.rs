@@ -8,11 +8,11 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use nvme_core::hw::InterruptSource;
+use nvme_core::hw::{InterruptCounts, InterruptSource};
 use vfio_bindings::bindings::vfio as b;
 
 use crate::error::VfioError;
@@ -50,6 +50,10 @@ pub struct VfioIrq {
     setup: Mutex<()>,
     fds: RwLock<Vec<Arc<OwnedFd>>>,
     enabled: AtomicU16,
+    /// Sum of the eventfd counter values read: interrupts signalled.
+    fired: AtomicU64,
+    /// Reads that found the counter non-zero: wake-ups.
+    wakeups: AtomicU64,
 }
 
 impl VfioIrq {
@@ -67,6 +71,8 @@ impl VfioIrq {
             setup: Mutex::new(()),
             fds: RwLock::new(Vec::new()),
             enabled: AtomicU16::new(0),
+            fired: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
         }
     }
 
@@ -77,9 +83,12 @@ impl VfioIrq {
 
     /// Consumes what is pending on `fd`; on `true` an Acquire fence makes the completion
     /// entries written before the interrupt visible (the trait's contract).
-    fn consume(fd: &OwnedFd) -> bool {
+    fn consume(&self, fd: &OwnedFd) -> bool {
         match sys::eventfd_consume(fd.as_fd()) {
             Ok(n) if n > 0 => {
+                // Relaxed: statistics only.
+                self.fired.fetch_add(n, Ordering::Relaxed);
+                self.wakeups.fetch_add(1, Ordering::Relaxed);
                 // Acquire: pairs with the device's writes of the CQ entries that precede its
                 // MSI-X write (PCIe ordering); the syscall is a barrier in practice, this
                 // fence states the contract for the compiler and weakly ordered CPUs.
@@ -170,7 +179,14 @@ impl InterruptSource for VfioIrq {
     }
 
     fn poll(&self, vector: u16) -> bool {
-        self.fd(vector).is_some_and(|fd| Self::consume(&fd))
+        self.fd(vector).is_some_and(|fd| self.consume(&fd))
+    }
+
+    fn counts(&self) -> Option<InterruptCounts> {
+        Some(InterruptCounts {
+            fired: self.fired.load(Ordering::Relaxed),
+            wakeups: self.wakeups.load(Ordering::Relaxed),
+        })
     }
 
     fn wait(&self, vector: u16, timeout: Duration) -> bool {
@@ -179,7 +195,7 @@ impl InterruptSource for VfioIrq {
         };
         let deadline = Instant::now().checked_add(timeout);
         loop {
-            if Self::consume(&fd) {
+            if self.consume(&fd) {
                 return true;
             }
             let left = match deadline {
@@ -258,6 +274,17 @@ mod tests {
         irq.signal_for_test(1);
         assert!(irq.poll(1));
         assert!(!irq.poll(1), "consumed");
+        // Two interrupts before anyone looked: one read, one wake-up, both counted fired.
+        irq.signal_for_test(1);
+        irq.signal_for_test(1);
+        assert!(irq.poll(1));
+        assert_eq!(
+            irq.counts(),
+            Some(InterruptCounts {
+                fired: 3,
+                wakeups: 2
+            })
+        );
         let t = Instant::now();
         assert!(!irq.wait(2, Duration::from_millis(20)));
         assert!(t.elapsed() >= Duration::from_millis(20));

@@ -15,6 +15,7 @@ pub mod prp;
 pub mod queues;
 pub mod recovery;
 pub mod registers;
+pub mod sgl;
 
 /// Builds a [`Case`] entry.
 #[macro_export]
@@ -66,6 +67,7 @@ pub fn all<B: Backend>() -> Vec<Case<B>> {
     v.extend(abort::cases::<B>());
     v.extend(nvm_io::cases::<B>());
     v.extend(prp::cases::<B>());
+    v.extend(sgl::cases::<B>());
     v.extend(recovery::cases::<B>());
     v
 }

@@ -169,6 +169,10 @@ impl<P: Platform> Controller<P> {
             shut_down: false,
             enable_failed: false,
         };
+        c.shared.irq_spin_ns.store(
+            u64::try_from(c.config.irq_spin.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         c.enable_and_initialize()?;
         Ok(c)
     }
@@ -288,6 +292,7 @@ impl<P: Platform> Controller<P> {
             keep
         });
         drop(live);
+        self.apply_interrupt_coalescing()?;
 
         // §3.5.1 step 7: event configuration, then post AERs.
         if self.config.async_events > 0 {

@@ -34,6 +34,7 @@ use crate::spec::{
 mod admin;
 mod bringup;
 mod commands;
+mod interrupts;
 mod queues;
 mod raw;
 mod recover;
@@ -71,6 +72,15 @@ pub struct ControllerConfig {
     /// thread that owns the controller drives it by calling [`Controller::recover`]
     /// periodically.
     pub recovery: crate::RecoveryPolicy,
+    /// PRPs or SGLs for data transfers of I/O queue pairs (see [`crate::sgl`]); default
+    /// [`crate::TransferMode::Auto`]: an SGL when Identify SGLS allows it.
+    pub transfer_mode: crate::TransferMode,
+    /// Interrupt coalescing to request with MSI-X (see [`crate::interrupts`]); `None` (the
+    /// default) leaves the controller interrupting per completion.
+    pub interrupt_coalescing: Option<crate::interrupts::InterruptCoalescing>,
+    /// How long a queue pair waiting on an MSI-X vector polls its completion queue before it
+    /// sleeps (the hybrid wait, [`crate::interrupts`]); zero sleeps at once.
+    pub irq_spin: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -86,6 +96,9 @@ impl Default for ControllerConfig {
             max_transfer: 2 * 1024 * 1024,
             async_events: 1,
             recovery: crate::RecoveryPolicy::default(),
+            transfer_mode: crate::TransferMode::Auto,
+            interrupt_coalescing: None,
+            irq_spin: Duration::from_micros(10),
         }
     }
 }
@@ -103,6 +116,9 @@ pub struct ControllerStats {
     pub aer_failures: u64,
     /// The status of the last such request (e.g. AER Limit Exceeded, 01h/05h).
     pub last_aer_failure: Option<crate::spec::Status>,
+    /// The status with which the controller refused the configured interrupt coalescing
+    /// (then it interrupts per completion), if it did.
+    pub coalescing_refused: Option<crate::spec::Status>,
 }
 
 /// An NVMe controller: bring-up, the admin queue, namespaces, I/O queue pair management and

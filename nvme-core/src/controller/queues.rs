@@ -37,6 +37,10 @@ impl<P: Platform> Controller<P> {
             });
         };
         let qid = qid as u16;
+        let sgl = crate::sgl::SglUse::resolve(
+            self.config.transfer_mode,
+            crate::spec::sgl::Sgls(self.identify.sgls),
+        )?;
         let entries = entries.clamp(2, self.cap.mqes_z().saturating_add(1).max(2));
         let p = self.shared.platform.clone();
         let lists_per_slot = crate::prp::max_list_pages(self.max_transfer, PAGE_SIZE);
@@ -87,13 +91,14 @@ impl<P: Platform> Controller<P> {
         self.qids_in_use[qid as usize] = true;
         self.io_queues_created = true;
         let dstrd = self.shared.dstrd;
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             SubQueue::new(sq_mem, qid, entries, dstrd),
             CompQueue::new(cq_mem, qid, entries, dstrd),
             lists,
             lists_per_slot,
             Some(self.shared.io_timeout_ns),
         );
+        engine.sgl = sgl;
         let vector = if ien { Some(iv) } else { None };
         let generation = self.generation();
         let record = Arc::new(PairRecord {

@@ -10,6 +10,7 @@ pub mod identify;
 pub mod log;
 pub mod opcode;
 pub mod regs;
+pub mod sgl;
 pub mod status;
 pub mod transfer;
 

@@ -85,12 +85,18 @@ pub mod generic {
     pub const COMMAND_SEQUENCE_ERROR: u8 = 0x0C;
     /// 0Dh Invalid SGL Segment Descriptor.
     pub const INVALID_SGL_DESCRIPTOR: u8 = 0x0D;
+    /// 0Eh Invalid Number of SGL Descriptors.
+    pub const INVALID_SGL_DESCRIPTOR_COUNT: u8 = 0x0E;
     /// 0Fh Data SGL Length Invalid.
     pub const DATA_SGL_LENGTH_INVALID: u8 = 0x0F;
+    /// 11h SGL Descriptor Type Invalid.
+    pub const SGL_DESCRIPTOR_TYPE_INVALID: u8 = 0x11;
     /// 13h PRP Offset Invalid.
     pub const PRP_OFFSET_INVALID: u8 = 0x13;
     /// 15h Operation Denied.
     pub const OPERATION_DENIED: u8 = 0x15;
+    /// 16h SGL Offset Invalid.
+    pub const SGL_OFFSET_INVALID: u8 = 0x16;
     /// 20h Namespace is Write Protected: a write-type command to a write protected namespace
     /// (NVMe Base 2.1 chapter 8, "Namespace Write Protection").
     pub const NAMESPACE_WRITE_PROTECTED: u8 = 0x20;
@@ -229,7 +235,9 @@ impl Status {
             (0, 0x0B) => "Invalid Namespace or Format",
             (0, 0x0C) => "Command Sequence Error",
             (0, 0x0D) => "Invalid SGL Segment Descriptor",
+            (0, 0x0E) => "Invalid Number of SGL Descriptors",
             (0, 0x0F) => "Data SGL Length Invalid",
+            (0, 0x11) => "SGL Descriptor Type Invalid",
             (0, 0x13) => "PRP Offset Invalid",
             (0, 0x15) => "Operation Denied",
             (0, 0x80) => "LBA Out of Range",

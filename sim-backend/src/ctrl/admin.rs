@@ -399,7 +399,7 @@ impl Controller {
             },
             awun: 0,
             awupf: 0,
-            sgls: 0,
+            sgls: self.cfg.sgls,
             subnqn: AsciiField::from_str_padded(&format!(
                 "nqn.2024-01.invalid.nvme-sim:{}",
                 self.cfg.serial

@@ -14,13 +14,16 @@ use nvme_core::spec::regs::{offset, shst, Aqa, Cap, Cc, Csts, NSSR_RESET};
 use nvme_core::spec::status::generic;
 use nvme_core::spec::{AsyncEvent, Command, Completion, ErrorLogEntry, Status, CQE_SIZE, SQE_SIZE};
 
+use crate::coalesce::Coalescer;
 use crate::config::SimConfig;
 use crate::dma::{DmaSpace, DmaView};
 use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
 use crate::namespace::{Namespace, ReadError};
 use crate::prp::{self, PrpError};
+use crate::sgl;
 use crate::violation::{SimStats, Violation, ViolationKind};
+use nvme_core::spec::sgl::{sgl1, Sgls};
 
 /// Size of BAR0 (registers at 0h, doorbells at 1000h).
 pub const BAR_SIZE: usize = 0x4000;
@@ -289,6 +292,8 @@ pub(crate) struct Controller {
     segs: Vec<(u64, usize)>,
     /// Staging for writes and image-file reads (reused, grown to the largest transfer).
     scratch: Vec<u8>,
+    /// Completions whose interrupt coalescing holds back (feature 08h).
+    coalesce: Coalescer,
     inline: bool,
     /// A CQ may hold a wrong-phase entry to rewrite (fault injection); recomputed by
     /// [`Controller::service`].
@@ -357,6 +362,7 @@ impl Controller {
             batch_cids: CidSet::new(),
             segs: Vec::new(),
             scratch: Vec::new(),
+            coalesce: Coalescer::new(cfg.msix_vectors),
             inline,
             phase_holds: false,
             kick: false,
@@ -413,13 +419,26 @@ impl Controller {
             && !self.faults.removed
     }
 
-    /// Raises the interrupts collected while posting (after the entries were written).
+    /// Raises the interrupts collected while posting (after the entries were written), as
+    /// interrupt coalescing allows (`crate::coalesce`).
     pub(crate) fn raise_interrupts(&mut self) {
         if self.pending_irqs.is_empty() {
             return;
         }
-        self.pending_irqs.sort_unstable();
-        self.pending_irqs.dedup();
+        if crate::coalesce::coalesces(self.feat.irq_coalescing) {
+            let v = self.coalesce.admit(
+                &self.pending_irqs,
+                self.feat.irq_coalescing,
+                &self.feat.irq_vector_cd,
+                Instant::now(),
+            );
+            self.pending_irqs.clear();
+            self.pending_irqs.extend(v);
+        } else {
+            // No coalescing (the default): no clock read, no allocation.
+            self.pending_irqs.sort_unstable();
+            self.pending_irqs.dedup();
+        }
         for &vector in &self.pending_irqs {
             if self.irq.raise(vector) {
                 self.stats.interrupts_raised += 1;
@@ -438,6 +457,7 @@ impl Controller {
             || self.shutdown_done_at.is_some()
             || !self.held.is_empty()
             || self.phase_holds
+            || self.coalesce.holding()
     }
 
     /// [`Controller::service`] at the current time, if a timed event may be pending.
@@ -475,6 +495,11 @@ impl Controller {
             }
             self.raise_interrupts();
         }
+        for vector in self.coalesce.due(self.feat.irq_coalescing, now) {
+            if self.irq.raise(vector) {
+                self.stats.interrupts_raised += 1;
+            }
+        }
         let phase_due: Vec<u16> = self
             .cqs
             .iter()
@@ -510,6 +535,9 @@ impl Controller {
             holds = true;
         }
         self.phase_holds = holds;
+        if let Some(t) = self.coalesce.next_due(self.feat.irq_coalescing) {
+            consider(t);
+        }
         next.map(|t| t.saturating_duration_since(now))
     }
 
@@ -792,6 +820,7 @@ impl Controller {
         self.io_queues_created = false;
         self.cfs = false;
         self.pending_irqs.clear();
+        self.coalesce.clear();
         self.irq.clear_pending();
         self.stats.resets += 1;
     }
@@ -1373,6 +1402,9 @@ impl Controller {
 
     /// Controller-to-host transfer of `data` through the command's PRPs.
     pub(crate) fn transfer_to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
+        if cmd.psdt() != 0 {
+            return self.sgl_to_host(cmd, data);
+        }
         let ps = self.page_size();
         let mut segs = std::mem::take(&mut self.segs);
         let r = self.dma.with_view(|v| {
@@ -1397,6 +1429,11 @@ impl Controller {
     /// Host-to-controller transfer of `out.len()` bytes through the command's PRPs into
     /// `out`.
     pub(crate) fn gather_from_host(&mut self, cmd: &Command, out: &mut [u8]) -> Result<(), Status> {
+        if cmd.psdt() != 0 {
+            let data = self.sgl_from_host(cmd, out.len())?;
+            out.copy_from_slice(&data);
+            return Ok(());
+        }
         let ps = self.page_size();
         let mut segs = std::mem::take(&mut self.segs);
         let r = self.dma.with_view(|v| {
@@ -1420,6 +1457,23 @@ impl Controller {
     ) -> Result<(), ReadFailure> {
         let ps = self.page_size();
         let len = nlb as usize * self.namespaces[i].lba_size() as usize;
+        if cmd.psdt() != 0 {
+            // SGLs (`crate::sgl`): the descriptors are walked and checked first, then the
+            // blocks are read and scattered.
+            let pieces = sgl::walk(&self.dma, Sgls(self.cfg.sgls), sgl1(cmd), len, true)
+                .map_err(ReadFailure::Prp)?;
+            let mut data = Vec::with_capacity(len);
+            self.namespaces[i]
+                .read_with(slba, nlb, &mut self.scratch, |piece| {
+                    data.extend_from_slice(piece);
+                    Ok::<(), PrpError>(())
+                })
+                .map_err(|e| match e {
+                    ReadError::Medium => ReadFailure::Medium,
+                    ReadError::Sink(e) => ReadFailure::Prp(e),
+                })?;
+            return sgl::scatter(&self.dma, &pieces, &data).map_err(ReadFailure::Prp);
+        }
         let mut segs = std::mem::take(&mut self.segs);
         let ns = &self.namespaces[i];
         let scratch = &mut self.scratch;
@@ -1456,6 +1510,22 @@ impl Controller {
             .map(|()| self.namespaces[i].write(slba, &scratch[..len], cached));
         self.scratch = scratch;
         r
+    }
+
+    /// Controller-to-host transfer through the command's SGL (`crate::sgl`).
+    fn sgl_to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
+        let sgls = Sgls(self.cfg.sgls);
+        let pieces = sgl::walk(&self.dma, sgls, sgl1(cmd), data.len(), true)
+            .map_err(|e| self.prp_violation(e))?;
+        sgl::scatter(&self.dma, &pieces, data).map_err(|e| self.prp_violation(e))
+    }
+
+    /// Host-to-controller transfer of `len` bytes through the command's SGL.
+    fn sgl_from_host(&mut self, cmd: &Command, len: usize) -> Result<Vec<u8>, Status> {
+        let sgls = Sgls(self.cfg.sgls);
+        let pieces =
+            sgl::walk(&self.dma, sgls, sgl1(cmd), len, false).map_err(|e| self.prp_violation(e))?;
+        sgl::gather(&self.dma, &pieces, len).map_err(|e| self.prp_violation(e))
     }
 
     // ---------------------------------------------------------------- events

@@ -17,9 +17,10 @@ fn internal_error() -> Outcome {
 }
 
 impl Controller {
-    /// Executes an I/O command from SQ `sqid`. Fused operations and SGLs are not supported
-    /// (Identify FUSES = 0, SGLS = 0): Invalid Field in Command, and a violation. Unknown
-    /// opcodes are Invalid Command Opcode (00h/01h).
+    /// Executes an I/O command from SQ `sqid`. Fused operations are not supported (Identify
+    /// FUSES = 0): Invalid Field in Command, and a violation; so are SGLs (PSDT ≠ 00b) when
+    /// Identify SGLS bits 1:0 say none, and PSDT 10b/11b always (SGLS bit 19 = 0: no
+    /// metadata SGL, §4.1). Unknown opcodes are Invalid Command Opcode (00h/01h).
     pub(crate) fn io(&mut self, sqid: u16, cmd: &Command) -> Outcome {
         let op = NvmOpcode(cmd.opcode());
         if cmd.fuse() != 0 {
@@ -33,13 +34,16 @@ impl Controller {
             );
             return invalid_field();
         }
-        if cmd.psdt() != 0 {
+        let sgl_ok = cmd.psdt() == nvme_core::spec::sgl::psdt::SGL_MPTR_BUFFER
+            && nvme_core::spec::sgl::Sgls(self.cfg.sgls).supported();
+        if cmd.psdt() != 0 && !sgl_ok {
             self.violation(
                 ViolationKind::Psdt,
                 format!(
-                    "SQ {sqid}: {op:?} CID {} uses SGLs (PSDT = {:#b}), Identify SGLS = 0",
+                    "SQ {sqid}: {op:?} CID {} has PSDT = {:#b}, Identify SGLS = {:#x}",
                     cmd.cid(),
-                    cmd.psdt()
+                    cmd.psdt(),
+                    self.cfg.sgls
                 ),
             );
             return invalid_field();

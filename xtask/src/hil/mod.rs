@@ -11,6 +11,7 @@
 //! `shared/docs/arm-hil-recipe.md`.
 
 mod arch;
+mod bench;
 mod initramfs;
 mod kernel;
 mod opts;
@@ -74,6 +75,9 @@ pub fn main(args: &HilArgs) -> Result<bool> {
         kernel::prepare_busybox(&tools, &cache, arch)?;
         eprintln!("xtask: host tools, Rust target and guest kernel for `cargo xtask hil --arch {arch}` are installed");
         return Ok(true);
+    }
+    if args.bench {
+        return bench::run(args);
     }
     let t0 = Instant::now();
     let boots = opts::plan(args)?;

@@ -83,6 +83,21 @@ pub struct HilArgs {
     #[arg(short, long)]
     pub verbose: bool,
 
+    /// Benchmark instead of the suite, in one x86_64 boot: the kernel's nvme driver with fio
+    /// (io_uring and libaio), then this driver's `nvme-tool perf` through vfio-pci (polled and
+    /// MSI-X), 4 KiB random reads at queue depths 1 and 32; prints one table (see
+    /// `xtask/src/hil/bench.rs`).
+    #[arg(long, conflicts_with_all = ["matrix", "no_iommu", "perf", "irq", "lba_size"])]
+    pub bench: bool,
+
+    /// Seconds per benchmark run (`--bench`).
+    #[arg(long, default_value_t = 5)]
+    pub bench_secs: u32,
+
+    /// Runs per benchmark configuration (`--bench`).
+    #[arg(long, default_value_t = 3)]
+    pub bench_reps: u32,
+
     /// Which guest payload to run: the workspace's binaries (`real`) or xtask's own stand-in
     /// (`standin`, which proves the boot, bind, verdict and image path without the driver).
     #[arg(long, value_enum, default_value_t = PayloadKind::Real)]
