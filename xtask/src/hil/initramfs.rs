@@ -65,6 +65,10 @@ pub struct GuestPlan {
     pub setup_modules: Vec<String>,
     /// The NBD step, after the interrupt modes, if this boot runs it.
     pub nbd: Option<NbdPlan>,
+    /// A `tokio[<mode>]` step per mode: `tokio-randread` (nvme-blk's example) runs 32
+    /// concurrent random reads under tokio through vfio-pci (the MSI-X mode wakes the queue's
+    /// task from the vector's eventfd), then the same through the callback API.
+    pub tokio: bool,
 }
 
 /// The NBD step: `nvme-tool nbd` serves a block range of namespace 1 (polled) on a Unix
@@ -102,6 +106,8 @@ pub const NO_IOMMU_STEPS: &[&str] = &[
 ];
 /// Steps run once per interrupt mode, in order (named `<step>[<mode>]`).
 pub const MODE_STEPS: &[&str] = &["conformance", "nvme-read", "nvme-cmp", "nvme-write", "soak"];
+/// Reads of each `tokio[<mode>]` step (and as many through the callback API).
+pub const TOKIO_OPS: u32 = 4000;
 /// Seconds of `nvme-tool soak` per mode: verified random reads and writes on several queue
 /// pairs, in the second half of the namespace (the image checks use the first).
 pub const SOAK_SECS: u32 = 5;
@@ -133,6 +139,9 @@ impl GuestPlan {
         let mut v = MODE_STEPS.to_vec();
         if self.perf_secs.is_some() {
             v.push("perf");
+        }
+        if self.tokio {
+            v.push("tokio");
         }
         v
     }
@@ -338,6 +347,19 @@ echo "HIL-SOAK[{m}] $(grep -a '^soak: ' "/tmp/soak[{m}].log" | tail -n 1)"
                 s,
                 r#"run "perf[{m}]" /bin/nvme-tool perf "pci:$BDF" --irq {m} --queue-depth 32 --io-size 4096 --workload randread --time {secs}
 echo "HIL-PERF[{m}] $(grep -a '^pci:' "/tmp/perf[{m}].log" | tail -n 1)"
+"#
+            );
+        }
+        if p.tokio {
+            let polled = if *m == IrqMode::Polled {
+                " --polled"
+            } else {
+                ""
+            };
+            let _ = write!(
+                s,
+                r#"run "tokio[{m}]" /bin/tokio-randread "$BDF"{polled} --ops {TOKIO_OPS}
+echo "HIL-TOKIO[{m}] $(grep -a 'random 4 KiB reads' "/tmp/tokio[{m}].log" | tail -n 1)"
 "#
             );
         }
@@ -671,6 +693,7 @@ mod tests {
             perf_secs: None,
             expect_identity_domain: false,
             nbd: None,
+            tokio: false,
         }
     }
 
@@ -755,6 +778,17 @@ mod tests {
         assert!(s.contains("run \"perf[msix]\" /bin/nvme-tool perf \"pci:$BDF\" --irq msix"));
         assert!(s.contains("--time 3"));
         assert!(p.expected_steps().contains(&"perf[polled]".to_owned()));
+    }
+
+    #[test]
+    fn the_tokio_step_runs_per_mode_with_the_mode_s_wakeup() {
+        let mut p = plan(&[IrqMode::Polled, IrqMode::Msix], false);
+        assert!(!init_script(&p).contains("tokio-randread"));
+        p.tokio = true;
+        let s = init_script(&p);
+        assert!(s.contains("run \"tokio[polled]\" /bin/tokio-randread \"$BDF\" --polled --ops"));
+        assert!(s.contains("run \"tokio[msix]\" /bin/tokio-randread \"$BDF\" --ops"));
+        assert!(p.expected_steps().contains(&"tokio[msix]".to_owned()));
     }
 
     #[test]

@@ -273,6 +273,7 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
             Vec::new()
         },
         nbd: None,
+        tokio: matches!(env.args.payload, PayloadKind::Real),
     };
     let plan = initramfs::GuestPlan {
         nbd: if boot.nbd {

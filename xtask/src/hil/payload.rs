@@ -58,6 +58,13 @@ pub const REAL: &[PayloadSpec] = &[
         target_kind: "bin",
     },
     PayloadSpec {
+        guest_names: &["tokio-randread"],
+        cargo_args: &["build", "-p", "nvme-blk", "--example", "tokio_randread"],
+        manifest: None,
+        target_name: "tokio_randread",
+        target_kind: "example",
+    },
+    PayloadSpec {
         guest_names: &["nbd-attach"],
         cargo_args: &["build", "-p", "nvme-tool", "--example", "nbd-attach"],
         manifest: None,
@@ -250,7 +257,13 @@ not json at all
         // NBD server, and its boots skip the step).
         assert_eq!(
             names(REAL),
-            ["conformance", "nbd-attach", "nvme-tool", "vfio-info"]
+            [
+                "conformance",
+                "nbd-attach",
+                "nvme-tool",
+                "tokio-randread",
+                "vfio-info"
+            ]
         );
         assert_eq!(names(STANDIN), ["conformance", "nvme-tool", "vfio-info"]);
     }

@@ -362,6 +362,7 @@ mod tests {
             perf_secs: None,
             expect_identity_domain: false,
             nbd: None,
+            tokio: false,
             setup_modules: vec![],
         }
     }
