@@ -164,6 +164,29 @@ pub fn sim_config(image: Option<&ImageSpec>, threaded: bool) -> Result<SimConfig
     Ok(cfg)
 }
 
+/// The number of blocks `--start-block START [--block-count COUNT]` selects on `ns` (COUNT,
+/// or to the end), checked to be at least one and to fit.
+///
+/// # Errors
+/// A start past the end, or a count of 0 or that runs past the end.
+pub fn block_range(ns: &Namespace, start: u64, count: Option<u64>) -> Result<u64> {
+    ensure!(
+        start < ns.blocks(),
+        "--start-block {start} is past the end of namespace {} ({} blocks)",
+        ns.nsid(),
+        ns.blocks()
+    );
+    let room = ns.blocks() - start;
+    let n = count.unwrap_or(room);
+    ensure!(
+        n >= 1 && n <= room,
+        "--start-block {start} --block-count {n} does not fit namespace {} ({} blocks)",
+        ns.nsid(),
+        ns.blocks()
+    );
+    Ok(n)
+}
+
 /// Opens the device.
 ///
 /// # Errors

@@ -307,22 +307,7 @@ where
         c.max_transfer()
     );
     let per_io = (a.io_size / bs) as u64;
-    ensure!(
-        a.start_block < ns.blocks(),
-        "--start-block {} is past the end of namespace {} ({} blocks)",
-        a.start_block,
-        ns.nsid(),
-        ns.blocks()
-    );
-    let room = ns.blocks() - a.start_block;
-    let region = a.block_count.unwrap_or(room);
-    ensure!(
-        region <= room,
-        "--start-block {} --block-count {region} runs past the end of namespace {} ({} blocks)",
-        a.start_block,
-        ns.nsid(),
-        ns.blocks()
-    );
+    let region = crate::device::block_range(&ns, a.start_block, a.block_count)?;
     // The region starts on a slot boundary of its own: slot k covers blocks
     // start_block + k * per_io ...
     let slots = region / per_io;

@@ -304,22 +304,7 @@ fn describe<P: Platform>(c: &Controller<P>, a: &NbdArgs) -> Result<(Geometry, Ex
     let id = c.identify();
     let chunk_bytes = c.max_transfer().min(MAX_CHUNK) / bs as usize * bs as usize;
     ensure!(chunk_bytes > 0, "the maximum transfer is below one block");
-    ensure!(
-        a.start_block < ns.blocks(),
-        "--start-block {} is past the end of namespace {} ({} blocks)",
-        a.start_block,
-        ns.nsid(),
-        ns.blocks()
-    );
-    let room = ns.blocks() - a.start_block;
-    let blocks = a.block_count.unwrap_or(room);
-    ensure!(
-        blocks >= 1 && blocks <= room,
-        "--start-block {} --block-count {blocks} does not fit namespace {} ({} blocks)",
-        a.start_block,
-        ns.nsid(),
-        ns.blocks()
-    );
+    let blocks = crate::device::block_range(&ns, a.start_block, a.block_count)?;
     let g = Geometry {
         nsid: ns.nsid(),
         lba_size: bs,

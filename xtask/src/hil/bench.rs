@@ -35,7 +35,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -541,40 +541,7 @@ fn build_initramfs(
         fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
     }
 
-    let list = initramfs::cpio_list(staging)?;
-    let out_file = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut gzip = Command::new(&t.gzip)
-        .args(["-1", "-n", "-c"])
-        .stdin(Stdio::piped())
-        .stdout(out_file)
-        .spawn()
-        .context("starting gzip")?;
-    let gz_in = gzip
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow!("gzip has no stdin"))?;
-    let mut cpio = Command::new(&t.cpio)
-        .args(["-H", "newc", "-o", "--quiet", "-R", "0:0"])
-        .current_dir(staging)
-        .stdin(Stdio::piped())
-        .stdout(gz_in)
-        .spawn()
-        .context("starting cpio")?;
-    {
-        use std::io::Write;
-        let mut stdin = cpio
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("cpio has no stdin"))?;
-        for p in &list {
-            writeln!(stdin, "{p}")?;
-        }
-    }
-    let (cs, gs) = (cpio.wait()?, gzip.wait()?);
-    if !cs.success() || !gs.success() {
-        bail!("packing the bench initramfs failed (cpio: {cs}, gzip: {gs})");
-    }
-    Ok(())
+    initramfs::pack(t, staging, out)
 }
 
 /// Installs Debian's fio on the host if it is missing (its binary and libraries go into the

@@ -629,6 +629,11 @@ pub fn build(tools: &HostTools, c: &Contents<'_>, staging: &Path, out: &Path) ->
     fs::write(&init, init_script(c.plan))?;
     set_mode(&init, 0o755)?;
 
+    pack(tools, staging, out)
+}
+
+/// Packs the staged tree `staging` into `out` (`cpio -H newc -o | gzip -1`, owned by root).
+pub fn pack(tools: &HostTools, staging: &Path, out: &Path) -> Result<()> {
     let list = cpio_list(staging)?;
     let out_file = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut gzip = Command::new(&tools.gzip)
