@@ -106,7 +106,7 @@ mkdir -p "$src"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 
 build() {
-    (cd "$src" && cargo test -q -p conformance-tests --test conformance --no-run 2>&1) |
+    (cd "$src" && cargo test -p conformance-tests --test conformance --no-run 2>&1) |
         sed -n 's/.*Executable tests\/conformance.rs (\(.*\))$/\1/p' | tail -1
 }
 

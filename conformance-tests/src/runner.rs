@@ -34,6 +34,14 @@ pub enum Group {
     NvmIo,
     /// PRP edge cases (§4.3.1).
     Prp,
+    /// Interrupt signalling (§5.2.1 IEN/IV, MSI-X).
+    Interrupts,
+    /// Durability: FUA, Flush, the volatile write cache and power loss (NVM §3.3, §5.1.25.1.6).
+    Durability,
+    /// Format NVM (§5.1.10).
+    Format,
+    /// Namespace attachment and management (§5.1.19, §5.1.20).
+    Namespaces,
     /// Error handling and recovery on the driver side (faults).
     Recovery,
 }
@@ -51,6 +59,10 @@ impl Group {
             Group::Abort => "Abort",
             Group::NvmIo => "NVM I/O",
             Group::Prp => "PRP edge cases",
+            Group::Interrupts => "Interrupts",
+            Group::Durability => "Durability",
+            Group::Format => "Format NVM",
+            Group::Namespaces => "Namespace attachment",
             Group::Recovery => "Errors and recovery",
         }
     }

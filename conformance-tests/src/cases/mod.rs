@@ -9,6 +9,7 @@ pub mod async_events;
 pub mod features;
 pub mod helpers;
 pub mod identify;
+pub mod interrupts;
 pub mod logs;
 pub mod nvm_io;
 pub mod prp;
@@ -66,6 +67,7 @@ pub fn all<B: Backend>() -> Vec<Case<B>> {
     v.extend(abort::cases::<B>());
     v.extend(nvm_io::cases::<B>());
     v.extend(prp::cases::<B>());
+    v.extend(interrupts::cases::<B>());
     v.extend(recovery::cases::<B>());
     v
 }
