@@ -6,6 +6,7 @@ use crate::runner::Case;
 
 pub mod abort;
 pub mod async_events;
+pub mod durability;
 pub mod features;
 pub mod helpers;
 pub mod identify;
@@ -68,6 +69,7 @@ pub fn all<B: Backend>() -> Vec<Case<B>> {
     v.extend(nvm_io::cases::<B>());
     v.extend(prp::cases::<B>());
     v.extend(interrupts::cases::<B>());
+    v.extend(durability::cases::<B>());
     v.extend(recovery::cases::<B>());
     v
 }
