@@ -8,6 +8,7 @@ pub mod abort;
 pub mod async_events;
 pub mod durability;
 pub mod features;
+pub mod format;
 pub mod helpers;
 pub mod identify;
 pub mod interrupts;
@@ -70,6 +71,7 @@ pub fn all<B: Backend>() -> Vec<Case<B>> {
     v.extend(prp::cases::<B>());
     v.extend(interrupts::cases::<B>());
     v.extend(durability::cases::<B>());
+    v.extend(format::cases::<B>());
     v.extend(recovery::cases::<B>());
     v
 }
