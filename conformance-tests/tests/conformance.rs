@@ -81,11 +81,13 @@ fn sim_shapes() -> Vec<(&'static str, bool, SimConfig, Option<&'static [Group]>)
         ),
         // Small queues and few vectors: CAP.MQES 3 (4-entry queues), two MSI-X vectors (the
         // admin queue and one I/O vector shared by every I/O CQ), three queue pairs, one
-        // namespace of 4 KiB blocks, no volatile write cache.
+        // namespace of 4 KiB blocks with MDTS 8 KiB (two blocks per command), no volatile
+        // write cache.
         (
             "msix-mqes3-2vec",
             true,
             SimConfig {
+                mdts: 1,
                 mqes_z: 3,
                 msix_vectors: 2,
                 max_io_queues: 3,

@@ -13,6 +13,7 @@ pub mod helpers;
 pub mod identify;
 pub mod interrupts;
 pub mod logs;
+pub mod namespaces;
 pub mod nvm_io;
 pub mod prp;
 pub mod queues;
@@ -72,6 +73,7 @@ pub fn all<B: Backend>() -> Vec<Case<B>> {
     v.extend(interrupts::cases::<B>());
     v.extend(durability::cases::<B>());
     v.extend(format::cases::<B>());
+    v.extend(namespaces::cases::<B>());
     v.extend(recovery::cases::<B>());
     v
 }

@@ -228,9 +228,9 @@ fn write_zeroes<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 8);
     let mut qp = c.create_io_queue_pair(8)?;
-    qp.write(&ns, lba, buffer_with(c, &pattern(7, lba, 8 * bs, bs))?)?;
+    write_split(c, &mut qp, &ns, lba, &pattern(7, lba, 8 * bs, bs))?;
     qp.write_zeroes(&ns, lba + 2, 4, false)?;
-    let back = qp.read(&ns, lba, c.alloc_buffer(8 * bs)?)?.to_vec();
+    let back = read_split(c, &mut qp, &ns, lba, 8 * bs)?;
     c.delete_io_queue_pair(qp)?;
     let expect = pattern(7, lba, 8 * bs, bs);
     ensure!(
@@ -253,7 +253,7 @@ fn deallocate<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 8);
     let mut qp = c.create_io_queue_pair(8)?;
-    qp.write(&ns, lba, buffer_with(c, &pattern(9, lba, 8 * bs, bs))?)?;
+    write_split(c, &mut qp, &ns, lba, &pattern(9, lba, 8 * bs, bs))?;
     qp.deallocate(
         &ns,
         &[DsmRange {
@@ -262,7 +262,7 @@ fn deallocate<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             attributes: 0,
         }],
     )?;
-    let back = qp.read(&ns, lba, c.alloc_buffer(8 * bs)?)?.to_vec();
+    let back = read_split(c, &mut qp, &ns, lba, 8 * bs)?;
     c.delete_io_queue_pair(qp)?;
     let written = pattern(9, lba, 8 * bs, bs);
     for (i, (got, old)) in back.chunks(bs).zip(written.chunks(bs)).enumerate() {
@@ -346,7 +346,7 @@ fn verify<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 4);
     let mut qp = c.create_io_queue_pair(8)?;
-    qp.write(&ns, lba, buffer_with(c, &pattern(1, lba, 4 * bs, bs))?)?;
+    write_split(c, &mut qp, &ns, lba, &pattern(1, lba, 4 * bs, bs))?;
     let r = qp.verify(&ns, lba, 4);
     c.delete_io_queue_pair(qp)?;
     r?;
@@ -392,11 +392,12 @@ fn fua_write<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let ns = namespace(c, None)?;
     let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 4);
-    let data = pattern(0x46, lba, 4 * bs, bs);
+    let n = super::helpers::fit(c, &ns, 4) as usize;
+    let data = pattern(0x46, lba, n * bs, bs);
     let mut qp = c.create_io_queue_pair(8)?;
-    let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid(), lba, 3, true);
+    let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid(), lba, (n - 1) as u16, true);
     let r = submit_wait(&mut qp, cmd, Some(buffer_with(c, &data)?), 0, None);
-    let back = qp.read(&ns, lba, c.alloc_buffer(4 * bs)?);
+    let back = qp.read(&ns, lba, c.alloc_buffer(n * bs)?);
     c.delete_io_queue_pair(qp)?;
     let (st, _) = r?;
     ensure!(st.is_success(), "Write with FUA: {st}");
@@ -445,13 +446,9 @@ fn write_zeroes_deac<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
     let data = pattern(0x2E, lba, 8 * bs, bs);
     let mut qp = c.create_io_queue_pair(8)?;
     let r = (|| -> anyhow::Result<Vec<u8>> {
-        qp.write(&ns, lba, buffer_with(c, &data)?)
-            .map_err(|e| anyhow::anyhow!("{}", e.error))?;
+        write_split(c, &mut qp, &ns, lba, &data)?;
         qp.write_zeroes(&ns, lba + 1, 6, true)?;
-        Ok(qp
-            .read(&ns, lba, c.alloc_buffer(8 * bs)?)
-            .map_err(|e| anyhow::anyhow!("{}", e.error))?
-            .to_vec())
+        read_split(c, &mut qp, &ns, lba, 8 * bs)
     })();
     c.delete_io_queue_pair(qp)?;
     let back = r?;

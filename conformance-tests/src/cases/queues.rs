@@ -95,7 +95,8 @@ fn pair_lifecycle<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let ns = namespace(c, None)?;
     let mut qp = c.create_io_queue_pair(64)?;
     ensure!(qp.qid() >= 1, "I/O queue got QID 0");
-    let data = pattern(0x11, 0, ns.lba_size() as usize * 4, ns.lba_size() as usize);
+    let n = super::helpers::fit(c, &ns, 4) as usize;
+    let data = pattern(0x11, 0, ns.lba_size() as usize * n, ns.lba_size() as usize);
     let lba = super::helpers::scratch_lba(&ns, 4);
     qp.write(&ns, lba, buffer_with(c, &data)?)?;
     let back = qp.read(&ns, lba, c.alloc_buffer(data.len())?)?;
