@@ -33,6 +33,11 @@ pub fn cases<B: Backend>() -> Vec<Case<B>> {
         case!("IRQ-04", Interrupts, "§5.2.1", "two I/O CQs created with the same vector both signal it", shared_vector::<B>),
         case!("IRQ-05", Interrupts, "§5.2.1", "when the interrupt arrives the completion entry it signals is already visible with the new phase tag", entry_before_interrupt::<B>),
         case!("QM-30", Queues, "§4.2.4", "a full I/O CQ is not overwritten: further completions wait until the host frees entries, then all arrive once", cq_full::<B>),
+        case!("QM-31", Queues, "§4.2.1", "CIDs from across the whole range (0000h, 0001h, 7FFFh, 8000h, ABCDh, FFFEh) come back exactly, with the SQ's ID", cid_range::<B>),
+        case!("QM-32", Queues, "§4.2.1", "each completion's SQ Head Pointer counts the entries the controller consumed, through two wraps of the SQ", sqhd_tracks::<B>),
+        case!("QM-33", Queues, "§5.2.1", "a queue pair of two entries (QSIZE 1, the minimum) carries commands through many wraps", minimal_queues::<B>),
+        case!("QM-34", Queues, "§5.2.4", "an SQ and CQ deleted in order can be created again with the same QIDs and carry commands", recreate_same_qids::<B>),
+        case!("QM-35", Queues, "§3.7.2", "a Controller Level Reset deletes every I/O queue: the same QIDs can be created again after it", reset_deletes_queues::<B>),
     ]
 }
 
@@ -110,11 +115,22 @@ impl RawPair {
     pub(crate) fn submit<P: Platform>(
         &mut self,
         c: &mut Controller<P>,
-        mut cmd: Command,
+        cmd: Command,
         buffer: Option<DmaBuffer<P>>,
     ) -> anyhow::Result<u16> {
         let cid = self.next_cid;
         self.next_cid = self.next_cid.wrapping_add(1);
+        self.submit_cid(c, cmd, buffer, cid)
+    }
+
+    /// Writes `cmd` with CID `cid` at the SQ tail and rings the doorbell.
+    pub(crate) fn submit_cid<P: Platform>(
+        &mut self,
+        c: &mut Controller<P>,
+        mut cmd: Command,
+        buffer: Option<DmaBuffer<P>>,
+        cid: u16,
+    ) -> anyhow::Result<u16> {
         cmd.set_cid(cid);
         c.raw_sq_write(self.qid, self.sq_tail, &cmd, buffer)?;
         self.sq_tail = (self.sq_tail + 1) % self.sq_entries;
@@ -488,6 +504,136 @@ fn cq_full<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         Ok(())
     })();
     q.delete(c, false).context("deleting the queues")?;
+    r?;
+    Ok(Verdict::Pass)
+}
+
+fn cid_range<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let z = entries_z(c);
+    let mut q = RawPair::create(c, 1, 1, z, z, None, false)?;
+    let r = (|| -> anyhow::Result<()> {
+        for cid in [0x0000u16, 0x0001, 0x7FFF, 0x8000, 0xABCD, 0xFFFE] {
+            q.submit_cid(c, Command::flush(ns.nsid()), None, cid)?;
+            let e = q.next(c)?;
+            q.release(c);
+            ensure!(
+                e.cid() == cid && e.sqid() == 1,
+                "a Flush with CID {cid:#06x} on SQ 1 completed as CID {:#06x} on SQ {}",
+                e.cid(),
+                e.sqid()
+            );
+            ensure!(
+                e.status().is_success(),
+                "Flush CID {cid:#06x}: {}",
+                e.status()
+            );
+        }
+        Ok(())
+    })();
+    q.delete(c, false)?;
+    r?;
+    Ok(Verdict::Pass)
+}
+
+fn sqhd_tracks<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let z = entries_z(c);
+    let mut q = RawPair::create(c, 1, 1, z, z, None, false)?;
+    let entries = u32::from(z) + 1;
+    let r = (|| -> anyhow::Result<()> {
+        for k in 0..2 * entries + 1 {
+            q.submit(c, Command::flush(ns.nsid()), None)?;
+            let e = q.next(c)?;
+            q.release(c);
+            // One command at a time: when its completion is posted the controller has
+            // consumed it, so the head is just past it (§4.2.1: SQHD may lag only for
+            // entries not yet fetched, and there are none).
+            let want = ((k + 1) % entries) as u16;
+            ensure!(
+                e.sqhd() == want,
+                "command {k} on a {entries}-entry SQ: SQHD {} (expected {want})",
+                e.sqhd()
+            );
+        }
+        Ok(())
+    })();
+    q.delete(c, false)?;
+    r?;
+    Ok(Verdict::Pass)
+}
+
+fn minimal_queues<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let mut q = RawPair::create(c, 1, 1, 1, 1, None, false)?;
+    let r = (|| -> anyhow::Result<()> {
+        for k in 0..9 {
+            let cid = q.submit(c, Command::flush(ns.nsid()), None)?;
+            let e = q.next(c)?;
+            q.release(c);
+            ensure!(
+                e.cid() == cid && e.status().is_success(),
+                "Flush {k} on the 2-entry queues completed as CID {:#x} with {}",
+                e.cid(),
+                e.status()
+            );
+        }
+        Ok(())
+    })();
+    q.delete(c, false)?;
+    r?;
+    Ok(Verdict::Pass)
+}
+
+/// Three Flushes through `q`, each must complete successfully with its CID.
+fn three_flushes<P: Platform>(
+    c: &mut Controller<P>,
+    q: &mut RawPair,
+    nsid: u32,
+) -> anyhow::Result<()> {
+    for _ in 0..3 {
+        let cid = q.submit(c, Command::flush(nsid), None)?;
+        let e = q.next(c)?;
+        q.release(c);
+        ensure!(
+            e.cid() == cid && e.status().is_success(),
+            "Flush CID {cid:#x} completed as CID {:#x} with {}",
+            e.cid(),
+            e.status()
+        );
+    }
+    Ok(())
+}
+
+fn recreate_same_qids<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let z = entries_z(c);
+    for round in 0..3 {
+        let mut q = RawPair::create(c, 1, 1, z, z, None, false)
+            .with_context(|| format!("creating QID 1 for the {}. time", round + 1))?;
+        let r = three_flushes(c, &mut q, ns.nsid());
+        q.delete(c, false)?;
+        r?;
+    }
+    Ok(Verdict::Pass)
+}
+
+fn reset_deletes_queues<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let ns = namespace(c, None)?;
+    let z = entries_z(c);
+    let mut q = RawPair::create(c, 1, 1, z, z, None, false)?;
+    three_flushes(c, &mut q, ns.nsid())?;
+    c.reset().context("controller reset")?;
+    // The reset deleted SQ 1 and CQ 1 (§3.7.2): creating them again must succeed.
+    let mut q = RawPair::create(c, 1, 1, z, z, None, false)
+        .context("creating QID 1 again after the reset")?;
+    let r = three_flushes(c, &mut q, ns.nsid());
+    q.delete(c, false)?;
     r?;
     Ok(Verdict::Pass)
 }
