@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
-use arch::Arch;
 pub use opts::HilArgs;
 use opts::{BootConfig, PayloadKind};
 use verdict::ConfigResult;
@@ -415,6 +414,7 @@ fn timings(r: &verdict::GuestReport, qemu_secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arch::Arch;
 
     #[test]
     fn results_are_renamed_to_the_qemu_configuration() {
