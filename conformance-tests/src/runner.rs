@@ -424,10 +424,12 @@ pub fn tsv(backend: &str, results: &[CaseResult]) -> String {
 }
 
 /// The markdown table case × backend, from `(backend, [(case, outcome)])` columns and the
-/// case list for titles and sections.
+/// case list for titles and sections; `sharpness`, if given, is appended as the section on
+/// deliberate simulator defects (the table `scripts/mutants.sh` writes).
 pub fn markdown<B: Backend>(
     cases: &[Case<B>],
     columns: &[(String, Vec<(String, String)>)],
+    sharpness: Option<&str>,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Conformance results\n");
@@ -478,6 +480,12 @@ pub fn markdown<B: Backend>(
             n("skip"),
             n("fail")
         );
+    }
+    if let Some(t) = sharpness {
+        let _ = writeln!(s, "\n## Sharpness: deliberate defects of the simulator\n");
+        let _ = writeln!(s, "`scripts/mutants.sh` applies each one-line defect below to a scratch copy of the simulator (never to the working tree), runs the simulator suite (shapes `msix` and `polled`) against it and lists the cases that fail. Every defect must be caught by at least one named case, or carry the reason it cannot be observed through the spec.\n");
+        s.push_str(t.trim_end());
+        s.push('\n');
     }
     s
 }

@@ -157,7 +157,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        let table = markdown(&cases::all::<SimBackend>(), &parse_tsv(&text));
+        let table = markdown(
+            &cases::all::<SimBackend>(),
+            &parse_tsv(&text),
+            Some(include_str!("../mutants.md")),
+        );
         if let Err(e) = std::fs::write(&path, table) {
             eprintln!("cannot write {path}: {e}");
             return ExitCode::FAILURE;
