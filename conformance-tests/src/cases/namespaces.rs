@@ -217,7 +217,14 @@ fn lists<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         return Ok(v);
     }
     let me = c.identify().cntlid;
-    let ctrls = identify_cntid(c, cns::CTRL_LIST, 0)?;
+    let (r, page) = c.admin_read(Command::identify(cns::CTRL_LIST, 0, 0, 0), 4096)?;
+    if !r.status().is_success() {
+        return cx.deviation(format!(
+            "OACS bit 3 is set, but Identify CNS 13h (controller list) failed: {}",
+            r.status()
+        ));
+    }
+    let ctrls = ctrl_list(&page);
     ensure!(
         ctrls.contains(&me),
         "the controller list (CNS 13h) {ctrls:?} does not name this controller ({me})"
