@@ -108,8 +108,10 @@ mkdir -p "$out"
 src=$out/src
 rm -rf "$src"
 mkdir -p "$src"
-# The working tree as it is (tracked and new files), without build output.
-(cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$src"
+# The working tree as it is (tracked and new files), without build output. Extracted with
+# fresh modification times, so cargo rebuilds over whatever an earlier run left in the target
+# directory.
+(cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -xmf - -C "$src"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 
 build() {
