@@ -15,6 +15,8 @@ struct IrqState {
     raised: u64,
     /// `poll`/`wait` calls that found their vector pending.
     wakeups: u64,
+    /// Interrupts raised per vector since the simulator was built.
+    per_vector: Vec<u64>,
 }
 
 /// The interrupt lines, shared by the controller (which raises them) and [`SimIrq`] (which the
@@ -35,6 +37,7 @@ impl IrqCore {
                 pending: vec![false; usize::from(max)],
                 raised: 0,
                 wakeups: 0,
+                per_vector: vec![0; usize::from(max)],
             }),
             cond: Condvar::new(),
         }
@@ -54,6 +57,9 @@ impl IrqCore {
         if let Some(p) = g.pending.get_mut(usize::from(vector)) {
             *p = true;
             g.raised += 1;
+            if let Some(n) = g.per_vector.get_mut(usize::from(vector)) {
+                *n += 1;
+            }
             drop(g);
             self.cond.notify_all();
             return true;
@@ -69,6 +75,15 @@ impl IrqCore {
 
     pub(crate) fn raised(&self) -> u64 {
         self.lock().raised
+    }
+
+    /// Interrupts raised on `vector` so far (0 for a vector the function lacks).
+    pub(crate) fn raised_on(&self, vector: u16) -> u64 {
+        self.lock()
+            .per_vector
+            .get(usize::from(vector))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub(crate) fn wake_all(&self) {

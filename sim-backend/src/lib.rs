@@ -547,6 +547,13 @@ impl Simulator {
         s
     }
 
+    /// Test hook: how many times MSI-X `vector` was raised since the simulator was built
+    /// (only enabled vectors are raised; 0 for a vector the function lacks). A conformance
+    /// case compares it with the completions it saw (NVMe Base §5.2.1 IEN/IV).
+    pub fn interrupts_on(&self, vector: u16) -> u64 {
+        self.shared.irq.raised_on(vector)
+    }
+
     /// Delivers timed events that are due (RDY changes, shutdown completion, delayed
     /// completions). Register accesses and interrupt waits do this too; a test that only
     /// polls completion queue memory in [`SimMode::Inline`] can call it. Returns the time

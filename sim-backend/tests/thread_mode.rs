@@ -67,6 +67,10 @@ fn interrupts_signal_completions() {
         );
         let c = h.poll(1).expect("the interrupt came after the entry");
         assert_eq!(c.cid(), 3);
+        // The per-vector counter saw it; a vector the function lacks counts nothing.
+        let on_1 = h.sim.interrupts_on(1);
+        assert!(on_1 >= 1, "{mode:?}: vector 1 counted {on_1}");
+        assert_eq!(h.sim.interrupts_on(100), 0);
         h.ring_cq(1);
         assert!(!h.p.irq().poll(1));
         // A disabled vector never fires: wait returns false after the timeout.
@@ -94,9 +98,12 @@ fn interrupts_signal_completions() {
             },
         );
         let before = h.sim.stats().interrupts_raised;
+        let before_2 = h.sim.interrupts_on(2);
         h.io(2, Command::flush(1));
         assert!(!h.p.irq().poll(2));
         assert_eq!(h.sim.stats().interrupts_raised, before);
+        assert_eq!(h.sim.interrupts_on(2), before_2);
+        assert_eq!(h.sim.interrupts_on(1), on_1);
         h.sim.assert_no_violations();
     }
 }

@@ -74,6 +74,14 @@ fn aer_limit<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
         cx.bring_up(cfg)?;
     }
     let c = cx.ctrl()?;
+    // The admin queue holds at most CAP.MQES commands at once (§3.1.4.1, §4.1.3).
+    if usize::from(c.cap().mqes_z()) < limit + 1 {
+        return Ok(Verdict::Skip(format!(
+            "CAP.MQES {} (0's based): the admin queue cannot hold AERL + 2 = {} requests",
+            c.cap().mqes_z(),
+            limit + 1
+        )));
+    }
     for _ in 0..limit + 1 {
         c.post_aer()?;
     }

@@ -96,6 +96,12 @@ pub fn scratch_lba(ns: &Namespace, blocks: u64) -> u64 {
     ns.blocks().saturating_sub(blocks + 64)
 }
 
+/// `want` blocks, or fewer if one command of `want` blocks would exceed the maximum data
+/// transfer size (MDTS, §5.1.13.2.1): at least one block.
+pub fn fit<P: Platform>(c: &Controller<P>, ns: &Namespace, want: u64) -> u64 {
+    want.min((c.max_transfer() as u64 / u64::from(ns.lba_size())).max(1))
+}
+
 /// The status an I/O command completed with: success, or the controller's status from the
 /// error. Transport failures (timeout, device gone, refused by the driver) are errors.
 ///

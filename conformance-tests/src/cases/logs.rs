@@ -80,10 +80,11 @@ fn smart_counters_move<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdic
     let ns = namespace(c, None)?;
     let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 4);
+    let n = super::helpers::fit(c, &ns, 4) as usize;
     let mut qp = c.create_io_queue_pair(8)?;
     for _ in 0..4 {
-        qp.write(&ns, lba, buffer_with(c, &pattern(2, lba, 4 * bs, bs))?)?;
-        qp.read(&ns, lba, c.alloc_buffer(4 * bs)?)?;
+        qp.write(&ns, lba, buffer_with(c, &pattern(2, lba, n * bs, bs))?)?;
+        qp.read(&ns, lba, c.alloc_buffer(n * bs)?)?;
     }
     c.delete_io_queue_pair(qp)?;
     let after: SmartLog = c.smart_log()?;

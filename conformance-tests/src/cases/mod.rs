@@ -6,10 +6,14 @@ use crate::runner::Case;
 
 pub mod abort;
 pub mod async_events;
+pub mod durability;
 pub mod features;
+pub mod format;
 pub mod helpers;
 pub mod identify;
+pub mod interrupts;
 pub mod logs;
+pub mod namespaces;
 pub mod nvm_io;
 pub mod prp;
 pub mod queues;
@@ -68,6 +72,10 @@ pub fn all<B: Backend>() -> Vec<Case<B>> {
     v.extend(nvm_io::cases::<B>());
     v.extend(prp::cases::<B>());
     v.extend(sgl::cases::<B>());
+    v.extend(interrupts::cases::<B>());
+    v.extend(durability::cases::<B>());
+    v.extend(format::cases::<B>());
+    v.extend(namespaces::cases::<B>());
     v.extend(recovery::cases::<B>());
     v
 }

@@ -109,6 +109,9 @@ pub fn cases<B: Backend>() -> Vec<Case<B>> {
         case!("IO-23", NvmIo, "§3.3.2", "an unassigned I/O opcode fails with Invalid Command Opcode", invalid_opcode::<B>),
         case!("IO-24", NvmIo, "NVM §3.3.4", "a Read with NSID 0 fails with Invalid Namespace or Format", nsid_zero::<B>),
         case!("IO-25", NvmIo, "NVM §3.3.6", "data written from and read into buffers at dword (not page) offsets is intact", unaligned_buffers::<B>),
+        case!("IO-26", NvmIo, "NVM §3.3.6", "a Write to one namespace leaves the same LBAs of every other namespace unchanged", namespace_isolation::<B>),
+        case!("IO-27", NvmIo, "NVM §3.3.3", "Dataset Management with attributes only (AD=0) succeeds and leaves the data intact", dsm_hints_only::<B>),
+        case!("IO-28", NvmIo, "NVM §3.3.4", "a Write completed on one I/O queue pair is read back through another", cross_queue_visibility::<B>),
     ]
 }
 
@@ -228,9 +231,9 @@ fn write_zeroes<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 8);
     let mut qp = c.create_io_queue_pair(8)?;
-    qp.write(&ns, lba, buffer_with(c, &pattern(7, lba, 8 * bs, bs))?)?;
+    write_split(c, &mut qp, &ns, lba, &pattern(7, lba, 8 * bs, bs))?;
     qp.write_zeroes(&ns, lba + 2, 4, false)?;
-    let back = qp.read(&ns, lba, c.alloc_buffer(8 * bs)?)?.to_vec();
+    let back = read_split(c, &mut qp, &ns, lba, 8 * bs)?;
     c.delete_io_queue_pair(qp)?;
     let expect = pattern(7, lba, 8 * bs, bs);
     ensure!(
@@ -253,7 +256,7 @@ fn deallocate<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 8);
     let mut qp = c.create_io_queue_pair(8)?;
-    qp.write(&ns, lba, buffer_with(c, &pattern(9, lba, 8 * bs, bs))?)?;
+    write_split(c, &mut qp, &ns, lba, &pattern(9, lba, 8 * bs, bs))?;
     qp.deallocate(
         &ns,
         &[DsmRange {
@@ -262,7 +265,7 @@ fn deallocate<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             attributes: 0,
         }],
     )?;
-    let back = qp.read(&ns, lba, c.alloc_buffer(8 * bs)?)?.to_vec();
+    let back = read_split(c, &mut qp, &ns, lba, 8 * bs)?;
     c.delete_io_queue_pair(qp)?;
     let written = pattern(9, lba, 8 * bs, bs);
     for (i, (got, old)) in back.chunks(bs).zip(written.chunks(bs)).enumerate() {
@@ -346,7 +349,7 @@ fn verify<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 4);
     let mut qp = c.create_io_queue_pair(8)?;
-    qp.write(&ns, lba, buffer_with(c, &pattern(1, lba, 4 * bs, bs))?)?;
+    write_split(c, &mut qp, &ns, lba, &pattern(1, lba, 4 * bs, bs))?;
     let r = qp.verify(&ns, lba, 4);
     c.delete_io_queue_pair(qp)?;
     r?;
@@ -392,11 +395,12 @@ fn fua_write<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let ns = namespace(c, None)?;
     let bs = ns.lba_size() as usize;
     let lba = scratch_lba(&ns, 4);
-    let data = pattern(0x46, lba, 4 * bs, bs);
+    let n = super::helpers::fit(c, &ns, 4) as usize;
+    let data = pattern(0x46, lba, n * bs, bs);
     let mut qp = c.create_io_queue_pair(8)?;
-    let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid(), lba, 3, true);
+    let cmd = Command::rw(NvmOpcode::WRITE, ns.nsid(), lba, (n - 1) as u16, true);
     let r = submit_wait(&mut qp, cmd, Some(buffer_with(c, &data)?), 0, None);
-    let back = qp.read(&ns, lba, c.alloc_buffer(4 * bs)?);
+    let back = qp.read(&ns, lba, c.alloc_buffer(n * bs)?);
     c.delete_io_queue_pair(qp)?;
     let (st, _) = r?;
     ensure!(st.is_success(), "Write with FUA: {st}");
@@ -445,13 +449,9 @@ fn write_zeroes_deac<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
     let data = pattern(0x2E, lba, 8 * bs, bs);
     let mut qp = c.create_io_queue_pair(8)?;
     let r = (|| -> anyhow::Result<Vec<u8>> {
-        qp.write(&ns, lba, buffer_with(c, &data)?)
-            .map_err(|e| anyhow::anyhow!("{}", e.error))?;
+        write_split(c, &mut qp, &ns, lba, &data)?;
         qp.write_zeroes(&ns, lba + 1, 6, true)?;
-        Ok(qp
-            .read(&ns, lba, c.alloc_buffer(8 * bs)?)
-            .map_err(|e| anyhow::anyhow!("{}", e.error))?
-            .to_vec())
+        read_split(c, &mut qp, &ns, lba, 8 * bs)
     })();
     c.delete_io_queue_pair(qp)?;
     let back = r?;
@@ -672,5 +672,118 @@ fn unaligned_buffers<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
         r? == data,
         "{n} blocks read into offset {roff:#x} differ from what was written"
     );
+    Ok(Verdict::Pass)
+}
+
+fn namespace_isolation<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    let all = c.namespaces().to_vec();
+    if all.len() < 2 {
+        return Ok(Verdict::Skip(format!(
+            "{} active namespace: needs two",
+            all.len()
+        )));
+    }
+    let mut qp = c.create_io_queue_pair(8)?;
+    let r = (|| -> anyhow::Result<()> {
+        // The same LBA in every namespace (inside the smallest), each with its own pattern.
+        let lba = all.iter().map(|n| scratch_lba(n, 2)).min().unwrap_or(0);
+        for n in &all {
+            let bs = n.lba_size() as usize;
+            write_split(
+                c,
+                &mut qp,
+                n,
+                lba,
+                &pattern(n.nsid() as u8, lba, 2 * bs, bs),
+            )?;
+        }
+        let first = &all[0];
+        let bs = first.lba_size() as usize;
+        write_split(c, &mut qp, first, lba, &pattern(0xEE, lba, 2 * bs, bs))?;
+        for n in &all[1..] {
+            let bs = n.lba_size() as usize;
+            let back = read_split(c, &mut qp, n, lba, 2 * bs)?;
+            ensure!(
+                back == pattern(n.nsid() as u8, lba, 2 * bs, bs),
+                "namespace {}: LBA {lba} changed after a Write to namespace {}",
+                n.nsid(),
+                first.nsid()
+            );
+        }
+        Ok(())
+    })();
+    c.delete_io_queue_pair(qp)?;
+    r?;
+    Ok(Verdict::Pass)
+}
+
+fn dsm_hints_only<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    if let Some(skip) = require_oncs(c, oncs::DATASET_MANAGEMENT, "bit 2 (Dataset Management)") {
+        return Ok(skip);
+    }
+    let ns = namespace(c, None)?;
+    let bs = ns.lba_size() as usize;
+    let lba = scratch_lba(&ns, 4);
+    let data = pattern(0x4D, lba, 4 * bs, bs);
+    let mut qp = c.create_io_queue_pair(8)?;
+    let r = (|| -> anyhow::Result<Vec<u8>> {
+        write_split(c, &mut qp, &ns, lba, &data)?;
+        // One range with context attributes (access frequency: frequent reads), AD=0.
+        let mut range = [0u8; 16];
+        range[0] = 0x05;
+        range[4..8].copy_from_slice(&4u32.to_le_bytes());
+        range[8..16].copy_from_slice(&lba.to_le_bytes());
+        let mut buf = qp.alloc_buffer(4096)?;
+        buf.write(0, &range)?;
+        let cmd = Command::dataset_management(ns.nsid(), 0, false);
+        let (st, _) = submit_wait(&mut qp, cmd, Some(buf), 0, Some(16))?;
+        ensure!(st.is_success(), "Dataset Management with AD=0: {st}");
+        read_split(c, &mut qp, &ns, lba, data.len())
+    })();
+    c.delete_io_queue_pair(qp)?;
+    ensure!(
+        r? == data,
+        "data changed after a Dataset Management command with only hints (AD=0)"
+    );
+    Ok(Verdict::Pass)
+}
+
+fn cross_queue_visibility<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
+    let c = cx.ctrl()?;
+    if c.granted_queue_pairs() < 2 {
+        return Ok(Verdict::Skip(format!(
+            "{} I/O queue pair granted: needs two",
+            c.granted_queue_pairs()
+        )));
+    }
+    let ns = namespace(c, None)?;
+    let bs = ns.lba_size() as usize;
+    let lba = scratch_lba(&ns, 2);
+    let mut a = c.create_io_queue_pair(8)?;
+    let mut b = c.create_io_queue_pair(8)?;
+    let r = (|| -> anyhow::Result<()> {
+        for round in 0..4u8 {
+            let data = pattern(0x60 + round, lba, 2 * bs, bs);
+            let (w, rd) = if round % 2 == 0 {
+                (&mut a, &mut b)
+            } else {
+                (&mut b, &mut a)
+            };
+            write_split(c, w, &ns, lba, &data)?;
+            let back = read_split(c, rd, &ns, lba, data.len())?;
+            ensure!(
+                back == data,
+                "round {round}: a Read on QID {} does not see the Write completed on QID {}",
+                rd.qid(),
+                w.qid()
+            );
+        }
+        Ok(())
+    })();
+    c.delete_io_queue_pair(a)?;
+    c.delete_io_queue_pair(b)?;
+    r?;
     Ok(Verdict::Pass)
 }

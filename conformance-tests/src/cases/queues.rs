@@ -73,6 +73,12 @@ fn sq(qid: u16, cqid: u16, qsize_z: u16) -> CreateSq {
     }
 }
 
+/// The QSIZE (0's based) of the small queues the raw cases create: 16 entries, or fewer when
+/// CAP.MQES is smaller (§3.1.4.1).
+fn small<P: Platform>(c: &Controller<P>) -> u16 {
+    c.cap().mqes_z().min(15)
+}
+
 /// One past the highest QID the controller allocated.
 fn qid_above<P: Platform>(c: &Controller<P>) -> u16 {
     let a = c.queues_allocated();
@@ -89,7 +95,8 @@ fn pair_lifecycle<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let ns = namespace(c, None)?;
     let mut qp = c.create_io_queue_pair(64)?;
     ensure!(qp.qid() >= 1, "I/O queue got QID 0");
-    let data = pattern(0x11, 0, ns.lba_size() as usize * 4, ns.lba_size() as usize);
+    let n = super::helpers::fit(c, &ns, 4) as usize;
+    let data = pattern(0x11, 0, ns.lba_size() as usize * n, ns.lba_size() as usize);
     let lba = super::helpers::scratch_lba(&ns, 4);
     qp.write(&ns, lba, buffer_with(c, &data)?)?;
     let back = qp.read(&ns, lba, c.alloc_buffer(data.len())?)?;
@@ -102,14 +109,17 @@ fn pair_lifecycle<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 }
 
 fn cq_qid_zero<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    let r = cx.ctrl()?.create_cq_raw(cq(0, 15))?;
+    let r = {
+        let c = cx.ctrl()?;
+        c.create_cq_raw(cq(0, small(c)))?
+    };
     cx.expect_status("Create I/O CQ QID 0", r.status(), &[(1, 0x01)])
 }
 
 fn cq_qid_above<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let qid = qid_above(c);
-    let r = c.create_cq_raw(cq(qid, 15))?;
+    let r = c.create_cq_raw(cq(qid, small(c)))?;
     cx.expect_status(
         "Create I/O CQ above the allocated count",
         r.status(),
@@ -118,7 +128,10 @@ fn cq_qid_above<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 }
 
 fn cq_qsize_zero<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    let r = cx.ctrl()?.create_cq_raw(cq(1, 0))?;
+    let r = {
+        let c = cx.ctrl()?;
+        c.create_cq_raw(cq(1, 0))?
+    };
     cx.expect_status("Create I/O CQ QSIZE 0", r.status(), &[(1, 0x02)])
 }
 
@@ -136,8 +149,11 @@ fn cq_qsize_above_mqes<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdic
 
 fn cq_twice<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    ok(&c.create_cq_raw(cq(1, 15))?, "the first Create I/O CQ")?;
-    let r = c.create_cq_raw(cq(1, 15))?;
+    ok(
+        &c.create_cq_raw(cq(1, small(c)))?,
+        "the first Create I/O CQ",
+    )?;
+    let r = c.create_cq_raw(cq(1, small(c)))?;
     ok(&c.delete_queue_raw(1, false)?, "Delete I/O CQ")?;
     cx.expect_status(
         "the second Create I/O CQ with the same QID",
@@ -147,14 +163,17 @@ fn cq_twice<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 }
 
 fn sq_cqid_zero<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    let r = cx.ctrl()?.create_sq_raw(sq(1, 0, 15))?;
+    let r = {
+        let c = cx.ctrl()?;
+        c.create_sq_raw(sq(1, 0, small(c)))?
+    };
     cx.expect_status("Create I/O SQ with CQID 0", r.status(), &[(1, 0x01)])
 }
 
 fn sq_cqid_above<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let qid = qid_above(c);
-    let r = c.create_sq_raw(sq(1, qid, 15))?;
+    let r = c.create_sq_raw(sq(1, qid, small(c)))?;
     cx.expect_status(
         "Create I/O SQ naming a CQID above the allocated count",
         r.status(),
@@ -163,7 +182,10 @@ fn sq_cqid_above<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 }
 
 fn sq_cq_missing<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    let r = cx.ctrl()?.create_sq_raw(sq(1, 1, 15))?;
+    let r = {
+        let c = cx.ctrl()?;
+        c.create_sq_raw(sq(1, 1, small(c)))?
+    };
     cx.expect_status(
         "Create I/O SQ naming CQ 1, which does not exist",
         r.status(),
@@ -173,8 +195,8 @@ fn sq_cq_missing<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 fn delete_cq_in_use<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
-    ok(&c.create_cq_raw(cq(1, 15))?, "Create I/O CQ")?;
-    ok(&c.create_sq_raw(sq(1, 1, 15))?, "Create I/O SQ")?;
+    ok(&c.create_cq_raw(cq(1, small(c)))?, "Create I/O CQ")?;
+    ok(&c.create_sq_raw(sq(1, 1, small(c)))?, "Create I/O SQ")?;
     let r = c.delete_queue_raw(1, false)?;
     ok(&c.delete_queue_raw(1, true)?, "Delete I/O SQ")?;
     ok(&c.delete_queue_raw(1, false)?, "Delete I/O CQ after its SQ")?;
@@ -197,11 +219,14 @@ fn delete_cq_invalid<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
 }
 
 fn cq_bad_vector<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    let r = cx.ctrl()?.create_cq_raw(CreateCq {
-        ien: true,
-        iv: 0x7FF,
-        ..cq(1, 15)
-    })?;
+    let r = {
+        let c = cx.ctrl()?;
+        c.create_cq_raw(CreateCq {
+            ien: true,
+            iv: 0x7FF,
+            ..cq(1, small(c))
+        })?
+    };
     cx.expect_status("Create I/O CQ with IV 7FFh", r.status(), &[(1, 0x08)])
 }
 
@@ -214,7 +239,7 @@ fn cq_not_contiguous<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict>
     }
     let r = c.create_cq_raw(CreateCq {
         pc: false,
-        ..cq(1, 15)
+        ..cq(1, small(c))
     })?;
     cx.expect_status("Create I/O CQ with PC=0", r.status(), &[(0, 0x02)])
 }
@@ -242,13 +267,13 @@ fn wrap_around<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 
 /// Creates CQ 1 (16 entries) for the SQ cases, so that the SQ's own fields are what fails.
 fn with_cq1<P: Platform>(c: &mut Controller<P>) -> anyhow::Result<()> {
-    ok(&c.create_cq_raw(cq(1, 15))?, "Create I/O CQ 1")
+    ok(&c.create_cq_raw(cq(1, small(c)))?, "Create I/O CQ 1")
 }
 
 fn sq_qid_zero<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     with_cq1(c)?;
-    let r = c.create_sq_raw(sq(0, 1, 15))?;
+    let r = c.create_sq_raw(sq(0, 1, small(c)))?;
     cx.expect_status("Create I/O SQ QID 0", r.status(), &[(1, 0x01)])
 }
 
@@ -256,7 +281,7 @@ fn sq_qid_above<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     with_cq1(c)?;
     let qid = c.queues_allocated().nsq_z.saturating_add(2);
-    let r = c.create_sq_raw(sq(qid, 1, 15))?;
+    let r = c.create_sq_raw(sq(qid, 1, small(c)))?;
     cx.expect_status(
         &format!("Create I/O SQ QID {qid} (above the allocated count)"),
         r.status(),
@@ -287,8 +312,11 @@ fn sq_qsize_above_mqes<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdic
 fn sq_twice<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     with_cq1(c)?;
-    ok(&c.create_sq_raw(sq(1, 1, 15))?, "the first Create I/O SQ")?;
-    let r = c.create_sq_raw(sq(1, 1, 15))?;
+    ok(
+        &c.create_sq_raw(sq(1, 1, small(c)))?,
+        "the first Create I/O SQ",
+    )?;
+    let r = c.create_sq_raw(sq(1, 1, small(c)))?;
     cx.expect_status(
         "the second Create I/O SQ with the same QID",
         r.status(),
@@ -328,10 +356,13 @@ fn delete_cq_zero<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
 const MISALIGN: u32 = 0x100;
 
 fn cq_misaligned<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
-    let r = cx.ctrl()?.create_cq_raw(CreateCq {
-        base_offset: MISALIGN,
-        ..cq(1, 15)
-    })?;
+    let r = {
+        let c = cx.ctrl()?;
+        c.create_cq_raw(CreateCq {
+            base_offset: MISALIGN,
+            ..cq(1, small(c))
+        })?
+    };
     if r.status().is_success() {
         bail!("Create I/O CQ with its base 100h bytes into a page succeeded");
     }
@@ -347,7 +378,7 @@ fn sq_misaligned<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     with_cq1(c)?;
     let r = c.create_sq_raw(CreateSq {
         base_offset: MISALIGN,
-        ..sq(1, 1, 15)
+        ..sq(1, 1, small(c))
     })?;
     if r.status().is_success() {
         bail!("Create I/O SQ with its base 100h bytes into a page succeeded");
@@ -480,19 +511,32 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
             "the controller allocated a single I/O submission queue".into(),
         ));
     }
+    if c.cap().mqes_z() < 3 {
+        return Ok(Verdict::Skip(format!(
+            "CAP.MQES {} (0's based): the shared CQ needs four entries",
+            c.cap().mqes_z()
+        )));
+    }
     let ns = namespace(c, None)?;
     let bs = ns.lba_size() as usize;
     if bs > 4096 {
         return Ok(Verdict::Skip("LBA size above one page".into()));
     }
     let dstrd = c.cap().dstrd();
+    let cq_size = small(c) + 1;
     let lba = scratch_lba(&ns, 1);
     let data = pattern(0x5C, lba, bs, bs);
     let wbuf = buffer_with(c, &data)?;
     let rbuf = c.alloc_buffer(bs)?;
     with_cq1(c)?;
-    ok(&c.create_sq_raw(sq(1, 1, 7))?, "Create I/O SQ 1 on CQ 1")?;
-    ok(&c.create_sq_raw(sq(2, 1, 7))?, "Create I/O SQ 2 on CQ 1")?;
+    ok(
+        &c.create_sq_raw(sq(1, 1, small(c)))?,
+        "Create I/O SQ 1 on CQ 1",
+    )?;
+    ok(
+        &c.create_sq_raw(sq(2, 1, small(c)))?,
+        "Create I/O SQ 2 on CQ 1",
+    )?;
     let bar = c.platform().clone();
     let ring = |qid: u16, tail: u32| {
         fence(Ordering::Release);
@@ -509,6 +553,8 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     c.raw_sq_write(2, 0, &r, Some(rbuf))?;
     ring(2, 1);
     let f = raw_completion(c, 1, 1, true)?;
+    // Both consumed: room for two more however small the CQ is.
+    RawRegisters::new(c.platform().bar()).write32(cq_head_doorbell(1, dstrd), 2);
     // Both at once: a Flush on each SQ.
     let mut f1 = Command::flush(ns.nsid());
     f1.set_cid(0x103);
@@ -520,7 +566,8 @@ fn shared_cq<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     ring(2, 2);
     let g = raw_completion(c, 1, 2, true)?;
     let h = raw_completion(c, 1, 3, true)?;
-    RawRegisters::new(c.platform().bar()).write32(cq_head_doorbell(1, dstrd), 4);
+    RawRegisters::new(c.platform().bar())
+        .write32(cq_head_doorbell(1, dstrd), u32::from(4 % cq_size));
     for q in [(1, true), (2, true), (1, false)] {
         ok(
             &c.delete_queue_raw(q.0, q.1)?,

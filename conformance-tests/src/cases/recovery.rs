@@ -171,9 +171,10 @@ fn media_error<B: Backend>(cx: &mut Ctx<'_, B>) -> anyhow::Result<Verdict> {
     let c = cx.ctrl()?;
     let ns = namespace(c, None)?;
     sim.faults().media_error(ns.nsid(), 10..12);
+    let n = super::helpers::fit(c, &ns, 4) as usize;
     let mut qp = c.create_io_queue_pair(8)?;
-    let r = qp.read(&ns, 8, c.alloc_buffer(4 * ns.lba_size() as usize)?);
-    let ok = qp.read(&ns, 0, c.alloc_buffer(4 * ns.lba_size() as usize)?);
+    let r = qp.read(&ns, 10, c.alloc_buffer(n * ns.lba_size() as usize)?);
+    let ok = qp.read(&ns, 0, c.alloc_buffer(n * ns.lba_size() as usize)?);
     c.delete_io_queue_pair(qp)?;
     ok.map_err(|e| anyhow::anyhow!("a read outside the bad range failed: {e}"))?;
     match r {

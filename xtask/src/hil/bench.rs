@@ -628,6 +628,9 @@ pub fn run(args: &HilArgs) -> Result<bool> {
         lba_size: 512,
         max_ioqpairs: None,
         mdts: None,
+        nvme_props: Vec::new(),
+        ns_props: Vec::new(),
+        detached: 0,
         kvm: arch.kvm_usable(),
     };
     let mut qargs = qemu::args(&qc);

@@ -298,7 +298,7 @@ end hugepages $?
         s.push_str("end late-modules $r\n");
     }
     s.push_str(
-        r#"export NVME_TEST_PCI="$BDF" NVME_TEST_ONLY_VFIO=1
+        r#"export NVME_TEST_PCI="$BDF" NVME_TEST_ONLY_VFIO=1 NVME_TEST_PRESERVE_NS=1
 run vfio-info /bin/vfio-info "$BDF"
 "#,
     );

@@ -208,7 +208,7 @@ fn image_holds(image: &Path, offset: u64, want: &[u8]) -> Result<(), String> {
 
 /// The guest's `RESULT<TAB>backend<TAB>case<TAB>outcome` lines, with the backend (the guest's
 /// `vfio:<bdf>/<mode>`) renamed to the QEMU configuration it ran on.
-fn results_tsv(log: &str, arch: Arch, lba_size: u32) -> String {
+fn results_tsv(log: &str, boot: &BootConfig) -> String {
     let mut out = String::new();
     for line in log.lines() {
         let Some(rest) = line.split("RESULT\t").nth(1) else {
@@ -221,12 +221,23 @@ fn results_tsv(log: &str, arch: Arch, lba_size: u32) -> String {
         let mode = f[0].rsplit('/').next().unwrap_or("?");
         out.push_str(&format!(
             "RESULT\t{}\t{}\t{}\n",
-            arch.table_backend(lba_size, mode),
+            column(boot, mode),
             f[1],
             f[2]
         ));
     }
     out
+}
+
+/// The table column of `boot` in interrupt `mode`: LBA size and mode for a standard shape,
+/// plus the boot's tag for any other.
+fn column(boot: &BootConfig, mode: &str) -> String {
+    let name = boot.arch.table_backend(boot.lba_size, mode);
+    if boot.is_standard() {
+        name
+    } else {
+        format!("{name} ({})", boot.tag())
+    }
 }
 
 fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
@@ -243,7 +254,7 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
         Some(tmp)
     };
 
-    let images: Vec<PathBuf> = (1..=boot.namespaces)
+    let images: Vec<PathBuf> = (1..=boot.namespaces + boot.detached)
         .map(|n| dir.join(format!("ns{n}.img")))
         .collect();
     for img in &images {
@@ -319,6 +330,9 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
         lba_size: boot.lba_size,
         max_ioqpairs: boot.max_ioqpairs,
         mdts: boot.mdts,
+        nvme_props: boot.nvme_props.clone(),
+        ns_props: boot.ns_props.clone(),
+        detached: usize::from(boot.detached),
         kvm: boot.arch.kvm_usable(),
     };
     let qargs = qemu::args(&qc);
@@ -360,7 +374,7 @@ fn run_boot(env: &Env<'_>, boot: &BootConfig) -> Result<Vec<ConfigResult>> {
     let raw_log = fs::read(&log)?;
     if let Some(dir) = &env.args.results {
         fs::create_dir_all(dir)?;
-        let tsv = results_tsv(&String::from_utf8_lossy(&raw_log), boot.arch, boot.lba_size);
+        let tsv = results_tsv(&String::from_utf8_lossy(&raw_log), boot);
         fs::write(dir.join(format!("{tag}.tsv")), tsv)?;
     }
     let report = verdict::parse_log(&raw_log);
@@ -526,18 +540,42 @@ fn timings(r: &verdict::GuestReport, qemu_secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arch::Arch;
 
     #[test]
     fn results_are_renamed_to_the_qemu_configuration() {
         let log =
             "noise\r\n\x1b[0mRESULT\tvfio:0000:00:03.0/msix\tQM-07\tallowed:QEMU-01\nRESULT\tbad\n";
+        let boot = |arch, lba_size| BootConfig {
+            arch,
+            iommu: true,
+            iommu_passthrough: false,
+            perf_secs: None,
+            lba_size,
+            irq_modes: vec![opts::IrqMode::Msix],
+            namespaces: 1,
+            max_ioqpairs: None,
+            mdts: None,
+            nvme_props: vec![],
+            ns_props: vec![],
+            detached: 0,
+            nbd: false,
+        };
         assert_eq!(
-            results_tsv(log, Arch::X86_64, 4096),
+            results_tsv(log, &boot(Arch::X86_64, 4096)),
             "RESULT\tQEMU 4096 B msix\tQM-07\tallowed:QEMU-01\n"
         );
         assert_eq!(
-            results_tsv(log, Arch::Aarch64, 512),
+            results_tsv(log, &boot(Arch::Aarch64, 512)),
             "RESULT\tQEMU aarch64 512 B msix\tQM-07\tallowed:QEMU-01\n"
+        );
+        let unusual = BootConfig {
+            mdts: Some(1),
+            ..boot(Arch::X86_64, 4096)
+        };
+        assert_eq!(
+            results_tsv(log, &unusual),
+            "RESULT\tQEMU 4096 B msix (lba4096-ns1-mdts1)\tQM-07\tallowed:QEMU-01\n"
         );
     }
 

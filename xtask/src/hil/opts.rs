@@ -58,11 +58,35 @@ pub struct HilArgs {
     #[arg(long)]
     pub mdts: Option<u8>,
 
+    /// A property of QEMU's `nvme` controller device, `KEY=VALUE` (repeatable), e.g.
+    /// `--nvme-prop mdts=3 --nvme-prop max_ioqpairs=2 --nvme-prop msix_qsize=2`. `mdts` and
+    /// `max_ioqpairs` are the same as `--mdts` / `--max-ioqpairs`; `id`, `serial`, `subsys`,
+    /// `drive` and `bus` are set by xtask. `qemu-system-x86_64 -device nvme,help` lists them.
+    #[arg(long = "nvme-prop", value_name = "KEY=VALUE")]
+    pub nvme_prop: Vec<String>,
+
+    /// A property of every QEMU `nvme-ns` namespace device, `KEY=VALUE` (repeatable), e.g.
+    /// `--ns-prop lbads=12` (alias: `logical_block_size=4096`, the same as `--lba-size 4096`)
+    /// or `--ns-prop eui64-default=on`. `drive`, `bus`, `nsid`, `detached` and
+    /// `physical_block_size` are set by xtask. `qemu-system-x86_64 -device nvme-ns,help`
+    /// lists them.
+    #[arg(long = "ns-prop", value_name = "KEY=VALUE")]
+    pub ns_prop: Vec<String>,
+
+    /// Put the controller in an NVM subsystem (`-device nvme-subsys`) and add this many
+    /// namespaces created detached (`detached=on`, NSIDs after the `--namespaces` ones), for
+    /// the Namespace Attachment cases (0..=2).
+    #[arg(long, default_value_t = 0)]
+    pub detached_namespaces: u8,
+
     /// Interrupt mode of the guest suite; `both` runs the suite once per mode in one boot.
     #[arg(long, value_enum, conflicts_with = "matrix")]
     pub irq: Option<IrqArg>,
 
-    /// Run the standard set: LBA size {512, 4096} x interrupts {polled, msix} (what CI runs).
+    /// Run the standard set (what CI runs): LBA size {512, 4096} x interrupts {polled, msix},
+    /// plus two unusual shapes with MSI-X: 4 KiB LBAs with MDTS 1 (8 KiB) and one I/O queue
+    /// pair; two namespaces and a detached one in an NVM subsystem, two MSI-X vectors (every
+    /// I/O CQ shares vector 1) and three I/O queue pairs.
     #[arg(long)]
     pub matrix: bool,
 
@@ -173,6 +197,47 @@ pub struct BootConfig {
     pub mdts: Option<u8>,
     /// Run the NBD step (kernel NBD client, filesystem on `nvme-tool nbd`).
     pub nbd: bool,
+    /// Further `nvme` device properties (`--nvme-prop`), in order.
+    pub nvme_props: Vec<(String, String)>,
+    /// Further `nvme-ns` device properties (`--ns-prop`), for every namespace.
+    pub ns_props: Vec<(String, String)>,
+    /// Namespaces created detached in an NVM subsystem (after the attached ones).
+    pub detached: u8,
+}
+
+/// `nvme` properties xtask sets itself.
+const NVME_RESERVED: &[&str] = &["id", "serial", "subsys", "drive", "bus"];
+/// `nvme-ns` properties xtask sets itself.
+const NS_RESERVED: &[&str] = &["drive", "bus", "nsid", "detached", "physical_block_size"];
+
+/// Parses `KEY=VALUE` properties: the key a QEMU property name, the value free of the
+/// characters QEMU's option syntax gives a meaning (`,` `=`) and of whitespace.
+fn parse_props(list: &[String], flag: &str, reserved: &[&str]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for p in list {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("{flag} {p}: expected KEY=VALUE");
+        };
+        let key_ok = !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
+        if !key_ok {
+            bail!("{flag} {p}: `{k}` is not a QEMU property name");
+        }
+        if v.is_empty() || v.chars().any(|c| c == ',' || c == '=' || c.is_whitespace()) {
+            bail!("{flag} {p}: the value must be non-empty, without `,`, `=` or spaces");
+        }
+        if reserved.contains(&k) {
+            bail!("{flag} {p}: xtask sets `{k}` itself");
+        }
+        out.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(out)
+}
+
+fn parse_num<T: std::str::FromStr>(flag: &str, k: &str, v: &str) -> Result<T> {
+    v.parse()
+        .map_err(|_| anyhow::anyhow!("{flag} {k}={v}: not a number"))
 }
 
 /// QEMU 7.2's default MDTS.
@@ -196,6 +261,17 @@ impl BootConfig {
         if let Some(m) = self.mdts {
             t.push_str(&format!("-mdts{m}"));
         }
+        for (k, v) in self.nvme_props.iter().chain(&self.ns_props) {
+            let kv: String = format!("{k}{v}")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .collect();
+            t.push('-');
+            t.push_str(&kv);
+        }
+        if self.detached > 0 {
+            t.push_str(&format!("-det{}", self.detached));
+        }
         if !self.iommu {
             t.push_str("-noiommu");
         }
@@ -203,6 +279,19 @@ impl BootConfig {
             t.push_str("-pt");
         }
         t
+    }
+
+    /// One of the standard shapes (only LBA size and interrupt modes chosen): its table
+    /// columns are named by LBA size and mode alone.
+    pub fn is_standard(&self) -> bool {
+        self.namespaces == 1
+            && self.max_ioqpairs.is_none()
+            && self.mdts.is_none()
+            && self.nvme_props.is_empty()
+            && self.ns_props.is_empty()
+            && self.detached == 0
+            && self.iommu
+            && !self.iommu_passthrough
     }
 
     /// The number of logical blocks one data check moves: [`CHECK_BLOCKS_MAX`], reduced so a
@@ -239,6 +328,41 @@ pub fn plan(args: &HilArgs) -> Result<Vec<BootConfig>> {
     if args.perf == Some(0) {
         bail!("--perf must be at least 1 second");
     }
+    if args.detached_namespaces > 2 {
+        bail!(
+            "--detached-namespaces must be 0..=2, got {}",
+            args.detached_namespaces
+        );
+    }
+    let (mut max_ioqpairs, mut mdts) = (args.max_ioqpairs, args.mdts);
+    let mut nvme_props = Vec::new();
+    for (k, v) in parse_props(&args.nvme_prop, "--nvme-prop", NVME_RESERVED)? {
+        match k.as_str() {
+            "mdts" => mdts = Some(parse_num("--nvme-prop", &k, &v)?),
+            "max_ioqpairs" => max_ioqpairs = Some(parse_num("--nvme-prop", &k, &v)?),
+            _ => nvme_props.push((k, v)),
+        }
+    }
+    let mut lba_prop = None;
+    let mut ns_props = Vec::new();
+    for (k, v) in parse_props(&args.ns_prop, "--ns-prop", NS_RESERVED)? {
+        match k.as_str() {
+            "lbads" => {
+                let l: u32 = parse_num("--ns-prop", &k, &v)?;
+                lba_prop = Some(1u32.checked_shl(l).unwrap_or(0));
+            }
+            "logical_block_size" => lba_prop = Some(parse_num("--ns-prop", &k, &v)?),
+            _ => ns_props.push((k, v)),
+        }
+    }
+    if let (Some(q), true) = (max_ioqpairs, args.max_ioqpairs.is_none()) {
+        if !(1..=256).contains(&q) {
+            bail!("--nvme-prop max_ioqpairs must be 1..=256, got {q}");
+        }
+    }
+    if mdts.is_some_and(|m| m > 20) {
+        bail!("--nvme-prop mdts must be 0..=20, got {}", mdts.unwrap_or(0));
+    }
     let make = |lba_size: u32, irq_modes: Vec<IrqMode>| BootConfig {
         arch: args.arch,
         iommu: !args.no_iommu,
@@ -247,8 +371,11 @@ pub fn plan(args: &HilArgs) -> Result<Vec<BootConfig>> {
         lba_size,
         irq_modes,
         namespaces: args.namespaces,
-        max_ioqpairs: args.max_ioqpairs,
-        mdts: args.mdts,
+        max_ioqpairs,
+        mdts,
+        nvme_props: nvme_props.clone(),
+        ns_props: ns_props.clone(),
+        detached: args.detached_namespaces,
         // The x86_64 guest with the real payload; the stand-in has no NBD server.
         nbd: !args.no_nbd
             && !args.no_iommu
@@ -257,17 +384,22 @@ pub fn plan(args: &HilArgs) -> Result<Vec<BootConfig>> {
     };
     let both = vec![IrqMode::Polled, IrqMode::Msix];
     if args.matrix {
-        if args.lba_size.is_some() || args.irq.is_some() {
+        if args.lba_size.is_some() || args.irq.is_some() || lba_prop.is_some() {
             bail!("--matrix sets --lba-size and --irq itself; give one or the other");
         }
         // The NBD step once per run (it takes a few seconds of TCG).
         let mut second = make(4096, both.clone());
         second.nbd = false;
-        return Ok(vec![make(512, both), second]);
+        let mut boots = vec![make(512, both), second];
+        boots.extend(unusual_shapes(args.arch));
+        return Ok(boots);
     }
-    let lba_size = args.lba_size.unwrap_or(512);
+    if args.lba_size.is_some() && lba_prop.is_some() {
+        bail!("give the LBA size once: --lba-size or --ns-prop lbads/logical_block_size");
+    }
+    let lba_size = args.lba_size.or(lba_prop).unwrap_or(512);
     if lba_size != 512 && lba_size != 4096 {
-        bail!("--lba-size must be 512 or 4096, got {lba_size}");
+        bail!("the LBA size must be 512 or 4096 (lbads 9 or 12), got {lba_size}");
     }
     let irq_modes = match args.irq.unwrap_or(IrqArg::Both) {
         // Without an IOMMU nothing runs on the device: the boot checks the diagnosis only.
@@ -277,6 +409,41 @@ pub fn plan(args: &HilArgs) -> Result<Vec<BootConfig>> {
         IrqArg::Both => both,
     };
     Ok(vec![make(lba_size, irq_modes)])
+}
+
+/// The unusual shapes `--matrix` adds to the standard set, MSI-X only (each costs one guest
+/// run of the suite): every case must size itself from what the controller reports.
+fn unusual_shapes(arch: Arch) -> Vec<BootConfig> {
+    let base = BootConfig {
+        arch,
+        iommu: true,
+        iommu_passthrough: false,
+        perf_secs: None,
+        lba_size: 4096,
+        irq_modes: vec![IrqMode::Msix],
+        namespaces: 1,
+        max_ioqpairs: Some(1),
+        mdts: Some(1),
+        nvme_props: Vec::new(),
+        ns_props: Vec::new(),
+        detached: 0,
+        nbd: false,
+    };
+    vec![
+        // 4 KiB LBAs, MDTS 8 KiB (two blocks per command), one I/O queue pair.
+        base.clone(),
+        // Two namespaces plus a detached one in an NVM subsystem; two MSI-X vectors, so
+        // every I/O CQ shares vector 1; three I/O queue pairs.
+        BootConfig {
+            lba_size: 512,
+            namespaces: 2,
+            max_ioqpairs: Some(3),
+            mdts: None,
+            nvme_props: vec![("msix_qsize".into(), "2".into())],
+            detached: 1,
+            ..base
+        },
+    ]
 }
 
 #[cfg(test)]
@@ -306,14 +473,64 @@ mod tests {
     }
 
     #[test]
-    fn matrix_is_two_boots_four_configurations() {
+    fn matrix_is_two_standard_boots_and_two_unusual_shapes() {
         let p = parse(&["--matrix", "--namespaces", "2"]).unwrap();
-        assert_eq!(p.len(), 2);
+        assert_eq!(p.len(), 4);
         assert_eq!(p[0].lba_size, 512);
         assert_eq!(p[1].lba_size, 4096);
-        assert!(p
+        assert!(p[..2]
             .iter()
             .all(|b| b.irq_modes.len() == 2 && b.namespaces == 2));
+        assert_eq!(p[2].tag(), "lba4096-ns1-q1-mdts1");
+        assert_eq!(p[2].irq_modes, vec![IrqMode::Msix]);
+        assert_eq!(p[3].tag(), "lba512-ns2-q3-msixqsize2-det1");
+        assert!(p[2..].iter().all(|b| !b.is_standard()));
+        assert!(parse(&[]).unwrap()[0].is_standard());
+    }
+
+    #[test]
+    fn qemu_properties_are_checked_and_mapped() {
+        let p = parse(&[
+            "--nvme-prop",
+            "mdts=3",
+            "--nvme-prop",
+            "max_ioqpairs=2",
+            "--ns-prop",
+            "lbads=12",
+            "--nvme-prop",
+            "msix_qsize=4",
+            "--ns-prop",
+            "eui64-default=on",
+        ])
+        .unwrap();
+        assert_eq!(p[0].mdts, Some(3));
+        assert_eq!(p[0].max_ioqpairs, Some(2));
+        assert_eq!(p[0].lba_size, 4096);
+        assert_eq!(p[0].nvme_props, vec![("msix_qsize".into(), "4".into())]);
+        assert_eq!(p[0].ns_props, vec![("eui64-default".into(), "on".into())]);
+        assert_eq!(p[0].tag(), "lba4096-ns1-q2-mdts3-msixqsize4-eui64defaulton");
+        assert_eq!(
+            parse(&["--ns-prop", "logical_block_size=4096"]).unwrap()[0].lba_size,
+            4096
+        );
+        for bad in [
+            &["--nvme-prop", "mdts"][..],
+            &["--nvme-prop", "serial=x"],
+            &["--nvme-prop", "Foo=1"],
+            &["--nvme-prop", "aerl=1,smart_critical_warning=1"],
+            &["--nvme-prop", "mdts=x"],
+            &["--nvme-prop", "mdts=21"],
+            &["--ns-prop", "nsid=3"],
+            &["--ns-prop", "lbads=10"],
+            &["--ns-prop", "lbads=12", "--lba-size", "4096"],
+            &["--matrix", "--ns-prop", "lbads=12"],
+            &["--detached-namespaces", "3"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let p = parse(&["--detached-namespaces", "1"]).unwrap();
+        assert_eq!(p[0].detached, 1);
+        assert_eq!(p[0].tag(), "lba512-ns1-det1");
     }
 
     #[test]
@@ -374,10 +591,9 @@ mod tests {
         assert_eq!(p[0].tag(), "aarch64-lba4096-ns1-pt");
         assert_eq!(p[0].irq_modes.len(), 2);
         let p = parse(&["--arch", "aarch64", "--matrix", "--mdts", "3"]).unwrap();
-        assert_eq!(p.len(), 2);
-        assert!(p
-            .iter()
-            .all(|b| b.arch == Arch::Aarch64 && b.mdts == Some(3)));
+        assert_eq!(p.len(), 4);
+        assert!(p.iter().all(|b| b.arch == Arch::Aarch64));
+        assert!(p[..2].iter().all(|b| b.mdts == Some(3)));
         assert!(parse(&["--no-iommu", "--iommu-passthrough"]).is_err());
         assert!(parse(&["--no-iommu", "--matrix"]).is_err());
         assert!(parse(&["--perf", "0"]).is_err());

@@ -29,6 +29,14 @@ pub struct QemuConfig {
     pub max_ioqpairs: Option<u32>,
     /// `mdts`, if set.
     pub mdts: Option<u8>,
+    /// Further `nvme` properties, appended in order.
+    pub nvme_props: Vec<(String, String)>,
+    /// Further `nvme-ns` properties, appended to every namespace.
+    pub ns_props: Vec<(String, String)>,
+    /// The last this many of `images` are namespaces created detached (`detached=on`); with
+    /// any, the controller joins an NVM subsystem (`nvme-subsys`), which QEMU requires for
+    /// namespace attachment.
+    pub detached: usize,
     /// Use KVM (only on a real Intel/AMD host) instead of TCG.
     pub kvm: bool,
     /// Give the guest its virtual IOMMU (Intel IOMMU, SMMUv3). Without it the controller has
@@ -92,23 +100,39 @@ pub fn args(c: &QemuConfig) -> Vec<String> {
         a.push(dev.into());
     }
     let mut ctrl = "nvme,id=n0,serial=deadbeef".to_owned();
+    if c.detached > 0 {
+        a.push("-device".into());
+        a.push("nvme-subsys,id=subsys0,nqn=nvme-rs-hil".into());
+        ctrl.push_str(",subsys=subsys0");
+    }
     if let Some(q) = c.max_ioqpairs {
         ctrl.push_str(&format!(",max_ioqpairs={q}"));
     }
     if let Some(m) = c.mdts {
         ctrl.push_str(&format!(",mdts={m}"));
     }
+    for (k, v) in &c.nvme_props {
+        ctrl.push_str(&format!(",{k}={v}"));
+    }
     a.push("-device".into());
     a.push(ctrl);
+    let first_detached = c.images.len().saturating_sub(c.detached);
     for (i, img) in c.images.iter().enumerate() {
         let n = i + 1;
         a.push("-drive".into());
         a.push(format!("file={},if=none,id=d{n},format=raw", img.display()));
-        a.push("-device".into());
-        a.push(format!(
+        let mut ns = format!(
             "nvme-ns,drive=d{n},bus=n0,nsid={n},logical_block_size={0},physical_block_size={0}",
             c.lba_size
-        ));
+        );
+        if i >= first_detached {
+            ns.push_str(",detached=on");
+        }
+        for (k, v) in &c.ns_props {
+            ns.push_str(&format!(",{k}={v}"));
+        }
+        a.push("-device".into());
+        a.push(ns);
     }
     a
 }
@@ -206,8 +230,38 @@ mod tests {
             lba_size: 4096,
             max_ioqpairs: Some(4),
             mdts: None,
+            nvme_props: vec![],
+            ns_props: vec![],
+            detached: 0,
             kvm: false,
         }
+    }
+
+    #[test]
+    fn properties_and_detached_namespaces_in_a_subsystem() {
+        let mut c = cfg(3);
+        c.nvme_props = vec![("msix_qsize".into(), "2".into())];
+        c.ns_props = vec![("eui64-default".into(), "on".into())];
+        c.detached = 1;
+        let s = args(&c).join(" ");
+        let sub = s
+            .find("-device nvme-subsys,id=subsys0,nqn=nvme-rs-hil")
+            .unwrap();
+        assert!(sub < s.find("-device nvme,").unwrap(), "{s}");
+        assert!(
+            s.contains(
+                "-device nvme,id=n0,serial=deadbeef,subsys=subsys0,max_ioqpairs=4,msix_qsize=2 "
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("nsid=2,logical_block_size=4096,physical_block_size=4096,eui64-default=on ")
+        );
+        assert!(s.contains(
+            "nsid=3,logical_block_size=4096,physical_block_size=4096,detached=on,eui64-default=on"
+        ));
+        assert!(!s.contains("nsid=2,logical_block_size=4096,physical_block_size=4096,detached"));
+        assert!(!args(&cfg(1)).join(" ").contains("subsys"));
     }
 
     #[test]
