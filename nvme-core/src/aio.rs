@@ -2,9 +2,14 @@
 //!
 //! An [`AsyncQueuePair`] wraps one [`IoQueuePair`] behind a lock and can be cloned into as
 //! many tasks as wanted. [`AsyncQueuePair::read`], [`AsyncQueuePair::write`] and friends
-//! return an [`IoFuture`]; the command is submitted (and the doorbell written) the first time
-//! the future is polled, and the future is ready when its completion arrives, with the
-//! buffer back.
+//! return an [`IoFuture`]; the command is submitted the first time the future is polled, and
+//! the future is ready when its completion arrives, with the buffer back.
+//!
+//! Doorbells are batched: a future that has just submitted wakes itself and returns
+//! `Pending`, and the SQ tail doorbell is written at its next poll (or by any
+//! [`AsyncQueuePair::process`]). The executor polls the other ready tasks in between, so the
+//! commands they submit share one doorbell write (an MMIO write is a VM exit under
+//! virtualization and a PCIe posted write on hardware).
 //!
 //! Each command slot of the queue has a waker. Completions are processed by whoever gets
 //! there first: a future's own poll, or [`AsyncQueuePair::process`] called from an interrupt
@@ -67,11 +72,14 @@ struct Inner<P: Platform> {
     /// Futures waiting for a free slot.
     waiting: VecDeque<Waker>,
     mode: Completion,
+    /// Commands were submitted since the last doorbell write.
+    unrung: bool,
 }
 
 impl<P: Platform> Inner<P> {
     /// Polls the queue pair; each completion goes to its slot and wakes its future.
     fn process(&mut self) -> Result<usize> {
+        self.ring();
         let Self {
             qp,
             slots,
@@ -100,6 +108,14 @@ impl<P: Platform> Inner<P> {
                 other => *slot = other,
             }
         })
+    }
+
+    /// Writes the SQ doorbell if commands wait behind it.
+    fn ring(&mut self) {
+        if self.unrung {
+            self.unrung = false;
+            self.qp.ring();
+        }
     }
 
     fn release(&mut self, i: u32) {
@@ -191,6 +207,7 @@ impl<P: Platform> AsyncQueuePair<P> {
                 free: (0..depth as u32).rev().collect(),
                 waiting: VecDeque::new(),
                 mode,
+                unrung: false,
             })),
             qid,
             vector,
@@ -387,9 +404,14 @@ impl<P: Platform> Future for IoFuture<P> {
             };
             match g.qp.submit(cmd, buffer, slot as u64) {
                 Ok(_) => {
-                    g.slots[slot as usize] = Slot::Pending(None);
+                    // The doorbell is written at this future's next poll (or by any
+                    // `process`): the executor first polls the other tasks that are ready,
+                    // whose commands then share the doorbell write.
+                    g.slots[slot as usize] = Slot::Pending(Some(cx.waker().clone()));
                     this.state = State::Submitted(slot);
-                    g.qp.ring();
+                    g.unrung = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 Err(IoError {
                     error: Error::QueueFull { .. },
@@ -466,6 +488,9 @@ impl<P: Platform> Drop for IoFuture<P> {
             return;
         };
         let mut g = self.q.inner.lock();
+        // A command still behind the doorbell goes to the device, so that it completes and
+        // its slot and buffer come back.
+        g.ring();
         match core::mem::replace(&mut g.slots[slot as usize], Slot::Free) {
             // Still on the device: its buffer is freed when the completion comes.
             Slot::Pending(_) => g.slots[slot as usize] = Slot::Abandoned,
