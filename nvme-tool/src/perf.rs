@@ -12,8 +12,10 @@
 //! whatever the run length), one for reads and one for writes.
 //!
 //! A progress line is printed every second on stderr when it is a terminal (or with
-//! `--progress`); Ctrl-C stops the run and prints the summary of what was done. Interrupt
-//! counts per I/O are not reported: no backend exposes a count of delivered interrupts.
+//! `--progress`); Ctrl-C stops the run and prints the summary of what was done. With MSI-X the
+//! summary gives the interrupts the device signalled and the wake-ups the waiters paid, per
+//! I/O (`Controller::interrupt_counts` before and after the run: eventfd counter values on
+//! VFIO, vectors raised on the simulator).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -469,6 +471,7 @@ fn bench<P: Platform>(c: &mut Controller<P>, a: &PerfArgs) -> Result<()> {
         use std::io::IsTerminal as _;
         a.progress || std::io::stderr().is_terminal()
     };
+    let irq0 = c.interrupt_counts();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(a.seconds);
     let results: Vec<Result<ThreadResult>> = std::thread::scope(|s| {
@@ -536,7 +539,12 @@ fn bench<P: Platform>(c: &mut Controller<P>, a: &PerfArgs) -> Result<()> {
         }
     }
     let interrupted = INTERRUPTED.load(Ordering::Relaxed);
+    let irqs = match (a.irq, c.interrupt_counts(), irq0) {
+        (Irq::Msix, Some(after), Some(before)) => Some(after.since(before)),
+        _ => None,
+    };
     let summary = Summary {
+        irqs,
         a,
         ns: &ns,
         qd,
@@ -572,6 +580,8 @@ struct Summary<'a> {
     writes: &'a Histogram,
     errors: u64,
     interrupted: bool,
+    /// Interrupts during the run (MSI-X mode, when the backend counts them).
+    irqs: Option<nvme_core::hw::InterruptCounts>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -610,6 +620,13 @@ impl Summary<'_> {
         let mut all = self.reads.clone();
         all.merge(self.writes);
         v["total"] = self.side(&all);
+        if let Some(i) = self.irqs {
+            let ios = all.count().max(1) as f64;
+            v["interrupts"] = json!({
+                "fired": i.fired, "wakeups": i.wakeups,
+                "fired_per_io": i.fired as f64 / ios, "wakeups_per_io": i.wakeups as f64 / ios,
+            });
+        }
         v
     }
 
@@ -672,6 +689,16 @@ impl Summary<'_> {
             self.writes.count(),
             self.errors
         );
+        if let Some(i) = self.irqs {
+            let ios = (self.reads.count() + self.writes.count()).max(1) as f64;
+            println!(
+                "interrupts: {} signalled ({:.3} per I/O), {} wake-ups ({:.3} per I/O)",
+                i.fired,
+                i.fired as f64 / ios,
+                i.wakeups,
+                i.wakeups as f64 / ios
+            );
+        }
     }
 }
 

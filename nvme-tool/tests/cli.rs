@@ -352,6 +352,24 @@ fn perf_reports_reads_and_writes_and_bounds_time() {
     assert!(p["99"].as_f64().unwrap() <= r["latency_us"]["max"].as_f64().unwrap());
     let o = run(&["perf", "sim", "-t", "0.2", "-c", "9"]);
     assert_eq!(o.code, 2, "more threads than queue pairs: {}", o.stderr);
+    // Polled: no interrupt figures; MSI-X on the device-thread simulator: the controller
+    // signals completions, and the summary counts them per I/O.
+    assert!(v.get("interrupts").is_none(), "{v}");
+    let v = json(&run(&[
+        "perf",
+        "sim",
+        "--sim-thread",
+        "--irq",
+        "msix",
+        "-t",
+        "0.3",
+        "--output-format",
+        "json",
+    ]));
+    let i = &v["interrupts"];
+    assert!(i["fired"].as_u64().unwrap() > 0, "{v}");
+    let per_io = i["fired_per_io"].as_f64().unwrap();
+    assert!(per_io > 0.0 && per_io <= 1.01, "{v}");
 }
 
 fn fake() -> FakeSysfs {

@@ -618,7 +618,10 @@ mod tests {
     fn the_nbd_step_runs_once_per_x86_run_with_the_real_payload() {
         assert!(parse(&[]).unwrap()[0].nbd);
         let m = parse(&["--matrix"]).unwrap();
-        assert_eq!(m.iter().map(|b| b.nbd).collect::<Vec<_>>(), [true, false]);
+        assert_eq!(
+            m.iter().map(|b| b.nbd).collect::<Vec<_>>(),
+            [true, false, false, false]
+        );
         assert!(!parse(&["--no-nbd"]).unwrap()[0].nbd);
         assert!(!parse(&["--arch", "aarch64"]).unwrap()[0].nbd);
         assert!(!parse(&["--payload", "standin"]).unwrap()[0].nbd);
