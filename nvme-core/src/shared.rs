@@ -41,6 +41,9 @@ pub(crate) struct Shared<P: Platform> {
     pub(crate) policy: RecoveryPolicy,
     /// Requests from queue pairs to the controller thread, and the live pairs.
     pub(crate) mailbox: Mailbox,
+    /// The shadow doorbell and EventIdx pages while the controller has them configured
+    /// (Doorbell Buffer Config, NVMe Base §5.8); `None` otherwise.
+    pub(crate) dbbuf: spin::Mutex<Option<(crate::dma::Mem, crate::dma::Mem)>>,
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
@@ -63,7 +66,12 @@ impl<P: Platform> Shared<P> {
             formats: spin::Mutex::new(Vec::new()),
             policy,
             mailbox: Mailbox::default(),
+            dbbuf: spin::Mutex::new(None),
         }
+    }
+    /// The doorbell buffer pages, if the controller uses them now.
+    pub(crate) fn shadow_doorbells(&self) -> Option<(crate::dma::Mem, crate::dma::Mem)> {
+        *self.dbbuf.lock()
     }
     pub(crate) fn now_ns(&self) -> u64 {
         self.platform.clock().now_ns()

@@ -104,6 +104,9 @@ pub struct SimConfig {
     /// 4096 (the default), or 65536 to behave like an ARM64 host with 64 KiB pages. PRPs stay
     /// 4 KiB (CC.MPS); every allocation, however small, costs a whole granule.
     pub dma_granule: usize,
+    /// Whether the controller supports Doorbell Buffer Config (NVMe Base §5.8, Identify
+    /// Controller OACS bit 8): shadow doorbells for the I/O queues.
+    pub doorbell_buffer: bool,
 }
 
 impl Default for SimConfig {
@@ -129,6 +132,7 @@ impl Default for SimConfig {
             strict: true,
             volatile_write_cache: true,
             dma_granule: crate::dma::DMA_PAGE,
+            doorbell_buffer: true,
         }
     }
 }

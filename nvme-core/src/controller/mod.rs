@@ -34,6 +34,7 @@ use crate::spec::{
 mod admin;
 mod bringup;
 mod commands;
+mod dbbuf;
 mod queues;
 mod raw;
 mod recover;
@@ -71,6 +72,11 @@ pub struct ControllerConfig {
     /// thread that owns the controller drives it by calling [`Controller::recover`]
     /// periodically.
     pub recovery: crate::RecoveryPolicy,
+    /// Use shadow doorbells when the controller supports them (NVMe Base §5.8, Doorbell
+    /// Buffer Config, Identify OACS bit 8): I/O queues then write a doorbell register only
+    /// when the controller's EventIdx asks for it. On by default; emulated controllers gain
+    /// the most.
+    pub shadow_doorbells: bool,
 }
 
 impl Default for ControllerConfig {
@@ -86,6 +92,7 @@ impl Default for ControllerConfig {
             max_transfer: 2 * 1024 * 1024,
             async_events: 1,
             recovery: crate::RecoveryPolicy::default(),
+            shadow_doorbells: true,
         }
     }
 }
@@ -103,6 +110,9 @@ pub struct ControllerStats {
     pub aer_failures: u64,
     /// The status of the last such request (e.g. AER Limit Exceeded, 01h/05h).
     pub last_aer_failure: Option<crate::spec::Status>,
+    /// The controller accepted Doorbell Buffer Config at the last bring-up or reset: the
+    /// queues use shadow doorbells (NVMe Base §5.8).
+    pub shadow_doorbells: bool,
 }
 
 /// An NVMe controller: bring-up, the admin queue, namespaces, I/O queue pair management and
@@ -145,6 +155,8 @@ pub struct Controller<P: Platform> {
     shut_down: bool,
     /// RDY never rose after the last enable: teardown must not wait for it again.
     enable_failed: bool,
+    /// The shadow doorbell and EventIdx pages (`dbbuf`), once allocated.
+    dbbuf_pages: Option<(Mem, Mem)>,
 }
 
 impl<P: Platform> core::fmt::Debug for Controller<P> {
@@ -251,7 +263,12 @@ impl<P: Platform> Drop for Controller<P> {
         // disabled; if it could not be disabled they are leaked rather than freed: the
         // device may still write them.
         if self.shared.reclaim.is_stopped() {
-            let regions: Vec<Mem> = self.admin.regions().chain([self.scratch]).collect();
+            let regions: Vec<Mem> = self
+                .admin
+                .regions()
+                .chain([self.scratch])
+                .chain(self.dbbuf_pages.into_iter().flat_map(|(d, e)| [d, e]))
+                .collect();
             self.retire_all(regions);
         }
     }
