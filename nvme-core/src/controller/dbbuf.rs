@@ -19,12 +19,29 @@
 use super::Controller;
 use crate::error::Result;
 use crate::hw::Platform;
+use crate::queue::Shadow;
 use crate::reclaim;
 use crate::spec::identify::oacs;
-use crate::spec::regs::{cq_head_doorbell, offset};
+use crate::spec::regs::{cq_head_doorbell, offset, sq_tail_doorbell};
 use crate::spec::{Command, PAGE_SIZE};
 
 impl<P: Platform> Controller<P> {
+    /// Zeroes queue `qid`'s shadow doorbell and EventIdx entries, if the controller has a
+    /// doorbell buffer: called before its CQ and SQ are created or re-created, so the
+    /// controller finds head and tail 0 (§4.1) there, not a value a deleted queue with this
+    /// QID (or, after a reset, the pair's last ring of the previous generation) left.
+    pub(super) fn clear_shadow_entries(&self, qid: u16) {
+        let Some((db, ei)) = self.shared.shadow_doorbells() else {
+            return;
+        };
+        let dstrd = self.shared.dstrd;
+        for off in [sq_tail_doorbell(qid, dstrd), cq_head_doorbell(qid, dstrd)] {
+            if let Some(s) = Shadow::new(db, ei, off, false) {
+                s.clear();
+            }
+        }
+    }
+
     /// After bring-up (and after each reset): issues Doorbell Buffer Config when the
     /// configuration asks for shadow doorbells, the controller supports them (OACS bit 8)
     /// and every granted queue's doorbell fits one memory page. A controller that refuses the

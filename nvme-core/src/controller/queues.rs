@@ -1,9 +1,7 @@
 //! I/O queue pair lifecycle: Create I/O CQ/SQ and Delete I/O SQ/CQ (NVMe Base §5.2.1–§5.2.4).
 
 use super::*;
-use crate::queue::Shadow;
 use crate::recovery::PairRecord;
-use crate::spec::regs::{cq_head_doorbell, sq_tail_doorbell};
 use core::sync::atomic::{AtomicBool, AtomicU32};
 
 impl<P: Platform> Controller<P> {
@@ -44,17 +42,9 @@ impl<P: Platform> Controller<P> {
                 unsafe { shared.reclaim.released(&*p, m.region()) };
             }
         };
-        // Shadow doorbells (§5.8): the new queue's entries start at 0 (a deleted queue with
-        // this QID may have left its values).
+        // Shadow doorbells (§5.8): the new queue's entries start at 0.
         let dbbuf = self.shared.shadow_doorbells();
-        if let Some((db, ei)) = dbbuf {
-            let dstrd = self.shared.dstrd;
-            for off in [sq_tail_doorbell(qid, dstrd), cq_head_doorbell(qid, dstrd)] {
-                if let Some(s) = Shadow::new(db, ei, off, false) {
-                    s.clear();
-                }
-            }
-        }
+        self.clear_shadow_entries(qid);
         let create_cq = Command::create_io_cq(qid, entries - 1, cq_mem.iova(), ien, iv);
         let create_sq = Command::create_io_sq(qid, entries - 1, sq_mem.iova(), qid, 0);
         for (cmd, is_sq) in [(create_cq, false), (create_sq, true)] {
