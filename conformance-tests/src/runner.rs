@@ -154,6 +154,12 @@ impl<'a, B: Backend> Ctx<'a, B> {
             // The suite examines the controller, not the driver's recovery: a timeout or a
             // reset is reported as it happens, never aborted or retried behind a case's back.
             recovery: nvme_core::RecoveryPolicy::REPORT_ONLY,
+            // Cases that drive raw queues ring the doorbell registers themselves; a
+            // controller with a doorbell buffer (NVMe Base §5.8) would read their tails from
+            // the shadow buffer instead, which those cases do not write. Shadow doorbells
+            // are exercised by `tests/shadow_doorbells.rs` and by the driver's default
+            // configuration elsewhere (the tool, the soak).
+            shadow_doorbells: false,
             ..ControllerConfig::default()
         }
     }
