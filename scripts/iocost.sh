@@ -4,8 +4,12 @@
 # wall-clock time on a shared machine is not), and heap allocations per I/O (the whole process,
 # and those made on behalf of nvme-core). Each workload runs the iopath example twice (20,000
 # and 60,000 I/Os) and divides the difference, so bring-up and teardown cancel out.
-#   scripts/iocost.sh                 read and write at QD1 and QD128: one table
-#   scripts/iocost.sh read|write QD   one workload
+#   scripts/iocost.sh                          read and write at QD1 and QD128, and reads with
+#                                              shadow doorbells: one table
+#   scripts/iocost.sh read|write QD [shadow]   one workload
+# Shadow doorbells are off unless asked for: the inline simulator pays for reading them from
+# memory where a register write costs it a function call (on an emulated controller a register
+# write is a VM exit, which they save).
 # IOPATH_BIN=path measures another build of the example.
 # IOPATH_TRANSFER=prp|sgl picks the data pointer (default: SGLs, which the simulator offers).
 set -euo pipefail
@@ -30,27 +34,27 @@ bin=${IOPATH_BIN:-target/release/examples/iopath}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# run OP QD IOS -> "core sim mem other allocs core_allocs"
+# run OP QD IOS [shadow] -> "core sim mem other allocs core_allocs"
 run() {
-  local out="$tmp/cg.$1.$2.$3"
+  local out="$tmp/cg.$1.$2.$3.${4:-}"
   if ! valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out" \
-    "$bin" "$1" "$2" "$3" >"$tmp/log" 2>&1; then
-    echo "iocost: $bin $1 $2 $3 failed under valgrind:" >&2
+    "$bin" "$1" "$2" "$3" ${4:+"$4"} >"$tmp/log" 2>&1; then
+    echo "iocost: $bin $1 $2 $3 ${4:-} failed under valgrind:" >&2
     tail -20 "$tmp/log" >&2
     exit 1
   fi
   python3 scripts/callgrind_costs.py "$out"
 }
 
-# measure OP QD -> one table row
+# measure OP QD [shadow] -> one table row
 measure() {
   local a b
-  a=$(run "$1" "$2" 20000)
-  b=$(run "$1" "$2" 60000)
-  echo "$a $b" | awk -v op="$1" -v qd="$2" '
+  a=$(run "$1" "$2" 20000 ${3:+"$3"})
+  b=$(run "$1" "$2" 60000 ${3:+"$3"})
+  echo "$a $b" | awk -v op="$1" -v qd="$2" -v sh="${3:+, shadow doorbells}" '
     function per(i) { return ($(i + 6) - $i) / 40000 }
-    { printf "| %s QD%s | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f |\n",
-        op, qd, per(1), per(2), per(3), per(4), per(5), per(6) }'
+    { printf "| %s QD%s%s | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f |\n",
+        op, qd, sh, per(1), per(2), per(3), per(4), per(5), per(6) }'
 }
 
 header() {
@@ -61,11 +65,11 @@ header() {
 if [ $# -eq 0 ]; then
   echo "Instructions and heap allocations per 4 KiB I/O (inline simulator, polled, batched doorbells):"
   header
-  for w in "read 1" "read 128" "write 1" "write 128"; do
+  for w in "read 1" "read 128" "write 1" "write 128" "read 1 shadow" "read 128 shadow"; do
     # shellcheck disable=SC2086
     measure $w
   done
 else
   header
-  measure "${1:-read}" "${2:-1}"
+  measure "${1:-read}" "${2:-1}" ${3:+"$3"}
 fi

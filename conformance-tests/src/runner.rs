@@ -172,6 +172,12 @@ impl<'a, B: Backend> Ctx<'a, B> {
             // PRPs, which every controller supports, so the PRP cases check PRPs; the SGL
             // cases bring the controller up with SGLs themselves.
             transfer_mode: nvme_core::TransferMode::Prp,
+            // Cases that drive raw queues ring the doorbell registers themselves; a
+            // controller with a doorbell buffer (NVMe Base §5.8) would read their tails from
+            // the shadow buffer instead, which those cases do not write. Shadow doorbells
+            // are exercised by `tests/shadow_doorbells.rs` and by the driver's default
+            // configuration elsewhere (the tool, the soak).
+            shadow_doorbells: false,
             ..ControllerConfig::default()
         }
     }

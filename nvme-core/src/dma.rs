@@ -113,6 +113,28 @@ impl Mem {
         Some([dw0, dw1, dw2, dw3])
     }
 
+    /// Atomic 32-bit store (`Relaxed`; the caller orders it with fences), for a shadow
+    /// doorbell the device may read at any time. Ignored if out of bounds or misaligned.
+    #[inline]
+    pub(crate) fn store_u32(&self, off: usize, v: u32) {
+        if let Some(p) = self.ptr(off, 4, 4) {
+            // SAFETY: in bounds, 4-byte aligned and valid for the region's lifetime; the
+            // memory is only ever accessed through raw pointers (see `load_acquire_u32`).
+            unsafe { AtomicU32::from_ptr(p as *mut u32) }.store(v.to_le(), Ordering::Relaxed);
+        }
+    }
+
+    /// Atomic 32-bit load (`Acquire`), for an EventIdx entry the device writes at any time;
+    /// `None` if out of bounds or misaligned.
+    #[inline]
+    pub(crate) fn load_u32(&self, off: usize) -> Option<u32> {
+        let p = self.ptr(off, 4, 4)? as *mut u32;
+        // SAFETY: as in `store_u32`.
+        Some(u32::from_le(
+            unsafe { AtomicU32::from_ptr(p) }.load(Ordering::Acquire),
+        ))
+    }
+
     /// Volatile 64-bit write as two dwords (PRP list entries).
     pub(crate) fn write_u64(&self, off: usize, v: u64) {
         self.write_u32(off, v as u32);

@@ -8,7 +8,7 @@ use crate::dma::Mem;
 use crate::error::Error;
 use crate::hw::Bar;
 use crate::prp::{self, PrpError, PrpListPages};
-use crate::queue::{CidCodec, CompQueue, QueueStats, SubQueue};
+use crate::queue::{CidCodec, CompQueue, QueueStats, Rung, Shadow, SubQueue};
 use crate::spec::{Command, Completion, PAGE_SIZE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +185,25 @@ impl<T> Engine<T> {
     pub(crate) fn qid(&self) -> u16 {
         self.sq.qid()
     }
+    /// Uses shadow doorbells from the buffers `db` (shadow doorbells) and `ei` (EventIdx) of
+    /// Doorbell Buffer Config (NVMe Base §5.8), or stops using them (`None`). With
+    /// `always_mmio` the registers are written on every ring as well. Only where both entries
+    /// fit the buffers; otherwise the queue keeps to the registers alone.
+    pub(crate) fn set_shadow(&mut self, bufs: Option<(Mem, Mem)>, always_mmio: bool) {
+        let (sq, cq) = match bufs {
+            Some((db, ei)) => match (
+                Shadow::new(db, ei, self.sq.doorbell(), always_mmio),
+                Shadow::new(db, ei, self.cq.doorbell(), always_mmio),
+            ) {
+                (Some(s), Some(c)) => (Some(s), Some(c)),
+                _ => (None, None),
+            },
+            None => (None, None),
+        };
+        self.sq.set_shadow(sq);
+        self.cq.set_shadow(cq);
+    }
+
     /// The CID codec (slot index and generation of a CID).
     pub(crate) fn codec(&self) -> CidCodec {
         self.codec
@@ -340,8 +359,10 @@ impl<T> Engine<T> {
 
     /// Writes the SQ tail doorbell if anything was submitted since the last ring.
     pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) {
-        if self.sq.ring(bar) {
-            self.stats.sq_doorbells += 1;
+        match self.sq.ring(bar) {
+            Rung::Mmio => self.stats.sq_doorbells += 1,
+            Rung::ShadowOnly => self.stats.shadow_only_doorbells += 1,
+            Rung::Nothing => {}
         }
         // Every command pushed so far is now behind the doorbell.
         self.rung_seq = self.pushed;
@@ -406,8 +427,10 @@ impl<T> Engine<T> {
                 late,
             });
         }
-        if self.cq.ring(bar) {
-            self.stats.cq_doorbells += 1;
+        match self.cq.ring(bar) {
+            Rung::Mmio => self.stats.cq_doorbells += 1,
+            Rung::ShadowOnly => self.stats.shadow_only_doorbells += 1,
+            Rung::Nothing => {}
         }
         if self.free.len() == self.slots.len() {
             // Nothing outstanding: no deadline to give (the list stays within its capacity

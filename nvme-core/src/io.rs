@@ -413,6 +413,7 @@ impl<P: Platform> IoQueuePair<P> {
                 parked.push_back(req.end(cid, Err(Error::ControllerReset)));
             }
         });
+        self.engine.set_shadow(None, false);
         self.generation = g;
         self.resubmit();
         self.awaiting_queues = true;
@@ -750,6 +751,12 @@ impl<P: Platform> IoQueuePair<P> {
                 }
                 return;
             }
+        }
+        if self.awaiting_queues {
+            // The queues exist again, in a controller that may or may not have its doorbell
+            // buffer (§5.8) configured this time.
+            self.engine
+                .set_shadow(self.shared.shadow_doorbells(), false);
         }
         self.awaiting_queues = false;
         self.engine.ring(self.shared.platform.bar());

@@ -20,6 +20,78 @@ use crate::hw::Bar;
 use crate::spec::regs::{cq_head_doorbell, sq_tail_doorbell};
 use crate::spec::{Command, Completion, CQE_SIZE, SQE_SIZE};
 
+/// The shadow doorbell buffer protocol's test (NVMe Base §5.8, Doorbell Buffer Config: the
+/// host updates the shadow doorbell, then reads the EventIdx the controller wrote, and writes
+/// the doorbell register only if the update moved the value past EventIdx): true if going from
+/// `old` to `new` crosses `event_idx`, i.e. `event_idx` lies in `old .. new` (the half-open
+/// window of values just published), computed in wrapping 16-bit arithmetic so that it holds
+/// across wrap-around of the values.
+#[inline]
+pub(crate) fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// One queue's doorbell in the shadow doorbell buffer and its EventIdx entry (NVMe Base §5.8,
+/// Doorbell Buffer Config): both buffers have the layout of the doorbell registers from
+/// `1000h` (SQ y tail at `2y × (4 << CAP.DSTRD)`, CQ y head at `(2y + 1) × (4 << CAP.DSTRD)`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shadow {
+    db: Mem,
+    ei: Mem,
+    off: usize,
+    /// Write the doorbell register on every update as well (the admin queue: controllers
+    /// differ on whether shadow doorbells cover it).
+    always_mmio: bool,
+}
+
+impl Shadow {
+    /// The entries of the doorbell at register offset `doorbell` (`1000h` or above), if they
+    /// fit both buffers.
+    pub(crate) fn new(db: Mem, ei: Mem, doorbell: usize, always_mmio: bool) -> Option<Self> {
+        let off = doorbell.checked_sub(crate::spec::regs::offset::DBS)?;
+        let fits = |m: &Mem| off % 4 == 0 && off + 4 <= m.len();
+        (fits(&db) && fits(&ei)).then_some(Self {
+            db,
+            ei,
+            off,
+            always_mmio,
+        })
+    }
+    /// Clears the doorbell and EventIdx entries (before the queue is created: a new queue's
+    /// head and tail are 0, §4.1, and no stale value of an earlier queue may remain).
+    pub(crate) fn clear(&self) {
+        self.db.store_u32(self.off, 0);
+        self.ei.store_u32(self.off, 0);
+    }
+    /// Publishes `new` in the shadow doorbell; true if the doorbell register must be written
+    /// too (the EventIdx test, or `always_mmio`). The caller has already ordered the queue
+    /// entries before this store (`crate::barrier::before_doorbell`).
+    #[inline]
+    fn update(&self, old: u16, new: u16) -> bool {
+        self.db.store_u32(self.off, new as u32);
+        // The shadow store is visible to the device before the EventIdx load (Linux's `mb()`
+        // in the same place): otherwise the device could set EventIdx after our read and
+        // then miss this update.
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        match self.ei.load_u32(self.off) {
+            Some(ei) => self.always_mmio || need_event(ei as u16, new, old),
+            None => true,
+        }
+    }
+}
+
+/// What a ring did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rung {
+    /// Nothing new since the last ring.
+    Nothing,
+    /// The doorbell register was written.
+    Mmio,
+    /// Only the shadow doorbell was updated (the controller's EventIdx did not ask for the
+    /// register write).
+    ShadowOnly,
+}
+
 /// A submission queue ring in DMA memory.
 #[derive(Debug)]
 pub(crate) struct SubQueue {
@@ -32,6 +104,8 @@ pub(crate) struct SubQueue {
     /// Tail value last written to the doorbell.
     rung: u16,
     doorbell: usize,
+    /// The shadow doorbell, when the controller has a doorbell buffer.
+    shadow: Option<Shadow>,
 }
 
 impl SubQueue {
@@ -44,7 +118,16 @@ impl SubQueue {
             head: 0,
             rung: 0,
             doorbell: sq_tail_doorbell(qid, dstrd),
+            shadow: None,
         }
+    }
+    /// The register offset of the tail doorbell.
+    pub(crate) fn doorbell(&self) -> usize {
+        self.doorbell
+    }
+    /// Uses (or stops using) a shadow doorbell.
+    pub(crate) fn set_shadow(&mut self, shadow: Option<Shadow>) {
+        self.shadow = shadow;
     }
     pub(crate) fn entries(&self) -> u16 {
         self.entries
@@ -83,20 +166,27 @@ impl SubQueue {
         true
     }
     /// Writes the tail doorbell if the tail moved since the last ring (batched doorbells:
-    /// several pushes, one MMIO write).
-    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) -> bool {
+    /// several pushes, one MMIO write). With a shadow doorbell, updates it and writes the
+    /// register only if the controller's EventIdx asks for it.
+    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) -> Rung {
         if self.tail == self.rung {
-            return false;
+            return Rung::Nothing;
         }
         // The entries, PRP lists and write buffers stored before this point are visible to
         // the device before it sees the new tail (`dma_wmb` in Linux's `writel`).
         crate::barrier::before_doorbell();
+        if let Some(s) = &self.shadow {
+            if !s.update(self.rung, self.tail) {
+                self.rung = self.tail;
+                return Rung::ShadowOnly;
+            }
+        }
         // SAFETY: the doorbell publishes only entries this queue wrote (`push`), each naming
         // memory its request slot keeps alive until the completion is consumed or the
         // controller is disabled (`crate::engine`, `crate::reclaim`).
         unsafe { bar.write32(self.doorbell, self.tail as u32) };
         self.rung = self.tail;
-        true
+        Rung::Mmio
     }
     /// Applies an SQHD value from a completion. Valid values lie in the consumed window
     /// `head ..= rung` (circularly); others are rejected and the caller counts them.
@@ -151,6 +241,8 @@ pub(crate) struct CompQueue {
     /// Head value last written to the doorbell.
     rung: u16,
     doorbell: usize,
+    /// The shadow doorbell, when the controller has a doorbell buffer.
+    shadow: Option<Shadow>,
 }
 
 impl CompQueue {
@@ -164,7 +256,16 @@ impl CompQueue {
             phase: true,
             rung: 0,
             doorbell: cq_head_doorbell(qid, dstrd),
+            shadow: None,
         }
+    }
+    /// The register offset of the head doorbell.
+    pub(crate) fn doorbell(&self) -> usize {
+        self.doorbell
+    }
+    /// Uses (or stops using) a shadow doorbell.
+    pub(crate) fn set_shadow(&mut self, shadow: Option<Shadow>) {
+        self.shadow = shadow;
     }
     pub(crate) fn mem(&self) -> Mem {
         self.mem
@@ -192,18 +293,25 @@ impl CompQueue {
         }
         Some(Completion::from_dwords(dw))
     }
-    /// Writes the head doorbell if entries were consumed since the last write.
-    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) -> bool {
+    /// Writes the head doorbell if entries were consumed since the last write (with a
+    /// shadow doorbell: as [`SubQueue::ring`]).
+    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) -> Rung {
         if self.head == self.rung {
-            return false;
+            return Rung::Nothing;
         }
         // Our reads of the consumed entries happen before the device may reuse them.
         crate::barrier::before_doorbell();
+        if let Some(s) = &self.shadow {
+            if !s.update(self.rung, self.head) {
+                self.rung = self.head;
+                return Rung::ShadowOnly;
+            }
+        }
         // SAFETY: the head doorbell hands back CQ entries this queue consumed; it names no
         // other memory.
         unsafe { bar.write32(self.doorbell, self.head as u32) };
         self.rung = self.head;
-        true
+        Rung::Mmio
     }
 }
 
@@ -256,6 +364,9 @@ pub struct QueueStats {
     pub sq_doorbells: u64,
     /// CQ doorbell writes.
     pub cq_doorbells: u64,
+    /// Doorbell updates (SQ or CQ) written only to the shadow doorbell buffer: the
+    /// controller's EventIdx did not ask for the register write (NVMe Base §5.8).
+    pub shadow_only_doorbells: u64,
     /// Completions whose CID matched no outstanding request (unknown, duplicate or stale).
     pub bad_cid: u64,
     /// Completions naming another SQ.
@@ -273,6 +384,57 @@ pub struct QueueStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    /// The EventIdx test against its definition: the register is written exactly when
+    /// EventIdx is one of the values stepped over, `old + 1 ..= new` shifted by one, i.e.
+    /// EventIdx ∈ {old, old + 1, …, new − 1} (mod 2^16): the controller asked to be told once
+    /// the value moves past EventIdx.
+    fn need_event_by_walking(event_idx: u16, new: u16, old: u16) -> bool {
+        let mut v = old;
+        while v != new {
+            if v == event_idx {
+                return true;
+            }
+            v = v.wrapping_add(1);
+        }
+        false
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 8 } else { 2048 },
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        #[test]
+        fn need_event_is_the_wrapping_window_test(
+            old in any::<u16>(),
+            step in prop_oneof![0u16..64, any::<u16>()],
+            back in prop_oneof![0u16..64, any::<u16>()],
+        ) {
+            let new = old.wrapping_add(step);
+            let event_idx = new.wrapping_sub(back);
+            prop_assert_eq!(need_event(event_idx, new, old), need_event_by_walking(event_idx, new, old));
+        }
+    }
+
+    #[test]
+    fn need_event_fixed_cases() {
+        // Nothing published: never.
+        assert!(!need_event(5, 5, 5));
+        // The controller waits for the value to pass its last seen tail: every step does.
+        assert!(need_event(5, 6, 5));
+        assert!(need_event(5, 9, 5));
+        // EventIdx already passed by the previous update: no write.
+        assert!(!need_event(4, 9, 5));
+        // Across the 16-bit wrap.
+        assert!(need_event(0xFFFF, 2, 0xFFFE));
+        assert!(need_event(1, 2, 0xFFFE));
+        assert!(!need_event(2, 2, 0xFFFE));
+        assert!(!need_event(0xFFFD, 2, 0xFFFE));
+    }
 
     #[test]
     fn cid_codec() {

@@ -43,6 +43,9 @@ pub(crate) struct Shared<P: Platform> {
     pub(crate) mailbox: Mailbox,
     /// The spin phase of a hybrid completion wait (`crate::interrupts`), in nanoseconds.
     pub(crate) irq_spin_ns: AtomicU64,
+    /// The shadow doorbell and EventIdx pages while the controller has them configured
+    /// (Doorbell Buffer Config, NVMe Base §5.8); `None` otherwise.
+    pub(crate) dbbuf: spin::Mutex<Option<(crate::dma::Mem, crate::dma::Mem)>>,
 }
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
@@ -66,7 +69,12 @@ impl<P: Platform> Shared<P> {
             policy,
             mailbox: Mailbox::default(),
             irq_spin_ns: AtomicU64::new(0),
+            dbbuf: spin::Mutex::new(None),
         }
+    }
+    /// The doorbell buffer pages, if the controller uses them now.
+    pub(crate) fn shadow_doorbells(&self) -> Option<(crate::dma::Mem, crate::dma::Mem)> {
+        *self.dbbuf.lock()
     }
     pub(crate) fn now_ns(&self) -> u64 {
         self.platform.clock().now_ns()

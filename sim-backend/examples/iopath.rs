@@ -1,6 +1,7 @@
 //! A fixed I/O workload on the inline simulator, for instruction counts under callgrind
-//! (`valgrind --tool=callgrind target/release/examples/iopath read 128 200000`): 4 KiB random
-//! reads or writes at a given queue depth, polled, batched doorbells, buffers reused.
+//! (`valgrind --tool=callgrind target/release/examples/iopath read 128 200000 [shadow]`): 4 KiB
+//! random reads or writes at a given queue depth, polled, batched doorbells, buffers reused;
+//! shadow doorbells (Doorbell Buffer Config) only with `shadow`.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ fn main() {
     let write = args.get(1).is_some_and(|s| s == "write");
     let qd: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
     let ios: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let shadow_doorbells = args.get(4).is_some_and(|s| s == "shadow");
     let sim = Simulator::new(SimConfig {
         strict: false,
         ..SimConfig::default()
@@ -28,6 +30,7 @@ fn main() {
     let config = ControllerConfig {
         interrupts: false,
         transfer_mode,
+        shadow_doorbells,
         ..Default::default()
     };
     let mut c = Controller::new(p, config).expect("bring-up");

@@ -112,6 +112,9 @@ pub struct SimConfig {
     /// granularity), bit 16 Bit Bucket descriptors, bit 18 SGLs longer than the transfer.
     /// Default `0x1_0001`: SGLs with byte granularity and Bit Buckets.
     pub sgls: u32,
+    /// Whether the controller supports Doorbell Buffer Config (NVMe Base §5.8, Identify
+    /// Controller OACS bit 8): shadow doorbells for the I/O queues.
+    pub doorbell_buffer: bool,
 }
 
 impl Default for SimConfig {
@@ -138,6 +141,7 @@ impl Default for SimConfig {
             volatile_write_cache: true,
             dma_granule: crate::dma::DMA_PAGE,
             sgls: 0x1_0001,
+            doorbell_buffer: true,
         }
     }
 }

@@ -302,8 +302,8 @@ impl Clock for StdClock {
     /// `CLOCK_MONOTONIC` (through [`Instant`]) since the clock's creation, nanosecond
     /// resolution: the simulator's timing (CSTS.RDY delays, injected completion delays) wants
     /// it, and an inline simulator has no hardware to wait for. A read is a vDSO call that
-    /// reads the time-stamp counter: about 220 ns on the development host (x86_64 virtual
-    /// machine, where the counter read is slow), tens of nanoseconds on bare metal
+    /// reads the time-stamp counter: 120 ns on the development host (x86_64 virtual machine,
+    /// where the counter read is slow), tens of nanoseconds on bare metal
     /// (`cargo run --release -p vfio-backend --example clockcost`). The driver reads it at most
     /// once per poll with commands outstanding, never per command.
     fn now_ns(&self) -> u64 {

@@ -87,6 +87,9 @@ pub struct SimStats {
     pub io_commands: BTreeMap<u8, u64>,
     /// Doorbell writes (valid or not).
     pub doorbell_writes: u64,
+    /// CQ heads taken from the host's shadow doorbell buffer instead of a register write
+    /// (Doorbell Buffer Config, NVMe Base §5.8).
+    pub shadow_cq_heads: u64,
     /// Completion entries posted.
     pub completions_posted: u64,
     /// Interrupts raised (on enabled vectors).

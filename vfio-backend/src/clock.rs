@@ -17,8 +17,9 @@ use nvme_core::hw::Clock;
 /// coarse clock. A deadline therefore expires within one tick of its time, never before the
 /// clock's own reading says it is due. A read is a vDSO call that copies the time of the last
 /// tick (no time-stamp counter read, no system call): on the development host (x86_64
-/// virtual machine, Linux 6.18, two shared cores) about 50 ns per read, against about 220 ns
-/// for `CLOCK_MONOTONIC` (`cargo run --release -p vfio-backend --example clockcost`).
+/// virtual machine, Linux 6.18, two shared cores) 26 ns per read against 120 ns for
+/// `CLOCK_MONOTONIC` (about twice both when the host is loaded), measured with
+/// `cargo run --release -p vfio-backend --example clockcost`.
 #[derive(Debug, Clone, Copy)]
 pub struct MonotonicClock {
     id: libc::clockid_t,

@@ -168,6 +168,7 @@ impl<P: Platform> Controller<P> {
             stats: ControllerStats::default(),
             shut_down: false,
             enable_failed: false,
+            dbbuf_pages: None,
         };
         c.shared.irq_spin_ns.store(
             u64::try_from(c.config.irq_spin.as_nanos()).unwrap_or(u64::MAX),
@@ -294,6 +295,9 @@ impl<P: Platform> Controller<P> {
         drop(live);
         self.apply_interrupt_coalescing()?;
 
+        // Shadow doorbells (§5.8), before any I/O queue exists or is re-created.
+        self.configure_shadow_doorbells()?;
+
         // §3.5.1 step 7: event configuration, then post AERs.
         if self.config.async_events > 0 {
             // Best effort: some controllers refuse a feature they consider not changeable.
@@ -400,7 +404,9 @@ impl<P: Platform> Controller<P> {
         p.irq().disable();
         // On failure the device may still be running: keep its memory (leaked, not reused).
         r?;
-        // §3.7.2: the reset deleted every I/O queue and aborted every command.
+        // §3.7.2: the reset deleted every I/O queue and aborted every command, and forgot
+        // the doorbell buffer (§5.8).
+        *self.shared.dbbuf.lock() = None;
         self.shared.reclaim.device_stopped(&*p);
         self.admin.take_all(|_, req| drop(req));
         self.scratch_busy = false;

@@ -35,6 +35,7 @@ mod admin;
 mod bringup;
 mod commands;
 mod interrupts;
+mod dbbuf;
 mod queues;
 mod raw;
 mod recover;
@@ -81,6 +82,11 @@ pub struct ControllerConfig {
     /// How long a queue pair waiting on an MSI-X vector polls its completion queue before it
     /// sleeps (the hybrid wait, [`crate::interrupts`]); zero sleeps at once.
     pub irq_spin: Duration,
+    /// Use shadow doorbells when the controller supports them (NVMe Base §5.8, Doorbell
+    /// Buffer Config, Identify OACS bit 8): I/O queues then write a doorbell register only
+    /// when the controller's EventIdx asks for it. On by default; emulated controllers gain
+    /// the most.
+    pub shadow_doorbells: bool,
 }
 
 impl Default for ControllerConfig {
@@ -99,6 +105,7 @@ impl Default for ControllerConfig {
             transfer_mode: crate::TransferMode::Auto,
             interrupt_coalescing: None,
             irq_spin: Duration::from_micros(10),
+            shadow_doorbells: true,
         }
     }
 }
@@ -119,6 +126,9 @@ pub struct ControllerStats {
     /// The status with which the controller refused the configured interrupt coalescing
     /// (then it interrupts per completion), if it did.
     pub coalescing_refused: Option<crate::spec::Status>,
+    /// The controller accepted Doorbell Buffer Config at the last bring-up or reset: the
+    /// queues use shadow doorbells (NVMe Base §5.8).
+    pub shadow_doorbells: bool,
 }
 
 /// An NVMe controller: bring-up, the admin queue, namespaces, I/O queue pair management and
@@ -161,6 +171,8 @@ pub struct Controller<P: Platform> {
     shut_down: bool,
     /// RDY never rose after the last enable: teardown must not wait for it again.
     enable_failed: bool,
+    /// The shadow doorbell and EventIdx pages (`dbbuf`), once allocated.
+    dbbuf_pages: Option<(Mem, Mem)>,
 }
 
 impl<P: Platform> core::fmt::Debug for Controller<P> {
@@ -313,7 +325,12 @@ impl<P: Platform> Drop for Controller<P> {
         // disabled; if it could not be disabled they are leaked rather than freed: the
         // device may still write them.
         if self.shared.reclaim.is_stopped() {
-            let regions: Vec<Mem> = self.admin.regions().chain([self.scratch]).collect();
+            let regions: Vec<Mem> = self
+                .admin
+                .regions()
+                .chain([self.scratch])
+                .chain(self.dbbuf_pages.into_iter().flat_map(|(d, e)| [d, e]))
+                .collect();
             self.retire_all(regions);
         }
     }

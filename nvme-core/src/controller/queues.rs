@@ -62,6 +62,9 @@ impl<P: Platform> Controller<P> {
                 unsafe { shared.reclaim.released(&*p, m.region()) };
             }
         };
+        // Shadow doorbells (§5.8): the new queue's entries start at 0.
+        let dbbuf = self.shared.shadow_doorbells();
+        self.clear_shadow_entries(qid);
         let create_cq = Command::create_io_cq(qid, entries - 1, cq_mem.iova(), ien, iv);
         let create_sq = Command::create_io_sq(qid, entries - 1, sq_mem.iova(), qid, 0);
         for (cmd, is_sq) in [(create_cq, false), (create_sq, true)] {
@@ -99,6 +102,7 @@ impl<P: Platform> Controller<P> {
             Some(self.shared.io_timeout_ns),
         );
         engine.sgl = sgl;
+        engine.set_shadow(dbbuf, false);
         let vector = if ien { Some(iv) } else { None };
         let generation = self.generation();
         let record = Arc::new(PairRecord {

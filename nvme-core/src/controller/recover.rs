@@ -134,6 +134,7 @@ impl<P: Platform> Controller<P> {
             Some(v) => (true, v),
             None => (false, 0),
         };
+        self.clear_shadow_entries(r.qid);
         let cq = Command::create_io_cq(r.qid, r.entries - 1, r.cq.iova(), ien, iv);
         let c = self.admin_no_data(cq)?;
         Self::check_status(cq.opcode(), &c)?;

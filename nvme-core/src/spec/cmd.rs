@@ -256,6 +256,14 @@ impl Command {
         c
     }
 
+    /// Doorbell Buffer Config (§5.8): PRP1 the shadow doorbell buffer, PRP2 the EventIdx
+    /// buffer, each one memory page, page aligned.
+    pub fn doorbell_buffer_config(shadow_doorbells: u64, event_idx: u64) -> Self {
+        let mut c = Self::new(AdminOpcode::DOORBELL_BUFFER_CONFIG.0);
+        c.set_prps(shadow_doorbells, event_idx);
+        c
+    }
+
     /// Delete I/O Submission Queue (§5.2.4): QID CDW10 15:0.
     pub fn delete_io_sq(qid: u16) -> Self {
         let mut c = Self::new(AdminOpcode::DELETE_IO_SQ.0);

@@ -76,12 +76,51 @@ impl Controller {
             AdminOpcode::GET_FEATURES => self.get_features(cmd),
             AdminOpcode::ASYNC_EVENT_REQUEST => self.async_event_request(cid),
             AdminOpcode::FORMAT_NVM => self.format_nvm(cmd),
+            AdminOpcode::DOORBELL_BUFFER_CONFIG if self.cfg.doorbell_buffer => {
+                self.doorbell_buffer_config(cmd)
+            }
             // §5: an opcode the controller does not support is Invalid Command Opcode.
             _ => Done::err(Status::generic(generic::INVALID_OPCODE, true)),
         }
     }
 
     // ------------------------------------------------------------------ queues
+
+    /// Doorbell Buffer Config (§5.8): PRP1 the shadow doorbell buffer, PRP2 the EventIdx
+    /// buffer, each a memory page. Either not page aligned: Invalid Field in Command; not
+    /// mapped: Data Transfer Error. From then on, until a reset, the I/O queues' shadow
+    /// doorbells are read when a CQ is full and EventIdx is written: SQ EventIdx is the last
+    /// tail seen (every new tail is rung), CQ EventIdx one behind the last head seen (the
+    /// host rings a CQ head only when asked to, with a full CQ). The values of existing
+    /// queues are published into both buffers.
+    fn doorbell_buffer_config(&mut self, cmd: &Command) -> Outcome {
+        let (dbs, eis) = (cmd.prp1(), cmd.prp2());
+        let page = nvme_core::spec::PAGE_SIZE as u64;
+        if dbs % page != 0 || eis % page != 0 || dbs == 0 || eis == 0 {
+            return invalid_field();
+        }
+        if !self.dma.is_mapped(dbs, page as usize) || !self.dma.is_mapped(eis, page as usize) {
+            return Done::err(Status::generic(generic::DATA_TRANSFER_ERROR, false));
+        }
+        self.dbbuf = Some((dbs, eis));
+        for qid in 1..self.sqs.len() {
+            let sq_tail = self.sqs[qid].as_ref().map(|q| q.tail);
+            let cq_head = self.cqs.get(qid).and_then(|c| c.as_ref()).map(|q| q.head);
+            if let Some(t) = sq_tail {
+                let _ = self
+                    .dma
+                    .write(dbs + self.dbbuf_offset(qid, false), &t.to_le_bytes());
+                self.set_event_idx(qid, false, t);
+            }
+            if let Some(h) = cq_head {
+                let _ = self
+                    .dma
+                    .write(dbs + self.dbbuf_offset(qid, true), &h.to_le_bytes());
+                self.set_event_idx(qid, true, h.wrapping_sub(1) & 0xFFFF);
+            }
+        }
+        Done::ok(0)
+    }
 
     /// Create I/O Completion Queue (§5.2.1). Checks, in this order (the spec lets the
     /// controller pick when several apply, §4.2.3):
@@ -373,7 +412,12 @@ impl Controller {
             oaes: 0,
             ctratt: 0,
             cntrltype: 1,
-            oacs: oacs::FORMAT_NVM,
+            oacs: oacs::FORMAT_NVM
+                | if self.cfg.doorbell_buffer {
+                    oacs::DOORBELL_BUFFER_CONFIG
+                } else {
+                    0
+                },
             acl: self.cfg.acl,
             aerl: self.cfg.aerl,
             // Slot 1 read-only, one slot.

@@ -301,6 +301,9 @@ pub(crate) struct Controller {
     /// Thread mode: work for the device thread.
     pub(crate) kick: bool,
     pub(crate) created: Instant,
+    /// The shadow doorbell and EventIdx buffers (bus addresses) of Doorbell Buffer Config
+    /// (§5.8), until the next reset.
+    pub(crate) dbbuf: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -366,6 +369,7 @@ impl Controller {
             inline,
             phase_holds: false,
             kick: false,
+            dbbuf: None,
             created: Instant::now(),
             cfg,
         }
@@ -814,6 +818,7 @@ impl Controller {
             *q = None;
         }
         self.held.clear();
+        self.dbbuf = None;
         self.aer = AerState::default();
         self.feat = Features::defaults(&self.cfg);
         self.granted = (self.cfg.max_io_queues, self.cfg.max_io_queues);
@@ -1013,7 +1018,83 @@ impl Controller {
         if let Some(sq) = self.sqs[qid].as_mut() {
             sq.tail = v;
         }
+        // Shadow doorbells: ask to be told of every new tail (the register write is what
+        // makes this model process the queue).
+        self.set_event_idx(qid, false, v);
         self.work();
+    }
+
+    /// The byte offset of queue `qid`'s SQ tail (`cq`: CQ head) entry in the shadow doorbell
+    /// and EventIdx buffers: the doorbell register layout from `1000h` (§5.8).
+    fn dbbuf_offset(&self, qid: usize, cq: bool) -> u64 {
+        ((2 * qid + usize::from(cq)) * self.stride()) as u64
+    }
+
+    /// Writes EventIdx for an I/O queue when the host configured a doorbell buffer (§5.8):
+    /// the host writes the doorbell register once its shadow value moves past `v`.
+    pub(crate) fn set_event_idx(&mut self, qid: usize, cq: bool, v: u32) {
+        let Some((_, eis)) = self.dbbuf else {
+            return;
+        };
+        if qid == 0 {
+            return;
+        }
+        let at = eis + self.dbbuf_offset(qid, cq);
+        if self.dma.write(at, &v.to_le_bytes()).is_err() {
+            self.violation(
+                ViolationKind::UnmappedDma,
+                format!(
+                    "EventIdx of {} {qid}: unmapped",
+                    if cq { "CQ" } else { "SQ" }
+                ),
+            );
+        }
+    }
+
+    /// A full CQ with a doorbell buffer (§5.8): the host may have consumed entries and
+    /// updated only its shadow CQ head doorbell. Takes a valid new head from there; if the
+    /// CQ is still full, sets EventIdx to the head so that the host's next update writes
+    /// the register (and looks once more, in case the host updated the shadow meanwhile).
+    /// True if the head moved.
+    fn cq_head_from_shadow(&mut self, cqid: u16) -> bool {
+        let Some((dbs, _)) = self.dbbuf else {
+            return false;
+        };
+        let qid = usize::from(cqid);
+        if qid == 0 {
+            return false;
+        }
+        let at = dbs + self.dbbuf_offset(qid, true);
+        for attempt in 0..2 {
+            let mut b = [0u8; 4];
+            if self.dma.read(at, &mut b).is_err() {
+                return false;
+            }
+            let v = u32::from_le_bytes(b);
+            let Some(cq) = self.cqs.get_mut(qid).and_then(|c| c.as_mut()) else {
+                return false;
+            };
+            let (size, head, tail) = (cq.size, cq.head, cq.tail);
+            if v != head {
+                let consumed = (v + size - head) % size;
+                let available = (tail + size - head) % size;
+                if v >= size || consumed > available {
+                    self.violation(
+                        ViolationKind::DoorbellValueOutOfRange,
+                        format!("CQ {qid} shadow head {v} (head {head}, tail {tail}, size {size})"),
+                    );
+                    return false;
+                }
+                cq.head = v;
+                self.stats.shadow_cq_heads += 1;
+                return true;
+            }
+            if attempt == 0 {
+                self.set_event_idx(qid, true, head);
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        false
     }
 
     fn cq_doorbell(&mut self, qid: usize, v: u32) {
@@ -1053,6 +1134,9 @@ impl Controller {
             cq.head = v;
             !cq.backlog.is_empty()
         };
+        // Shadow doorbells: no register write needed until the CQ fills again
+        // (`cq_head_from_shadow`).
+        self.set_event_idx(qid, true, v.wrapping_sub(1) & 0xFFFF);
         if stalled {
             self.drain_cq(qid as u16);
             self.work();
@@ -1313,6 +1397,9 @@ impl Controller {
                 return;
             };
             if cq.full() {
+                if self.cq_head_from_shadow(cqid) {
+                    continue;
+                }
                 return;
             }
             if let Some(t) = cq.phase_hold {
