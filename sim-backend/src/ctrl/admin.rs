@@ -196,6 +196,7 @@ impl Controller {
             iv,
             backlog: VecDeque::new(),
             phase_hold: None,
+            head_from_shadow: false,
         });
         self.io_queues_created = true;
         Done::ok(0)

@@ -125,6 +125,9 @@ pub(crate) struct Cq {
     /// An entry was written with the wrong phase tag (fault injection): it is rewritten
     /// with the right one at this time, and nothing else is posted until then.
     phase_hold: Option<Instant>,
+    /// The head was last taken from the shadow CQ head doorbell (§5.8): the host, having
+    /// found EventIdx asking for it, may still write the register with that same value.
+    head_from_shadow: bool,
 }
 
 impl Cq {
@@ -799,6 +802,7 @@ impl Controller {
             iv: 0,
             backlog: VecDeque::new(),
             phase_hold: None,
+            head_from_shadow: false,
         });
         if self.rdy {
             // EN toggled back on before RDY fell: the transition starts over.
@@ -1086,6 +1090,7 @@ impl Controller {
                     return false;
                 }
                 cq.head = v;
+                cq.head_from_shadow = true;
                 self.stats.shadow_cq_heads += 1;
                 return true;
             }
@@ -1110,7 +1115,16 @@ impl Controller {
             self.doorbell_event(error_event::INVALID_DOORBELL_VALUE);
             return;
         }
+        let from_shadow = std::mem::replace(
+            &mut self.cqs[qid].as_mut().expect("checked above").head_from_shadow,
+            false,
+        );
         if v == head {
+            if from_shadow {
+                // The register catching up with the shadow value the controller already
+                // took: no new entry consumed, and none claimed.
+                return;
+            }
             self.violation(
                 ViolationKind::DoorbellNoProgress,
                 format!("CQ {qid} head {v} written again without consuming an entry"),
