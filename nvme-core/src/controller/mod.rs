@@ -34,8 +34,8 @@ use crate::spec::{
 mod admin;
 mod bringup;
 mod commands;
-mod interrupts;
 mod dbbuf;
+mod interrupts;
 mod queues;
 mod raw;
 mod recover;

@@ -1116,7 +1116,10 @@ impl Controller {
             return;
         }
         let from_shadow = std::mem::replace(
-            &mut self.cqs[qid].as_mut().expect("checked above").head_from_shadow,
+            &mut self.cqs[qid]
+                .as_mut()
+                .expect("checked above")
+                .head_from_shadow,
             false,
         );
         if v == head {
