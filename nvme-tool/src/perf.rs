@@ -89,6 +89,19 @@ pub struct PerfArgs {
     /// Output format of the summary: normal or json.
     #[arg(long = "output-format", value_enum, default_value = "normal")]
     format: OutputFormat,
+    /// Shadow doorbells (Doorbell Buffer Config, NVMe Base §5.8) when the controller offers
+    /// them: `on` (the driver's default) or `off` (every doorbell is a register write).
+    #[arg(long = "shadow-doorbells", value_enum, default_value = "on")]
+    shadow: OnOff,
+}
+
+/// A switch.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// Set by the SIGINT handler.
@@ -277,6 +290,7 @@ pub fn run(a: PerfArgs) -> Result<()> {
     let cfg = ControllerConfig {
         interrupts: a.irq == Irq::Msix,
         io_queue_pairs: u16::try_from(a.threads).unwrap_or(u16::MAX),
+        shadow_doorbells: a.shadow == OnOff::On,
         ..ControllerConfig::default()
     };
     match (&a.device, a.sim_thread) {
@@ -522,7 +536,12 @@ fn bench<P: Platform>(c: &mut Controller<P>, a: &PerfArgs) -> Result<()> {
             .collect()
     });
     let elapsed = t0.elapsed().as_secs_f64();
+    // Doorbell register (MMIO) writes and shadow-only updates of the I/O queues.
+    let mut doorbells = (0u64, 0u64);
     for qp in pairs {
+        let st = qp.stats();
+        doorbells.0 += st.sq_doorbells + st.cq_doorbells;
+        doorbells.1 += st.shadow_only_doorbells;
         c.delete_io_queue_pair(qp)?;
     }
     let mut reads = Histogram::new();
@@ -545,6 +564,8 @@ fn bench<P: Platform>(c: &mut Controller<P>, a: &PerfArgs) -> Result<()> {
     };
     let summary = Summary {
         irqs,
+        doorbells,
+        shadow: c.stats().shadow_doorbells,
         a,
         ns: &ns,
         qd,
@@ -582,6 +603,10 @@ struct Summary<'a> {
     interrupted: bool,
     /// Interrupts during the run (MSI-X mode, when the backend counts them).
     irqs: Option<nvme_core::hw::InterruptCounts>,
+    /// Doorbell register writes and shadow-only doorbell updates of the I/O queues.
+    doorbells: (u64, u64),
+    /// The controller took the shadow doorbell buffers (Doorbell Buffer Config succeeded).
+    shadow: bool,
 }
 
 fn us(ns: u64) -> f64 {
@@ -620,8 +645,13 @@ impl Summary<'_> {
         let mut all = self.reads.clone();
         all.merge(self.writes);
         v["total"] = self.side(&all);
+        let ios = all.count().max(1) as f64;
+        v["doorbells"] = json!({
+            "shadow": self.shadow,
+            "register_writes": self.doorbells.0, "shadow_only": self.doorbells.1,
+            "register_writes_per_io": self.doorbells.0 as f64 / ios,
+        });
         if let Some(i) = self.irqs {
-            let ios = all.count().max(1) as f64;
             v["interrupts"] = json!({
                 "fired": i.fired, "wakeups": i.wakeups,
                 "fired_per_io": i.fired as f64 / ios, "wakeups_per_io": i.wakeups as f64 / ios,
@@ -689,8 +719,15 @@ impl Summary<'_> {
             self.writes.count(),
             self.errors
         );
+        let ios = (self.reads.count() + self.writes.count()).max(1) as f64;
+        println!(
+            "doorbells: {} register writes ({:.3} per I/O), {} shadow-only updates; shadow doorbells {}",
+            self.doorbells.0,
+            self.doorbells.0 as f64 / ios,
+            self.doorbells.1,
+            if self.shadow { "on" } else { "off" }
+        );
         if let Some(i) = self.irqs {
-            let ios = (self.reads.count() + self.writes.count()).max(1) as f64;
             println!(
                 "interrupts: {} signalled ({:.3} per I/O), {} wake-ups ({:.3} per I/O)",
                 i.fired,

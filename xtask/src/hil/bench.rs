@@ -49,7 +49,9 @@ const DEPTHS: [u32; 2] = [1, 32];
 /// fio engines of the kernel driver.
 const ENGINES: [&str; 2] = ["io_uring", "libaio"];
 /// Interrupt modes of this driver.
-const MODES: [&str; 2] = ["polled", "msix"];
+/// This driver's configurations: interrupt mode, and `-noshadow` for shadow doorbells off
+/// (`nvme-tool perf --shadow-doorbells off`; on is the driver's default).
+const MODES: [&str; 4] = ["polled", "msix", "polled-noshadow", "msix-noshadow"];
 /// Guest memory: the initramfs holds fio's libraries (about 85 MB unpacked).
 const GUEST_MEMORY: &str = "1024M";
 
@@ -144,8 +146,11 @@ if [ "$drv" = vfio-pci ]; then
     for mode in {modes}; do
       for rep in $(seq 1 {reps}); do
         name=nvme-rs-$mode-qd$qd-r$rep
+        irq=${{mode%-noshadow}}
+        shadow=on
+        [ "$irq" = "$mode" ] || shadow=off
         t0=$(up)
-        timeout -s KILL {limit} /bin/nvme-tool perf "pci:$BDF" --irq $mode --queue-depth $qd \
+        timeout -s KILL {limit} /bin/nvme-tool perf "pci:$BDF" --irq $irq --shadow-doorbells $shadow --queue-depth $qd \
           --io-size 4096 --workload randread --time {secs} > /tmp/$name.out 2>&1
         rc=$?
         t1=$(up)
@@ -210,6 +215,18 @@ pub struct Sample {
     pub result: Option<(f64, f64, f64)>,
     /// Why the run does not count, if it stalled or failed.
     pub stalled: Option<String>,
+    /// Doorbell register writes per I/O (this driver's runs).
+    pub doorbells: Option<f64>,
+}
+
+/// Doorbell register writes per I/O from `nvme-tool perf`'s summary line
+/// `doorbells: N register writes (X per I/O), ...`.
+pub fn perf_doorbells(out: &str) -> Option<f64> {
+    let l = out
+        .split('|')
+        .find(|l| l.trim_start().starts_with("doorbells:"))?;
+    let open = l.find('(')?;
+    l[open + 1..].split_whitespace().next()?.parse().ok()
 }
 
 /// `(row, qd)` of a run name such as `kernel-io_uring-qd32-r2` or `nvme-rs-msix-qd1-r1`.
@@ -220,8 +237,12 @@ fn row_of(name: &str) -> Option<(String, u32)> {
     let row = if let Some(eng) = cfg.strip_prefix("kernel-") {
         format!("kernel nvme, fio {eng}")
     } else if let Some(mode) = cfg.strip_prefix("nvme-rs-") {
-        let mode = if mode == "msix" { "MSI-X" } else { mode };
-        format!("nvme-rs perf, {mode}")
+        let (irq, shadow) = match mode.strip_suffix("-noshadow") {
+            Some(irq) => (irq, ", shadow doorbells off"),
+            None => (mode, ""),
+        };
+        let irq = if irq == "msix" { "MSI-X" } else { irq };
+        format!("nvme-rs perf, {irq}{shadow}")
     } else {
         return None;
     };
@@ -327,6 +348,11 @@ pub fn parse_log(log: &str, secs: u32) -> Vec<Sample> {
                     ("137" | "124", _) => Some("killed by the guest-side time limit".to_owned()),
                     (rc, _) => Some(format!("no result (exit status {rc})")),
                 };
+                let doorbells = if kind == "PERF" {
+                    perf_doorbells(payload)
+                } else {
+                    None
+                };
                 samples.push((
                     name.to_owned(),
                     Sample {
@@ -334,6 +360,7 @@ pub fn parse_log(log: &str, secs: u32) -> Vec<Sample> {
                         qd,
                         result,
                         stalled,
+                        doorbells,
                     },
                 ));
             }
@@ -365,6 +392,8 @@ struct Row {
     runs: usize,
     stalls: Vec<String>,
     mean: Option<(f64, f64, f64)>,
+    /// Mean doorbell register writes per I/O over the runs that counted.
+    doorbells: Option<f64>,
 }
 
 fn rows(samples: &[Sample]) -> Vec<Row> {
@@ -379,6 +408,7 @@ fn rows(samples: &[Sample]) -> Vec<Row> {
                     runs: 0,
                     stalls: Vec::new(),
                     mean: None,
+                    doorbells: None,
                 });
                 out.len() - 1
             }
@@ -401,6 +431,14 @@ fn rows(samples: &[Sample]) -> Vec<Row> {
                 .fold((0.0, 0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
             r.mean = Some((sum.0 / n, sum.1 / n, sum.2 / n));
         }
+        let db: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.row == r.row && s.qd == r.qd && s.stalled.is_none())
+            .filter_map(|s| s.doorbells)
+            .collect();
+        if !db.is_empty() {
+            r.doorbells = Some(db.iter().sum::<f64>() / db.len() as f64);
+        }
     }
     out.sort_by(|a, b| a.qd.cmp(&b.qd).then(a.row.cmp(&b.row)));
     out
@@ -411,8 +449,8 @@ fn rows(samples: &[Sample]) -> Vec<Row> {
 pub fn table(samples: &[Sample]) -> String {
     let rows = rows(samples);
     let mut s = String::from(
-        "| driver | QD | IOPS | mean latency (µs) | p99 latency (µs) | runs counted | vs kernel io_uring | vs kernel libaio |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| driver | QD | IOPS | mean latency (µs) | p99 latency (µs) | runs counted | vs kernel io_uring | vs kernel libaio | doorbell register writes per I/O |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     let kernel = |qd: u32, eng: &str| -> Option<f64> {
         rows.iter()
@@ -436,9 +474,10 @@ pub fn table(samples: &[Sample]) -> String {
             (true, _, _) => "—".to_owned(),
             (false, _, _) => String::new(),
         };
+        let db = r.doorbells.map_or_else(String::new, |d| format!("{d:.3}"));
         let _ = writeln!(
             s,
-            "| {} | {} | {iops} | {mean} | {p99} | {runs} | {} | {} |",
+            "| {} | {} | {iops} | {mean} | {p99} | {runs} | {} | {} | {db} |",
             r.row,
             r.qd,
             ratio("io_uring"),
@@ -721,6 +760,32 @@ mod tests {
             secs: 5,
             reps: 3,
         }
+    }
+
+    #[test]
+    fn shadow_doorbell_rows_carry_their_doorbell_writes() {
+        assert_eq!(
+            row_of("nvme-rs-msix-noshadow-qd1-r2"),
+            Some(("nvme-rs perf, MSI-X, shadow doorbells off".to_owned(), 1))
+        );
+        assert_eq!(
+            row_of("nvme-rs-polled-qd32-r1"),
+            Some(("nvme-rs perf, polled".to_owned(), 32))
+        );
+        let out = "perf: x|Device IOPS MiB/s avg(us) min(us) p50(us) p99(us) max(us)|pci:0000:00:03.0 5000 19.5 6400.0 1 2 9000.0 3|commands: 1 reads|doorbells: 2050 register writes (1.025 per I/O), 975 shadow-only updates; shadow doorbells on|";
+        assert_eq!(perf_doorbells(out), Some(1.025));
+        let log = format!(
+            "HIL-BENCH-PERF nvme-rs-polled-qd1-r1 rc=0 t0=1 t1=6 {out}\nHIL-BENCH-PERF nvme-rs-polled-noshadow-qd1-r1 rc=0 t0=1 t1=6 {}\n",
+            out.replace("1.025", "2.000")
+        );
+        let t = table(&parse_log(&log, 5));
+        assert!(t.contains("| nvme-rs perf, polled | 1 | 5000 |"), "{t}");
+        assert!(t.contains("| 1.025 |"), "{t}");
+        assert!(
+            t.contains("| nvme-rs perf, polled, shadow doorbells off | 1 |"),
+            "{t}"
+        );
+        assert!(t.contains("| 2.000 |"), "{t}");
     }
 
     #[test]
