@@ -54,6 +54,7 @@ fn unmapped(detail: String) -> PrpError {
 
 /// The pieces of a `len`-byte transfer described by `sgl1`; `to_host` is the direction
 /// (controller to host for a Read). Every piece is checked before any data moves.
+#[cfg(test)]
 pub(crate) fn walk(
     dma: &DmaSpace,
     sgls: Sgls,
@@ -61,7 +62,22 @@ pub(crate) fn walk(
     len: usize,
     to_host: bool,
 ) -> Result<Vec<Piece>, PrpError> {
-    let mut pieces: Vec<Piece> = Vec::new();
+    let mut pieces = Vec::new();
+    walk_into(dma, sgls, sgl1, len, to_host, &mut pieces)?;
+    Ok(pieces)
+}
+
+/// As `walk`, into `pieces` (cleared first; reused by the controller, so the common
+/// one-descriptor SGL allocates nothing once it has room).
+pub(crate) fn walk_into(
+    dma: &DmaSpace,
+    sgls: Sgls,
+    sgl1: SglDescriptor,
+    len: usize,
+    to_host: bool,
+    pieces: &mut Vec<Piece>,
+) -> Result<(), PrpError> {
+    pieces.clear();
     let mut described: usize = 0;
     let mut count = 0usize;
     // The descriptors of the current segment (SGL1 alone at first: no allocation for the
@@ -211,10 +227,53 @@ pub(crate) fn walk(
             format!("the SGL describes {described} bytes, the command transfers {len}"),
         ));
     }
-    Ok(pieces)
+    Ok(())
+}
+
+/// A cursor that copies data to the host through `pieces` in order, in as many calls as the
+/// data comes in (bit buckets discard their bytes).
+pub(crate) struct Scatter<'a> {
+    dma: &'a DmaSpace,
+    pieces: &'a [Piece],
+    /// The piece being filled, and the bytes of it already written.
+    at: (usize, usize),
+}
+
+impl<'a> Scatter<'a> {
+    pub(crate) fn new(dma: &'a DmaSpace, pieces: &'a [Piece]) -> Self {
+        Self {
+            dma,
+            pieces,
+            at: (0, 0),
+        }
+    }
+
+    /// The next bytes of the transfer.
+    pub(crate) fn put(&mut self, mut data: &[u8]) -> Result<(), PrpError> {
+        while !data.is_empty() {
+            let (i, off) = self.at;
+            let Some(&(addr, n)) = self.pieces.get(i) else {
+                return Err(unmapped("more data than the SGL describes".to_owned()));
+            };
+            let k = (n - off).min(data.len());
+            if let Some(a) = addr {
+                self.dma
+                    .write(a + off as u64, &data[..k])
+                    .map_err(|f| unmapped(f.to_string()))?;
+            }
+            data = &data[k..];
+            self.at = if off + k == n {
+                (i + 1, 0)
+            } else {
+                (i, off + k)
+            };
+        }
+        Ok(())
+    }
 }
 
 /// Copies `data` to the host through `pieces` (bit buckets discard their bytes).
+#[cfg(test)]
 pub(crate) fn scatter(dma: &DmaSpace, pieces: &[Piece], data: &[u8]) -> Result<(), PrpError> {
     let mut pos = 0;
     for &(addr, n) in pieces {
@@ -227,10 +286,9 @@ pub(crate) fn scatter(dma: &DmaSpace, pieces: &[Piece], data: &[u8]) -> Result<(
     Ok(())
 }
 
-/// Gathers `len` bytes from the host through `pieces` (which hold no bit bucket: [`walk`]
+/// Gathers `out.len()` bytes from the host through `pieces` (which hold no bit bucket: [`walk`]
 /// refuses them for this direction).
-pub(crate) fn gather(dma: &DmaSpace, pieces: &[Piece], len: usize) -> Result<Vec<u8>, PrpError> {
-    let mut out = vec![0u8; len];
+pub(crate) fn gather(dma: &DmaSpace, pieces: &[Piece], out: &mut [u8]) -> Result<(), PrpError> {
     let mut pos = 0;
     for &(addr, n) in pieces {
         if let Some(a) = addr {
@@ -239,7 +297,7 @@ pub(crate) fn gather(dma: &DmaSpace, pieces: &[Piece], len: usize) -> Result<Vec
         }
         pos += n;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

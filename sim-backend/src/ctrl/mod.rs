@@ -295,6 +295,8 @@ pub(crate) struct Controller {
     segs: Vec<(u64, usize)>,
     /// Staging for writes and image-file reads (reused, grown to the largest transfer).
     scratch: Vec<u8>,
+    /// The SGL pieces of the command being executed (reused: no allocation per command).
+    sgl_pieces: Vec<sgl::Piece>,
     /// Completions whose interrupt coalescing holds back (feature 08h).
     coalesce: Coalescer,
     inline: bool,
@@ -368,6 +370,7 @@ impl Controller {
             batch_cids: CidSet::new(),
             segs: Vec::new(),
             scratch: Vec::new(),
+            sgl_pieces: Vec::new(),
             coalesce: Coalescer::new(cfg.msix_vectors),
             inline,
             phase_holds: false,
@@ -1534,9 +1537,19 @@ impl Controller {
     /// `out`.
     pub(crate) fn gather_from_host(&mut self, cmd: &Command, out: &mut [u8]) -> Result<(), Status> {
         if cmd.psdt() != 0 {
-            let data = self.sgl_from_host(cmd, out.len())?;
-            out.copy_from_slice(&data);
-            return Ok(());
+            // SGLs (`crate::sgl`): every descriptor checked, then the data gathered.
+            let mut pieces = std::mem::take(&mut self.sgl_pieces);
+            let r = sgl::walk_into(
+                &self.dma,
+                Sgls(self.cfg.sgls),
+                sgl1(cmd),
+                out.len(),
+                false,
+                &mut pieces,
+            )
+            .and_then(|()| sgl::gather(&self.dma, &pieces, out));
+            self.sgl_pieces = pieces;
+            return r.map_err(|e| self.prp_violation(e));
         }
         let ps = self.page_size();
         let mut segs = std::mem::take(&mut self.segs);
@@ -1563,20 +1576,21 @@ impl Controller {
         let len = nlb as usize * self.namespaces[i].lba_size() as usize;
         if cmd.psdt() != 0 {
             // SGLs (`crate::sgl`): the descriptors are walked and checked first, then the
-            // blocks are read and scattered.
-            let pieces = sgl::walk(&self.dma, Sgls(self.cfg.sgls), sgl1(cmd), len, true)
-                .map_err(ReadFailure::Prp)?;
-            let mut data = Vec::with_capacity(len);
-            self.namespaces[i]
-                .read_with(slba, nlb, &mut self.scratch, |piece| {
-                    data.extend_from_slice(piece);
-                    Ok::<(), PrpError>(())
-                })
-                .map_err(|e| match e {
-                    ReadError::Medium => ReadFailure::Medium,
-                    ReadError::Sink(e) => ReadFailure::Prp(e),
-                })?;
-            return sgl::scatter(&self.dma, &pieces, &data).map_err(ReadFailure::Prp);
+            // blocks go straight from the medium into the pieces they describe.
+            let mut pieces = std::mem::take(&mut self.sgl_pieces);
+            let (dma, ns, scratch) = (&self.dma, &self.namespaces[i], &mut self.scratch);
+            let r = sgl::walk_into(dma, Sgls(self.cfg.sgls), sgl1(cmd), len, true, &mut pieces)
+                .map_err(ReadFailure::Prp)
+                .and_then(|()| {
+                    let mut out = sgl::Scatter::new(dma, &pieces);
+                    ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
+                        .map_err(|e| match e {
+                            ReadError::Medium => ReadFailure::Medium,
+                            ReadError::Sink(e) => ReadFailure::Prp(e),
+                        })
+                });
+            self.sgl_pieces = pieces;
+            return r;
         }
         let mut segs = std::mem::take(&mut self.segs);
         let ns = &self.namespaces[i];
@@ -1618,18 +1632,18 @@ impl Controller {
 
     /// Controller-to-host transfer through the command's SGL (`crate::sgl`).
     fn sgl_to_host(&mut self, cmd: &Command, data: &[u8]) -> Result<(), Status> {
-        let sgls = Sgls(self.cfg.sgls);
-        let pieces = sgl::walk(&self.dma, sgls, sgl1(cmd), data.len(), true)
-            .map_err(|e| self.prp_violation(e))?;
-        sgl::scatter(&self.dma, &pieces, data).map_err(|e| self.prp_violation(e))
-    }
-
-    /// Host-to-controller transfer of `len` bytes through the command's SGL.
-    fn sgl_from_host(&mut self, cmd: &Command, len: usize) -> Result<Vec<u8>, Status> {
-        let sgls = Sgls(self.cfg.sgls);
-        let pieces =
-            sgl::walk(&self.dma, sgls, sgl1(cmd), len, false).map_err(|e| self.prp_violation(e))?;
-        sgl::gather(&self.dma, &pieces, len).map_err(|e| self.prp_violation(e))
+        let mut pieces = std::mem::take(&mut self.sgl_pieces);
+        let r = sgl::walk_into(
+            &self.dma,
+            Sgls(self.cfg.sgls),
+            sgl1(cmd),
+            data.len(),
+            true,
+            &mut pieces,
+        )
+        .and_then(|()| sgl::Scatter::new(&self.dma, &pieces).put(data));
+        self.sgl_pieces = pieces;
+        r.map_err(|e| self.prp_violation(e))
     }
 
     // ---------------------------------------------------------------- events
