@@ -497,6 +497,22 @@ impl<P: Platform> IoQueuePair<P> {
     /// As [`IoQueuePair::submit`], for the bytes of the buffer from `offset` (dword aligned,
     /// §4.3.1); `len`, if given, must equal the length the command describes.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// use nvme_core::spec::{Command, NvmOpcode};
+    /// // One block read into bytes 512..1024 of a 4 KiB buffer.
+    /// let buf = ctrl.alloc_buffer(4096)?;
+    /// let cmd = Command::rw(NvmOpcode::READ, ns.nsid(), 0, 0, false);
+    /// qp.submit_range(cmd, Some(buf), 512, Some(512), 1).map_err(|e| e.error)?;
+    /// qp.ring();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`IoQueuePair::submit`].
     pub fn submit_range(
@@ -914,6 +930,22 @@ impl<P: Platform> IoQueuePair<P> {
 
     /// Queues a Compare (NVM §3.3.1) of `buffer` against the blocks at `slba`. A mismatch
     /// completes with Compare Failure (SCT 2h, SC 85h).
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// # let ns = ctrl.namespace(1)?.clone();
+    /// # let mut qp = ctrl.create_io_queue_pair(64)?;
+    /// let mut b = ctrl.alloc_buffer(512)?;
+    /// b.fill(9);
+    /// let b = qp.write(&ns, 5, b)?;
+    /// qp.submit_compare(&ns, 5, b, 1).map_err(|e| e.error)?;
+    /// qp.ring();
+    /// qp.wait(std::time::Duration::from_secs(1), |c| assert!(c.result.is_ok()))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`IoQueuePair::submit_read`].

@@ -5,6 +5,17 @@ use super::*;
 impl<P: Platform> Controller<P> {
     /// Identify (§5.1.13) with any CNS; returns the 4096-byte page.
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// // Identify CNS 02h: the active namespace ID list from NSID 0, as raw bytes.
+    /// let raw = ctrl.identify_raw(0x02, 0)?;
+    /// assert_eq!(u32::from_le_bytes(raw[..4].try_into()?), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Command`] with the controller's status.
     pub fn identify_raw(&mut self, cns: u8, nsid: u32) -> Result<Vec<u8>> {
@@ -76,6 +87,18 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Get Features (§5.1.11); returns completion DW0.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// use nvme_core::spec::FeatureId;
+    /// // Number of Queues, current value (SEL 0): NSQA and NCQA, 0's based.
+    /// let nq = ctrl.get_features(FeatureId::NUMBER_OF_QUEUES, 0, 0)?;
+    /// assert!((nq & 0xFFFF) + 1 >= u32::from(ctrl.granted_queue_pairs()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Command`].
@@ -216,6 +239,16 @@ impl<P: Platform> Controller<P> {
 
     /// Firmware Slot Information (log 03h).
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let fw = ctrl.firmware_slot_log()?;
+    /// println!("{fw:?}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// Command failures.
     pub fn firmware_slot_log(&mut self) -> Result<FirmwareSlotLog> {
@@ -230,6 +263,21 @@ impl<P: Platform> Controller<P> {
 
     /// Abort (§5.1.1) command `cid` on SQ `sqid`. Returns `true` if the controller reports
     /// the command aborted (DW0 bit 0 cleared), `false` if it was not.
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let ns = ctrl.namespace(1)?.clone();
+    /// let mut qp = ctrl.create_io_queue_pair(16)?;
+    /// let cid = qp.submit_read(&ns, 0, ctrl.alloc_buffer(512)?, 0).map_err(|e| e.error)?;
+    /// qp.ring();
+    /// // The simulator completes at the doorbell: nothing is left to abort.
+    /// let aborted = ctrl.abort(qp.qid(), cid)?;
+    /// assert!(!aborted);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Command`] (for example Abort Command Limit Exceeded).
@@ -270,6 +318,18 @@ impl<P: Platform> Controller<P> {
 
     /// The oldest asynchronous event received and not yet taken (processes pending admin
     /// completions first).
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// // Events the controller reported are queued until taken.
+    /// while let Some(ev) = ctrl.take_async_event() {
+    ///     println!("event type {} info {:#x}, log page {:#x}", ev.event_type, ev.info, ev.log_page);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn take_async_event(&mut self) -> Option<AsyncEvent> {
         self.process_admin_completions();
         self.events.pop_front()

@@ -42,6 +42,17 @@ impl<P: Platform> Controller<P> {
     /// Configuration, 09h, with Coalescing Disable = `!coalescing`): for a queue pair whose
     /// latency matters more than its interrupt rate ([`IoQueuePair::vector`]).
     ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let qp = ctrl.create_io_queue_pair(16)?;
+    /// // A latency-sensitive pair: its vector opts out of interrupt coalescing (feature 09h).
+    /// ctrl.set_vector_coalescing(qp.vector().unwrap(), false)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a vector not in use; [`Error::Command`] (a controller
     /// may refuse the feature) and transport failures.
@@ -60,6 +71,19 @@ impl<P: Platform> Controller<P> {
     /// The platform's interrupt counters ([`crate::hw::InterruptSource::counts`]), `None`
     /// if it keeps none. Take one reading before and one after a run and use
     /// [`InterruptCounts::since`].
+    ///
+    /// ```
+    /// # use sim_backend::{Simulator, SimConfig};
+    /// # use nvme_core::{Controller, ControllerConfig};
+    /// # let sim = Simulator::new(SimConfig::default())?;
+    /// # let mut ctrl = Controller::new(sim.platform(), ControllerConfig::default())?;
+    /// let before = ctrl.interrupt_counts();
+    /// // ... I/O ...
+    /// if let (Some(a), Some(b)) = (ctrl.interrupt_counts(), before) {
+    ///     println!("{} interrupts signalled", a.since(b).fired);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn interrupt_counts(&self) -> Option<InterruptCounts> {
         self.shared.platform.irq().counts()
     }
