@@ -277,9 +277,12 @@ pub fn perf_result(out: &str) -> Option<(f64, f64, f64)> {
         .position(|l| l.contains("IOPS") && l.contains("p99"))?;
     let head: Vec<&str> = lines[h].split_whitespace().collect();
     let vals: Vec<&str> = lines.get(h + 1)?.split_whitespace().collect();
+    // The row's label may be several words (`pci:0000:00:03.0 read`): the numbers are the
+    // last columns, so columns are counted from the right.
+    let shift = vals.len().checked_sub(head.len())?;
     let col = |name: &str| -> Option<f64> {
         let i = head.iter().position(|c| c.starts_with(name))?;
-        vals.get(i)?.parse().ok()
+        vals.get(i + shift)?.parse().ok()
     };
     Some((col("IOPS")?, col("avg")?, col("p99")?))
 }
@@ -772,6 +775,9 @@ mod tests {
             row_of("nvme-rs-polled-qd32-r1"),
             Some(("nvme-rs perf, polled".to_owned(), 32))
         );
+        // nvme-tool perf's summary: the row label is the device and the direction.
+        let real = "perf: Randread 4096 B|Device      IOPS  MiB/s  avg(us)  min(us)  p50(us)  p99(us)  max(us)|pci:0000:00:01.0 read   7509   29.3   131.44   15.43   29.70   3997.70   21813.32||Latency";
+        assert_eq!(perf_result(real), Some((7509.0, 131.44, 3997.70)));
         let out = "perf: x|Device IOPS MiB/s avg(us) min(us) p50(us) p99(us) max(us)|pci:0000:00:03.0 5000 19.5 6400.0 1 2 9000.0 3|commands: 1 reads|doorbells: 2050 register writes (1.025 per I/O), 975 shadow-only updates; shadow doorbells on|";
         assert_eq!(perf_doorbells(out), Some(1.025));
         let log = format!(
