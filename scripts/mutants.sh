@@ -16,6 +16,8 @@
 #   MUTANTS_OUT     where the scratch copy, logs and the table go (default target/mutants)
 #   MUTANTS_SHAPES  simulator shapes to run (NVME_TEST_SIM_SHAPES; default msix,polled)
 #   MUTANTS_TIMEOUT seconds per mutant run (default 900)
+#   MUTANTS_TARGET  cargo's target directory for the mutated builds (default $MUTANTS_OUT/target;
+#                   never the working tree's own)
 #
 # Output: `$MUTANTS_OUT/table.md` (mutant, defect, cases that catch it), one log per mutant;
 # a full run also copies the table to conformance-tests/mutants.md, which the generated
@@ -109,10 +111,13 @@ src=$out/src
 rm -rf "$src"
 mkdir -p "$src"
 # The working tree as it is (tracked and new files), without build output. Extracted with
-# fresh modification times, so cargo rebuilds over whatever an earlier run left in the target
-# directory.
+# fresh modification times, so cargo rebuilds over whatever an earlier mutant left in the
+# target directory.
 (cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -xmf - -C "$src"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+# A target directory of its own: cargo's artifacts of path packages do not depend on where
+# the workspace lies, so mutated builds in the working tree's target directory would later
+# pass for fresh builds of the working tree.
+export CARGO_TARGET_DIR=${MUTANTS_TARGET:-$out/target}
 
 build() {
     (cd "$src" && cargo test -p conformance-tests --test conformance --no-run 2>&1) |

@@ -163,11 +163,24 @@ pub fn submit_wait<P: Platform>(
     qp.submit_range(cmd, buffer, offset, len, TAG)
         .map_err(|e| anyhow::anyhow!("the driver refused the submission: {}", e.error))?;
     qp.ring();
+    await_tag(qp, TAG)
+}
+
+/// Waits up to 10 s for the completion of the command submitted with `tag` (the doorbell
+/// already written); other completions are dropped. Returns its status and its buffer.
+///
+/// # Errors
+/// No completion in time, a completion without a status (timed out or failed by the driver),
+/// or a transport failure.
+pub fn await_tag<P: Platform>(
+    qp: &mut nvme_core::IoQueuePair<P>,
+    tag: u64,
+) -> anyhow::Result<(nvme_core::spec::Status, Option<DmaBuffer<P>>)> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let mut got = None;
         qp.wait(std::time::Duration::from_millis(200), |comp| {
-            if comp.tag == TAG {
+            if comp.tag == tag {
                 got = Some(comp);
             }
         })?;

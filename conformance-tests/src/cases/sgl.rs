@@ -59,29 +59,8 @@ fn run_raw<P: Platform>(
     qp.submit_sgl_raw(cmd, buffer, sgl, TAG)
         .map_err(|e| anyhow::anyhow!("the driver refused the hand-built SGL: {}", e.error))?;
     qp.ring();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let mut got = None;
-        qp.wait(std::time::Duration::from_millis(200), |comp| {
-            if comp.tag == TAG {
-                got = Some(comp);
-            }
-        })?;
-        if let Some(comp) = got {
-            let st = match comp.result {
-                Ok(()) => Status::SUCCESS,
-                Err(e) => e
-                    .status()
-                    .ok_or_else(|| anyhow::anyhow!("the command did not complete: {e}"))?,
-            };
-            let b = comp.buffer.context("the buffer was not handed back")?;
-            return Ok((st, b));
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "no completion within 10 s"
-        );
-    }
+    let (st, b) = super::helpers::await_tag(qp, TAG)?;
+    Ok((st, b.context("the buffer was not handed back")?))
 }
 
 /// Runs `body` on a fresh queue pair of `c`, deleting the pair on every path.
