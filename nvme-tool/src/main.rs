@@ -393,54 +393,40 @@ fn do_rw<P: Platform>(c: &mut Controller<P>, rw: &Rw, kind: &'static str) -> Res
         "read" => {
             let blocks = rw_blocks(rw, bs, None)?;
             let mut progress = device::Progress::new("read", blocks * u64::from(bs), rw.progress);
-            let tr = match &rw.data {
+            // The sink: a file, raw bytes on stdout, or a hex dump on stdout.
+            let (mut w, file): (Box<dyn std::io::Write>, _) = match &rw.data {
                 Some(p) if p.as_os_str() != "-" => {
                     let f = std::fs::File::create(p)
                         .with_context(|| format!("creating {}", p.display()))?;
-                    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-                    let tr = device::transfer(
-                        c,
-                        &ns,
-                        rw.slba,
-                        blocks,
-                        device::Op::Read(&mut w),
-                        &mut progress,
-                    )?;
-                    std::io::Write::flush(&mut w)
-                        .with_context(|| format!("writing {}", p.display()))?;
-                    tr
+                    (
+                        Box::new(std::io::BufWriter::with_capacity(1 << 20, f)),
+                        Some(p),
+                    )
                 }
-                _ if rw.raw => {
-                    let mut w = std::io::stdout().lock();
-                    let tr = device::transfer(
-                        c,
-                        &ns,
-                        rw.slba,
-                        blocks,
-                        device::Op::Read(&mut w),
-                        &mut progress,
-                    )?;
-                    std::io::Write::flush(&mut w)?;
-                    tr
-                }
-                _ => {
-                    let mut w = HexSink {
+                _ if rw.raw => (Box::new(std::io::stdout().lock()), None),
+                _ => (
+                    Box::new(HexSink {
                         out: std::io::stdout().lock(),
                         off: 0,
                         pending: Vec::new(),
-                    };
-                    let tr = device::transfer(
-                        c,
-                        &ns,
-                        rw.slba,
-                        blocks,
-                        device::Op::Read(&mut w),
-                        &mut progress,
-                    )?;
-                    std::io::Write::flush(&mut w)?;
-                    tr
-                }
+                    }),
+                    None,
+                ),
             };
+            let tr = device::transfer(
+                c,
+                &ns,
+                rw.slba,
+                blocks,
+                device::Op::Read(&mut w),
+                &mut progress,
+            )?;
+            match file {
+                Some(p) => w
+                    .flush()
+                    .with_context(|| format!("writing {}", p.display()))?,
+                None => w.flush()?,
+            }
             (blocks, tr)
         }
         "write" | "compare" => {
