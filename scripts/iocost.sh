@@ -4,9 +4,10 @@
 # wall-clock time on a shared machine is not), and heap allocations per I/O (the whole process,
 # and those made on behalf of nvme-core). Each workload runs the iopath example twice (20,000
 # and 60,000 I/Os) and divides the difference, so bring-up and teardown cancel out.
-#   scripts/iocost.sh                          read and write at QD1 and QD128, and reads with
-#                                              shadow doorbells: one table
-#   scripts/iocost.sh read|write QD [shadow]   one workload
+#   scripts/iocost.sh                          read and write at QD1 and QD128, reads with
+#                                              shadow doorbells, and registered buffers: one table
+#   scripts/iocost.sh read|write QD [shadow|fixed]   one workload (fixed: registered
+#                                              buffers, IoQueuePair::submit_read_fixed)
 # Shadow doorbells are off unless asked for: the inline simulator pays for reading them from
 # memory where a register write costs it a function call (on an emulated controller a register
 # write is a VM exit, which they save).
@@ -51,7 +52,12 @@ measure() {
   local a b
   a=$(run "$1" "$2" 20000 ${3:+"$3"})
   b=$(run "$1" "$2" 60000 ${3:+"$3"})
-  echo "$a $b" | awk -v op="$1" -v qd="$2" -v sh="${3:+, shadow doorbells}" '
+  local label=""
+  case "${3:-}" in
+    shadow) label=", shadow doorbells" ;;
+    fixed) label=", registered buffers" ;;
+  esac
+  echo "$a $b" | awk -v op="$1" -v qd="$2" -v sh="$label" '
     function per(i) { return ($(i + 6) - $i) / 40000 }
     { printf "| %s QD%s%s | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f |\n",
         op, qd, sh, per(1), per(2), per(3), per(4), per(5), per(6) }'
@@ -65,7 +71,8 @@ header() {
 if [ $# -eq 0 ]; then
   echo "Instructions and heap allocations per 4 KiB I/O (inline simulator, polled, batched doorbells):"
   header
-  for w in "read 1" "read 128" "write 1" "write 128" "read 1 shadow" "read 128 shadow"; do
+  for w in "read 1" "read 128" "write 1" "write 128" "read 1 shadow" "read 128 shadow" \
+    "read 1 fixed" "read 128 fixed" "write 1 fixed" "write 128 fixed"; do
     # shellcheck disable=SC2086
     measure $w
   done

@@ -221,7 +221,7 @@ impl<T> Engine<T> {
     /// Places `cmd` in the SQ with a fresh CID and PRPs for `data`. The doorbell is not
     /// written (see [`Engine::ring`]). `deadline_ns: None` takes the engine's timeout from
     /// the next clock reading. On error the payload is handed back untouched.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn submit(
         &mut self,
         mut cmd: Command,

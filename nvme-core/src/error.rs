@@ -77,6 +77,14 @@ pub enum Error {
     /// An argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// A registered buffer ([`crate::io::FixedBuf`]) cannot be used as asked.
+    #[error("registered buffer {index}: {problem}")]
+    FixedBuffer {
+        /// Its index in the queue pair's table.
+        index: u16,
+        /// Why not.
+        problem: &'static str,
+    },
     /// The controller lacks something the core needs.
     #[error("unsupported by this controller: {0}")]
     Unsupported(&'static str),

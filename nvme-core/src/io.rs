@@ -45,7 +45,79 @@ use crate::spec::transfer::{io_data_length, DataLength};
 use crate::spec::{Command, Completion, NvmOpcode, Status, StatusCodeType, PAGE_SIZE};
 
 mod blockio;
+mod fixed;
 pub use blockio::{STAGING_BUFFERS, STAGING_CHUNK};
+use fixed::{AsIo, Deliver, FixedTable, NOT_FIXED};
+pub use fixed::{FixedBuf, FixedCompletion, MAX_FIXED_BUFFERS};
+
+/// The blocks a buffer of `len` bytes holds in `ns`'s format: a whole number that fits NLB's
+/// counter width, else [`Error::BufferSize`].
+#[inline(always)]
+fn blocks_of(ns: &Namespace, len: usize) -> Result<u32> {
+    let bpb = ns.bytes_per_block() as usize;
+    // Blocks of a power-of-two size (every format without interleaved metadata) by mask
+    // and shift; others (extended LBAs) by division.
+    let (whole, blocks) = if bpb.is_power_of_two() {
+        (len & (bpb - 1) == 0, len >> bpb.trailing_zeros())
+    } else {
+        (len % bpb == 0, len / bpb)
+    };
+    if !whole || blocks > u32::MAX as usize {
+        return Err(Error::BufferSize {
+            need: len.div_ceil(bpb) * bpb,
+            have: len,
+        });
+    }
+    Ok(blocks as u32)
+}
+
+/// Checks that `ns` is a current handle of the controller behind `shared` and that `nlb`
+/// blocks at `slba` lie inside it (NVM §3.3.4: SLBA and NLB, 0's based, at most 65,536
+/// blocks). `dead` and `generation` are the pair's, to report a reset before a stale handle.
+#[inline(always)]
+fn lba_check<P: Platform>(
+    shared: &Shared<P>,
+    dead: bool,
+    generation: u32,
+    ns: &Namespace,
+    slba: u64,
+    nlb: u32,
+) -> Result<()> {
+    let (owner, epoch) = ns.origin();
+    if owner != shared.id {
+        return Err(Error::ForeignObject {
+            what: "the namespace handle",
+        });
+    }
+    // Acquire: pairs with the AcqRel increment when the namespaces change.
+    if epoch != shared.ns_epoch.load(Ordering::Acquire) {
+        // After a reset the pair itself is dead: say that first.
+        if dead || shared.reclaim.generation() != generation {
+            return Err(Error::ControllerReset);
+        }
+        return Err(Error::StaleNamespace { nsid: ns.nsid() });
+    }
+    if nlb == 0 || nlb > 65536 {
+        return Err(Error::InvalidArgument(
+            "the number of logical blocks must be 1..=65536 per command",
+        ));
+    }
+    let end = slba.checked_add(nlb as u64).ok_or(Error::LbaOutOfRange {
+        nsid: ns.nsid(),
+        slba,
+        end: u64::MAX,
+        nsze: ns.blocks(),
+    })?;
+    if end > ns.blocks() {
+        return Err(Error::LbaOutOfRange {
+            nsid: ns.nsid(),
+            slba,
+            end,
+            nsze: ns.blocks(),
+        });
+    }
+    Ok(())
+}
 
 /// One request's state inside a queue slot.
 pub(crate) struct IoReq<P: Platform> {
@@ -60,6 +132,8 @@ pub(crate) struct IoReq<P: Platform> {
     retries: u8,
     /// The blocking call waiting for this request (0: none).
     sync: u64,
+    /// The registered buffer the command uses (`buffer` is `None` then), or [`NOT_FIXED`].
+    fixed: u16,
 }
 
 impl<P: Platform> core::fmt::Debug for IoReq<P> {
@@ -82,10 +156,22 @@ impl<P: Platform> IoReq<P> {
             dw0: 0,
             buffer: self.buffer,
             sync: self.sync,
+            fixed: self.fixed,
         }
     }
+    /// The request ended and the device can no longer reach its buffer: a registered
+    /// buffer is free again; an owned one travels on with the request.
+    fn released(self, fixed: &mut FixedTable<P>) -> Self {
+        if self.fixed != NOT_FIXED {
+            fixed.release(self.fixed);
+        }
+        self
+    }
     /// Retires the buffer (the device may still use it; see `crate::reclaim`).
-    pub(crate) fn retire(self, shared: &Shared<P>, generation: u32) {
+    pub(crate) fn retire(self, shared: &Shared<P>, generation: u32, fixed: &mut FixedTable<P>) {
+        if self.fixed != NOT_FIXED {
+            fixed.retire(self.fixed, shared, generation);
+        }
         if let Some(b) = self.buffer {
             shared
                 .reclaim
@@ -110,6 +196,16 @@ pub struct IoCompletion<P: Platform> {
     pub buffer: Option<DmaBuffer<P>>,
     /// The blocking call this completion belongs to (0: an asynchronous submission).
     sync: u64,
+    /// The registered buffer of the request ([`NOT_FIXED`]: none).
+    fixed: u16,
+}
+
+impl<P: Platform> IoCompletion<P> {
+    /// The registered buffer of a command submitted on one ([`IoQueuePair::submit_read_fixed`];
+    /// it stays registered, so `buffer` is `None`).
+    pub fn fixed_buffer(&self) -> Option<FixedBuf> {
+        (self.fixed != NOT_FIXED).then_some(FixedBuf(self.fixed))
+    }
 }
 
 impl<P: Platform> core::fmt::Debug for IoCompletion<P> {
@@ -196,6 +292,8 @@ pub struct IoQueuePair<P: Platform> {
     awaiting_queues: bool,
     /// Staging buffers of [`Namespace::read_at`] and friends (allocated on first use).
     staging: alloc::vec::Vec<DmaBuffer<P>>,
+    /// Registered buffers (`fixed`).
+    fixed: FixedTable<P>,
     /// The clock reading the last completion processing took, if it took one (a blocking
     /// wait uses it instead of reading the clock again).
     clock_read_ns: Option<u64>,
@@ -243,6 +341,7 @@ impl<P: Platform> IoQueuePair<P> {
             next_sync: 0,
             awaiting_queues: false,
             staging: alloc::vec::Vec::new(),
+            fixed: FixedTable::new(),
             clock_read_ns: None,
         }
     }
@@ -272,8 +371,9 @@ impl<P: Platform> IoQueuePair<P> {
         let shared = self.shared.clone();
         let generation = self.generation;
         let p = &*shared.platform;
+        let fixed = &mut self.fixed;
         if deleted {
-            self.engine.take_all(|_, req| drop(req));
+            self.engine.take_all(|_, req| drop(req.released(fixed)));
             for m in self.engine.regions() {
                 // SAFETY: the SQ and the CQ were deleted (§5.2.3, §5.2.4): the controller no
                 // longer refers to the rings or the PRP lists.
@@ -281,7 +381,9 @@ impl<P: Platform> IoQueuePair<P> {
             }
         } else {
             self.engine
-                .take_all(|_, req| req.retire(&shared, generation));
+                .take_all(|_, req| req.retire(&shared, generation, fixed));
+            // Busy registered buffers whose request already ended (timed out) as well.
+            fixed.retire_busy(&shared, generation);
             for m in self.engine.regions() {
                 shared.reclaim.retire(p, m.region(), generation);
             }
@@ -382,8 +484,9 @@ impl<P: Platform> IoQueuePair<P> {
     /// its buffer is freed here (the device can no longer reach it), not reported again.
     fn die(&mut self) {
         self.dead = true;
-        let (parked, engine) = (&mut self.parked, &mut self.engine);
+        let (parked, engine, fixed) = (&mut self.parked, &mut self.engine, &mut self.fixed);
         engine.take_all(|cid, req| {
+            let req = req.released(fixed);
             if !req.timed_out {
                 parked.push_back(req.end(cid, Err(Error::ControllerReset)));
             }
@@ -397,9 +500,10 @@ impl<P: Platform> IoQueuePair<P> {
     fn revive(&mut self, g: u32) {
         let max = self.policy.retries;
         let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
-        let (cmds, codec) = (&self.cmds, engine.codec());
+        let (cmds, codec, fixed) = (&self.cmds, engine.codec(), &mut self.fixed);
         engine.reinit(|cid, mut req| {
             if req.timed_out {
+                req.released(fixed);
                 return;
             }
             if req.retries < max {
@@ -410,7 +514,7 @@ impl<P: Platform> IoQueuePair<P> {
                     .unwrap_or_default();
                 retry.push((req, cmd));
             } else {
-                parked.push_back(req.end(cid, Err(Error::ControllerReset)));
+                parked.push_back(req.released(fixed).end(cid, Err(Error::ControllerReset)));
             }
         });
         self.engine.set_shadow(None, false);
@@ -429,14 +533,22 @@ impl<P: Platform> IoQueuePair<P> {
     fn resubmit(&mut self) -> bool {
         let mut any = false;
         let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
-        let cmds = &mut self.cmds;
+        let (cmds, fixed) = (&mut self.cmds, &mut self.fixed);
         for (req, cmd) in retry.drain(..) {
-            let data = match (&req.buffer, req.xfer) {
-                (Some(b), (offset, len)) if len > 0 => Some(Transfer {
-                    mem: b.mem(),
-                    offset,
-                    len,
-                }),
+            let mem = match (&req.buffer, req.fixed) {
+                (Some(b), _) => Some(b.mem()),
+                (None, NOT_FIXED) => None,
+                (None, i) => match fixed.busy_mem(i) {
+                    Some(m) => Some(m),
+                    None => {
+                        let e = Error::Backend("a registered buffer left the table mid-command");
+                        parked.push_back(req.released(fixed).end(0, Err(e)));
+                        continue;
+                    }
+                },
+            };
+            let data = match (mem, req.xfer) {
+                (Some(mem), (offset, len)) if len > 0 => Some(Transfer { mem, offset, len }),
                 _ => None,
             };
             match engine.submit(cmd, data, req, None) {
@@ -447,7 +559,7 @@ impl<P: Platform> IoQueuePair<P> {
                     engine.stats.retried += 1;
                     any = true;
                 }
-                Err((error, req)) => parked.push_back(req.end(0, Err(error))),
+                Err((error, req)) => parked.push_back(req.released(fixed).end(0, Err(error))),
             }
         }
         any
@@ -669,6 +781,7 @@ impl<P: Platform> IoQueuePair<P> {
                 xfer: (offset, if data.is_some() { len } else { 0 }),
                 retries: 0,
                 sync,
+                fixed: NOT_FIXED,
             },
             None,
         ) {
@@ -720,6 +833,7 @@ impl<P: Platform> IoQueuePair<P> {
             xfer: (0, 0),
             retries: 0,
             sync,
+            fixed: NOT_FIXED,
         };
         match self.engine.submit(cmd, None, req, None) {
             Ok(cid) => {
@@ -782,40 +896,7 @@ impl<P: Platform> IoQueuePair<P> {
     /// `slba` lie inside it.
     #[inline(always)]
     fn lba_check(&self, ns: &Namespace, slba: u64, nlb: u32) -> Result<()> {
-        let (owner, epoch) = ns.origin();
-        if owner != self.shared.id {
-            return Err(Error::ForeignObject {
-                what: "the namespace handle",
-            });
-        }
-        // Acquire: pairs with the AcqRel increment when the namespaces change.
-        if epoch != self.shared.ns_epoch.load(Ordering::Acquire) {
-            // After a reset the pair itself is dead: say that first.
-            if self.dead || self.shared.reclaim.generation() != self.generation {
-                return Err(Error::ControllerReset);
-            }
-            return Err(Error::StaleNamespace { nsid: ns.nsid() });
-        }
-        if nlb == 0 || nlb > 65536 {
-            return Err(Error::InvalidArgument(
-                "the number of logical blocks must be 1..=65536 per command",
-            ));
-        }
-        let end = slba.checked_add(nlb as u64).ok_or(Error::LbaOutOfRange {
-            nsid: ns.nsid(),
-            slba,
-            end: u64::MAX,
-            nsze: ns.blocks(),
-        })?;
-        if end > ns.blocks() {
-            return Err(Error::LbaOutOfRange {
-                nsid: ns.nsid(),
-                slba,
-                end,
-                nsze: ns.blocks(),
-            });
-        }
-        Ok(())
+        lba_check(&self.shared, self.dead, self.generation, ns, slba, nlb)
     }
 
     #[inline(always)]
@@ -828,25 +909,16 @@ impl<P: Platform> IoQueuePair<P> {
         tag: u64,
         fua: bool,
     ) -> core::result::Result<u16, IoError<P>> {
-        let bpb = ns.bytes_per_block() as usize;
         let len = buffer.len();
-        // Blocks of a power-of-two size (every format without interleaved metadata) by mask
-        // and shift; others (extended LBAs) by division.
-        let (whole, blocks) = if bpb.is_power_of_two() {
-            (len & (bpb - 1) == 0, len >> bpb.trailing_zeros())
-        } else {
-            (len % bpb == 0, len / bpb)
+        let nlb = match blocks_of(ns, len) {
+            Ok(n) => n,
+            Err(error) => {
+                return Err(IoError {
+                    error,
+                    buffer: Some(buffer),
+                })
+            }
         };
-        if !whole || blocks > u32::MAX as usize {
-            return Err(IoError {
-                error: Error::BufferSize {
-                    need: len.div_ceil(bpb) * bpb,
-                    have: len,
-                },
-                buffer: Some(buffer),
-            });
-        }
-        let nlb = blocks as u32;
         if let Err(error) = self.lba_check(ns, slba, nlb) {
             return Err(IoError {
                 error,
@@ -984,30 +1056,43 @@ impl<P: Platform> IoQueuePair<P> {
     ///
     /// # Errors
     /// None today; the result leaves room for device errors.
-    pub fn poll(&mut self, mut f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
+    pub fn poll(&mut self, f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
+        self.poll_into(&mut AsIo(f))
+    }
+
+    /// [`IoQueuePair::poll`] delivering to `d`.
+    #[inline]
+    fn poll_into<D: Deliver<P>>(&mut self, d: &mut D) -> Result<usize> {
         let mut n = 0;
-        while let Some(c) = self.parked.pop_front() {
-            f(c);
-            n += 1;
+        if !self.parked.is_empty() {
+            n += self.deliver_parked(d);
         }
         if self.check_alive().is_err() {
-            while let Some(c) = self.parked.pop_front() {
-                f(c);
-                n += 1;
-            }
+            n += self.deliver_parked(d);
             return Ok(n);
         }
-        n += self.service(&mut f);
-        while let Some(c) = self.parked.pop_front() {
-            f(c);
-            n += 1;
+        n += self.service(d);
+        if !self.parked.is_empty() {
+            n += self.deliver_parked(d);
         }
         Ok(n)
     }
 
+    /// Offers every parked completion to `d` once (what it does not take stays parked).
+    fn deliver_parked<D: Deliver<P>>(&mut self, d: &mut D) -> usize {
+        let mut n = 0;
+        for _ in 0..self.parked.len() {
+            let Some(c) = self.parked.pop_front() else {
+                break;
+            };
+            n += usize::from(d.completion(c, &mut self.parked));
+        }
+        n
+    }
+
     /// One round of completion processing: reap (resubmitting what recovery aborted), then
-    /// deadlines with one clock reading. Delivers to `f`; returns how many.
-    fn service(&mut self, f: &mut impl FnMut(IoCompletion<P>)) -> usize {
+    /// deadlines with one clock reading. Delivers to `d`; returns how many.
+    fn service<D: Deliver<P>>(&mut self, d: &mut D) -> usize {
         let mut n = 0;
         self.clock_read_ns = None;
         if self.awaiting_queues {
@@ -1017,6 +1102,7 @@ impl<P: Platform> IoQueuePair<P> {
         let bar = self.shared.platform.bar();
         let max = self.policy.retries;
         let (retry, engine, cmds) = (&mut self.retry, &mut self.engine, &self.cmds);
+        let (fixed, parked) = (&mut self.fixed, &mut self.parked);
         let codec = engine.codec();
         engine.reap(bar, usize::MAX, |r| {
             let st = r.completion.status();
@@ -1036,9 +1122,22 @@ impl<P: Platform> IoQueuePair<P> {
                 retry.push((req, cmd));
                 return;
             }
+            if r.payload.fixed != NOT_FIXED {
+                // The device is done with the registered buffer.
+                fixed.release(r.payload.fixed);
+                if !r.payload.timed_out {
+                    n += usize::from(d.fixed(FixedCompletion {
+                        tag: r.payload.tag,
+                        dw0: r.completion.dw0(),
+                        cid: r.cid,
+                        buffer: FixedBuf(r.payload.fixed),
+                        result: Self::result_of(&r.completion, r.opcode),
+                    }));
+                }
+                return;
+            }
             if let Some(c) = Self::to_completion(r) {
-                n += 1;
-                f(c);
+                n += usize::from(d.completion(c, parked));
             }
         });
         if !self.retry.is_empty() && self.resubmit() {
@@ -1053,10 +1152,7 @@ impl<P: Platform> IoQueuePair<P> {
                 // A deadline passed because the device is gone (§3.1.4: all-ones): say that,
                 // not a timeout.
                 self.gone();
-                while let Some(c) = self.parked.pop_front() {
-                    n += 1;
-                    f(c);
-                }
+                n += self.deliver_parked(d);
                 return n;
             }
             let qid = self.qid();
@@ -1066,6 +1162,7 @@ impl<P: Platform> IoQueuePair<P> {
                 .abort
                 .then(|| u64::try_from(policy.abort_timeout.as_nanos()).unwrap_or(u64::MAX));
             let mailbox = &self.shared.mailbox;
+            let parked = &mut self.parked;
             self.engine.expire(now, abort_ns, |e| match e {
                 Expiry::Abort { cid } => mailbox.request_abort(qid, cid),
                 Expiry::Timeout {
@@ -1077,8 +1174,7 @@ impl<P: Platform> IoQueuePair<P> {
                         mailbox.request_reset();
                     }
                     payload.timed_out = true;
-                    n += 1;
-                    f(IoCompletion {
+                    let c = IoCompletion {
                         tag: payload.tag,
                         cid,
                         result: Err(Error::Timeout {
@@ -1090,7 +1186,9 @@ impl<P: Platform> IoQueuePair<P> {
                         dw0: 0,
                         buffer: None,
                         sync: payload.sync,
-                    });
+                        fixed: payload.fixed,
+                    };
+                    n += usize::from(d.completion(c, parked));
                 }
             });
         }
@@ -1104,26 +1202,31 @@ impl<P: Platform> IoQueuePair<P> {
             // is freed here.
             return None;
         }
-        let c: Completion = r.completion;
-        let st: Status = c.status();
-        let result = if st.is_success() {
-            Ok(())
-        } else {
-            Err(Error::Command {
-                opcode: r.opcode,
-                opcode_name: NvmOpcode(r.opcode).name().unwrap_or("I/O command"),
-                status: st,
-                dw0: c.dw0(),
-            })
-        };
         Some(IoCompletion {
             tag: r.payload.tag,
             cid: r.cid,
-            result,
-            dw0: c.dw0(),
+            result: Self::result_of(&r.completion, r.opcode),
+            dw0: r.completion.dw0(),
             buffer: r.payload.buffer,
             sync: r.payload.sync,
+            fixed: NOT_FIXED,
         })
+    }
+
+    /// The result a device completion of an `opcode` command reports (§4.2.3).
+    #[inline(always)]
+    fn result_of(c: &Completion, opcode: u8) -> Result<()> {
+        let st: Status = c.status();
+        if st.is_success() {
+            Ok(())
+        } else {
+            Err(Error::Command {
+                opcode,
+                opcode_name: NvmOpcode(opcode).name().unwrap_or("I/O command"),
+                status: st,
+                dw0: c.dw0(),
+            })
+        }
     }
 
     /// Waits until at least one completion (or timeout report) is delivered, or `timeout`
@@ -1148,14 +1251,19 @@ impl<P: Platform> IoQueuePair<P> {
     ///
     /// # Errors
     /// [`Error::DeviceGone`] (everything outstanding is failed the same way first).
-    pub fn wait(&mut self, timeout: Duration, mut f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
+    pub fn wait(&mut self, timeout: Duration, f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
+        self.wait_into(timeout, &mut AsIo(f))
+    }
+
+    /// [`IoQueuePair::wait`] delivering to `d`.
+    fn wait_into<D: Deliver<P>>(&mut self, timeout: Duration, d: &mut D) -> Result<usize> {
         let p = self.shared.platform.clone();
         let deadline = crate::hw::Deadline::after(p.clock(), timeout);
         let spin = self.spin_phase();
         let mut spins: u32 = 0;
         loop {
             self.clock_read_ns = None;
-            let n = self.poll(&mut f)?;
+            let n = self.poll_into(d)?;
             if n > 0 || self.dead {
                 return Ok(n);
             }
@@ -1169,9 +1277,7 @@ impl<P: Platform> IoQueuePair<P> {
             spins = spins.wrapping_add(1);
             if spins % 256 == 0 {
                 if let Err(e) = self.check_device() {
-                    while let Some(c) = self.parked.pop_front() {
-                        f(c);
-                    }
+                    self.deliver_parked(d);
                     return Err(e);
                 }
             }
@@ -1240,10 +1346,10 @@ impl<P: Platform> IoQueuePair<P> {
         }
         self.dead = true;
         let (shared, generation) = (self.shared.clone(), self.generation);
-        let (parked, engine) = (&mut self.parked, &mut self.engine);
+        let (parked, engine, fixed) = (&mut self.parked, &mut self.engine, &mut self.fixed);
         engine.take_all(|cid, req| {
-            let (tag, sync, reported) = (req.tag, req.sync, req.timed_out);
-            req.retire(&shared, generation);
+            let (tag, sync, reported, fixed_id) = (req.tag, req.sync, req.timed_out, req.fixed);
+            req.retire(&shared, generation, fixed);
             if !reported {
                 parked.push_back(IoCompletion {
                     tag,
@@ -1252,6 +1358,7 @@ impl<P: Platform> IoQueuePair<P> {
                     dw0: 0,
                     buffer: None,
                     sync,
+                    fixed: fixed_id,
                 });
             }
         });
@@ -1279,13 +1386,13 @@ impl<P: Platform> IoQueuePair<P> {
             }
             let mut mine: Option<IoCompletion<P>> = None;
             let mut parked = core::mem::take(&mut self.parked);
-            self.service(&mut |c: IoCompletion<P>| {
+            self.service(&mut AsIo(|c: IoCompletion<P>| {
                 if c.sync == id && mine.is_none() {
                     mine = Some(c);
                 } else {
                     parked.push_back(c);
                 }
-            });
+            }));
             // Completions `service` failed on its own (resubmissions that could not be placed)
             // went to `self.parked`; ours may be among them.
             parked.extend(self.parked.drain(..));

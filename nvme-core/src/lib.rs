@@ -110,7 +110,7 @@ pub mod testing;
 pub use controller::{Controller, ControllerConfig};
 pub use dma::DmaBuffer;
 pub use error::{Error, Result};
-pub use io::{DsmRange, IoCompletion, IoError, IoQueuePair};
+pub use io::{DsmRange, FixedBuf, FixedCompletion, IoCompletion, IoError, IoQueuePair};
 pub use namespace::Namespace;
 pub use recovery::RecoveryPolicy;
 pub use sgl::TransferMode;

@@ -130,6 +130,7 @@ pub(crate) struct Reclaim {
 
 impl Reclaim {
     /// The current reset generation.
+    #[inline]
     pub(crate) fn generation(&self) -> u32 {
         // Acquire: pairs with the AcqRel increment in `device_stopped`, so a pair that sees
         // the new generation also sees the disable that preceded it.

@@ -1,7 +1,9 @@
 //! A fixed I/O workload on the inline simulator, for instruction counts under callgrind
 //! (`valgrind --tool=callgrind target/release/examples/iopath read 128 200000 [shadow]`): 4 KiB
 //! random reads or writes at a given queue depth, polled, batched doorbells, buffers reused;
-//! shadow doorbells (Doorbell Buffer Config) only with `shadow`.
+//! shadow doorbells (Doorbell Buffer Config) only with `shadow`; with `fixed`, the buffers are
+//! registered with the queue pair (`IoQueuePair::register_buffer`) and commands name them by
+//! index (`submit_read_fixed`, `poll_fixed`) instead of moving them in and out.
 
 use std::sync::Arc;
 
@@ -13,7 +15,9 @@ fn main() {
     let write = args.get(1).is_some_and(|s| s == "write");
     let qd: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
     let ios: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let shadow_doorbells = args.get(4).is_some_and(|s| s == "shadow");
+    let extra = args.get(4..).unwrap_or(&[]);
+    let shadow_doorbells = extra.iter().any(|s| s == "shadow");
+    let fixed = extra.iter().any(|s| s == "fixed");
     let sim = Simulator::new(SimConfig {
         strict: false,
         ..SimConfig::default()
@@ -47,6 +51,53 @@ fn main() {
         rng ^= rng >> 27;
         rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % blocks
     };
+    if fixed {
+        let ids: Vec<_> = bufs
+            .iter_mut()
+            .map(|b| {
+                let b = b.take().expect("buffer");
+                qp.register_buffer(b)
+                    .map_err(|e| e.error)
+                    .expect("register")
+            })
+            .collect();
+        let mut idle: Vec<bool> = vec![true; qd];
+        let (mut submitted, mut completed) = (0u64, 0u64);
+        loop {
+            for (tag, free) in idle.iter_mut().enumerate() {
+                if submitted == ios {
+                    break;
+                }
+                if *free {
+                    let r = if write {
+                        qp.submit_write_fixed(&ns, next(), ids[tag], tag as u64)
+                    } else {
+                        qp.submit_read_fixed(&ns, next(), ids[tag], tag as u64)
+                    };
+                    r.expect("submit");
+                    *free = false;
+                    submitted += 1;
+                }
+            }
+            qp.ring();
+            if completed == ios {
+                break;
+            }
+            qp.poll_fixed(|cpl| {
+                cpl.result.expect("I/O");
+                idle[cpl.tag as usize] = true;
+                completed += 1;
+            })
+            .expect("poll");
+        }
+        c.delete_io_queue_pair(qp).expect("delete");
+        c.shutdown().expect("shutdown");
+        println!(
+            "iopath: {completed} {} at QD{qd}, registered buffers",
+            if write { "writes" } else { "reads" }
+        );
+        return;
+    }
     let (mut submitted, mut completed) = (0u64, 0u64);
     let mut done = Vec::with_capacity(qd);
     loop {

@@ -433,14 +433,14 @@ impl<P: Platform> IoQueuePair<P> {
             let mut n = 0;
             if alive.is_ok() {
                 let mut parked = core::mem::take(&mut self.parked);
-                self.service(&mut |c: IoCompletion<P>| {
+                self.service(&mut super::AsIo(|c: IoCompletion<P>| {
                     if c.sync == id {
                         f(c);
                         n += 1;
                     } else {
                         parked.push_back(c);
                     }
-                });
+                }));
                 parked.extend(self.parked.drain(..));
                 self.parked = parked;
             }
