@@ -47,6 +47,8 @@ const UNDATED: u64 = u64::MAX - 1;
 #[derive(Debug)]
 pub(crate) struct Reaped<T> {
     pub(crate) cid: u16,
+    /// The request's slot (the CID's slot index).
+    pub(crate) slot: u16,
     pub(crate) completion: Completion,
     pub(crate) payload: T,
     /// Opcode of the request.
@@ -351,8 +353,8 @@ impl<T> Engine<T> {
                 self.undated.push(slot_idx);
             }
         }
-        let pushed = self.sq.push(&cmd);
-        debug_assert!(pushed, "has_free_slot checked the ring");
+        // `has_free_slot` above saw room in the ring, and nothing was pushed since.
+        self.sq.push_not_full(&cmd);
         self.stats.submitted += 1;
         Ok(cid)
     }
@@ -421,6 +423,7 @@ impl<T> Engine<T> {
             }
             f(Reaped {
                 cid: c.cid(),
+                slot: idx,
                 completion: c,
                 payload,
                 opcode: slot.opcode,

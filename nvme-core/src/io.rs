@@ -102,12 +102,14 @@ fn lba_check<P: Platform>(
             "the number of logical blocks must be 1..=65536 per command",
         ));
     }
-    let end = slba.checked_add(nlb as u64).ok_or(Error::LbaOutOfRange {
-        nsid: ns.nsid(),
-        slba,
-        end: u64::MAX,
-        nsze: ns.blocks(),
-    })?;
+    let Some(end) = slba.checked_add(nlb as u64) else {
+        return Err(Error::LbaOutOfRange {
+            nsid: ns.nsid(),
+            slba,
+            end: u64::MAX,
+            nsze: ns.blocks(),
+        });
+    };
     if end > ns.blocks() {
         return Err(Error::LbaOutOfRange {
             nsid: ns.nsid(),
@@ -119,42 +121,67 @@ fn lba_check<P: Platform>(
     Ok(())
 }
 
-/// One request's state inside a queue slot.
+/// The owned buffer of the request slot `cid` names, taken out.
+#[inline(always)]
+fn take_buf<P: Platform>(
+    bufs: &mut [Option<DmaBuffer<P>>],
+    codec: crate::queue::CidCodec,
+    cid: u16,
+) -> Option<DmaBuffer<P>> {
+    bufs.get_mut(codec.decode(cid).0 as usize)
+        .and_then(Option::take)
+}
+
+/// One request's state inside a queue slot. Its owned buffer, if any, waits beside the slot
+/// (`IoQueuePair::bufs`), so that the request stays small to move.
 pub(crate) struct IoReq<P: Platform> {
-    buffer: Option<DmaBuffer<P>>,
     tag: u64,
     /// The caller was already given this request's outcome ([`Error::Timeout`]): it must not
     /// be reported again, only its buffer freed once the device lets go.
     timed_out: bool,
-    /// Offset and length of the transfer in `buffer` (length 0: no data).
+    /// Offset and length of the transfer in the buffer (length 0: no data).
     xfer: (usize, usize),
     /// Resubmissions so far.
     retries: u8,
     /// The blocking call waiting for this request (0: none).
     sync: u64,
-    /// The registered buffer the command uses (`buffer` is `None` then), or [`NOT_FIXED`].
+    /// The registered buffer the command uses, or [`NOT_FIXED`].
     fixed: u16,
+    _p: core::marker::PhantomData<fn() -> P>,
 }
 
 impl<P: Platform> core::fmt::Debug for IoReq<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("IoReq")
             .field("tag", &self.tag)
-            .field("buffer", &self.buffer.is_some())
+            .field("fixed", &self.fixed)
             .finish()
     }
 }
 
 impl<P: Platform> IoReq<P> {
-    /// The request ends with `result` (not from a device completion), its buffer handed back
-    /// as it is (the caller decides whether the device can still reach it).
-    fn end(self, cid: u16, result: Result<()>) -> IoCompletion<P> {
+    /// A request as submitted.
+    #[inline(always)]
+    fn new(tag: u64, xfer: (usize, usize), sync: u64, fixed: u16) -> Self {
+        Self {
+            tag,
+            timed_out: false,
+            xfer,
+            retries: 0,
+            sync,
+            fixed,
+            _p: core::marker::PhantomData,
+        }
+    }
+    /// The request ends with `result` (not from a device completion), `buffer` (its own)
+    /// handed back as it is (the caller decides whether the device can still reach it).
+    fn end(self, cid: u16, result: Result<()>, buffer: Option<DmaBuffer<P>>) -> IoCompletion<P> {
         IoCompletion {
             tag: self.tag,
             cid,
             result,
             dw0: 0,
-            buffer: self.buffer,
+            buffer,
             sync: self.sync,
             fixed: self.fixed,
         }
@@ -167,12 +194,19 @@ impl<P: Platform> IoReq<P> {
         }
         self
     }
-    /// Retires the buffer (the device may still use it; see `crate::reclaim`).
-    pub(crate) fn retire(self, shared: &Shared<P>, generation: u32, fixed: &mut FixedTable<P>) {
+    /// Retires the buffer, `buffer` or the registered one (the device may still use it; see
+    /// `crate::reclaim`).
+    pub(crate) fn retire(
+        self,
+        buffer: Option<DmaBuffer<P>>,
+        shared: &Shared<P>,
+        generation: u32,
+        fixed: &mut FixedTable<P>,
+    ) {
         if self.fixed != NOT_FIXED {
             fixed.retire(self.fixed, shared, generation);
         }
-        if let Some(b) = self.buffer {
+        if let Some(b) = buffer {
             shared
                 .reclaim
                 .retire(&*shared.platform, b.into_region(), generation);
@@ -277,8 +311,11 @@ pub struct IoQueuePair<P: Platform> {
     /// detached pair).
     record: Option<Arc<PairRecord>>,
     policy: RecoveryPolicy,
-    /// Requests to resubmit, each with its command (capacity: every slot, allocated once).
-    retry: alloc::vec::Vec<(IoReq<P>, Command)>,
+    /// Requests to resubmit, each with its command and buffer (capacity: every slot,
+    /// allocated once).
+    retry: alloc::vec::Vec<(IoReq<P>, Command, Option<DmaBuffer<P>>)>,
+    /// The owned buffer of each request slot's command, while the command is outstanding.
+    bufs: alloc::vec::Vec<Option<DmaBuffer<P>>>,
     /// The command of each request slot as submitted (pointers cleared), to resubmit it
     /// (`crate::recovery`). Kept beside the slots rather than in the request, so that a
     /// request stays small enough to move without a call to memcpy.
@@ -337,6 +374,7 @@ impl<P: Platform> IoQueuePair<P> {
             policy,
             retry: alloc::vec::Vec::with_capacity(cap),
             cmds: alloc::vec![Command::default(); cap],
+            bufs: (0..cap).map(|_| None).collect(),
             sync_seq: 0,
             next_sync: 0,
             awaiting_queues: false,
@@ -371,17 +409,22 @@ impl<P: Platform> IoQueuePair<P> {
         let shared = self.shared.clone();
         let generation = self.generation;
         let p = &*shared.platform;
-        let fixed = &mut self.fixed;
+        let (fixed, bufs) = (&mut self.fixed, &mut self.bufs);
+        let codec = self.engine.codec();
         if deleted {
-            self.engine.take_all(|_, req| drop(req.released(fixed)));
+            self.engine.take_all(|cid, req| {
+                drop(take_buf(bufs, codec, cid));
+                drop(req.released(fixed));
+            });
             for m in self.engine.regions() {
                 // SAFETY: the SQ and the CQ were deleted (§5.2.3, §5.2.4): the controller no
                 // longer refers to the rings or the PRP lists.
                 unsafe { shared.reclaim.released(p, m.region()) };
             }
         } else {
-            self.engine
-                .take_all(|_, req| req.retire(&shared, generation, fixed));
+            self.engine.take_all(|cid, req| {
+                req.retire(take_buf(bufs, codec, cid), &shared, generation, fixed)
+            });
             // Busy registered buffers whose request already ended (timed out) as well.
             fixed.retire_busy(&shared, generation);
             for m in self.engine.regions() {
@@ -485,10 +528,11 @@ impl<P: Platform> IoQueuePair<P> {
     fn die(&mut self) {
         self.dead = true;
         let (parked, engine, fixed) = (&mut self.parked, &mut self.engine, &mut self.fixed);
+        let (bufs, codec) = (&mut self.bufs, engine.codec());
         engine.take_all(|cid, req| {
-            let req = req.released(fixed);
+            let (req, buffer) = (req.released(fixed), take_buf(bufs, codec, cid));
             if !req.timed_out {
-                parked.push_back(req.end(cid, Err(Error::ControllerReset)));
+                parked.push_back(req.end(cid, Err(Error::ControllerReset), buffer));
             }
         });
     }
@@ -501,7 +545,9 @@ impl<P: Platform> IoQueuePair<P> {
         let max = self.policy.retries;
         let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
         let (cmds, codec, fixed) = (&self.cmds, engine.codec(), &mut self.fixed);
+        let bufs = &mut self.bufs;
         engine.reinit(|cid, mut req| {
+            let buffer = take_buf(bufs, codec, cid);
             if req.timed_out {
                 req.released(fixed);
                 return;
@@ -512,9 +558,10 @@ impl<P: Platform> IoQueuePair<P> {
                     .get(codec.decode(cid).0 as usize)
                     .copied()
                     .unwrap_or_default();
-                retry.push((req, cmd));
+                retry.push((req, cmd, buffer));
             } else {
-                parked.push_back(req.released(fixed).end(cid, Err(Error::ControllerReset)));
+                let req = req.released(fixed);
+                parked.push_back(req.end(cid, Err(Error::ControllerReset), buffer));
             }
         });
         self.engine.set_shadow(None, false);
@@ -533,16 +580,16 @@ impl<P: Platform> IoQueuePair<P> {
     fn resubmit(&mut self) -> bool {
         let mut any = false;
         let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
-        let (cmds, fixed) = (&mut self.cmds, &mut self.fixed);
-        for (req, cmd) in retry.drain(..) {
-            let mem = match (&req.buffer, req.fixed) {
+        let (cmds, fixed, bufs) = (&mut self.cmds, &mut self.fixed, &mut self.bufs);
+        for (req, cmd, buffer) in retry.drain(..) {
+            let mem = match (&buffer, req.fixed) {
                 (Some(b), _) => Some(b.mem()),
                 (None, NOT_FIXED) => None,
                 (None, i) => match fixed.busy_mem(i) {
                     Some(m) => Some(m),
                     None => {
                         let e = Error::Backend("a registered buffer left the table mid-command");
-                        parked.push_back(req.released(fixed).end(0, Err(e)));
+                        parked.push_back(req.released(fixed).end(0, Err(e), buffer));
                         continue;
                     }
                 },
@@ -553,13 +600,19 @@ impl<P: Platform> IoQueuePair<P> {
             };
             match engine.submit(cmd, data, req, None) {
                 Ok(cid) => {
-                    if let Some(c) = cmds.get_mut(engine.codec().decode(cid).0 as usize) {
+                    let i = engine.codec().decode(cid).0 as usize;
+                    if let Some(c) = cmds.get_mut(i) {
                         *c = cmd;
+                    }
+                    if let Some(b) = bufs.get_mut(i) {
+                        *b = buffer;
                     }
                     engine.stats.retried += 1;
                     any = true;
                 }
-                Err((error, req)) => parked.push_back(req.released(fixed).end(0, Err(error))),
+                Err((error, req)) => {
+                    parked.push_back(req.released(fixed).end(0, Err(error), buffer))
+                }
             }
         }
         any
@@ -771,33 +824,14 @@ impl<P: Platform> IoQueuePair<P> {
             None => None,
         };
         let sync = core::mem::take(&mut self.next_sync);
-        match self.engine.submit(
-            cmd,
-            data,
-            IoReq {
-                buffer,
-                tag,
-                timed_out: false,
-                xfer: (offset, if data.is_some() { len } else { 0 }),
-                retries: 0,
-                sync,
-                fixed: NOT_FIXED,
-            },
-            None,
-        ) {
+        let xfer = (offset, if data.is_some() { len } else { 0 });
+        let req = IoReq::new(tag, xfer, sync, NOT_FIXED);
+        match self.engine.submit(cmd, data, req, None) {
             Ok(cid) => {
-                if let Some(c) = self
-                    .cmds
-                    .get_mut(self.engine.codec().decode(cid).0 as usize)
-                {
-                    *c = cmd;
-                }
+                self.keep(cid, cmd, buffer);
                 Ok(cid)
             }
-            Err((error, req)) => Err(IoError {
-                error,
-                buffer: req.buffer,
-            }),
+            Err((error, _)) => Err(IoError { error, buffer }),
         }
     }
 
@@ -826,30 +860,31 @@ impl<P: Platform> IoQueuePair<P> {
             });
         }
         let sync = core::mem::take(&mut self.next_sync);
-        let req = IoReq {
-            buffer: Some(buffer),
-            tag,
-            timed_out: false,
-            xfer: (0, 0),
-            retries: 0,
-            sync,
-            fixed: NOT_FIXED,
-        };
+        let req = IoReq::new(tag, (0, 0), sync, NOT_FIXED);
         match self.engine.submit(cmd, None, req, None) {
             Ok(cid) => {
                 // Kept for resubmission after a reset, as every command is.
-                if let Some(c) = self
-                    .cmds
-                    .get_mut(self.engine.codec().decode(cid).0 as usize)
-                {
-                    *c = cmd;
-                }
+                self.keep(cid, cmd, Some(buffer));
                 Ok(cid)
             }
-            Err((error, req)) => Err(IoError {
+            Err((error, _)) => Err(IoError {
                 error,
-                buffer: req.buffer,
+                buffer: Some(buffer),
             }),
+        }
+    }
+
+    /// Keeps the command just placed as `cid` (for resubmission, `crate::recovery`) and its
+    /// buffer beside its slot.
+    #[inline(always)]
+    fn keep(&mut self, cid: u16, cmd: Command, buffer: Option<DmaBuffer<P>>) {
+        let i = self.engine.codec().decode(cid).0 as usize;
+        if let Some(c) = self.cmds.get_mut(i) {
+            *c = cmd;
+        }
+        if let Some(b) = self.bufs.get_mut(i) {
+            debug_assert!(b.is_none(), "a free slot holds no buffer");
+            *b = buffer;
         }
     }
 
@@ -1102,8 +1137,7 @@ impl<P: Platform> IoQueuePair<P> {
         let bar = self.shared.platform.bar();
         let max = self.policy.retries;
         let (retry, engine, cmds) = (&mut self.retry, &mut self.engine, &self.cmds);
-        let (fixed, parked) = (&mut self.fixed, &mut self.parked);
-        let codec = engine.codec();
+        let (fixed, parked, bufs) = (&mut self.fixed, &mut self.parked, &mut self.bufs);
         engine.reap(bar, usize::MAX, |r| {
             let st = r.completion.status();
             // Command Abort Requested (§5.1.1, SCT 0h SC 07h) after a timeout: resubmit while
@@ -1115,11 +1149,12 @@ impl<P: Platform> IoQueuePair<P> {
             {
                 let mut req = r.payload;
                 req.retries += 1;
-                let cmd = cmds
-                    .get(codec.decode(r.cid).0 as usize)
-                    .copied()
-                    .unwrap_or_default();
-                retry.push((req, cmd));
+                let cmd = cmds.get(r.slot as usize).copied().unwrap_or_default();
+                retry.push((
+                    req,
+                    cmd,
+                    bufs.get_mut(r.slot as usize).and_then(Option::take),
+                ));
                 return;
             }
             if r.payload.fixed != NOT_FIXED {
@@ -1136,7 +1171,10 @@ impl<P: Platform> IoQueuePair<P> {
                 }
                 return;
             }
-            if let Some(c) = Self::to_completion(r) {
+            // The buffer comes back with the completion (or, for a request already
+            // reported as timed out, is freed: the device is done with it).
+            let buffer = bufs.get_mut(r.slot as usize).and_then(Option::take);
+            if let Some(c) = Self::to_completion(r, buffer) {
                 n += usize::from(d.completion(c, parked));
             }
         });
@@ -1196,7 +1234,7 @@ impl<P: Platform> IoQueuePair<P> {
     }
 
     #[inline(always)]
-    fn to_completion(r: Reaped<IoReq<P>>) -> Option<IoCompletion<P>> {
+    fn to_completion(r: Reaped<IoReq<P>>, buffer: Option<DmaBuffer<P>>) -> Option<IoCompletion<P>> {
         if r.payload.timed_out {
             // Already reported as timed out; the device is done with the buffer now, so it
             // is freed here.
@@ -1207,7 +1245,7 @@ impl<P: Platform> IoQueuePair<P> {
             cid: r.cid,
             result: Self::result_of(&r.completion, r.opcode),
             dw0: r.completion.dw0(),
-            buffer: r.payload.buffer,
+            buffer,
             sync: r.payload.sync,
             fixed: NOT_FIXED,
         })
@@ -1347,9 +1385,10 @@ impl<P: Platform> IoQueuePair<P> {
         self.dead = true;
         let (shared, generation) = (self.shared.clone(), self.generation);
         let (parked, engine, fixed) = (&mut self.parked, &mut self.engine, &mut self.fixed);
+        let (bufs, codec) = (&mut self.bufs, engine.codec());
         engine.take_all(|cid, req| {
             let (tag, sync, reported, fixed_id) = (req.tag, req.sync, req.timed_out, req.fixed);
-            req.retire(&shared, generation, fixed);
+            req.retire(take_buf(bufs, codec, cid), &shared, generation, fixed);
             if !reported {
                 parked.push_back(IoCompletion {
                     tag,

@@ -153,17 +153,15 @@ impl SubQueue {
         self.free() == 0
     }
     /// Writes `cmd` at the tail and advances it. The doorbell is not written: see
-    /// [`SubQueue::ring`]. Returns `false` if the ring is full.
-    #[inline]
-    pub(crate) fn push(&mut self, cmd: &Command) -> bool {
-        if self.is_full() {
-            return false;
-        }
+    /// [`SubQueue::ring`].
+    /// For a caller that has just seen [`SubQueue::is_full`] false.
+    #[inline(always)]
+    pub(crate) fn push_not_full(&mut self, cmd: &Command) {
+        debug_assert!(!self.is_full());
         // One bounds check for the whole 64-byte entry (`Mem::write_dwords`).
         self.mem
             .write_dwords(self.tail as usize * SQE_SIZE, cmd.dwords_ref());
         self.tail = wrap_inc(self.tail, self.entries);
-        true
     }
     /// Writes the tail doorbell if the tail moved since the last ring (batched doorbells:
     /// several pushes, one MMIO write). With a shadow doorbell, updates it and writes the

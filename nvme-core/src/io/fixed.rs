@@ -383,15 +383,7 @@ impl<P: Platform> IoQueuePair<P> {
             offset: 0,
             len,
         };
-        let req = IoReq {
-            buffer: None,
-            tag,
-            timed_out: false,
-            xfer: (0, len),
-            retries: 0,
-            sync: 0,
-            fixed: id.0,
-        };
+        let req = IoReq::new(tag, (0, len), 0, id.0);
         match self.engine.submit(cmd, Some(data), req, None) {
             Ok(cid) => {
                 *busy = true;
