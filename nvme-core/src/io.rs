@@ -414,7 +414,7 @@ impl<P: Platform> IoQueuePair<P> {
         if deleted {
             self.engine.take_all(|cid, req| {
                 drop(take_buf(bufs, codec, cid));
-                drop(req.released(fixed));
+                req.released(fixed);
             });
             for m in self.engine.regions() {
                 // SAFETY: the SQ and the CQ were deleted (§5.2.3, §5.2.4): the controller no
