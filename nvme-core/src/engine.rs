@@ -40,8 +40,16 @@ struct Slot<T> {
     list_len: u32,
 }
 
-/// `Slot::deadline_ns` of a command whose deadline is set at the next clock read.
+/// `Slot::deadline_ns` of a command submitted before the engine's first clock reading: its
+/// deadline is set at that reading.
 const UNDATED: u64 = u64::MAX - 1;
+
+/// Commands submitted without a deadline take the last clock reading plus the timeout, so
+/// their deadline comes early by the time between that reading and their submission. A
+/// reading that follows the previous one by more than `timeout / STALE_DIVISOR` re-dates the
+/// commands submitted in between from itself instead, so a deadline never comes more than
+/// 1/16 of the timeout early.
+const STALE_DIVISOR: u64 = 16;
 
 /// A completion matched to its request.
 #[derive(Debug)]
@@ -125,10 +133,15 @@ pub(crate) struct Engine<T> {
     lists_per_slot: usize,
     pub(crate) stats: QueueStats,
     next_deadline_ns: u64,
-    /// Relative deadline of commands submitted without one (set at the next clock read).
+    /// Relative deadline of commands submitted without one.
     timeout_ns: u64,
-    /// Slots submitted without a deadline since the last [`Engine::expire`].
-    undated: Vec<u16>,
+    /// The last clock reading ([`Engine::expire`]), if any.
+    clock_ns: Option<u64>,
+    /// The deadline of commands submitted without one: `clock_ns + timeout_ns` ([`UNDATED`]
+    /// before the first reading).
+    auto_deadline_ns: u64,
+    /// `pushed` at the last clock reading: commands from here on were dated from it.
+    dated_seq: u64,
     /// Whether data transfers may use an SGL instead of PRPs (`crate::sgl`).
     pub(crate) sgl: crate::sgl::SglUse,
 }
@@ -136,8 +149,8 @@ pub(crate) struct Engine<T> {
 impl<T> Engine<T> {
     /// `lists` holds `slots × lists_per_slot` pages of PRP lists (or is `None` when no
     /// transfer needs a list). Commands submitted without a deadline get `timeout_ns` from
-    /// the first clock reading after their submission ([`Engine::expire`]), so submitting
-    /// reads no clock.
+    /// the last clock reading before their submission ([`Engine::expire`], see
+    /// [`STALE_DIVISOR`]), so submitting reads no clock.
     pub(crate) fn new(
         sq: SubQueue,
         cq: CompQueue,
@@ -174,7 +187,9 @@ impl<T> Engine<T> {
             stats: QueueStats::default(),
             next_deadline_ns: u64::MAX,
             timeout_ns: timeout_ns.unwrap_or(u64::MAX),
-            undated: Vec::with_capacity(nslots as usize),
+            clock_ns: None,
+            auto_deadline_ns: UNDATED,
+            dated_seq: 0,
             sgl: crate::sgl::SglUse::default(),
         }
     }
@@ -343,16 +358,9 @@ impl<T> Engine<T> {
         slot.payload = Some(payload);
         slot.seq = self.pushed;
         self.pushed += 1;
-        match deadline_ns {
-            Some(d) => {
-                slot.deadline_ns = d;
-                self.next_deadline_ns = self.next_deadline_ns.min(d);
-            }
-            None => {
-                slot.deadline_ns = UNDATED;
-                self.undated.push(slot_idx);
-            }
-        }
+        let d = deadline_ns.unwrap_or(self.auto_deadline_ns);
+        slot.deadline_ns = d;
+        self.next_deadline_ns = self.next_deadline_ns.min(d);
         // `has_free_slot` above saw room in the ring, and nothing was pushed since.
         self.sq.push_not_full(&cmd);
         self.stats.submitted += 1;
@@ -372,7 +380,9 @@ impl<T> Engine<T> {
 
     /// Consumes every posted completion, validating SQID, SQHD and CID, and hands each matched
     /// request to `f`. Writes the CQ head doorbell once at the end. Returns how many entries
-    /// were consumed (matched or not).
+    /// were consumed (matched or not). Inlined into its callers, so that the callback's
+    /// captures stay in registers.
+    #[inline(always)]
     pub(crate) fn reap<B: Bar + ?Sized>(
         &mut self,
         bar: &B,
@@ -435,11 +445,6 @@ impl<T> Engine<T> {
             Rung::ShadowOnly => self.stats.shadow_only_doorbells += 1,
             Rung::Nothing => {}
         }
-        if self.free.len() == self.slots.len() {
-            // Nothing outstanding: no deadline to give (the list stays within its capacity
-            // even when no poll ever finds a command still in flight).
-            self.undated.clear();
-        }
         n
     }
 
@@ -449,28 +454,39 @@ impl<T> Engine<T> {
         now_ns >= self.next_deadline_ns
     }
 
-    /// Gives the commands submitted since the last call their deadline (`now_ns` plus the
-    /// engine's timeout), then handles every request whose deadline passed, reporting each to
-    /// `f`: with `abort_ns`, an in-flight request becomes [`Expiry::Abort`] (it gets
-    /// `abort_ns` more) and an aborting one [`Expiry::Timeout`]; without, an in-flight
-    /// request becomes [`Expiry::Timeout`] at once. O(new submissions) when nothing expired; called
-    /// with one clock reading per poll. Returns how many events were reported.
+    /// Takes the clock reading `now_ns` for the commands submitted from now on (re-dating
+    /// those submitted since the previous reading if it is stale, see [`STALE_DIVISOR`]),
+    /// then handles every request whose deadline passed, reporting each to `f`: with
+    /// `abort_ns`, an in-flight request becomes [`Expiry::Abort`] (it gets `abort_ns` more)
+    /// and an aborting one [`Expiry::Timeout`]; without, an in-flight request becomes
+    /// [`Expiry::Timeout`] at once. O(1) when nothing expired and the previous reading is
+    /// recent; called with one clock reading per poll. Returns how many events were reported.
     pub(crate) fn expire(
         &mut self,
         now_ns: u64,
         abort_ns: Option<u64>,
         mut f: impl FnMut(Expiry<'_, T>),
     ) -> usize {
-        if !self.undated.is_empty() {
-            let at = now_ns.saturating_add(self.timeout_ns).min(UNDATED - 1);
-            for idx in self.undated.drain(..) {
-                if let Some(s) = self.slots.get_mut(idx as usize) {
-                    if s.state == SlotState::InFlight && s.deadline_ns == UNDATED {
-                        s.deadline_ns = at;
-                        self.next_deadline_ns = self.next_deadline_ns.min(at);
-                    }
+        let (old_auto, stale_from) = (self.auto_deadline_ns, self.dated_seq);
+        let stale = self
+            .clock_ns
+            .is_none_or(|t| now_ns.saturating_sub(t) > self.timeout_ns / STALE_DIVISOR);
+        let at = now_ns.saturating_add(self.timeout_ns).min(UNDATED - 1);
+        self.clock_ns = Some(now_ns);
+        self.auto_deadline_ns = at;
+        self.dated_seq = self.pushed;
+        if stale && self.pushed > stale_from {
+            // Dated from a reading long before their submission (or from none): they take
+            // this reading instead. Rare: only after a pause in polling.
+            for s in self.slots.iter_mut() {
+                if s.state == SlotState::InFlight
+                    && s.deadline_ns == old_auto
+                    && s.seq >= stale_from
+                {
+                    s.deadline_ns = at;
                 }
             }
+            self.next_deadline_ns = self.next_deadline_ns.min(at);
         }
         if now_ns < self.next_deadline_ns {
             return 0;
@@ -544,7 +560,6 @@ impl<T> Engine<T> {
                 self.free.push(i as u16);
             }
         }
-        self.undated.clear();
         self.next_deadline_ns = u64::MAX;
     }
 

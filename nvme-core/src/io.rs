@@ -908,23 +908,34 @@ impl<P: Platform> IoQueuePair<P> {
         if self.check_alive().is_err() {
             return;
         }
+        // Only a pair revived after a reset waits for its queues: once they exist again
+        // nothing changes until the next reset, which `check_alive` notices first.
+        if self.awaiting_queues && !self.queues_back() {
+            return;
+        }
+        self.engine.ring(self.shared.platform.bar());
+    }
+
+    /// After a revival: true once the controller re-created this pair's queues (the pair
+    /// then rings again); dies if the controller could not.
+    #[cold]
+    #[inline(never)]
+    fn queues_back(&mut self) -> bool {
         if let Some(r) = &self.record {
             // Acquire: pairs with the controller's Release once the queues exist again.
             if r.ready.load(Ordering::Acquire) != self.generation {
                 if r.failed.load(Ordering::Acquire) {
                     self.die();
                 }
-                return;
+                return false;
             }
         }
-        if self.awaiting_queues {
-            // The queues exist again, in a controller that may or may not have its doorbell
-            // buffer (§5.8) configured this time.
-            self.engine
-                .set_shadow(self.shared.shadow_doorbells(), false);
-        }
+        // The queues exist again, in a controller that may or may not have its doorbell
+        // buffer (§5.8) configured this time.
+        self.engine
+            .set_shadow(self.shared.shadow_doorbells(), false);
         self.awaiting_queues = false;
-        self.engine.ring(self.shared.platform.bar());
+        true
     }
 
     /// Checks that `ns` is a current handle of this controller and that `nlb` blocks at
@@ -1893,6 +1904,65 @@ mod tests {
         assert_eq!(qp.outstanding(), 0);
         drop(qp);
         assert!(p.dma.live() == 0, "buffer or rings leaked");
+    }
+
+    /// Deadlines come from the last clock reading: never more than 1/16 of the timeout
+    /// early while polls are frequent, and re-dated from a fresh reading after a pause in
+    /// polling (a command submitted after an idle hour does not time out at once).
+    #[test]
+    fn deadlines_are_dated_from_recent_clock_readings() {
+        let p = Arc::new(TestPlatform::default());
+        let ms = 1_000_000u64;
+        let set = |t: u64| p.clock.0.store(t, core::sync::atomic::Ordering::Relaxed);
+        set(1_000 * ms);
+        let mut qp =
+            IoQueuePair::detached(p.clone(), 1, 8, 4096, Duration::from_millis(1600)).unwrap();
+        qp.detached_namespace(1, 64, 512);
+        let read = |qp: &mut IoQueuePair<TestPlatform>, tag| {
+            let buf = qp.alloc_buffer(512).unwrap();
+            qp.submit(Command::rw(NvmOpcode::READ, 1, 0, 0, false), Some(buf), tag)
+                .unwrap();
+        };
+        // Submitted before any reading: dated by the first poll (t = 1 s).
+        read(&mut qp, 1);
+        assert!(poll_all(&mut qp).is_empty());
+        // An hour without polls, then a submission: the reading before it is stale, so the
+        // next poll re-dates it from itself.
+        set(3_600_000 * ms);
+        read(&mut qp, 2);
+        let done = poll_all(&mut qp);
+        assert_eq!(done.len(), 1, "only the first command is past its deadline");
+        assert!(matches!(done[0], (1, Err(Error::Timeout { .. }), false)));
+        // Frequent polls (50 ms apart, under 1600 / 16 = 100 ms): a command takes the last
+        // reading, here 30 ms before its submission, so it is due 1570 ms after it.
+        let t = 3_600_000 * ms;
+        set(t + 50 * ms);
+        assert!(poll_all(&mut qp).is_empty());
+        set(t + 80 * ms);
+        read(&mut qp, 3);
+        set(t + 100 * ms);
+        assert!(poll_all(&mut qp).is_empty());
+        set(t + 1_599 * ms);
+        assert!(
+            poll_all(&mut qp).is_empty(),
+            "command 2 is due at t + 1600 ms"
+        );
+        set(t + 1_610 * ms);
+        let done = poll_all(&mut qp);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].0, 2);
+        set(t + 1_649 * ms);
+        assert!(
+            poll_all(&mut qp).is_empty(),
+            "command 3 is due at t + 1650 ms"
+        );
+        set(t + 1_650 * ms);
+        let done = poll_all(&mut qp);
+        assert_eq!(done.len(), 1, "30 ms early: within 1/16 of the timeout");
+        assert_eq!(done[0].0, 3);
+        qp.detach_device();
+        drop(qp);
+        assert!(p.dma.live() == 0);
     }
 
     /// The test plays the device: writes completion entry `c` at CQ slot `idx`.
