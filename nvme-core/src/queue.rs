@@ -101,6 +101,9 @@ pub(crate) struct SubQueue {
     tail: u16,
     /// Head as last reported by the controller in SQHD.
     head: u16,
+    /// Entries from `head` to `tail` (placed and not yet consumed by the controller, as far
+    /// as SQHD told).
+    used: u16,
     /// Tail value last written to the doorbell.
     rung: u16,
     doorbell: usize,
@@ -116,6 +119,7 @@ impl SubQueue {
             entries,
             tail: 0,
             head: 0,
+            used: 0,
             rung: 0,
             doorbell: sq_tail_doorbell(qid, dstrd),
             shadow: None,
@@ -139,18 +143,14 @@ impl SubQueue {
     pub(crate) fn restart(&mut self) {
         self.tail = 0;
         self.head = 0;
+        self.used = 0;
         self.rung = 0;
     }
-    /// Free entries: one slot always stays empty so that full and empty differ (§4.1.1: the
-    /// queue is full when tail + 1 == head).
-    #[inline]
-    pub(crate) fn free(&self) -> u16 {
-        let used = ring_distance(self.head, self.tail, self.entries);
-        self.entries - 1 - used
-    }
+    /// True when no entry is free: one slot always stays empty so that full and empty
+    /// differ (§4.1.1: the queue is full when tail + 1 == head).
     #[inline]
     pub(crate) fn is_full(&self) -> bool {
-        self.free() == 0
+        self.used == self.entries - 1
     }
     /// Writes `cmd` at the tail and advances it. The doorbell is not written: see
     /// [`SubQueue::ring`].
@@ -162,6 +162,7 @@ impl SubQueue {
         self.mem
             .write_dwords(self.tail as usize * SQE_SIZE, cmd.dwords_ref());
         self.tail = wrap_inc(self.tail, self.entries);
+        self.used += 1;
     }
     /// Writes the tail doorbell if the tail moved since the last ring (batched doorbells:
     /// several pushes, one MMIO write). With a shadow doorbell, updates it and writes the
@@ -199,6 +200,8 @@ impl SubQueue {
             return false;
         }
         self.head = sqhd;
+        // `advance <= outstanding <= used`: the rung tail lies between head and tail.
+        self.used = self.used.saturating_sub(advance);
         true
     }
     pub(crate) fn qid(&self) -> u16 {
