@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use clap::ValueEnum;
 use nvme_core::hw::Platform;
-use nvme_core::{Controller, ControllerConfig, DmaBuffer, IoCompletion, IoQueuePair, Namespace};
+use nvme_core::{Controller, ControllerConfig, DmaBuffer, FixedBuf, IoQueuePair, Namespace};
 use serde_json::{json, Value};
 
 use crate::device::{self, DeviceSpec, Opened};
@@ -93,6 +93,34 @@ pub struct PerfArgs {
     /// them: `on` (the driver's default) or `off` (every doorbell is a register write).
     #[arg(long = "shadow-doorbells", value_enum, default_value = "on")]
     shadow: OnOff,
+    /// I/O buffers: `registered` with the queue pair and named by index in each command
+    /// (`IoQueuePair::submit_read_fixed`, the leanest path), or `owned`: moved into each
+    /// request and back out with its completion (`IoQueuePair::submit_read`).
+    #[arg(long = "buffers", value_enum, default_value = "registered")]
+    buffers: BufferMode,
+}
+
+/// How `perf` hands its I/O buffers to the queue pair.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferMode {
+    /// Registered once (`IoQueuePair::register_buffer`).
+    Registered,
+    /// Moved in and out with every command.
+    Owned,
+}
+
+/// A worker's buffers, one per tag.
+enum Bufs<P: Platform> {
+    Owned(Vec<Option<DmaBuffer<P>>>),
+    Registered(Vec<FixedBuf>),
+}
+
+/// One completion as the worker needs it.
+struct Done<P: Platform> {
+    tag: usize,
+    result: nvme_core::Result<()>,
+    /// An owned buffer coming back (`None` for a registered one, or after a timeout).
+    buffer: Option<DmaBuffer<P>>,
 }
 
 /// A switch.
@@ -344,14 +372,25 @@ struct Job<'a> {
 fn worker<P: Platform>(qp: &mut IoQueuePair<P>, j: &Job<'_>) -> Result<ThreadResult> {
     let a = j.a;
     let qd = a.qd.min(qp.depth());
-    let mut bufs: Vec<Option<DmaBuffer<P>>> = Vec::with_capacity(qd);
+    let mut owned: Vec<Option<DmaBuffer<P>>> = Vec::with_capacity(qd);
     for _ in 0..qd {
         let mut b = qp
             .alloc_buffer(a.io_size)
             .context("allocating I/O buffers")?;
         b.fill(0x5A);
-        bufs.push(Some(b));
+        owned.push(Some(b));
     }
+    let mut bufs = match a.buffers {
+        BufferMode::Owned => Bufs::Owned(owned),
+        BufferMode::Registered => Bufs::Registered(
+            owned
+                .into_iter()
+                .flatten()
+                .map(|b| qp.register_buffer(b).map_err(|e| e.error))
+                .collect::<nvme_core::Result<_>>()
+                .context("registering I/O buffers")?,
+        ),
+    };
     let mut start = vec![Instant::now(); qd];
     let mut is_write = vec![false; qd];
     let mut res = ThreadResult {
@@ -377,33 +416,54 @@ fn worker<P: Platform>(qp: &mut IoQueuePair<P>, j: &Job<'_>) -> Result<ThreadRes
         };
         (slot * j.blocks, write)
     };
-    let submit = |qp: &mut IoQueuePair<P>, tag: usize, buf: DmaBuffer<P>, lba: u64, w: bool| {
-        let r = if w {
-            qp.submit_write(j.ns, lba, buf, tag as u64)
-        } else {
-            qp.submit_read(j.ns, lba, buf, tag as u64)
+    let submit = |qp: &mut IoQueuePair<P>, bufs: &mut Bufs<P>, tag: usize, lba: u64, w: bool| {
+        let r = match bufs {
+            Bufs::Owned(v) => {
+                let buf = v[tag].take().context("buffer")?;
+                let r = if w {
+                    qp.submit_write(j.ns, lba, buf, tag as u64)
+                } else {
+                    qp.submit_read(j.ns, lba, buf, tag as u64)
+                };
+                r.map_err(|e| e.error)
+            }
+            Bufs::Registered(ids) if w => qp.submit_write_fixed(j.ns, lba, ids[tag], tag as u64),
+            Bufs::Registered(ids) => qp.submit_read_fixed(j.ns, lba, ids[tag], tag as u64),
         };
         r.map(|_| ())
-            .map_err(|e| anyhow::anyhow!("submission failed: {}", e.error))
+            .map_err(|e| anyhow::anyhow!("submission failed: {e}"))
     };
     let now = Instant::now();
     for tag in 0..qd {
         let (lba, w) = next(&mut rng);
-        let b = bufs[tag].take().context("buffer")?;
         start[tag] = now;
         is_write[tag] = w;
-        submit(qp, tag, b, lba, w)?;
+        submit(qp, &mut bufs, tag, lba, w)?;
     }
     qp.ring();
-    let mut done: Vec<IoCompletion<P>> = Vec::with_capacity(qd);
+    let registered = matches!(bufs, Bufs::Registered(_));
+    let mut done: Vec<Done<P>> = Vec::with_capacity(qd);
     let mut draining = false;
     while qp.outstanding() > 0 {
         done.clear();
-        if a.irq == Irq::Msix {
-            qp.wait(Duration::from_millis(100), |cpl| done.push(cpl))?;
-        } else {
-            qp.poll(|cpl| done.push(cpl))?;
-        }
+        let owned_done = |c: nvme_core::IoCompletion<P>| Done {
+            tag: c.tag as usize,
+            result: c.result,
+            buffer: c.buffer,
+        };
+        let fixed_done = |c: nvme_core::FixedCompletion| Done {
+            tag: c.tag as usize,
+            result: c.result,
+            buffer: None,
+        };
+        match (a.irq == Irq::Msix, registered) {
+            (true, false) => qp.wait(Duration::from_millis(100), |c| done.push(owned_done(c)))?,
+            (false, false) => qp.poll(|c| done.push(owned_done(c)))?,
+            (true, true) => {
+                qp.wait_fixed(Duration::from_millis(100), |c| done.push(fixed_done(c)))?
+            }
+            (false, true) => qp.poll_fixed(|c| done.push(fixed_done(c)))?,
+        };
         if done.is_empty() {
             continue;
         }
@@ -422,23 +482,28 @@ fn worker<P: Platform>(qp: &mut IoQueuePair<P>, j: &Job<'_>) -> Result<ThreadRes
                 res.reads.record(lat);
             }
             if let Err(e) = &cpl.result {
+                if matches!(e, nvme_core::Error::Timeout { .. }) {
+                    anyhow::bail!(
+                        "a command timed out; the device did not complete it within the I/O timeout"
+                    );
+                }
                 res.errors += 1;
                 j.live.errors.fetch_add(1, Ordering::Relaxed);
                 res.first_error.get_or_insert_with(|| e.to_string());
             }
-            let Some(buf) = cpl.buffer else {
-                anyhow::bail!(
-                    "a command timed out; the device did not complete it within the I/O timeout"
-                );
-            };
+            if let Bufs::Owned(v) = &mut bufs {
+                let Some(buf) = cpl.buffer else {
+                    anyhow::bail!("a command ended without its buffer");
+                };
+                v[tag] = Some(buf);
+            }
             if draining {
-                bufs[tag] = Some(buf);
                 continue;
             }
             let (lba, w) = next(&mut rng);
             start[tag] = now;
             is_write[tag] = w;
-            submit(qp, tag, buf, lba, w)?;
+            submit(qp, &mut bufs, tag, lba, w)?;
         }
         j.live.ios.fetch_add(n, Ordering::Relaxed);
         qp.ring();
@@ -634,6 +699,7 @@ impl Summary<'_> {
             "io_size": self.a.io_size, "queue_depth": self.qd, "threads": self.a.threads,
             "namespace": self.ns.nsid(), "lba_size": self.ns.lba_size(),
             "seconds": self.elapsed, "interrupt_mode": self.a.irq == Irq::Msix,
+            "registered_buffers": self.a.buffers == BufferMode::Registered,
             "errors": self.errors, "interrupted": self.interrupted,
         });
         if self.reads.count() > 0 {
@@ -663,7 +729,7 @@ impl Summary<'_> {
     fn print(&self) {
         let a = self.a;
         println!(
-            "perf: {:?} {} B, queue depth {} × {} thread(s), namespace {} ({} B LBAs), {:.1} s, {} mode{}",
+            "perf: {:?} {} B, queue depth {} × {} thread(s), namespace {} ({} B LBAs), {:.1} s, {} mode, {} buffers{}",
             a.workload,
             a.io_size,
             self.qd,
@@ -672,6 +738,10 @@ impl Summary<'_> {
             self.ns.lba_size(),
             self.elapsed,
             if a.irq == Irq::Msix { "interrupt" } else { "polled" },
+            match a.buffers {
+                BufferMode::Registered => "registered",
+                BufferMode::Owned => "owned",
+            },
             if self.interrupted { " (interrupted)" } else { "" }
         );
         println!(

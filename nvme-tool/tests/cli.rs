@@ -370,6 +370,48 @@ fn perf_reports_reads_and_writes_and_bounds_time() {
     assert!(i["fired"].as_u64().unwrap() > 0, "{v}");
     let per_io = i["fired_per_io"].as_f64().unwrap();
     assert!(per_io > 0.0 && per_io <= 1.01, "{v}");
+    assert_eq!(v["registered_buffers"], true, "the default: {v}");
+}
+
+/// Both buffer modes run every workload to the end without errors, polled and with MSI-X.
+#[test]
+fn perf_runs_with_owned_and_registered_buffers() {
+    for (buffers, irq) in [
+        ("owned", "polled"),
+        ("registered", "polled"),
+        ("owned", "msix"),
+        ("registered", "msix"),
+    ] {
+        let o = run(&[
+            "perf",
+            "sim",
+            "--sim-thread",
+            "--irq",
+            irq,
+            "--buffers",
+            buffers,
+            "-w",
+            "randrw",
+            "-q",
+            "8",
+            "-t",
+            "0.3",
+            "--output-format",
+            "json",
+        ]);
+        assert_eq!(o.code, 0, "{buffers} {irq}: {}", o.stderr);
+        let v = json(&o);
+        assert_eq!(v["registered_buffers"], buffers == "registered", "{v}");
+        assert_eq!(v["errors"], 0, "{v}");
+        assert!(v["read"]["ios"].as_u64().unwrap() > 0, "{v}");
+        assert!(v["write"]["ios"].as_u64().unwrap() > 0, "{v}");
+    }
+    let o = run(&["perf", "sim", "--buffers", "pinned", "-t", "0.1"]);
+    assert_eq!(
+        o.code, 2,
+        "an unknown buffer mode is a usage error: {}",
+        o.stderr
+    );
 }
 
 fn fake() -> FakeSysfs {
