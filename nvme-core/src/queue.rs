@@ -463,13 +463,15 @@ mod tests {
     fn ring_arithmetic_on_the_largest_queue() {
         let region = crate::hw::DmaRegion::new(core::ptr::NonNull::dangling(), 0, 0, 0);
         let mut sq = SubQueue::new(Mem::new(region), 1, u16::MAX, 0);
-        sq.tail = u16::MAX - 1;
-        assert_eq!(sq.free(), 0);
-        sq.tail = 1;
-        assert_eq!(sq.free(), u16::MAX - 2);
+        (sq.tail, sq.used) = (u16::MAX - 1, u16::MAX - 1);
+        assert!(sq.is_full());
+        (sq.tail, sq.used) = (40_001, 40_001);
+        assert!(!sq.is_full());
         sq.rung = 40_000;
         assert!(sq.update_head(39_999));
+        assert_eq!(sq.used, 2, "SQHD 39,999 leaves 39,999 and 40,000 in the ring");
         assert!(!sq.update_head(40_001));
+        assert!(!sq.update_head(u16::MAX), "beyond the ring");
         assert_eq!(ring_distance(65_000, 3, u16::MAX), 538);
     }
 }
