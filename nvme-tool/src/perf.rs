@@ -474,7 +474,7 @@ fn worker<P: Platform>(qp: &mut IoQueuePair<P>, j: &Job<'_>) -> Result<ThreadRes
         }
         let n = done.len() as u64;
         for cpl in done.drain(..) {
-            let tag = cpl.tag as usize;
+            let tag = cpl.tag;
             let lat = now.duration_since(start[tag]).as_nanos() as u64;
             if is_write[tag] {
                 res.writes.record(lat);
