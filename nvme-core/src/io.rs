@@ -904,6 +904,7 @@ impl<P: Platform> IoQueuePair<P> {
     /// qp.ring(); // one SQ tail doorbell write for both
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn ring(&mut self) {
         if self.check_alive().is_err() {
             return;
@@ -1102,6 +1103,7 @@ impl<P: Platform> IoQueuePair<P> {
     ///
     /// # Errors
     /// None today; the result leaves room for device errors.
+    #[inline]
     pub fn poll(&mut self, f: impl FnMut(IoCompletion<P>)) -> Result<usize> {
         self.poll_into(&mut AsIo(f))
     }
@@ -1138,6 +1140,7 @@ impl<P: Platform> IoQueuePair<P> {
 
     /// One round of completion processing: reap (resubmitting what recovery aborted), then
     /// deadlines with one clock reading. Delivers to `d`; returns how many.
+    #[inline]
     fn service<D: Deliver<P>>(&mut self, d: &mut D) -> usize {
         let mut n = 0;
         self.clock_read_ns = None;

@@ -469,7 +469,10 @@ mod tests {
         assert!(!sq.is_full());
         sq.rung = 40_000;
         assert!(sq.update_head(39_999));
-        assert_eq!(sq.used, 2, "SQHD 39,999 leaves 39,999 and 40,000 in the ring");
+        assert_eq!(
+            sq.used, 2,
+            "SQHD 39,999 leaves 39,999 and 40,000 in the ring"
+        );
         assert!(!sq.update_head(40_001));
         assert!(!sq.update_head(u16::MAX), "beyond the ring");
         assert_eq!(ring_distance(65_000, 3, u16::MAX), 538);
