@@ -291,6 +291,9 @@ pub(crate) struct Controller {
     /// The CIDs of one SQ doorbell's new commands while they are checked (empty between
     /// doorbells).
     batch_cids: CidSet,
+    /// The CIDs added to `batch_cids`, to empty it again without reading the entries twice
+    /// (reused: no allocation per doorbell).
+    batch_list: Vec<u16>,
     /// The PRP segments of the command being executed (reused: no allocation per command).
     segs: Vec<(u64, usize)>,
     /// Staging for writes and image-file reads (reused, grown to the largest transfer).
@@ -368,6 +371,7 @@ impl Controller {
             irq,
             pending_irqs: Vec::new(),
             batch_cids: CidSet::new(),
+            batch_list: Vec::new(),
             segs: Vec::new(),
             scratch: Vec::new(),
             sgl_pieces: Vec::new(),
@@ -965,25 +969,23 @@ impl Controller {
         // CIDs must be unique among the commands outstanding on one SQ (§4.1): look for a
         // duplicate within the new batch (one outstanding at fetch is caught there). The
         // controller's batch set is left empty again afterwards.
-        let batch = &mut self.batch_cids;
+        let (batch, seen) = (&mut self.batch_cids, &mut self.batch_list);
         let dups = {
             let view = &self.dma;
             let mut dups = 0usize;
             let mut i = tail;
             while i != v {
                 if let Some(cid) = sqe_cid(view, base, i) {
-                    if !batch.insert(cid) {
+                    if batch.insert(cid) {
+                        seen.push(cid);
+                    } else {
                         dups += 1;
                     }
                 }
                 i = (i + 1) % size;
             }
-            let mut i = tail;
-            while i != v {
-                if let Some(cid) = sqe_cid(view, base, i) {
-                    batch.remove(cid);
-                }
-                i = (i + 1) % size;
+            for cid in seen.drain(..) {
+                batch.remove(cid);
             }
             dups
         };
