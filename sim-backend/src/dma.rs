@@ -23,10 +23,10 @@
 //! write, no fence); only a partial dword at either end of an access is merged with an
 //! atomic read-modify-write, so the bytes around it (which the host may own) are kept.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nvme_core::hw::{DmaAllocator, DmaError, DmaErrorKind, DmaRegion};
@@ -97,6 +97,9 @@ struct SpaceInner {
 /// (device side).
 pub(crate) struct DmaSpace {
     inner: RwLock<SpaceInner>,
+    /// Regions freed so far: a [`DeviceDma`] that sees it change lets go of the freed
+    /// regions it still caches.
+    frees: AtomicU64,
 }
 
 impl fmt::Debug for DmaSpace {
@@ -119,6 +122,7 @@ impl DmaSpace {
                 granule: granule.max(DMA_PAGE).next_power_of_two(),
                 ..Default::default()
             }),
+            frees: AtomicU64::new(0),
         }
     }
 
@@ -235,6 +239,7 @@ impl DmaSpace {
         m.unmapped.store(true, Ordering::Release);
         g.regions.remove(i);
         g.mapped -= len;
+        self.frees.fetch_add(1, Ordering::Release);
         true
     }
 
@@ -441,8 +446,9 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU32], src: &[u8]) {
 }
 
 /// Slots of the [`DeviceDma`] cache: one per 4 KiB page number modulo this, so the queues
-/// and the buffers of a few dozen outstanding commands stay cached together.
-const CACHE_SLOTS: usize = 64;
+/// and the 4 KiB buffers of 128 outstanding commands (a page and a guard page each) stay
+/// cached together.
+const CACHE_SLOTS: usize = 256;
 
 /// A cached translation: a mapping's first IOVA and the mapping.
 type Cached = Option<(u64, Arc<Mapping>)>;
@@ -459,6 +465,8 @@ type Cached = Option<(u64, Arc<Mapping>)>;
 pub(crate) struct DeviceDma {
     space: Arc<DmaSpace>,
     cache: RefCell<Box<[Cached]>>,
+    /// [`DmaSpace::frees`] when the cache last let go of freed regions.
+    frees_seen: Cell<u64>,
 }
 
 impl fmt::Debug for DeviceDma {
@@ -474,6 +482,26 @@ impl DeviceDma {
         Self {
             space,
             cache: RefCell::new((0..CACHE_SLOTS).map(|_| None).collect()),
+            frees_seen: Cell::new(0),
+        }
+    }
+
+    /// Drops the cached regions the host has freed since the last call, so that their memory
+    /// goes back to the allocator; one atomic load when nothing was freed. The controller
+    /// calls it once per arbitration round.
+    pub(crate) fn release_freed(&self) {
+        let frees = self.space.frees.load(Ordering::Acquire);
+        if frees == self.frees_seen.get() {
+            return;
+        }
+        self.frees_seen.set(frees);
+        for slot in self.cache.borrow_mut().iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|(_, m)| m.unmapped.load(Ordering::Relaxed))
+            {
+                *slot = None;
+            }
         }
     }
 
@@ -705,6 +733,17 @@ mod tests {
         assert!(space.free(r2));
         assert!(dev.write(r2.iova() + 4096, &[1]).is_err());
         assert!(dev.write_cqe(r2.iova() + 4096, &[0; 16]).is_err());
+        // The cache lets go of freed regions (their memory returns to the allocator) on the
+        // next `release_freed`, and only then.
+        let cached = |dev: &DeviceDma| dev.cache.borrow().iter().flatten().count();
+        let r3 = dma.allocate(4096).unwrap();
+        dev.read(r3.iova(), &mut r2b).unwrap();
+        dev.release_freed();
+        assert_eq!(cached(&dev), 1, "only the live region stays cached");
+        assert!(space.free(r3));
+        assert_eq!(cached(&dev), 1);
+        dev.release_freed();
+        assert_eq!(cached(&dev), 0);
         assert!(dma.allocate(0).is_err());
         assert_eq!(
             dma.allocate(usize::MAX).unwrap_err().kind(),

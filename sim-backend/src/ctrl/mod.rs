@@ -1190,6 +1190,7 @@ impl Controller {
     /// device thread runs one round per hold of the controller lock, so doorbell writes of
     /// other queues are not held up for a whole batch.
     pub(crate) fn process_round(&mut self) -> bool {
+        self.dma.release_freed();
         if !self.operational() {
             return false;
         }
