@@ -641,7 +641,8 @@ impl SimDma {
 
 // SAFETY: the contract of `DmaAllocator` holds:
 // - every region is a distinct heap chunk of `AtomicU32` owned by the space's map until
-//   `free` (a `Vec`, whose moves assert no unique access to the words), so
+//   `free` (a `Vec` in an `Arc`, whose moves assert no unique access to the words; the
+//   device's translation cache may keep it alive a little longer, never hand it out again), so
 //   `ptr .. ptr + len` is valid for raw reads and writes by any thread (the atomics'
 //   `UnsafeCell` makes writes through a pointer derived from a shared borrow legal) and
 //   overlaps no other allocation; the chunk has one page of slack, so the page-aligned
