@@ -5,20 +5,28 @@
 //! pointer (the atomics' interior mutability makes that legal); the device side translates an
 //! IOVA to its chunk and reads or writes with atomic loads and stores of whole dwords. Dwords,
 //! not wider words: the driver core reads and writes queue entries one dword at a time (the
-//! phase dword of a completion with an `Acquire` `AtomicU32` load), and accesses of different
-//! sizes to the same bytes, one of them atomic, are not allowed by Rust's memory model; so
-//! every device access here is exactly as wide as the core's. IOVAs come from the
+//! phase dword of a completion with an `Acquire` `AtomicU32` load, shadow doorbells and
+//! EventIdx with `AtomicU32` accesses the device races with), and racing accesses of
+//! different sizes to the same bytes, one of them a store, are not allowed by Rust's memory
+//! model; a region cannot be given wider words for its data only, as the allocator does not
+//! know whether it will hold queues or data, and safe code cannot view one word type as
+//! another. So every device access here is exactly as wide as the core's. IOVAs come from the
 //! simulator's own space, starting at [`IOVA_BASE`], page aligned, never reused, with an
 //! unmapped guard page after every region: an access by the device to an unmapped or freed
 //! IOVA fails (a Data Transfer Error for the command, NVMe Base §9.3), just as an IOMMU
-//! fault would. Regions are kept in IOVA order (a lookup is a binary search), and a command's
-//! transfers go through one [`DmaView`], which takes the space's lock once and remembers the
-//! last region it found.
+//! fault would. Regions are kept in IOVA order (a lookup is a binary search under the
+//! space's read lock); the controller reaches them through a [`DeviceDma`], whose cache of
+//! recent translations makes an access to the queues and buffers in use lock-free.
+//!
+//! The bulk copies are loops of Relaxed dword loads and stores over fixed-size groups of 16
+//! dwords, which compile to one plain load and one plain store per dword (no read-modify-
+//! write, no fence); only a partial dword at either end of an access is merged with an
+//! atomic read-modify-write, so the bytes around it (which the host may own) are kept.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nvme_core::hw::{DmaAllocator, DmaError, DmaErrorKind, DmaRegion};
@@ -69,13 +77,16 @@ struct Mapping {
     /// nothing when moved.
     words: Vec<AtomicU32>,
     first_word: usize,
+    /// Set when the host frees the region: a device handle that still holds the mapping in
+    /// its cache ([`DeviceDma`]) treats it as gone from then on.
+    unmapped: AtomicBool,
 }
 
 #[derive(Default)]
 struct SpaceInner {
     /// Mapped regions by first IOVA, in IOVA order (IOVAs only grow, so a new region is
     /// pushed at the end): a lookup is a binary search over contiguous memory.
-    regions: Vec<(u64, Mapping)>,
+    regions: Vec<(u64, Arc<Mapping>)>,
     next_iova: u64,
     mapped: usize,
     /// Allocation granule and alignment (a power of two, at least 4 KiB).
@@ -86,6 +97,9 @@ struct SpaceInner {
 /// (device side).
 pub(crate) struct DmaSpace {
     inner: RwLock<SpaceInner>,
+    /// Regions freed so far: a [`DeviceDma`] that sees it change lets go of the freed
+    /// regions it still caches.
+    frees: AtomicU64,
 }
 
 impl fmt::Debug for DmaSpace {
@@ -108,6 +122,7 @@ impl DmaSpace {
                 granule: granule.max(DMA_PAGE).next_power_of_two(),
                 ..Default::default()
             }),
+            frees: AtomicU64::new(0),
         }
     }
 
@@ -133,35 +148,7 @@ impl DmaSpace {
         Ok(f(m, off))
     }
 
-    /// Runs `f` with a [`DmaView`]: the space's lock taken once for a whole command's
-    /// transfers instead of once per access.
-    pub(crate) fn with_view<R>(&self, f: impl FnOnce(&DmaView<'_>) -> R) -> R {
-        let g = self.read_lock();
-        f(&DmaView {
-            inner: &g,
-            last: Cell::new(None),
-        })
-    }
-
-    /// True if `iova .. iova + len` lies in one mapped region.
-    pub(crate) fn is_mapped(&self, iova: u64, len: usize) -> bool {
-        self.with_mapping(iova, len, |_, _| ()).is_ok()
-    }
-
-    /// Device read of host memory.
-    pub(crate) fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
-        // Relaxed: the data's visibility is ordered by the doorbell write (a mutex in this
-        // model) that made the device look at it.
-        self.read_ordered(iova, buf, Ordering::Relaxed)
-    }
-
-    /// Device write of host memory.
-    pub(crate) fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
-        // Relaxed: published to the host by the Release store of the completion's phase word
-        // (or the interrupt) that follows.
-        self.write_ordered(iova, data, Ordering::Relaxed)
-    }
-
+    /// Host-side read of host memory (see [`SimDma::host_read`]).
     pub(crate) fn read_ordered(
         &self,
         iova: u64,
@@ -171,6 +158,7 @@ impl DmaSpace {
         self.with_mapping(iova, buf.len(), |m, off| copy_out(m, off, buf, order))
     }
 
+    /// Host-side write of host memory (see [`SimDma::host_write`]).
     pub(crate) fn write_ordered(
         &self,
         iova: u64,
@@ -178,30 +166,6 @@ impl DmaSpace {
         order: Ordering,
     ) -> Result<(), DmaFault> {
         self.with_mapping(iova, data.len(), |m, off| copy_in(m, off, data, order))
-    }
-
-    /// Writes a 16-byte completion queue entry at a 16-byte aligned `iova`: dwords 0–2 first,
-    /// then dword 3 (which holds the phase tag, bit 16) last, with Release ordering, so a host
-    /// that reads the phase dword with Acquire sees the whole entry (NVMe Base §4.2.1,
-    /// §4.2.4). One atomic store per dword: the host reads the entry dword by dword.
-    pub(crate) fn write_cqe(&self, iova: u64, bytes: &[u8; 16]) -> Result<(), DmaFault> {
-        if iova % 16 != 0 {
-            return Err(DmaFault { iova, len: 16 });
-        }
-        self.with_mapping(iova, 16, |m, off| {
-            let w = m.first_word + off / WORD;
-            let dword = |i: usize| {
-                let mut d = [0u8; WORD];
-                d.copy_from_slice(&bytes[i * WORD..(i + 1) * WORD]);
-                u32::from_ne_bytes(d)
-            };
-            for i in 0..3 {
-                // Relaxed: ordered before the Release store below.
-                m.words[w + i].store(dword(i), Ordering::Relaxed);
-            }
-            // Release: the phase tag is in this dword; it publishes the entry.
-            m.words[w + 3].store(dword(3), Ordering::Release);
-        })
     }
 
     fn allocate(&self, len: usize) -> Result<DmaRegion, SimDmaError> {
@@ -248,11 +212,12 @@ impl DmaSpace {
         debug_assert!(g.regions.last().is_none_or(|(last, _)| *last < iova));
         g.regions.push((
             iova,
-            Mapping {
+            Arc::new(Mapping {
                 len: rounded,
                 words,
                 first_word,
-            },
+                unmapped: AtomicBool::new(false),
+            }),
         ));
         Ok(DmaRegion::new(ptr, iova, rounded, iova))
     }
@@ -270,8 +235,11 @@ impl DmaSpace {
             return false;
         }
         let len = m.len;
+        // Release: a device handle that sees the flag also sees everything before the free.
+        m.unmapped.store(true, Ordering::Release);
         g.regions.remove(i);
         g.mapped -= len;
+        self.frees.fetch_add(1, Ordering::Release);
         true
     }
 
@@ -279,6 +247,28 @@ impl DmaSpace {
     pub(crate) fn regions(&self) -> usize {
         self.read_lock().regions.len()
     }
+}
+
+/// Stores a completion entry at byte `off` (16-byte aligned) of `m`: dwords 0–2 Relaxed,
+/// then dword 3, which holds the phase tag, with Release (see [`DeviceDma::write_cqe`]).
+#[inline]
+fn store_cqe(m: &Mapping, off: usize, bytes: &[u8; 16]) {
+    let w = m.first_word + off / WORD;
+    let ws = &m.words[w..w + 4];
+    let dword = |i: usize| {
+        u32::from_ne_bytes([
+            bytes[i * WORD],
+            bytes[i * WORD + 1],
+            bytes[i * WORD + 2],
+            bytes[i * WORD + 3],
+        ])
+    };
+    for (i, word) in ws[..3].iter().enumerate() {
+        // Relaxed: ordered before the Release store below.
+        word.store(dword(i), Ordering::Relaxed);
+    }
+    // Release: the phase tag is in this dword; it publishes the entry.
+    ws[3].store(dword(3), Ordering::Release);
 }
 
 /// The `len` bytes at byte `off` of a mapping, as dwords.
@@ -310,7 +300,7 @@ fn split(m: &Mapping, off: usize, len: usize) -> Split {
 }
 
 /// The mapping holding `iova .. iova + len`, and the byte offset of `iova` in it.
-fn lookup(inner: &SpaceInner, iova: u64, len: usize) -> Result<(&Mapping, usize), DmaFault> {
+fn lookup(inner: &SpaceInner, iova: u64, len: usize) -> Result<(&Arc<Mapping>, usize), DmaFault> {
     let fault = DmaFault { iova, len };
     let i = inner.regions.partition_point(|(s, _)| *s <= iova);
     let (start, m) = i.checked_sub(1).map(|i| &inner.regions[i]).ok_or(fault)?;
@@ -380,7 +370,7 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
     // over cold memory would keep far fewer misses in flight than memcpy does.
     for (ws, src) in words.chunks(BLOCK / WORD).zip(body.chunks(BLOCK)) {
         let mut touch = 0u8;
-        for line in src.chunks(64) {
+        for line in src.chunks_exact(64) {
             touch ^= line[0];
         }
         std::hint::black_box(touch);
@@ -400,9 +390,12 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
     }
 }
 
-/// Loads `ws` into `out` (`out.len() == 4 * ws.len()`), one atomic dword load per word,
-/// eight at a time (the stores into `out` become one wide store); `ACQUIRE`: Acquire
-/// loads, else Relaxed.
+/// Dwords per iteration of the copy loops: the inner loop over a fixed count unrolls into
+/// one load and one store per dword, with one counter update and branch per 64 bytes.
+const UNROLL: usize = 16;
+
+/// Loads `ws` into `out` (`out.len() == 4 * ws.len()`), one atomic dword load per word;
+/// `ACQUIRE`: Acquire loads, else Relaxed (a constant, so the loop holds plain loads).
 #[inline(always)]
 fn load_words<const ACQUIRE: bool>(ws: &[AtomicU32], out: &mut [u8]) {
     let order = if ACQUIRE {
@@ -410,14 +403,12 @@ fn load_words<const ACQUIRE: bool>(ws: &[AtomicU32], out: &mut [u8]) {
     } else {
         Ordering::Relaxed
     };
-    let mut src = ws.chunks_exact(8);
-    let mut dst = out.chunks_exact_mut(8 * WORD);
-    for (w8, o) in (&mut src).zip(&mut dst) {
-        let mut a = [0u8; 8 * WORD];
-        for (w, b) in w8.iter().zip(a.chunks_exact_mut(WORD)) {
+    let mut src = ws.chunks_exact(UNROLL);
+    let mut dst = out.chunks_exact_mut(UNROLL * WORD);
+    for (w16, o) in (&mut src).zip(&mut dst) {
+        for (w, b) in w16.iter().zip(o.chunks_exact_mut(WORD)) {
             b.copy_from_slice(&w.load(order).to_ne_bytes());
         }
-        o.copy_from_slice(&a);
     }
     for (w, o) in src
         .remainder()
@@ -428,9 +419,9 @@ fn load_words<const ACQUIRE: bool>(ws: &[AtomicU32], out: &mut [u8]) {
     }
 }
 
-/// Stores `src` into `ws` (`src.len() == 4 * ws.len()`), one atomic dword store per word,
-/// eight at a time; `RELEASE`: Release stores, else Relaxed (a constant, so that the loop
-/// holds plain stores and nothing else).
+/// Stores `src` into `ws` (`src.len() == 4 * ws.len()`), one atomic dword store per word;
+/// `RELEASE`: Release stores, else Relaxed (a constant, so that the loop holds plain
+/// moves and nothing else: on x86_64 two instructions per dword).
 #[inline(always)]
 fn store_words<const RELEASE: bool>(ws: &[AtomicU32], src: &[u8]) {
     let order = if RELEASE {
@@ -438,67 +429,157 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU32], src: &[u8]) {
     } else {
         Ordering::Relaxed
     };
-    let n = ws.len().min(src.len() / WORD);
-    let (ws, src) = (&ws[..n], &src[..n * WORD]);
-    let full = n / 8 * 8;
-    let (ws8, ws_rest) = ws.split_at(full);
-    let (src8, src_rest) = src.split_at(full * WORD);
-    for (w8, d) in ws8.chunks_exact(8).zip(src8.chunks_exact(8 * WORD)) {
-        if let (Ok(w8), Ok(d)) = (
-            <&[AtomicU32; 8]>::try_from(w8),
-            <&[u8; 8 * WORD]>::try_from(d),
-        ) {
-            for (k, w) in w8.iter().enumerate() {
-                let b = [d[4 * k], d[4 * k + 1], d[4 * k + 2], d[4 * k + 3]];
-                w.store(u32::from_ne_bytes(b), order);
+    let mut dst = ws.chunks_exact(UNROLL);
+    let mut from = src.chunks_exact(UNROLL * WORD);
+    for (w16, d) in (&mut dst).zip(&mut from) {
+        for (w, b) in w16.iter().zip(d.chunks_exact(WORD)) {
+            w.store(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), order);
+        }
+    }
+    for (w, b) in dst
+        .remainder()
+        .iter()
+        .zip(from.remainder().chunks_exact(WORD))
+    {
+        w.store(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), order);
+    }
+}
+
+/// Slots of the [`DeviceDma`] cache: one per 4 KiB page number modulo this, so the queues
+/// and the 4 KiB buffers of 128 outstanding commands (a page and a guard page each) stay
+/// cached together.
+const CACHE_SLOTS: usize = 256;
+
+/// A cached translation: a mapping's first IOVA and the mapping.
+type Cached = Option<(u64, Arc<Mapping>)>;
+
+/// The controller's handle on the IOVA space: every device access goes through it. It
+/// remembers the mappings it found (a small direct-mapped cache, by page number), so an
+/// access to a recently used region takes no lock and no search: one bounds check and one
+/// load of the region's `unmapped` flag, which the host's free sets. A miss takes the
+/// space's read lock and searches as before. The cache holds a reference to the mapping,
+/// so its memory stays valid even if the host frees it during the access (a host that frees
+/// a buffer a command is still using breaks the `free` contract; the device then writes
+/// memory nobody reads, never memory that was reused); every access that starts after the
+/// free fails as an unmapped one. Not `Sync`: one controller uses it, under its lock.
+pub(crate) struct DeviceDma {
+    space: Arc<DmaSpace>,
+    cache: RefCell<Box<[Cached]>>,
+    /// [`DmaSpace::frees`] when the cache last let go of freed regions.
+    frees_seen: Cell<u64>,
+}
+
+impl fmt::Debug for DeviceDma {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceDma")
+            .field("space", &self.space)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceDma {
+    pub(crate) fn new(space: Arc<DmaSpace>) -> Self {
+        Self {
+            space,
+            cache: RefCell::new((0..CACHE_SLOTS).map(|_| None).collect()),
+            frees_seen: Cell::new(0),
+        }
+    }
+
+    /// Drops the cached regions the host has freed since the last call, so that their memory
+    /// goes back to the allocator; one atomic load when nothing was freed. The controller
+    /// calls it once per arbitration round.
+    pub(crate) fn release_freed(&self) {
+        let frees = self.space.frees.load(Ordering::Acquire);
+        if frees == self.frees_seen.get() {
+            return;
+        }
+        self.frees_seen.set(frees);
+        for slot in self.cache.borrow_mut().iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|(_, m)| m.unmapped.load(Ordering::Relaxed))
+            {
+                *slot = None;
             }
         }
     }
-    for (w, d) in ws_rest.iter().zip(src_rest.chunks_exact(WORD)) {
-        w.store(u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), order);
-    }
-}
 
-/// The device's view of the IOVA space for the length of one command: the space's lock is
-/// held (the host cannot map or unmap meanwhile), and the last mapping found is remembered,
-/// so the pages of one buffer cost one tree lookup in all. Every access is still checked
-/// against its mapping's bounds.
-pub(crate) struct DmaView<'a> {
-    inner: &'a SpaceInner,
-    last: Cell<Option<(u64, &'a Mapping)>>,
-}
-
-impl<'a> DmaView<'a> {
-    fn find(&self, iova: u64, len: usize) -> Result<(&'a Mapping, usize), DmaFault> {
-        if let Some((start, m)) = self.last.get() {
-            if let Some(off) = iova.checked_sub(start) {
-                if off < m.len as u64 && len <= m.len - off as usize {
-                    return Ok((m, off as usize));
+    /// Runs `f` on the mapping holding `iova .. iova + len` and the byte offset of `iova` in
+    /// it; a fault if no live mapping holds the whole range.
+    #[inline]
+    fn access<R>(
+        &self,
+        iova: u64,
+        len: usize,
+        f: impl FnOnce(&Mapping, usize) -> R,
+    ) -> Result<R, DmaFault> {
+        let slot = (iova / DMA_PAGE as u64) as usize % CACHE_SLOTS;
+        let mut cache = self.cache.borrow_mut();
+        if let Some((start, m)) = &cache[slot] {
+            // Relaxed: the host's free happens before any later doorbell write (a lock), so
+            // an access caused by one sees the flag.
+            if let Some(off) = iova.checked_sub(*start) {
+                if off < m.len as u64
+                    && len <= m.len - off as usize
+                    && !m.unmapped.load(Ordering::Relaxed)
+                {
+                    return Ok(f(m, off as usize));
                 }
             }
         }
-        let (m, off) = lookup(self.inner, iova, len)?;
-        self.last.set(Some((iova - off as u64, m)));
-        Ok((m, off))
+        let g = self.space.read_lock();
+        match lookup(&g, iova, len) {
+            Ok((m, off)) => {
+                let m = Arc::clone(m);
+                drop(g);
+                let r = f(&m, off);
+                cache[slot] = Some((iova - off as u64, m));
+                Ok(r)
+            }
+            Err(fault) => {
+                // Let go of a freed region the slot may still hold.
+                if cache[slot]
+                    .as_ref()
+                    .is_some_and(|(_, m)| m.unmapped.load(Ordering::Relaxed))
+                {
+                    cache[slot] = None;
+                }
+                Err(fault)
+            }
+        }
     }
 
     /// True if `iova .. iova + len` lies in one mapped region.
     pub(crate) fn is_mapped(&self, iova: u64, len: usize) -> bool {
-        self.find(iova, len).is_ok()
+        self.access(iova, len, |_, _| ()).is_ok()
     }
 
-    /// Device read of host memory (Relaxed, as [`DmaSpace::read`]).
+    /// Device read of host memory. Relaxed: the data's visibility is ordered by the
+    /// doorbell write (a lock in this model) that made the device look at it.
     pub(crate) fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
-        let (m, off) = self.find(iova, buf.len())?;
-        copy_out(m, off, buf, Ordering::Relaxed);
-        Ok(())
+        self.access(iova, buf.len(), |m, off| {
+            copy_out(m, off, buf, Ordering::Relaxed);
+        })
     }
 
-    /// Device write of host memory (Relaxed, as [`DmaSpace::write`]).
+    /// Device write of host memory. Relaxed: published to the host by the Release store of
+    /// the completion's phase dword (or the interrupt) that follows.
     pub(crate) fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
-        let (m, off) = self.find(iova, data.len())?;
-        copy_in(m, off, data, Ordering::Relaxed);
-        Ok(())
+        self.access(iova, data.len(), |m, off| {
+            copy_in(m, off, data, Ordering::Relaxed);
+        })
+    }
+
+    /// Writes a 16-byte completion queue entry at a 16-byte aligned `iova`: dwords 0–2 first,
+    /// then dword 3 (which holds the phase tag, bit 16) last, with Release ordering, so a host
+    /// that reads the phase dword with Acquire sees the whole entry (NVMe Base §4.2.1,
+    /// §4.2.4). One atomic store per dword: the host reads the entry dword by dword.
+    pub(crate) fn write_cqe(&self, iova: u64, bytes: &[u8; 16]) -> Result<(), DmaFault> {
+        if iova % 16 != 0 {
+            return Err(DmaFault { iova, len: 16 });
+        }
+        self.access(iova, 16, |m, off| store_cqe(m, off, bytes))
     }
 }
 
@@ -560,7 +641,8 @@ impl SimDma {
 
 // SAFETY: the contract of `DmaAllocator` holds:
 // - every region is a distinct heap chunk of `AtomicU32` owned by the space's map until
-//   `free` (a `Vec`, whose moves assert no unique access to the words), so
+//   `free` (a `Vec` in an `Arc`, whose moves assert no unique access to the words; the
+//   device's translation cache may keep it alive a little longer, never hand it out again), so
 //   `ptr .. ptr + len` is valid for raw reads and writes by any thread (the atomics'
 //   `UnsafeCell` makes writes through a pointer derived from a shared borrow legal) and
 //   overlaps no other allocation; the chunk has one page of slack, so the page-aligned
@@ -599,6 +681,7 @@ mod tests {
     fn a_64k_granule_aligns_and_rounds_every_region() {
         let space = Arc::new(DmaSpace::new(65536));
         let dma = SimDma::new(space.clone());
+        let dev = DeviceDma::new(space.clone());
         assert_eq!(dma.page_size(), 65536);
         let a = dma.allocate(512).unwrap();
         let b = dma.allocate(65537).unwrap();
@@ -609,13 +692,14 @@ mod tests {
         }
         assert_eq!((a.len(), b.len()), (65536, 131072));
         // The guard granule after `a` is unmapped.
-        assert!(!space.is_mapped(a.iova() + 65536, 4));
+        assert!(!dev.is_mapped(a.iova() + 65536, 4));
     }
 
     #[test]
     fn regions_are_aligned_zeroed_and_translated() {
         let space = Arc::new(DmaSpace::new(DMA_PAGE));
         let dma = SimDma::new(space.clone());
+        let dev = DeviceDma::new(space.clone());
         let r = dma.allocate(100).unwrap();
         assert_eq!(r.len(), 4096);
         assert_eq!(r.ptr().as_ptr() as usize % 4096, 0);
@@ -623,25 +707,44 @@ mod tests {
         assert!(r.iova() >= IOVA_BASE);
         assert_ne!(r.iova(), r.ptr().as_ptr() as u64);
         let mut buf = [0xAAu8; 4096];
-        space.read(r.iova(), &mut buf).unwrap();
+        dev.read(r.iova(), &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
-        space
-            .write(r.iova() + 3, &[1, 2, 3, 4, 5, 6, 7, 8, 9])
+        dev.write(r.iova() + 3, &[1, 2, 3, 4, 5, 6, 7, 8, 9])
             .unwrap();
         let mut b = [0u8; 12];
-        space.read(r.iova(), &mut b).unwrap();
+        dev.read(r.iova(), &mut b).unwrap();
         assert_eq!(b, [0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
         // The guard page after the region is unmapped.
-        assert!(space.read(r.iova() + 4096, &mut b).is_err());
-        assert!(space.read(r.iova() + 4090, &mut b).is_err());
+        assert!(dev.read(r.iova() + 4096, &mut b).is_err());
+        assert!(dev.read(r.iova() + 4090, &mut b).is_err());
         let r2 = dma.allocate(8192).unwrap();
+        let mut r2b = [0u8; 4];
+        dev.read(r2.iova() + 4096, &mut r2b).unwrap();
         assert!(r2.iova() >= r.iova() + 8192);
         assert_eq!(dma.mapped_regions(), 2);
         let fake = DmaRegion::new(r.ptr(), r.iova() + 4096, 4096, r.iova() + 4096);
         assert!(!space.free(fake));
         assert!(space.free(r));
         assert!(!space.free(r));
-        assert!(space.read(r.iova(), &mut b).is_err());
+        // The device's cached translations of a freed region fail too (`r` was read
+        // through `dev` above, so its translation was cached), and so do those of a region
+        // freed after its last use.
+        assert!(dev.read(r.iova(), &mut b).is_err());
+        assert!(!dev.is_mapped(r.iova() + 8, 4));
+        assert!(space.free(r2));
+        assert!(dev.write(r2.iova() + 4096, &[1]).is_err());
+        assert!(dev.write_cqe(r2.iova() + 4096, &[0; 16]).is_err());
+        // The cache lets go of freed regions (their memory returns to the allocator) on the
+        // next `release_freed`, and only then.
+        let cached = |dev: &DeviceDma| dev.cache.borrow().iter().flatten().count();
+        let r3 = dma.allocate(4096).unwrap();
+        dev.read(r3.iova(), &mut r2b).unwrap();
+        dev.release_freed();
+        assert_eq!(cached(&dev), 1, "only the live region stays cached");
+        assert!(space.free(r3));
+        assert_eq!(cached(&dev), 1);
+        dev.release_freed();
+        assert_eq!(cached(&dev), 0);
         assert!(dma.allocate(0).is_err());
         assert_eq!(
             dma.allocate(usize::MAX).unwrap_err().kind(),
@@ -658,6 +761,7 @@ mod tests {
     fn device_accesses_are_dword_wide_like_the_cores() {
         let space = Arc::new(DmaSpace::new(DMA_PAGE));
         let dma = SimDma::new(space.clone());
+        let dev = DeviceDma::new(space.clone());
         let r = dma.allocate(4096).unwrap();
         {
             let g = space.read_lock();
@@ -666,16 +770,16 @@ mod tests {
             assert_eq!(m.words.len(), 2 * 4096 / 4);
         }
         let cqe: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
-        space.write_cqe(r.iova() + 16, &cqe).unwrap();
+        dev.write_cqe(r.iova() + 16, &cqe).unwrap();
         let mut b = [0u8; 48];
-        space.read(r.iova(), &mut b).unwrap();
+        dev.read(r.iova(), &mut b).unwrap();
         assert_eq!(b[..16], [0; 16]);
         assert_eq!(b[16..32], cqe);
         assert_eq!(b[32..], [0; 16]);
-        assert!(space.write_cqe(r.iova() + 8, &cqe).is_err());
-        assert!(space.write_cqe(r.iova() + 4096, &cqe).is_err());
+        assert!(dev.write_cqe(r.iova() + 8, &cqe).is_err());
+        assert!(dev.write_cqe(r.iova() + 4096, &cqe).is_err());
         // 2 bytes in the middle of dword 4 (bytes 17..19): bytes 16 and 19 are kept.
-        space.write(r.iova() + 17, &[0xAA, 0xBB]).unwrap();
+        dev.write(r.iova() + 17, &[0xAA, 0xBB]).unwrap();
         let mut d = [0u8; 4];
         assert!(dma.host_read(r.iova() + 16, &mut d));
         assert_eq!(d, [1, 0xAA, 0xBB, 4]);
@@ -683,15 +787,15 @@ mod tests {
         let bytes: Vec<u8> = (0..64u8).map(|i| i ^ 0x5A).collect();
         for off in 0..9u64 {
             for len in 0..40 {
-                space.write(r.iova() + 1024, &[0; 64]).unwrap();
-                space.write(r.iova() + 1024 + off, &bytes[..len]).unwrap();
+                dev.write(r.iova() + 1024, &[0; 64]).unwrap();
+                dev.write(r.iova() + 1024 + off, &bytes[..len]).unwrap();
                 let mut all = [0xFFu8; 64];
-                space.read(r.iova() + 1024, &mut all).unwrap();
+                dev.read(r.iova() + 1024, &mut all).unwrap();
                 let mut want = [0u8; 64];
                 want[off as usize..off as usize + len].copy_from_slice(&bytes[..len]);
                 assert_eq!(all, want, "write at +{off}, {len} bytes");
                 let mut part = vec![0u8; len];
-                space.read(r.iova() + 1024 + off, &mut part).unwrap();
+                dev.read(r.iova() + 1024 + off, &mut part).unwrap();
                 assert_eq!(part, bytes[..len], "read at +{off}, {len} bytes");
             }
         }

@@ -328,6 +328,9 @@ pub(crate) struct Namespace {
     /// Allocation state on the medium.
     persist_alloc: BitVec,
     uncorrectable: BitVec,
+    /// False while no LBA was ever made uncorrectable (since creation or the last format):
+    /// a read then skips the scan of `uncorrectable`.
+    any_uncorrectable: bool,
     cache: WriteCache,
     /// The image behind the namespace, if opened by [`crate::ImageFile`] (Format NVM records
     /// the new LBA size next to it).
@@ -409,6 +412,7 @@ impl Namespace {
             persist_alloc: alloc.clone(),
             alloc,
             uncorrectable: BitVec::repeat(false, nbits),
+            any_uncorrectable: false,
             cache: WriteCache::new(cfg.lba_size as usize, nbits),
             image,
         })
@@ -434,6 +438,9 @@ impl Namespace {
 
     /// True if any LBA of the range was made uncorrectable (Write Uncorrectable).
     pub(crate) fn first_uncorrectable(&self, slba: u64, nlb: u64) -> Option<u64> {
+        if !self.any_uncorrectable {
+            return None;
+        }
         self.uncorrectable[self.range(slba, nlb)]
             .first_one()
             .map(|i| slba + i as u64)
@@ -556,6 +563,7 @@ impl Namespace {
     pub(crate) fn mark_uncorrectable(&mut self, slba: u64, nlb: u64) {
         let r = self.range(slba, nlb);
         self.uncorrectable[r.clone()].fill(true);
+        self.any_uncorrectable |= !r.is_empty();
         self.alloc[r].fill(true);
     }
 
@@ -623,6 +631,7 @@ impl Namespace {
         self.alloc = BitVec::repeat(false, n);
         self.persist_alloc = self.alloc.clone();
         self.uncorrectable = BitVec::repeat(false, n);
+        self.any_uncorrectable = false;
         match &self.image {
             Some(img) => img.save_lba_size(self.lba_size()),
             None => Ok(()),

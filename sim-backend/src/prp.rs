@@ -15,7 +15,7 @@
 use nvme_core::spec::status::generic;
 use nvme_core::spec::Status;
 
-use crate::dma::{DmaFault, DmaView};
+use crate::dma::{DeviceDma, DmaFault};
 use crate::violation::ViolationKind;
 
 /// Why a PRP walk failed: the status for the command and the violation for the log.
@@ -47,7 +47,7 @@ fn unmapped(detail: String) -> PrpError {
 /// allocates nothing once `segs` has grown to the largest transfer). Every segment is checked
 /// to be mapped before any data moves.
 pub(crate) fn walk(
-    dma: &DmaView<'_>,
+    dma: &DeviceDma,
     prp1: u64,
     prp2: u64,
     len: usize,
@@ -153,7 +153,7 @@ pub(crate) fn walk(
 
 /// Copies host memory described by `segs` into `out` (whose length is the transfer's).
 pub(crate) fn gather(
-    dma: &DmaView<'_>,
+    dma: &DeviceDma,
     segs: &[(u64, usize)],
     out: &mut [u8],
 ) -> Result<(), PrpError> {
@@ -169,16 +169,16 @@ pub(crate) fn gather(
 /// A cursor over the host memory segments of a controller-to-host transfer: data handed
 /// to [`Scatter::put`] piece by piece lands in the segments in order, so the source never has
 /// to be one contiguous buffer.
-pub(crate) struct Scatter<'v, 'd, 's> {
-    dma: &'v DmaView<'d>,
+pub(crate) struct Scatter<'v, 's> {
+    dma: &'v DeviceDma,
     segs: &'s [(u64, usize)],
     /// The current segment and the bytes of it already written.
     seg: usize,
     done: usize,
 }
 
-impl<'v, 'd, 's> Scatter<'v, 'd, 's> {
-    pub(crate) fn new(dma: &'v DmaView<'d>, segs: &'s [(u64, usize)]) -> Self {
+impl<'v, 's> Scatter<'v, 's> {
+    pub(crate) fn new(dma: &'v DeviceDma, segs: &'s [(u64, usize)]) -> Self {
         Self {
             dma,
             segs,
@@ -211,25 +211,25 @@ impl<'v, 'd, 's> Scatter<'v, 'd, 's> {
 #[cfg(test)]
 mod tests {
     use super::{PrpError, Scatter};
-    use crate::dma::{DmaSpace, SimDma};
+    use crate::dma::{DeviceDma, DmaSpace, SimDma};
     use crate::violation::ViolationKind;
     use nvme_core::hw::DmaAllocator;
     use std::sync::Arc;
 
-    fn setup() -> (Arc<DmaSpace>, SimDma) {
+    fn setup() -> (DeviceDma, SimDma) {
         let s = Arc::new(DmaSpace::new(crate::dma::DMA_PAGE));
-        (s.clone(), SimDma::new(s))
+        (DeviceDma::new(s.clone()), SimDma::new(s))
     }
 
     fn walk(
-        s: &DmaSpace,
+        s: &DeviceDma,
         prp1: u64,
         prp2: u64,
         len: usize,
         ps: usize,
     ) -> Result<Vec<(u64, usize)>, PrpError> {
         let mut segs = Vec::new();
-        s.with_view(|v| super::walk(v, prp1, prp2, len, ps, &mut segs))?;
+        super::walk(s, prp1, prp2, len, ps, &mut segs)?;
         Ok(segs)
     }
 
@@ -255,13 +255,11 @@ mod tests {
         let a = d.allocate(8192).unwrap();
         let segs = walk(&s, a.iova() + 4000, a.iova() + 4096, 200, 4096).unwrap();
         let data: Vec<u8> = (0..200u8).collect();
-        s.with_view(|v| {
-            let mut out = Scatter::new(v, &segs);
-            for piece in data.chunks(7) {
-                out.put(piece).unwrap();
-            }
-            assert!(out.put(&[1]).is_err());
-        });
+        let mut out = Scatter::new(&s, &segs);
+        for piece in data.chunks(7) {
+            out.put(piece).unwrap();
+        }
+        assert!(out.put(&[1]).is_err());
         let mut back = vec![0u8; 200];
         s.read(a.iova() + 4000, &mut back).unwrap();
         assert_eq!(back, data);

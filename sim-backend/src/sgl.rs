@@ -26,7 +26,7 @@ use nvme_core::spec::sgl::{desc_type, sub_type, SglDescriptor, SglSupport, Sgls,
 use nvme_core::spec::status::generic;
 use nvme_core::spec::Status;
 
-use crate::dma::DmaSpace;
+use crate::dma::DeviceDma;
 use crate::prp::PrpError;
 use crate::violation::ViolationKind;
 
@@ -56,7 +56,7 @@ fn unmapped(detail: String) -> PrpError {
 /// (controller to host for a Read). Every piece is checked before any data moves.
 #[cfg(test)]
 pub(crate) fn walk(
-    dma: &DmaSpace,
+    dma: &DeviceDma,
     sgls: Sgls,
     sgl1: SglDescriptor,
     len: usize,
@@ -70,7 +70,7 @@ pub(crate) fn walk(
 /// As `walk`, into `pieces` (cleared first; reused by the controller, so the common
 /// one-descriptor SGL allocates nothing once it has room).
 pub(crate) fn walk_into(
-    dma: &DmaSpace,
+    dma: &DeviceDma,
     sgls: Sgls,
     sgl1: SglDescriptor,
     len: usize,
@@ -233,14 +233,14 @@ pub(crate) fn walk_into(
 /// A cursor that copies data to the host through `pieces` in order, in as many calls as the
 /// data comes in (bit buckets discard their bytes).
 pub(crate) struct Scatter<'a> {
-    dma: &'a DmaSpace,
+    dma: &'a DeviceDma,
     pieces: &'a [Piece],
     /// The piece being filled, and the bytes of it already written.
     at: (usize, usize),
 }
 
 impl<'a> Scatter<'a> {
-    pub(crate) fn new(dma: &'a DmaSpace, pieces: &'a [Piece]) -> Self {
+    pub(crate) fn new(dma: &'a DeviceDma, pieces: &'a [Piece]) -> Self {
         Self {
             dma,
             pieces,
@@ -274,7 +274,7 @@ impl<'a> Scatter<'a> {
 
 /// Copies `data` to the host through `pieces` (bit buckets discard their bytes).
 #[cfg(test)]
-pub(crate) fn scatter(dma: &DmaSpace, pieces: &[Piece], data: &[u8]) -> Result<(), PrpError> {
+pub(crate) fn scatter(dma: &DeviceDma, pieces: &[Piece], data: &[u8]) -> Result<(), PrpError> {
     let mut pos = 0;
     for &(addr, n) in pieces {
         if let Some(a) = addr {
@@ -288,7 +288,7 @@ pub(crate) fn scatter(dma: &DmaSpace, pieces: &[Piece], data: &[u8]) -> Result<(
 
 /// Gathers `out.len()` bytes from the host through `pieces` (which hold no bit bucket: [`walk`]
 /// refuses them for this direction).
-pub(crate) fn gather(dma: &DmaSpace, pieces: &[Piece], out: &mut [u8]) -> Result<(), PrpError> {
+pub(crate) fn gather(dma: &DeviceDma, pieces: &[Piece], out: &mut [u8]) -> Result<(), PrpError> {
     let mut pos = 0;
     for &(addr, n) in pieces {
         if let Some(a) = addr {
@@ -303,18 +303,18 @@ pub(crate) fn gather(dma: &DmaSpace, pieces: &[Piece], out: &mut [u8]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dma::SimDma;
+    use crate::dma::{DmaSpace, SimDma};
     use nvme_core::hw::DmaAllocator;
     use std::sync::Arc;
 
     const ALL: Sgls = Sgls(1 | 1 << 16);
 
-    fn setup() -> (Arc<DmaSpace>, SimDma) {
+    fn setup() -> (DeviceDma, SimDma) {
         let s = Arc::new(DmaSpace::new(crate::dma::DMA_PAGE));
-        (s.clone(), SimDma::new(s))
+        (DeviceDma::new(s.clone()), SimDma::new(s))
     }
 
-    fn put(s: &DmaSpace, at: u64, ds: &[SglDescriptor]) {
+    fn put(s: &DeviceDma, at: u64, ds: &[SglDescriptor]) {
         let b: Vec<u8> = ds.iter().flat_map(|d| d.to_le_bytes()).collect();
         s.write(at, &b).unwrap();
     }

@@ -16,7 +16,7 @@ use nvme_core::spec::{AsyncEvent, Command, Completion, ErrorLogEntry, Status, CQ
 
 use crate::coalesce::Coalescer;
 use crate::config::SimConfig;
-use crate::dma::{DmaSpace, DmaView};
+use crate::dma::{DeviceDma, DmaSpace};
 use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
 use crate::namespace::{Namespace, ReadError};
@@ -285,12 +285,15 @@ pub(crate) struct Controller {
     pub(crate) violations: Vec<Violation>,
     pub(crate) stats: SimStats,
     pub(crate) faults: FaultState,
-    dma: Arc<DmaSpace>,
+    dma: DeviceDma,
     irq: Arc<IrqCore>,
     pending_irqs: Vec<u16>,
     /// The CIDs of one SQ doorbell's new commands while they are checked (empty between
     /// doorbells).
     batch_cids: CidSet,
+    /// The CIDs added to `batch_cids`, to empty it again without reading the entries twice
+    /// (reused: no allocation per doorbell).
+    batch_list: Vec<u16>,
     /// The PRP segments of the command being executed (reused: no allocation per command).
     segs: Vec<(u64, usize)>,
     /// Staging for writes and image-file reads (reused, grown to the largest transfer).
@@ -364,10 +367,11 @@ impl Controller {
             violations: Vec::new(),
             stats: SimStats::default(),
             faults: FaultState::default(),
-            dma,
+            dma: DeviceDma::new(dma),
             irq,
             pending_irqs: Vec::new(),
             batch_cids: CidSet::new(),
+            batch_list: Vec::new(),
             segs: Vec::new(),
             scratch: Vec::new(),
             sgl_pieces: Vec::new(),
@@ -965,33 +969,32 @@ impl Controller {
         // CIDs must be unique among the commands outstanding on one SQ (§4.1): look for a
         // duplicate within the new batch (one outstanding at fetch is caught there). The
         // controller's batch set is left empty again afterwards.
-        let batch = &mut self.batch_cids;
-        let dups = self.dma.with_view(|view| {
+        let (batch, seen) = (&mut self.batch_cids, &mut self.batch_list);
+        let dups = {
+            let view = &self.dma;
             let mut dups = 0usize;
             let mut i = tail;
             while i != v {
                 if let Some(cid) = sqe_cid(view, base, i) {
-                    if !batch.insert(cid) {
+                    if batch.insert(cid) {
+                        seen.push(cid);
+                    } else {
                         dups += 1;
                     }
                 }
                 i = (i + 1) % size;
             }
-            let mut i = tail;
-            while i != v {
-                if let Some(cid) = sqe_cid(view, base, i) {
-                    batch.remove(cid);
-                }
-                i = (i + 1) % size;
+            for cid in seen.drain(..) {
+                batch.remove(cid);
             }
             dups
-        });
+        };
         if dups > 0 {
             // Rare: find the slots again for the report.
             let mut seen = HashSet::new();
             let mut i = tail;
             while i != v {
-                let cid = self.dma.with_view(|view| sqe_cid(view, base, i));
+                let cid = sqe_cid(&self.dma, base, i);
                 if let Some(cid) = cid {
                     if !seen.insert(cid) {
                         self.violation(
@@ -1187,6 +1190,7 @@ impl Controller {
     /// device thread runs one round per hold of the controller lock, so doorbell writes of
     /// other queues are not held up for a whole batch.
     pub(crate) fn process_round(&mut self) -> bool {
+        self.dma.release_freed();
         if !self.operational() {
             return false;
         }
@@ -1514,10 +1518,9 @@ impl Controller {
         }
         let ps = self.page_size();
         let mut segs = std::mem::take(&mut self.segs);
-        let r = self.dma.with_view(|v| {
-            prp::walk(v, cmd.prp1(), cmd.prp2(), data.len(), ps, &mut segs)?;
-            prp::Scatter::new(v, &segs).put(data)
-        });
+        let v = &self.dma;
+        let r = prp::walk(v, cmd.prp1(), cmd.prp2(), data.len(), ps, &mut segs)
+            .and_then(|()| prp::Scatter::new(v, &segs).put(data));
         self.segs = segs;
         r.map_err(|e| self.prp_violation(e))
     }
@@ -1553,10 +1556,9 @@ impl Controller {
         }
         let ps = self.page_size();
         let mut segs = std::mem::take(&mut self.segs);
-        let r = self.dma.with_view(|v| {
-            prp::walk(v, cmd.prp1(), cmd.prp2(), out.len(), ps, &mut segs)?;
-            prp::gather(v, &segs, out)
-        });
+        let v = &self.dma;
+        let r = prp::walk(v, cmd.prp1(), cmd.prp2(), out.len(), ps, &mut segs)
+            .and_then(|()| prp::gather(v, &segs, out));
         self.segs = segs;
         r.map_err(|e| self.prp_violation(e))
     }
@@ -1595,15 +1597,17 @@ impl Controller {
         let mut segs = std::mem::take(&mut self.segs);
         let ns = &self.namespaces[i];
         let scratch = &mut self.scratch;
-        let r = self.dma.with_view(|v| {
-            prp::walk(v, cmd.prp1(), cmd.prp2(), len, ps, &mut segs).map_err(ReadFailure::Prp)?;
-            let mut out = prp::Scatter::new(v, &segs);
-            ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
-                .map_err(|e| match e {
-                    ReadError::Medium => ReadFailure::Medium,
-                    ReadError::Sink(e) => ReadFailure::Prp(e),
-                })
-        });
+        let v = &self.dma;
+        let r = prp::walk(v, cmd.prp1(), cmd.prp2(), len, ps, &mut segs)
+            .map_err(ReadFailure::Prp)
+            .and_then(|()| {
+                let mut out = prp::Scatter::new(v, &segs);
+                ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
+                    .map_err(|e| match e {
+                        ReadError::Medium => ReadFailure::Medium,
+                        ReadError::Sink(e) => ReadFailure::Prp(e),
+                    })
+            });
         self.segs = segs;
         r
     }
@@ -1749,7 +1753,7 @@ impl Controller {
 }
 
 /// The CID of the submission queue entry in slot `i` of the SQ at `base`, if mapped.
-fn sqe_cid(dma: &DmaView<'_>, base: u64, i: u32) -> Option<u16> {
+fn sqe_cid(dma: &DeviceDma, base: u64, i: u32) -> Option<u16> {
     let mut b = [0u8; 4];
     dma.read(base + u64::from(i) * SQE_SIZE as u64, &mut b)
         .ok()
