@@ -3,8 +3,6 @@
 # the SQ doorbell (Engine::ring) must be preceded by `dmb oshst` (a store barrier to the
 # outer-shareable domain, as Linux's writel), the CQ head doorbell (Engine::reap) too, and a
 # completion entry (CompQueue::pop) must be read after the phase check behind `dmb oshld`.
-# The release build inlines ring and pop into their callers: each check names every function
-# the code may land in.
 # Needs the aarch64 target and cross linker (`cargo xtask hil --arch aarch64 --install-deps`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,11 +25,15 @@ check() { # "fn-pattern[|fn-pattern...]" barrier: the functions the code may be 
     echo "ok: $1 has $n 'dmb $2'"
   fi
 }
+# The release build inlines the I/O path (ring, completion processing, CompQueue::pop) into
+# the queue pair's entry points and those into the benchmark's loop: each check names every
+# function the code may land in.
+io="nvme_core::io::IoQueuePair<P>::service>|nvme_core::io::IoQueuePair<P>::poll>|nvme_core::io::fixed::<impl nvme_core::io::IoQueuePair<P>>::poll_fixed>|iopath::main>"
 # The SQ doorbell write (Engine::ring, inlined into IoQueuePair::ring in release builds).
-check "nvme_core::engine::Engine<T>::ring>|nvme_core::io::IoQueuePair<P>::ring>" oshst
+check "nvme_core::engine::Engine<T>::ring>|nvme_core::io::IoQueuePair<P>::ring>|$io" oshst
 # The CQ head doorbell write.
-check "nvme_core::engine::Engine<T>::reap>" oshst
+check "nvme_core::engine::Engine<T>::reap>|$io" oshst
 # The completion entry read after the phase check (CompQueue::pop, inlined into Engine::reap).
-check "nvme_core::queue::CompQueue::pop>|nvme_core::engine::Engine<T>::reap>" oshld
+check "nvme_core::queue::CompQueue::pop>|nvme_core::engine::Engine<T>::reap>|$io" oshld
 rm -f "$asm"
 exit $fail
