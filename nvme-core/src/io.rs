@@ -6,10 +6,13 @@
 //! is heap-allocated per command: the slot table, PRP list pages and the parking space for
 //! completions are sized at creation.
 //!
-//! Two styles:
+//! Three styles:
 //! - asynchronous: [`IoQueuePair::submit_read`] (and friends) queue commands without writing
 //!   the doorbell, [`IoQueuePair::ring`] writes it once for the batch, [`IoQueuePair::poll`]
 //!   or [`IoQueuePair::wait`] deliver [`IoCompletion`]s;
+//! - asynchronous on registered buffers (the leanest path, see `fixed`):
+//!   [`IoQueuePair::register_buffer`] once, then [`IoQueuePair::submit_read_fixed`],
+//!   [`IoQueuePair::ring`] and [`IoQueuePair::poll_fixed`] with small [`FixedCompletion`]s;
 //! - blocking: [`IoQueuePair::read`], [`IoQueuePair::write`], ... submit one command and wait
 //!   for it (completions of other commands that arrive meanwhile are parked, not lost).
 //!
