@@ -5,14 +5,18 @@
 //! - No Rust reference (`&T`, `&[u8]`) ever points into DMA memory: the device may write it
 //!   at any time, which a reference's aliasing guarantees forbid. Every access goes through
 //!   raw pointers in the crate-private `Mem` type, bounds- and alignment-checked.
-//! - Queue entries are read and written with volatile dword accesses; the completion dword
-//!   that carries the phase tag is read with an `Acquire` atomic load (`Mem::load_acquire_u32`).
+//! - Queue entries are read and written with volatile dword accesses; the completion dwords
+//!   that carry the phase tag (2 and 3) are read with an `Acquire` 64-bit atomic load
+//!   (`Mem::load_acquire_u64`).
+//! - Every access to memory the device may write at the same time (completion dwords 2 and 3,
+//!   shadow doorbell pairs, EventIdx) is a 64-bit atomic on an 8-aligned word, so a device
+//!   model written against Rust's memory model may hold DMA memory as 64-bit atomic words.
 //! - A [`DmaBuffer`] exists only while the host owns the memory: while a command may use it,
 //!   the buffer is moved into the queue's request slot, so safe code cannot free or reuse it.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Error;
 use crate::hw::{DmaRegion, Platform};
@@ -95,9 +99,15 @@ impl Mem {
     pub(crate) fn read_entry_after_phase(&self, off: usize, phase: bool) -> Option<[u32; 4]> {
         let p = self.ptr(off, 16, 16)? as *mut u32;
         // SAFETY: `p .. p + 16` is in bounds and 16-byte aligned (checked by `ptr`), valid
-        // for the region's lifetime; AtomicU32 has the size and alignment of u32, and the
-        // memory is only ever accessed through raw pointers (see `load_acquire_u32`).
-        let dw3 = u32::from_le(unsafe { AtomicU32::from_ptr(p.add(3)) }.load(Ordering::Acquire));
+        // for the region's lifetime; dwords 2 and 3 form an 8-aligned u64, AtomicU64 has the
+        // size and alignment of u64, and the memory is only ever accessed through raw
+        // pointers (see `load_acquire_u64`). 64 bits wide, like every access the core makes to
+        // DMA memory the device may write at the same time (a device model may then copy
+        // data in 64-bit words).
+        let hi = u64::from_le(
+            unsafe { AtomicU64::from_ptr(p.add(2) as *mut u64) }.load(Ordering::Acquire),
+        );
+        let dw3 = (hi >> 32) as u32;
         if (dw3 & (1 << 16) != 0) != phase {
             return None;
         }
@@ -113,25 +123,29 @@ impl Mem {
         Some([dw0, dw1, dw2, dw3])
     }
 
-    /// Atomic 32-bit store (`Relaxed`; the caller orders it with fences), for a shadow
-    /// doorbell the device may read at any time. Ignored if out of bounds or misaligned.
+    /// Atomic 64-bit store (`Relaxed`; the caller orders it with fences), for a pair of
+    /// shadow doorbells the device may read at any time. Ignored if out of bounds or
+    /// misaligned.
     #[inline]
-    pub(crate) fn store_u32(&self, off: usize, v: u32) {
-        if let Some(p) = self.ptr(off, 4, 4) {
-            // SAFETY: in bounds, 4-byte aligned and valid for the region's lifetime; the
-            // memory is only ever accessed through raw pointers (see `load_acquire_u32`).
-            unsafe { AtomicU32::from_ptr(p as *mut u32) }.store(v.to_le(), Ordering::Relaxed);
+    pub(crate) fn store_u64(&self, off: usize, v: u64) {
+        if let Some(p) = self.ptr(off, 8, 8) {
+            // SAFETY: in bounds, 8-byte aligned and valid for the region's lifetime; the
+            // memory is only ever accessed through raw pointers (see `load_acquire_u64`).
+            unsafe { AtomicU64::from_ptr(p as *mut u64) }.store(v.to_le(), Ordering::Relaxed);
         }
     }
 
-    /// Atomic 32-bit load (`Acquire`), for an EventIdx entry the device writes at any time;
-    /// `None` if out of bounds or misaligned.
+    /// Atomic 64-bit load (`Acquire`), for the completion dwords carrying the phase tag and
+    /// for EventIdx entries, which the device writes at any time; `None` if out of bounds or
+    /// misaligned.
     #[inline]
-    pub(crate) fn load_u32(&self, off: usize) -> Option<u32> {
-        let p = self.ptr(off, 4, 4)? as *mut u32;
-        // SAFETY: as in `store_u32`.
-        Some(u32::from_le(
-            unsafe { AtomicU32::from_ptr(p) }.load(Ordering::Acquire),
+    pub(crate) fn load_acquire_u64(&self, off: usize) -> Option<u64> {
+        let p = self.ptr(off, 8, 8)? as *mut u64;
+        // SAFETY: `p` is in bounds, 8-byte aligned and valid for the region's lifetime;
+        // AtomicU64 has the same size and alignment as u64. The memory is only ever accessed
+        // through raw pointers (never a Rust reference), so an atomic view is sound.
+        Some(u64::from_le(
+            unsafe { AtomicU64::from_ptr(p) }.load(Ordering::Acquire),
         ))
     }
 
@@ -139,19 +153,6 @@ impl Mem {
     pub(crate) fn write_u64(&self, off: usize, v: u64) {
         self.write_u32(off, v as u32);
         self.write_u32(off + 4, (v >> 32) as u32);
-    }
-
-    /// Atomic load with `Acquire` ordering: used for the completion dword carrying the phase
-    /// tag, so that the rest of the entry, read afterwards, is at least as new (§4.2.4: the
-    /// phase tag tells the host a new entry was posted).
-    #[cfg_attr(not(feature = "raw-access"), allow(dead_code))]
-    pub(crate) fn load_acquire_u32(&self, off: usize) -> Option<u32> {
-        let p = self.ptr(off, 4, 4)? as *mut u32;
-        // SAFETY: `p` is in bounds, 4-byte aligned and valid for the region's lifetime;
-        // AtomicU32 has the same size and alignment as u32. The memory is only ever accessed
-        // through raw pointers (never a Rust reference), so an atomic view is sound.
-        let a = unsafe { AtomicU32::from_ptr(p) };
-        Some(u32::from_le(a.load(Ordering::Acquire)))
     }
 
     /// Copies `src` into the region at `off`. Returns `false` (and copies nothing) if out of

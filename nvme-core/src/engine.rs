@@ -209,8 +209,20 @@ impl<T> Engine<T> {
     pub(crate) fn set_shadow(&mut self, bufs: Option<(Mem, Mem)>, always_mmio: bool) {
         let (sq, cq) = match bufs {
             Some((db, ei)) => match (
-                Shadow::new(db, ei, self.sq.doorbell(), always_mmio),
-                Shadow::new(db, ei, self.cq.doorbell(), always_mmio),
+                Shadow::new(
+                    db,
+                    ei,
+                    self.sq.doorbell(),
+                    Some(self.cq.doorbell()),
+                    always_mmio,
+                ),
+                Shadow::new(
+                    db,
+                    ei,
+                    self.cq.doorbell(),
+                    Some(self.sq.doorbell()),
+                    always_mmio,
+                ),
             ) {
                 (Some(s), Some(c)) => (Some(s), Some(c)),
                 _ => (None, None),
@@ -369,7 +381,7 @@ impl<T> Engine<T> {
 
     /// Writes the SQ tail doorbell if anything was submitted since the last ring.
     pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) {
-        match self.sq.ring(bar) {
+        match self.sq.ring(bar, self.cq.published()) {
             Rung::Mmio => self.stats.sq_doorbells += 1,
             Rung::ShadowOnly => self.stats.shadow_only_doorbells += 1,
             Rung::Nothing => {}
@@ -440,7 +452,7 @@ impl<T> Engine<T> {
                 late,
             });
         }
-        match self.cq.ring(bar) {
+        match self.cq.ring(bar, self.sq.published()) {
             Rung::Mmio => self.stats.cq_doorbells += 1,
             Rung::ShadowOnly => self.stats.shadow_only_doorbells += 1,
             Rung::Nothing => {}

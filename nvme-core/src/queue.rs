@@ -34,11 +34,21 @@ pub(crate) fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
 /// One queue's doorbell in the shadow doorbell buffer and its EventIdx entry (NVMe Base §5.8,
 /// Doorbell Buffer Config): both buffers have the layout of the doorbell registers from
 /// `1000h` (SQ y tail at `2y × (4 << CAP.DSTRD)`, CQ y head at `(2y + 1) × (4 << CAP.DSTRD)`).
+///
+/// Entries are accessed as 8-aligned 64-bit words, like every location the core and the
+/// device may access at the same time (`crate::dma`): with `CAP.DSTRD = 0` a queue pair's SQ
+/// tail (low half) and CQ head (high half) share one word, which the pair writes whole; with a
+/// larger stride each entry starts its own word and the other half is reserved (written 0).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shadow {
     db: Mem,
     ei: Mem,
-    off: usize,
+    /// Byte offset of the 8-aligned word holding the entry.
+    word: usize,
+    /// The entry is the word's high half (the CQ head of a pair sharing the word).
+    hi: bool,
+    /// The word's other half is the partner queue's entry (else reserved).
+    paired: bool,
     /// Write the doorbell register on every update as well (the admin queue: controllers
     /// differ on whether shadow doorbells cover it).
     always_mmio: bool,
@@ -46,35 +56,58 @@ pub(crate) struct Shadow {
 
 impl Shadow {
     /// The entries of the doorbell at register offset `doorbell` (`1000h` or above), if they
-    /// fit both buffers.
-    pub(crate) fn new(db: Mem, ei: Mem, doorbell: usize, always_mmio: bool) -> Option<Self> {
+    /// fit both buffers; `partner` is the register offset of the other queue of the pair
+    /// (the CQ head for an SQ tail and the other way round).
+    pub(crate) fn new(
+        db: Mem,
+        ei: Mem,
+        doorbell: usize,
+        partner: Option<usize>,
+        always_mmio: bool,
+    ) -> Option<Self> {
         let off = doorbell.checked_sub(crate::spec::regs::offset::DBS)?;
-        let fits = |m: &Mem| off % 4 == 0 && off + 4 <= m.len();
+        let word = off & !7;
+        let fits = |m: &Mem| off % 4 == 0 && word + 8 <= m.len();
+        let paired = partner.is_some_and(|p| p & !7 == doorbell & !7 && p != doorbell);
         (fits(&db) && fits(&ei)).then_some(Self {
             db,
             ei,
-            off,
+            word,
+            hi: off & 4 != 0,
+            paired,
             always_mmio,
         })
     }
-    /// Clears the doorbell and EventIdx entries (before the queue is created: a new queue's
-    /// head and tail are 0, §4.1, and no stale value of an earlier queue may remain).
+    /// Clears the doorbell and EventIdx words (before the queue is created: a new queue's
+    /// head and tail are 0, §4.1, and no stale value of an earlier queue may remain). With
+    /// `CAP.DSTRD = 0` this clears the partner queue's entries too: the pair is created
+    /// together.
     pub(crate) fn clear(&self) {
-        self.db.store_u32(self.off, 0);
-        self.ei.store_u32(self.off, 0);
+        self.db.store_u64(self.word, 0);
+        self.ei.store_u64(self.word, 0);
     }
-    /// Publishes `new` in the shadow doorbell; true if the doorbell register must be written
-    /// too (the EventIdx test, or `always_mmio`). The caller has already ordered the queue
-    /// entries before this store (`crate::barrier::before_doorbell`).
+    /// Publishes `new` in the shadow doorbell (with `partner`, the partner queue's last
+    /// published value, when it shares the word); true if the doorbell register must be
+    /// written too (the EventIdx test, or `always_mmio`). The caller has already ordered the
+    /// queue entries before this store (`crate::barrier::before_doorbell`).
     #[inline]
-    fn update(&self, old: u16, new: u16) -> bool {
-        self.db.store_u32(self.off, new as u32);
+    fn update(&self, old: u16, new: u16, partner: u16) -> bool {
+        let other = if self.paired { u64::from(partner) } else { 0 };
+        let v = if self.hi {
+            other | u64::from(new) << 32
+        } else {
+            u64::from(new) | other << 32
+        };
+        self.db.store_u64(self.word, v);
         // The shadow store is visible to the device before the EventIdx load (Linux's `mb()`
         // in the same place): otherwise the device could set EventIdx after our read and
         // then miss this update.
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        match self.ei.load_u32(self.off) {
-            Some(ei) => self.always_mmio || need_event(ei as u16, new, old),
+        match self.ei.load_acquire_u64(self.word) {
+            Some(w) => {
+                let ei = if self.hi { (w >> 32) as u16 } else { w as u16 };
+                self.always_mmio || need_event(ei, new, old)
+            }
             None => true,
         }
     }
@@ -129,6 +162,10 @@ impl SubQueue {
     pub(crate) fn doorbell(&self) -> usize {
         self.doorbell
     }
+    /// The tail last published to the controller (doorbell register or shadow).
+    pub(crate) fn published(&self) -> u16 {
+        self.rung
+    }
     /// Uses (or stops using) a shadow doorbell.
     pub(crate) fn set_shadow(&mut self, shadow: Option<Shadow>) {
         self.shadow = shadow;
@@ -167,7 +204,9 @@ impl SubQueue {
     /// Writes the tail doorbell if the tail moved since the last ring (batched doorbells:
     /// several pushes, one MMIO write). With a shadow doorbell, updates it and writes the
     /// register only if the controller's EventIdx asks for it.
-    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) -> Rung {
+    /// `cq_head` is the CQ's last published head (its shadow entry may share a word with
+    /// this one).
+    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B, cq_head: u16) -> Rung {
         if self.tail == self.rung {
             return Rung::Nothing;
         }
@@ -175,7 +214,7 @@ impl SubQueue {
         // the device before it sees the new tail (`dma_wmb` in Linux's `writel`).
         crate::barrier::before_doorbell();
         if let Some(s) = &self.shadow {
-            if !s.update(self.rung, self.tail) {
+            if !s.update(self.rung, self.tail, cq_head) {
                 self.rung = self.tail;
                 return Rung::ShadowOnly;
             }
@@ -264,6 +303,10 @@ impl CompQueue {
     pub(crate) fn doorbell(&self) -> usize {
         self.doorbell
     }
+    /// The head last published to the controller (doorbell register or shadow).
+    pub(crate) fn published(&self) -> u16 {
+        self.rung
+    }
     /// Uses (or stops using) a shadow doorbell.
     pub(crate) fn set_shadow(&mut self, shadow: Option<Shadow>) {
         self.shadow = shadow;
@@ -296,14 +339,16 @@ impl CompQueue {
     }
     /// Writes the head doorbell if entries were consumed since the last write (with a
     /// shadow doorbell: as [`SubQueue::ring`]).
-    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B) -> Rung {
+    /// `sq_tail` is the SQ's last published tail (its shadow entry may share a word with
+    /// this one).
+    pub(crate) fn ring<B: Bar + ?Sized>(&mut self, bar: &B, sq_tail: u16) -> Rung {
         if self.head == self.rung {
             return Rung::Nothing;
         }
         // Our reads of the consumed entries happen before the device may reuse them.
         crate::barrier::before_doorbell();
         if let Some(s) = &self.shadow {
-            if !s.update(self.rung, self.head) {
+            if !s.update(self.rung, self.head, sq_tail) {
                 self.rung = self.head;
                 return Rung::ShadowOnly;
             }
@@ -455,6 +500,53 @@ mod tests {
         let c = CidCodec::new(32769);
         assert_eq!(c.decode(c.encode(32768, 0)), (32768, 0));
         assert_ne!(c.encode(32768, 0), c.encode(0, 1));
+    }
+
+    /// Shadow doorbell entries are 64-bit words: with a 4-byte doorbell stride a pair's SQ
+    /// tail (low half) and CQ head (high half) share one, and each update writes the
+    /// partner's last value back unchanged; with a wider stride each entry has its own word.
+    /// EventIdx is read from the matching half.
+    #[test]
+    fn shadow_entries_are_whole_words_shared_by_a_pair() {
+        let mut db = alloc::vec![0u64; 512];
+        let mut ei = alloc::vec![0u64; 512];
+        let (dbp, eip) = (db.as_mut_ptr(), ei.as_mut_ptr());
+        let mem = |p: *mut u64| {
+            let p = core::ptr::NonNull::new(p as *mut u8).unwrap();
+            Mem::new(crate::hw::DmaRegion::new(p, 0x1000, 4096, 0x1000))
+        };
+        let (dbm, eim) = (mem(dbp), mem(eip));
+        // SAFETY: in bounds of the vectors, which outlive every access; no reference into
+        // them is alive while `Mem` writes through the raw pointers.
+        let word = |p: *mut u64, i: usize| unsafe { p.add(i).read_volatile() };
+        // SAFETY: as for `word`.
+        let set = |p: *mut u64, i: usize, v: u64| unsafe { p.add(i).write_volatile(v) };
+        let dbs = crate::spec::regs::offset::DBS;
+        // Stride 4: queue 1's SQ tail at 8, its CQ head at 12 (one word, index 1).
+        let sq = Shadow::new(dbm, eim, dbs + 8, Some(dbs + 12), false).unwrap();
+        let cq = Shadow::new(dbm, eim, dbs + 12, Some(dbs + 8), false).unwrap();
+        set(eip, 1, 5 | 7 << 32);
+        assert!(sq.update(0, 6, 3), "SQ EventIdx 5 lies in 0..6");
+        assert_eq!(word(dbp, 1), 6 | 3 << 32);
+        assert!(!cq.update(3, 4, 6), "CQ EventIdx 7 is not in 3..4");
+        assert_eq!(word(dbp, 1), 6 | 4 << 32);
+        assert!(cq.update(4, 9, 6));
+        assert_eq!(word(dbp, 1), 6 | 9 << 32);
+        // Stride 8: queue 1's SQ tail at 16 (word 2), its CQ head at 24 (word 3).
+        let sq = Shadow::new(dbm, eim, dbs + 16, Some(dbs + 24), false).unwrap();
+        let cq = Shadow::new(dbm, eim, dbs + 24, Some(dbs + 16), false).unwrap();
+        set(eip, 2, 1);
+        set(eip, 3, 1);
+        assert!(sq.update(0, 2, 40));
+        assert!(cq.update(0, 3, 2));
+        assert_eq!(
+            (word(dbp, 2), word(dbp, 3)),
+            (2, 3),
+            "no partner in the other half"
+        );
+        cq.clear();
+        assert_eq!((word(dbp, 3), word(eip, 3)), (0, 0));
+        drop((db, ei));
     }
 
     /// Found by `fuzz/` (hostile_device): with more than 32768 entries, `tail + entries`

@@ -1,16 +1,15 @@
 //! Device-visible memory without `unsafe`: the simulator's IOMMU.
 //!
-//! Each region handed out by [`SimDma`] is a heap chunk of [`AtomicU32`], over-allocated by
+//! Each region handed out by [`SimDma`] is a heap chunk of [`AtomicU64`], over-allocated by
 //! one page so that the CPU pointer can be 4096-aligned. The host writes through the raw
 //! pointer (the atomics' interior mutability makes that legal); the device side translates an
-//! IOVA to its chunk and reads or writes with atomic loads and stores of whole dwords. Dwords,
-//! not wider words: the driver core reads and writes queue entries one dword at a time (the
-//! phase dword of a completion with an `Acquire` `AtomicU32` load, shadow doorbells and
-//! EventIdx with `AtomicU32` accesses the device races with), and racing accesses of
+//! IOVA to its chunk and reads or writes with atomic loads and stores of whole 64-bit words.
+//! 64 bits, because that is the width of every access the driver core makes to memory the
+//! device may access at the same time (completion dwords 2 and 3 with one `Acquire` load,
+//! shadow doorbell pairs and EventIdx words: `nvme_core::dma`), and racing accesses of
 //! different sizes to the same bytes, one of them a store, are not allowed by Rust's memory
-//! model; a region cannot be given wider words for its data only, as the allocator does not
-//! know whether it will hold queues or data, and safe code cannot view one word type as
-//! another. So every device access here is exactly as wide as the core's. IOVAs come from the
+//! model. A device write of part of a word (a 4-byte EventIdx entry, a byte-granular SGL
+//! buffer's edges) merges into it with an atomic read-modify-write. IOVAs come from the
 //! simulator's own space, starting at [`IOVA_BASE`], page aligned, never reused, with an
 //! unmapped guard page after every region: an access by the device to an unmapped or freed
 //! IOVA fails (a Data Transfer Error for the command, NVMe Base §9.3), just as an IOMMU
@@ -18,15 +17,15 @@
 //! space's read lock); the controller reaches them through a [`DeviceDma`], whose cache of
 //! recent translations makes an access to the queues and buffers in use lock-free.
 //!
-//! The bulk copies are loops of Relaxed dword loads and stores over fixed-size groups of 16
-//! dwords, which compile to one plain load and one plain store per dword (no read-modify-
-//! write, no fence); only a partial dword at either end of an access is merged with an
+//! The bulk copies are loops of Relaxed word loads and stores over fixed-size groups of 16
+//! words, which compile to one plain load and one plain store per 8 bytes (no read-modify-
+//! write, no fence); only a partial word at either end of an access is merged with an
 //! atomic read-modify-write, so the bytes around it (which the host may own) are kept.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nvme_core::hw::{DmaAllocator, DmaError, DmaErrorKind, DmaRegion};
@@ -42,8 +41,8 @@ pub const DMA_PAGE: usize = 4096;
 /// pinning limit).
 pub const DMA_LIMIT: usize = 2 << 30;
 
-/// Bytes per backing word (a dword).
-const WORD: usize = 4;
+/// Bytes per backing word.
+const WORD: usize = 8;
 
 /// The block size in which a device write to host memory touches its source before copying
 /// it (see `copy_in`).
@@ -75,7 +74,7 @@ struct Mapping {
     /// a `Box` (into the map) asserts unique access to its contents, which the host's later
     /// writes through that pointer would contradict (Miri reports it); a `Vec` asserts
     /// nothing when moved.
-    words: Vec<AtomicU32>,
+    words: Vec<AtomicU64>,
     first_word: usize,
     /// Set when the host frees the region: a device handle that still holds the mapping in
     /// its cache ([`DeviceDma`]) treats it as gone from then on.
@@ -189,11 +188,11 @@ impl DmaSpace {
         }
         // One extra page so that the CPU pointer can be aligned to a page.
         let nwords = (rounded + page) / WORD;
-        let words: Vec<AtomicU32> = (0..nwords).map(|_| AtomicU32::new(0)).collect();
+        let words: Vec<AtomicU64> = (0..nwords).map(|_| AtomicU64::new(0)).collect();
         let base = words.as_ptr() as *mut u8;
         let misalign = base as usize % page;
         let pad = (page - misalign) % page;
-        // `pad` is a multiple of 4 (AtomicU32 is 4-aligned), so the aligned pointer starts at
+        // `pad` is a multiple of 8 (AtomicU64 is 8-aligned), so the aligned pointer starts at
         // a word boundary, and it stays inside the chunk (pad < one page of slack).
         let first_word = pad / WORD;
         let ptr = NonNull::new(base.wrapping_add(pad))
@@ -249,35 +248,25 @@ impl DmaSpace {
     }
 }
 
-/// Stores a completion entry at byte `off` (16-byte aligned) of `m`: dwords 0–2 Relaxed,
-/// then dword 3, which holds the phase tag, with Release (see [`DeviceDma::write_cqe`]).
+/// Stores a completion entry at byte `off` (16-byte aligned) of `m`: dwords 0–1 Relaxed,
+/// then dwords 2–3, which hold the phase tag, with Release (see [`DeviceDma::write_cqe`]).
 #[inline]
 fn store_cqe(m: &Mapping, off: usize, bytes: &[u8; 16]) {
     let w = m.first_word + off / WORD;
-    let ws = &m.words[w..w + 4];
-    let dword = |i: usize| {
-        u32::from_ne_bytes([
-            bytes[i * WORD],
-            bytes[i * WORD + 1],
-            bytes[i * WORD + 2],
-            bytes[i * WORD + 3],
-        ])
-    };
-    for (i, word) in ws[..3].iter().enumerate() {
-        // Relaxed: ordered before the Release store below.
-        word.store(dword(i), Ordering::Relaxed);
-    }
-    // Release: the phase tag is in this dword; it publishes the entry.
-    ws[3].store(dword(3), Ordering::Release);
+    let ws = &m.words[w..w + 2];
+    // Relaxed: ordered before the Release store below.
+    ws[0].store(word_of(&bytes[..WORD]), Ordering::Relaxed);
+    // Release: the phase tag is in this word; it publishes the entry.
+    ws[1].store(word_of(&bytes[WORD..]), Ordering::Release);
 }
 
-/// The `len` bytes at byte `off` of a mapping, as dwords.
+/// The `len` bytes at byte `off` of a mapping, as words.
 struct Split {
-    /// A partial first dword: (word, first byte in it, bytes).
+    /// A partial first word: (word, first byte in it, bytes).
     head: Option<(usize, usize, usize)>,
-    /// The whole dwords.
+    /// The whole words.
     whole: std::ops::Range<usize>,
-    /// A partial last dword: (word, bytes from its start).
+    /// A partial last word: (word, bytes from its start).
     tail: Option<(usize, usize)>,
 }
 
@@ -312,7 +301,7 @@ fn lookup(inner: &SpaceInner, iova: u64, len: usize) -> Result<(&Arc<Mapping>, u
     Ok((m, off))
 }
 
-/// Copies the `buf.len()` bytes at byte `off` of `m` into `buf`, one atomic dword load each.
+/// Copies the `buf.len()` bytes at byte `off` of `m` into `buf`, one atomic word load each.
 fn copy_out(m: &Mapping, off: usize, buf: &mut [u8], order: Ordering) {
     let Split { head, whole, tail } = split(m, off, buf.len());
     let mut pos = 0;
@@ -340,8 +329,8 @@ fn copy_out(m: &Mapping, off: usize, buf: &mut [u8], order: Ordering) {
     }
 }
 
-/// Copies `data` to the bytes at byte `off` of `m`, one atomic dword store each; a partial
-/// dword is merged (one atomic read-modify-write), so bytes of the dword outside this access
+/// Copies `data` to the bytes at byte `off` of `m`, one atomic word store each; a partial
+/// word is merged (one atomic read-modify-write), so bytes of the word outside this access
 /// (which the host may own) are preserved.
 fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
     let load = if order == Ordering::Release {
@@ -349,11 +338,11 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
     } else {
         order
     };
-    let merge = |word: &AtomicU32, in_word: usize, bytes: &[u8]| {
+    let merge = |word: &AtomicU64, in_word: usize, bytes: &[u8]| {
         let _ = word.fetch_update(order, load, |old| {
             let mut b = old.to_ne_bytes();
             b[in_word..in_word + bytes.len()].copy_from_slice(bytes);
-            Some(u32::from_ne_bytes(b))
+            Some(u64::from_ne_bytes(b))
         });
     };
     let Split { head, whole, tail } = split(m, off, data.len());
@@ -366,7 +355,7 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
     let words = &m.words[whole];
     // Block by block: first one load per cache line of the source block (independent
     // loads, so their misses overlap: the source is usually cold, a random block of the
-    // medium), then the dword stores, whose loads now hit the L1 cache. A plain dword loop
+    // medium), then the word stores, whose loads now hit the L1 cache. A plain word loop
     // over cold memory would keep far fewer misses in flight than memcpy does.
     for (ws, src) in words.chunks(BLOCK / WORD).zip(body.chunks(BLOCK)) {
         let mut touch = 0u8;
@@ -380,7 +369,7 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
             Ordering::Release => store_words::<true>(ws, src),
             _ => {
                 for (w, d) in ws.iter().zip(src.chunks_exact(WORD)) {
-                    w.store(u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), order);
+                    w.store(word_of(d), order);
                 }
             }
         }
@@ -390,14 +379,20 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
     }
 }
 
-/// Dwords per iteration of the copy loops: the inner loop over a fixed count unrolls into
-/// one load and one store per dword, with one counter update and branch per 64 bytes.
+/// Words per iteration of the copy loops: the inner loop over a fixed count unrolls into
+/// one load and one store per word, with one counter update and branch per 128 bytes.
 const UNROLL: usize = 16;
 
-/// Loads `ws` into `out` (`out.len() == 4 * ws.len()`), one atomic dword load per word;
+/// The native-endian word in the first 8 bytes of `d` (`d.len() >= 8`).
+#[inline(always)]
+fn word_of(d: &[u8]) -> u64 {
+    u64::from_ne_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Loads `ws` into `out` (`out.len() == 8 * ws.len()`), one atomic load per word;
 /// `ACQUIRE`: Acquire loads, else Relaxed (a constant, so the loop holds plain loads).
 #[inline(always)]
-fn load_words<const ACQUIRE: bool>(ws: &[AtomicU32], out: &mut [u8]) {
+fn load_words<const ACQUIRE: bool>(ws: &[AtomicU64], out: &mut [u8]) {
     let order = if ACQUIRE {
         Ordering::Acquire
     } else {
@@ -419,11 +414,11 @@ fn load_words<const ACQUIRE: bool>(ws: &[AtomicU32], out: &mut [u8]) {
     }
 }
 
-/// Stores `src` into `ws` (`src.len() == 4 * ws.len()`), one atomic dword store per word;
+/// Stores `src` into `ws` (`src.len() == 8 * ws.len()`), one atomic store per word;
 /// `RELEASE`: Release stores, else Relaxed (a constant, so that the loop holds plain
-/// moves and nothing else: on x86_64 two instructions per dword).
+/// moves and nothing else: on x86_64 two instructions per 8 bytes).
 #[inline(always)]
-fn store_words<const RELEASE: bool>(ws: &[AtomicU32], src: &[u8]) {
+fn store_words<const RELEASE: bool>(ws: &[AtomicU64], src: &[u8]) {
     let order = if RELEASE {
         Ordering::Release
     } else {
@@ -433,7 +428,7 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU32], src: &[u8]) {
     let mut from = src.chunks_exact(UNROLL * WORD);
     for (w16, d) in (&mut dst).zip(&mut from) {
         for (w, b) in w16.iter().zip(d.chunks_exact(WORD)) {
-            w.store(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), order);
+            w.store(word_of(b), order);
         }
     }
     for (w, b) in dst
@@ -441,7 +436,7 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU32], src: &[u8]) {
         .iter()
         .zip(from.remainder().chunks_exact(WORD))
     {
-        w.store(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), order);
+        w.store(word_of(b), order);
     }
 }
 
@@ -571,10 +566,10 @@ impl DeviceDma {
         })
     }
 
-    /// Writes a 16-byte completion queue entry at a 16-byte aligned `iova`: dwords 0–2 first,
-    /// then dword 3 (which holds the phase tag, bit 16) last, with Release ordering, so a host
-    /// that reads the phase dword with Acquire sees the whole entry (NVMe Base §4.2.1,
-    /// §4.2.4). One atomic store per dword: the host reads the entry dword by dword.
+    /// Writes a 16-byte completion queue entry at a 16-byte aligned `iova`: dwords 0–1 first,
+    /// then dwords 2–3 (dword 3 holds the phase tag, bit 16) last, with Release ordering, so
+    /// a host that reads dwords 2–3 with Acquire sees the whole entry (NVMe Base §4.2.1,
+    /// §4.2.4). One atomic store per 8 bytes, as wide as the host's load.
     pub(crate) fn write_cqe(&self, iova: u64, bytes: &[u8; 16]) -> Result<(), DmaFault> {
         if iova % 16 != 0 {
             return Err(DmaFault { iova, len: 16 });
@@ -640,7 +635,7 @@ impl SimDma {
 }
 
 // SAFETY: the contract of `DmaAllocator` holds:
-// - every region is a distinct heap chunk of `AtomicU32` owned by the space's map until
+// - every region is a distinct heap chunk of `AtomicU64` owned by the space's map until
 //   `free` (a `Vec` in an `Arc`, whose moves assert no unique access to the words; the
 //   device's translation cache may keep it alive a little longer, never hand it out again), so
 //   `ptr .. ptr + len` is valid for raw reads and writes by any thread (the atomics'
@@ -651,7 +646,7 @@ impl SimDma {
 //   multiple of it (IOVA_BASE and every increment are), `len` is a non-zero multiple of it and
 //   at least the request;
 // - the device reads and writes exactly these words when it accesses `iova .. iova + len`;
-// - the chunk is created from `AtomicU32::new(0)`: zeroed.
+// - the chunk is created from `AtomicU64::new(0)`: zeroed.
 // A `free` of a region this allocator did not hand out, or of one already freed, is ignored
 // (the map lookup fails), so it cannot release memory that is still in use.
 #[allow(unsafe_code)]
@@ -752,13 +747,14 @@ mod tests {
         );
     }
 
-    /// The driver core reads and writes queue entries one dword at a time (the phase dword of
-    /// a completion with an `Acquire` `AtomicU32` load), so the device's atomics are dwords
-    /// too: atomic accesses of different sizes to the same bytes are not allowed by Rust's
-    /// memory model (nor by Miri). A completion entry is four dword stores covering exactly
-    /// its 16 bytes, and a partial write keeps the other bytes of its dwords.
+    /// The driver core's accesses to memory the device may touch at the same time are 64-bit
+    /// atomics (completion dwords 2–3 with one `Acquire` load, shadow doorbell and EventIdx
+    /// words), so the device's atomics are 64 bits too: atomic accesses of different sizes to
+    /// the same bytes are not allowed by Rust's memory model (nor by Miri). A completion entry
+    /// is two word stores covering exactly its 16 bytes, and a partial write keeps the other
+    /// bytes of its words.
     #[test]
-    fn device_accesses_are_dword_wide_like_the_cores() {
+    fn device_accesses_are_as_wide_as_the_cores() {
         let space = Arc::new(DmaSpace::new(DMA_PAGE));
         let dma = SimDma::new(space.clone());
         let dev = DeviceDma::new(space.clone());
@@ -766,8 +762,8 @@ mod tests {
         {
             let g = space.read_lock();
             let (_, m) = g.regions.iter().find(|(s, _)| *s == r.iova()).unwrap();
-            assert_eq!(std::mem::size_of_val(&m.words[0]), 4);
-            assert_eq!(m.words.len(), 2 * 4096 / 4);
+            assert_eq!(std::mem::size_of_val(&m.words[0]), 8);
+            assert_eq!(m.words.len(), 2 * 4096 / 8);
         }
         let cqe: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
         dev.write_cqe(r.iova() + 16, &cqe).unwrap();
@@ -778,15 +774,20 @@ mod tests {
         assert_eq!(b[32..], [0; 16]);
         assert!(dev.write_cqe(r.iova() + 8, &cqe).is_err());
         assert!(dev.write_cqe(r.iova() + 4096, &cqe).is_err());
-        // 2 bytes in the middle of dword 4 (bytes 17..19): bytes 16 and 19 are kept.
+        // 2 bytes in the middle of word 2 (bytes 17..19): bytes 16 and 19 are kept.
         dev.write(r.iova() + 17, &[0xAA, 0xBB]).unwrap();
         let mut d = [0u8; 4];
         assert!(dma.host_read(r.iova() + 16, &mut d));
         assert_eq!(d, [1, 0xAA, 0xBB, 4]);
-        // Every split of a short access: head, whole dwords, tail, within and across dwords.
+        // A 4-byte entry in the high half of a word (an EventIdx entry) keeps the low half.
+        dev.write(r.iova() + 20, &[9, 9, 9, 9]).unwrap();
+        let mut e = [0u8; 8];
+        assert!(dma.host_read(r.iova() + 16, &mut e));
+        assert_eq!(e, [1, 0xAA, 0xBB, 4, 9, 9, 9, 9]);
+        // Every split of a short access: head, whole words, tail, within and across words.
         let bytes: Vec<u8> = (0..64u8).map(|i| i ^ 0x5A).collect();
-        for off in 0..9u64 {
-            for len in 0..40 {
+        for off in 0..17u64 {
+            for len in 0..48 {
                 dev.write(r.iova() + 1024, &[0; 64]).unwrap();
                 dev.write(r.iova() + 1024 + off, &bytes[..len]).unwrap();
                 let mut all = [0xFFu8; 64];

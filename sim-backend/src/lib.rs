@@ -69,22 +69,15 @@
 //! (RDY change, shutdown, delayed completion, wrong-phase entry) is pending. Every check on
 //! the host (PRPs, SGLs, doorbells, CIDs) is still made for every command.
 //!
-//! Every byte the device writes into host memory is written by an atomic dword store (the
+//! Every byte the device writes into host memory is written by an atomic 64-bit store (the
 //! words are shared with the host thread, and Rust's memory model allows neither a data race
-//! nor racing atomics of another size there: the driver core polls completion entries and
-//! reads EventIdx, and writes shadow doorbells, with 32-bit atomics): 1024 stores per
-//! 4 KiB, which no `memcpy` pays. The copy loop is plain moves (one load and one store per
-//! dword, unrolled by 16), after one load per cache line of each 4 KiB of the source, so
-//! that the source's cache misses overlap. A loop of dword stores alone, from a source in
-//! cache, already takes about as long as `memcpy` of a cold 4 KiB block on the machine
-//! below, so this copy is the bound. `cargo run --release -p sim-backend --example simbw`
-//! measures it (per CPU second, so that a busy machine does not skew it): on a 2-core VM,
-//! 4 KiB random reads at QD32 through the driver reach 0.28 to 0.34 of the bandwidth of
-//! `memcpy` of 4 KiB blocks (3.0 to 3.9 GB/s), and 128 KiB sequential reads 0.56 to 0.73
-//! of `memcpy` of 128 KiB (4.2 to 5.3 GB/s), over 9 runs; an image file in the page cache
-//! 0.74 to 0.84 of memory at 4 KiB (a `pread` per command) and 0.85 to 1.0 at 128 KiB.
-//! Wider device stores would need the driver core's racing accesses (completion phase
-//! dword, shadow doorbells, EventIdx) to be 64-bit atomics as well.
+//! nor racing atomics of another size there: the driver core polls completion entries, reads
+//! EventIdx and writes shadow doorbells with 64-bit atomics on 8-aligned words): 512 stores
+//! per 4 KiB, which no `memcpy` pays. The copy loop is plain moves (one load and one store
+//! per 8 bytes, unrolled by 16), after one load per cache line of each 4 KiB of the source,
+//! so that the source's cache misses overlap. `cargo run --release -p sim-backend --example
+//! simbw` measures it against `memcpy` (per CPU second, so that a busy machine does not skew
+//! it); the README's "Speed" section gives the latest figures.
 //!
 //! # One lock for the whole controller
 //! The controller model is one state machine behind one mutex: every register access and

@@ -36,7 +36,7 @@ impl<P: Platform> Controller<P> {
         };
         let dstrd = self.shared.dstrd;
         for off in [sq_tail_doorbell(qid, dstrd), cq_head_doorbell(qid, dstrd)] {
-            if let Some(s) = Shadow::new(db, ei, off, false) {
+            if let Some(s) = Shadow::new(db, ei, off, None, false) {
                 s.clear();
             }
         }

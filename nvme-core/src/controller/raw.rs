@@ -236,7 +236,8 @@ impl<P: Platform> Controller<P> {
 
     #[cfg(feature = "raw-access")]
     /// Reads entry `index` of the CQ `qid` created with [`Controller::create_cq_raw`]: DW3
-    /// (with the phase tag) first with `Acquire` ordering, then the rest. The caller checks
+    /// (with the phase tag) first with `Acquire` ordering (as part of dwords 2 and 3), then
+    /// the rest. The caller checks
     /// the phase tag, tracks its head and writes the CQ head doorbell itself.
     ///
     /// # Errors
@@ -244,7 +245,8 @@ impl<P: Platform> Controller<P> {
     pub fn raw_cq_entry(&self, qid: u16, index: u16) -> Result<Completion> {
         let (region, off) = self.raw_queue(qid, false, index as usize, crate::spec::CQE_SIZE)?;
         let mem = Mem::new(region);
-        let dw3 = mem.load_acquire_u32(off + 12).unwrap_or(0);
+        // Dwords 2 and 3 with one 64-bit `Acquire` load (as `CompQueue::pop`).
+        let dw3 = (mem.load_acquire_u64(off + 8).unwrap_or(0) >> 32) as u32;
         let mut dw = [0u32; 4];
         for (i, d) in dw.iter_mut().take(3).enumerate() {
             *d = mem.read_u32(off + 4 * i).unwrap_or(0);
