@@ -249,7 +249,8 @@ impl<T> Engine<T> {
 
     /// Places `cmd` in the SQ with a fresh CID and PRPs for `data`. The doorbell is not
     /// written (see [`Engine::ring`]). `deadline_ns: None` takes the engine's timeout from
-    /// the next clock reading. On error the payload is handed back untouched.
+    /// the last clock reading (see [`STALE_DIVISOR`]). On error the payload is handed back
+    /// untouched.
     #[inline(always)]
     pub(crate) fn submit(
         &mut self,

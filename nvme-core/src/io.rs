@@ -25,10 +25,12 @@
 //! and the namespace handle's current format; a buffer that does not fit it is refused before
 //! anything reaches the device, and PRPs name exactly that many bytes of it.
 //!
-//! Deadlines: submitting reads no clock. Each [`IoQueuePair::poll`] (and each turn of a
-//! blocking wait) with commands outstanding reads the clock once, gives the commands
-//! submitted since the last poll their deadline (now + the I/O timeout), and reports every
-//! command past its deadline as [`Error::Timeout`], whatever else the poll reaped.
+//! Deadlines: submitting reads no clock. A command's deadline is the last clock reading
+//! before its submission plus the I/O timeout, so it comes at most 1/16 of the timeout early;
+//! after a pause in polling longer than that, the next reading re-dates the commands
+//! submitted during the pause from itself. Each [`IoQueuePair::poll`] (and each turn of a
+//! blocking wait) with commands outstanding reads the clock once and reports every command
+//! past its deadline as [`Error::Timeout`], whatever else the poll reaped.
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
