@@ -214,9 +214,13 @@ impl ImageFile {
         match flock(&file, op) {
             Ok(()) => {}
             Err(e) if e == Errno::WOULDBLOCK => {
-                let holder = std::fs::read_to_string("/proc/locks")
-                    .ok()
-                    .and_then(|l| lock_holder(&l, meta.dev(), meta.ino()));
+                // `/proc/locks` is produced a chunk at a time from a list other processes
+                // change meanwhile, so one reading can skip a line: a few tries.
+                let holder = (0..3).find_map(|_| {
+                    std::fs::read_to_string("/proc/locks")
+                        .ok()
+                        .and_then(|l| lock_holder(&l, meta.dev(), meta.ino()))
+                });
                 return Err(ImageError::Locked {
                     path: path.to_path_buf(),
                     holder,
