@@ -121,41 +121,33 @@ def main():
                 direct[caller] += n
     total = sum(direct.values())
 
-    # pending(G): allocations a library function G makes itself or through library callees.
-    memo = {}
-
-    def pending(g, stack):
-        if g in memo:
-            return memo[g]
-        if g in stack:
-            return 0.0
-        stack.add(g)
-        v = float(direct[g])
-        for h, n in calls.get(g, {}).items():
-            if owner(h) is None and not ALLOC.match(h) and into[h]:
-                v += n / into[h] * pending(h, stack)
-        stack.discard(g)
-        memo[g] = v
-        return v
-
     sys.setrecursionlimit(100000)
 
-    # Spec functions that were not inlined: their cost goes to the callers that are not.
-    smemo = {}
+    def handed_up(own, follow):
+        """f(G): own[G] plus, for every callee H of G that `follow` accepts, H's f in
+        proportion to the share of H's calls that G made (cycles count once)."""
+        memo = {}
 
-    def spec_pending(g, stack):
-        if g in smemo:
-            return smemo[g]
-        if g in stack:
-            return 0.0
-        stack.add(g)
-        v = float(spec_cost[g])
-        for h, n in calls.get(g, {}).items():
-            if is_spec(h) and into[h]:
-                v += n / into[h] * spec_pending(h, stack)
-        stack.discard(g)
-        smemo[g] = v
-        return v
+        def f(g, stack):
+            if g in memo:
+                return memo[g]
+            if g in stack:
+                return 0.0
+            stack.add(g)
+            v = float(own[g])
+            for h, n in calls.get(g, {}).items():
+                if follow(h) and into[h]:
+                    v += n / into[h] * f(h, stack)
+            stack.discard(g)
+            memo[g] = v
+            return v
+
+        return f
+
+    # pending(G): allocations a library function G makes itself or through library callees.
+    pending = handed_up(direct, lambda h: owner(h) is None and not ALLOC.match(h))
+    # Spec functions that were not inlined: their cost goes to the callers that are not.
+    spec_pending = handed_up(spec_cost, is_spec)
 
     for fn, callees in list(calls.items()):
         if is_spec(fn):

@@ -237,6 +237,24 @@ fn input(a: &PassthruArgs, len: usize) -> Result<Vec<u8>> {
     }
 }
 
+/// The command's data buffer: none for no data, else `len` bytes, filled from the input
+/// (`--input-file`, or zeros) when the data goes to the device.
+fn data_buffer<P: nvme_core::hw::Platform>(
+    c: &nvme_core::Controller<P>,
+    a: &PassthruArgs,
+    len: usize,
+    to_host: bool,
+) -> Result<Option<nvme_core::DmaBuffer<P>>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut b = c.alloc_buffer(len)?;
+    if !to_host {
+        b.write(0, &input(a, len)?)?;
+    }
+    Ok(Some(b))
+}
+
 fn show(a: &PassthruArgs, dw0: u32, status: Status, data: Option<Vec<u8>>) -> Result<()> {
     if let Some(d) = data {
         if a.raw {
@@ -274,15 +292,7 @@ pub fn passthru(a: PassthruArgs, io: bool) -> Result<()> {
         if !io {
             let name = AdminOpcode(op).name().unwrap_or("admin command");
             let (len, to_host) = plan(&a, admin_data_length(&cmd), None, name)?;
-            let buf = if len == 0 {
-                None
-            } else {
-                let mut b = c.alloc_buffer(len)?;
-                if !to_host {
-                    b.write(0, &input(&a, len)?)?;
-                }
-                Some(b)
-            };
+            let buf = data_buffer(&c, &a, len, to_host)?;
             let timeout = a.timeout_ms.map(Duration::from_millis);
             let (cpl, buf) = if a.unchecked {
                 log::warn!(
@@ -301,15 +311,7 @@ pub fn passthru(a: PassthruArgs, io: bool) -> Result<()> {
             let name = NvmOpcode(op).name().unwrap_or("I/O command");
             let bs = c.namespace(a.nsid).ok().map(|n| n.lba_size());
             let (len, to_host) = plan(&a, io_data_length(&cmd), bs, name)?;
-            let buf = if len == 0 {
-                None
-            } else {
-                let mut b = c.alloc_buffer(len)?;
-                if !to_host {
-                    b.write(0, &input(&a, len)?)?;
-                }
-                Some(b)
-            };
+            let buf = data_buffer(&c, &a, len, to_host)?;
             let mut qp = c.create_io_queue_pair(4)?;
             let r = if a.unchecked {
                 log::warn!(

@@ -797,15 +797,7 @@ mod tests {
     #[test]
     fn init_is_valid_shell_and_runs_the_kernel_first() {
         let s = init_script(&plan());
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("init");
-        fs::write(&f, &s).unwrap();
-        assert!(Command::new("sh")
-            .arg("-n")
-            .arg(&f)
-            .status()
-            .unwrap()
-            .success());
+        super::super::initramfs::tests::assert_valid_shell(&s);
         let pos = |n: &str| s.find(n).unwrap_or_else(|| panic!("missing {n}"));
         assert!(pos("nvme.ko ||") < pos("fio --name=bench"));
         assert!(pos("fio --name=bench") < pos("driver_override"));

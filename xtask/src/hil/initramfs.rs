@@ -672,8 +672,17 @@ pub fn pack(tools: &HostTools, staging: &Path, out: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `sh -n` accepts `script` (an init script the guest runs as `/init`).
+    pub(crate) fn assert_valid_shell(script: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("init");
+        fs::write(&f, script).unwrap();
+        let st = Command::new("sh").arg("-n").arg(&f).status().unwrap();
+        assert!(st.success(), "sh -n rejected the init script:\n{script}");
+    }
 
     fn plan(modes: &[IrqMode], late: bool) -> GuestPlan {
         GuestPlan {
@@ -724,15 +733,7 @@ mod tests {
         assert!(s.contains("insmod /lib/modules/6.1.0-56-amd64/kernel/fs/ext4/ext4.ko ||"));
         assert!(s.contains("--start-block 65536 --block-count 65536"));
         assert_eq!(p.expected_steps().last().map(String::as_str), Some("nbd"));
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("init");
-        fs::write(&f, &s).unwrap();
-        assert!(Command::new("sh")
-            .arg("-n")
-            .arg(&f)
-            .status()
-            .unwrap()
-            .success());
+        assert_valid_shell(&s);
     }
 
     #[test]
@@ -764,15 +765,7 @@ mod tests {
                 "diagnose-nvme-tool"
             ]
         );
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("init");
-        fs::write(&f, &s).unwrap();
-        assert!(Command::new("sh")
-            .arg("-n")
-            .arg(&f)
-            .status()
-            .unwrap()
-            .success());
+        assert_valid_shell(&s);
     }
 
     #[test]
@@ -825,11 +818,7 @@ mod tests {
     #[test]
     fn init_is_valid_shell() {
         let s = init_script(&plan(&[IrqMode::Polled, IrqMode::Msix], true));
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("init");
-        fs::write(&f, &s).unwrap();
-        let st = Command::new("sh").arg("-n").arg(&f).status().unwrap();
-        assert!(st.success(), "sh -n rejected the init script:\n{s}");
+        assert_valid_shell(&s);
     }
 
     #[test]
