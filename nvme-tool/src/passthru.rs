@@ -292,7 +292,7 @@ pub fn passthru(a: PassthruArgs, io: bool) -> Result<()> {
         if !io {
             let name = AdminOpcode(op).name().unwrap_or("admin command");
             let (len, to_host) = plan(&a, admin_data_length(&cmd), None, name)?;
-            let buf = data_buffer(&c, &a, len, to_host)?;
+            let buf = data_buffer(c, &a, len, to_host)?;
             let timeout = a.timeout_ms.map(Duration::from_millis);
             let (cpl, buf) = if a.unchecked {
                 log::warn!(
@@ -311,7 +311,7 @@ pub fn passthru(a: PassthruArgs, io: bool) -> Result<()> {
             let name = NvmOpcode(op).name().unwrap_or("I/O command");
             let bs = c.namespace(a.nsid).ok().map(|n| n.lba_size());
             let (len, to_host) = plan(&a, io_data_length(&cmd), bs, name)?;
-            let buf = data_buffer(&c, &a, len, to_host)?;
+            let buf = data_buffer(c, &a, len, to_host)?;
             let mut qp = c.create_io_queue_pair(4)?;
             let r = if a.unchecked {
                 log::warn!(
