@@ -11,17 +11,23 @@ simulator, of the example, or the top of the stack.
 
 Instructions go by the source file of the line that executed them (from the debug info, so a
 function of nvme-core inlined into the simulator or into the example still counts for
-nvme-core); lines of library code (core, alloc, std, dependencies) and of nvme-core's spec types
-(nvme-core/src/spec/, the wire format the simulator shares) count for the crate whose function
-they were inlined into (those inlined into the benchmark's own loop count for nvme-core, since
-they mostly come from the core's functions inlined there: an overestimate of the core), and a spec function that was not inlined hands its cost up to its
-callers in proportion to their calls (the simulator decoding a command with the core's spec
-types is the simulator's work).
+nvme-core). Lines of library code (core, alloc, std, dependencies) and of nvme-core's spec
+types (nvme-core/src/spec/, the wire format the simulator shares) go by their inlining chain
+when the output has instruction addresses (callgrind --dump-instr=yes) and BINARY is given:
+`addr2line -i` names the functions each such instruction was inlined through, and the
+innermost one written in a crate's own file decides (slice indexing inlined into a core
+function that was inlined into the benchmark loop is the core's; the loop's own indexing is
+the benchmark's, counted as "other"). Without addresses they count for the crate whose
+function they were inlined into, and those inlined into the benchmark's own loop count for
+nvme-core (an overestimate of the core). A spec function that was not inlined hands its cost
+up to its callers in proportion to their calls (the simulator decoding a command with the
+core's spec types is the simulator's work).
 
-Usage: callgrind_costs.py FILE  ->  "core sim mem other allocs core_allocs"
+Usage: callgrind_costs.py FILE [BINARY]  ->  "core sim mem other allocs core_allocs"
 """
 
 import re
+import subprocess
 import sys
 from collections import defaultdict
 
@@ -58,16 +64,52 @@ def file_owner(path):
     return None
 
 
-def parse(path):
+def inline_owners(binary, addrs):
+    """For each address of `binary`, the crate of the innermost function in its inlining chain
+    that is written in a crate's own file ("core", "sim", "example"), or None. Empty if
+    addr2line is missing or fails (the caller then falls back to function-level rules)."""
+    owners = {}
+    if not addrs:
+        return owners
+    try:
+        out = subprocess.run(
+            ["addr2line", "-i", "-a", "-e", binary],
+            input="\n".join(f"{a:#x}" for a in addrs),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return owners
+    cur = None
+    for line in out.splitlines():
+        if line.startswith("0x"):
+            cur = int(line, 16)
+            owners[cur] = None
+            continue
+        if cur is None or owners[cur] is not None:
+            continue
+        o = file_owner(line.rsplit(":", 1)[0])
+        if o is not None:
+            owners[cur] = o
+    return owners
+
+
+def parse(path, binary=None):
     spec_cost = defaultdict(int)
     by_owner = defaultdict(int)
     calls = defaultdict(lambda: defaultdict(int))  # caller -> callee -> count
+    # Library and spec lines of `binary`, by address, for inline-chain attribution:
+    # address -> [cost, function].
+    unresolved = defaultdict(lambda: [0, None])
     fn = cfn = None
-    fl = cur = ""
+    fl = cur = ob = ""
     pending_call = False
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            if line.startswith("fl="):
+            if line.startswith("ob="):
+                ob = line[3:].strip()
+            elif line.startswith("fl="):
                 fl = cur = line[3:].strip()
             elif line.startswith("fi=") or line.startswith("fe="):
                 cur = line[3:].strip()
@@ -89,6 +131,16 @@ def parse(path):
                 parts = line.split()
                 if len(parts) >= 2:
                     n = int(parts[-1])
+                    if (
+                        binary
+                        and parts[0].startswith("0x")
+                        and file_owner(cur) is None
+                        and ob.endswith(binary_name(binary))
+                    ):
+                        u = unresolved[int(parts[0], 16)]
+                        u[0] += n
+                        u[1] = fn
+                        continue
                     if is_spec(fn):
                         spec_cost[fn] += n
                         continue
@@ -99,17 +151,36 @@ def parse(path):
                         # completions, slice indexing), and callgrind cannot tell it from
                         # the loop's own; it counts against the core (an overestimate).
                         o = "core"
-                    if o in ("core", "sim"):
-                        by_owner[o] += n
-                    elif MEM.search(fn):
-                        by_owner["mem"] += n
-                    else:
-                        by_owner["other"] += n
+                    charge(by_owner, o, fn, n)
+    owners = inline_owners(binary, sorted(unresolved)) if unresolved else {}
+    for addr, (n, fn) in unresolved.items():
+        o = owners.get(addr)
+        if o is None and is_spec(fn):
+            spec_cost[fn] += n  # a spec function not inlined: handed up to its callers
+            continue
+        if addr not in owners:  # no addr2line: the function-level rules
+            o = owner(fn)
+            if o == "example":
+                o = "core"
+        charge(by_owner, o or owner(fn), fn, n)
     return by_owner, calls, spec_cost
 
 
+def binary_name(binary):
+    return "/" + binary.rsplit("/", 1)[-1]
+
+
+def charge(by_owner, o, fn, n):
+    if o in ("core", "sim"):
+        by_owner[o] += n
+    elif MEM.search(fn):
+        by_owner["mem"] += n
+    else:
+        by_owner["other"] += n
+
+
 def main():
-    buckets, calls, spec_cost = parse(sys.argv[1])
+    buckets, calls, spec_cost = parse(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
 
     # Direct allocation calls per function, and calls into each function (for the hand-up).
     direct = defaultdict(int)

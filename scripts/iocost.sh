@@ -38,13 +38,14 @@ trap 'rm -rf "$tmp"' EXIT
 # run OP QD IOS [shadow] -> "core sim mem other allocs core_allocs"
 run() {
   local out="$tmp/cg.$1.$2.$3.${4:-}"
-  if ! valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out" \
+  if ! valgrind --tool=callgrind --dump-instr=yes --compress-pos=no --compress-strings=no \
+    --callgrind-out-file="$out" \
     "$bin" "$1" "$2" "$3" ${4:+"$4"} >"$tmp/log" 2>&1; then
     echo "iocost: $bin $1 $2 $3 ${4:-} failed under valgrind:" >&2
     tail -20 "$tmp/log" >&2
     exit 1
   fi
-  python3 scripts/callgrind_costs.py "$out"
+  python3 scripts/callgrind_costs.py "$out" "$bin"
 }
 
 # measure OP QD [shadow] -> one table row
