@@ -27,8 +27,14 @@ enum SlotState {
 struct Slot<T> {
     state: SlotState,
     generation: u16,
-    opcode: u8,
+    /// The next free slot while this one is free ([`NO_SLOT`]: none): the free list runs
+    /// through the slots, so freeing one is two stores.
+    next_free: u16,
     deadline_ns: u64,
+    /// The command as last placed in the SQ from this slot (its CID and data pointer
+    /// included), kept for resubmission after an Abort or a reset: written here once and
+    /// copied into the SQ entry from here.
+    cmd: Command,
     payload: Option<T>,
     /// Position of this command in the engine's submission sequence: the SQ doorbell has
     /// covered it once `seq < Engine::rung_seq`; only then can the device have fetched it,
@@ -39,6 +45,18 @@ struct Slot<T> {
     /// ever names memory of an earlier command.
     list_len: u32,
 }
+
+/// `cmd` as its submitter built it: without the data pointer and PSDT the engine placed
+/// (NVMe Base §4.1.2, CDW0 bits 15:14 and DPTR), which a resubmission places again for the
+/// buffer it has then.
+pub(crate) fn bare(cmd: &Command) -> Command {
+    let mut c = *cmd;
+    c.set_prps(0, 0).set_psdt(0);
+    c
+}
+
+/// The end of the free list.
+const NO_SLOT: u16 = u16::MAX;
 
 /// `Slot::deadline_ns` of a command submitted before the engine's first clock reading: its
 /// deadline is set at that reading.
@@ -53,7 +71,7 @@ const STALE_DIVISOR: u64 = 16;
 
 /// A completion matched to its request.
 #[derive(Debug)]
-pub(crate) struct Reaped<T> {
+pub(crate) struct Reaped<'a, T> {
     pub(crate) cid: u16,
     /// The request's slot (the CID's slot index).
     pub(crate) slot: u16,
@@ -63,6 +81,8 @@ pub(crate) struct Reaped<T> {
     pub(crate) opcode: u8,
     /// The request had already been reported as timed out.
     pub(crate) late: bool,
+    /// The command as submitted (for a resubmission).
+    pub(crate) cmd: &'a Command,
 }
 
 /// What [`Engine::expire`] found.
@@ -124,7 +144,10 @@ pub(crate) struct Engine<T> {
     pub(crate) cq: CompQueue,
     codec: CidCodec,
     slots: Vec<Slot<T>>,
-    free: Vec<u16>,
+    /// The first free slot ([`NO_SLOT`]: none), the rest linked by `Slot::next_free`.
+    free_head: u16,
+    /// Slots not free.
+    live: usize,
     /// Commands placed in the SQ so far (the next command's `Slot::seq`); 64 bits never wrap.
     pushed: u64,
     /// `pushed` at the last SQ doorbell: every command with a smaller `seq` is covered.
@@ -161,25 +184,25 @@ impl<T> Engine<T> {
         // One SQ entry always stays empty, so at most entries - 1 commands are outstanding.
         let nslots = sq.entries() - 1;
         let mut slots = Vec::with_capacity(nslots as usize);
-        let mut free = Vec::with_capacity(nslots as usize);
         for i in 0..nslots {
             slots.push(Slot {
                 state: SlotState::Free,
                 generation: 0,
-                opcode: 0,
+                next_free: if i + 1 < nslots { i + 1 } else { NO_SLOT },
                 deadline_ns: u64::MAX,
+                cmd: Command::default(),
                 payload: None,
                 seq: 0,
                 list_len: 0,
             });
-            free.push(nslots - 1 - i);
         }
         Self {
             sq,
             cq,
             codec: CidCodec::new(nslots),
             slots,
-            free,
+            free_head: if nslots > 0 { 0 } else { NO_SLOT },
+            live: 0,
             pushed: 0,
             rung_seq: 0,
             lists,
@@ -238,13 +261,13 @@ impl<T> Engine<T> {
         self.codec
     }
     pub(crate) fn outstanding(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.live
     }
     pub(crate) fn capacity(&self) -> usize {
         self.slots.len()
     }
     pub(crate) fn has_free_slot(&self) -> bool {
-        !self.free.is_empty() && !self.sq.is_full()
+        self.free_head != NO_SLOT && !self.sq.is_full()
     }
 
     /// Places `cmd` in the SQ with a fresh CID and PRPs for `data`. The doorbell is not
@@ -259,16 +282,8 @@ impl<T> Engine<T> {
         payload: T,
         deadline_ns: Option<u64>,
     ) -> Result<u16, (Error, T)> {
-        if !self.has_free_slot() {
-            return Err((
-                Error::QueueFull {
-                    qid: self.qid(),
-                    depth: self.outstanding() as u16,
-                },
-                payload,
-            ));
-        }
-        let Some(&slot_idx) = self.free.last() else {
+        let slot_idx = self.free_head;
+        if slot_idx == NO_SLOT || self.sq.is_full() {
             return Err((
                 Error::QueueFull {
                     qid: self.qid(),
@@ -362,20 +377,21 @@ impl<T> Engine<T> {
                 self.slots[slot_idx as usize].list_len = 0;
             }
         }
-        self.free.pop();
         let slot = &mut self.slots[slot_idx as usize];
+        self.free_head = slot.next_free;
+        self.live += 1;
         let cid = self.codec.encode(slot_idx, slot.generation);
         cmd.set_cid(cid);
+        slot.cmd = cmd;
         slot.state = SlotState::InFlight;
-        slot.opcode = cmd.opcode();
         slot.payload = Some(payload);
         slot.seq = self.pushed;
         self.pushed += 1;
         let d = deadline_ns.unwrap_or(self.auto_deadline_ns);
         slot.deadline_ns = d;
         self.next_deadline_ns = self.next_deadline_ns.min(d);
-        // `has_free_slot` above saw room in the ring, and nothing was pushed since.
-        self.sq.push_not_full(&cmd);
+        // `is_full` above saw room in the ring, and nothing was pushed since.
+        self.sq.push_not_full(&slot.cmd);
         self.stats.submitted += 1;
         Ok(cid)
     }
@@ -437,8 +453,9 @@ impl<T> Engine<T> {
             };
             slot.state = SlotState::Free;
             slot.generation = self.codec.next_generation(slot.generation);
-            slot.deadline_ns = u64::MAX;
-            self.free.push(idx);
+            slot.next_free = self.free_head;
+            self.free_head = idx;
+            self.live -= 1;
             if late {
                 self.stats.late += 1;
             } else {
@@ -449,8 +466,9 @@ impl<T> Engine<T> {
                 slot: idx,
                 completion: c,
                 payload,
-                opcode: slot.opcode,
+                opcode: slot.cmd.opcode(),
                 late,
+                cmd: &slot.cmd,
             });
         }
         match self.cq.ring(bar, self.sq.published()) {
@@ -533,7 +551,7 @@ impl<T> Engine<T> {
                     self.stats.timeouts += 1;
                     f(Expiry::Timeout {
                         cid,
-                        opcode: s.opcode,
+                        opcode: s.cmd.opcode(),
                         payload: p,
                     });
                 }
@@ -558,19 +576,22 @@ impl<T> Engine<T> {
         }
     }
 
-    /// Takes every outstanding payload (in flight or timed out) with its CID, resetting the
+    /// Takes every outstanding payload (in flight or timed out) with its CID and command,
+    /// resetting the
     /// slots. Only for when the device can no longer touch them (queue deleted, controller
     /// disabled).
-    pub(crate) fn take_all(&mut self, mut f: impl FnMut(u16, T)) {
+    pub(crate) fn take_all(&mut self, mut f: impl FnMut(u16, T, &Command)) {
         for (i, s) in self.slots.iter_mut().enumerate() {
             if s.state != SlotState::Free {
                 let cid = self.codec.encode(i as u16, s.generation);
                 s.state = SlotState::Free;
                 s.generation = self.codec.next_generation(s.generation);
                 if let Some(p) = s.payload.take() {
-                    f(cid, p);
+                    f(cid, p, &s.cmd);
                 }
-                self.free.push(i as u16);
+                s.next_free = self.free_head;
+                self.free_head = i as u16;
+                self.live -= 1;
             }
         }
         self.next_deadline_ns = u64::MAX;
@@ -580,7 +601,7 @@ impl<T> Engine<T> {
     /// (SQ tail and head 0, CQ head 0 with phase 1 and every entry zeroed, §4.2.4) and every
     /// outstanding payload is handed to `f` with its old CID. Only while the device has no
     /// queue on these rings.
-    pub(crate) fn reinit(&mut self, f: impl FnMut(u16, T)) {
+    pub(crate) fn reinit(&mut self, f: impl FnMut(u16, T, &Command)) {
         self.take_all(f);
         self.sq.restart();
         self.cq.restart();

@@ -321,10 +321,6 @@ pub struct IoQueuePair<P: Platform> {
     retry: alloc::vec::Vec<(IoReq<P>, Command, Option<DmaBuffer<P>>)>,
     /// The owned buffer of each request slot's command, while the command is outstanding.
     bufs: alloc::vec::Vec<Option<DmaBuffer<P>>>,
-    /// The command of each request slot as submitted (pointers cleared), to resubmit it
-    /// (`crate::recovery`). Kept beside the slots rather than in the request, so that a
-    /// request stays small enough to move without a call to memcpy.
-    cmds: alloc::vec::Vec<Command>,
     /// The last blocking call's identifier.
     sync_seq: u64,
     /// The identifier the next submission carries (a blocking call in progress), else 0.
@@ -378,7 +374,6 @@ impl<P: Platform> IoQueuePair<P> {
             record,
             policy,
             retry: alloc::vec::Vec::with_capacity(cap),
-            cmds: alloc::vec![Command::default(); cap],
             bufs: (0..cap).map(|_| None).collect(),
             sync_seq: 0,
             next_sync: 0,
@@ -417,7 +412,7 @@ impl<P: Platform> IoQueuePair<P> {
         let (fixed, bufs) = (&mut self.fixed, &mut self.bufs);
         let codec = self.engine.codec();
         if deleted {
-            self.engine.take_all(|cid, req| {
+            self.engine.take_all(|cid, req, _| {
                 drop(take_buf(bufs, codec, cid));
                 req.released(fixed);
             });
@@ -427,7 +422,7 @@ impl<P: Platform> IoQueuePair<P> {
                 unsafe { shared.reclaim.released(p, m.region()) };
             }
         } else {
-            self.engine.take_all(|cid, req| {
+            self.engine.take_all(|cid, req, _| {
                 req.retire(take_buf(bufs, codec, cid), &shared, generation, fixed)
             });
             // Busy registered buffers whose request already ended (timed out) as well.
@@ -534,7 +529,7 @@ impl<P: Platform> IoQueuePair<P> {
         self.dead = true;
         let (parked, engine, fixed) = (&mut self.parked, &mut self.engine, &mut self.fixed);
         let (bufs, codec) = (&mut self.bufs, engine.codec());
-        engine.take_all(|cid, req| {
+        engine.take_all(|cid, req, _| {
             let (req, buffer) = (req.released(fixed), take_buf(bufs, codec, cid));
             if !req.timed_out {
                 parked.push_back(req.end(cid, Err(Error::ControllerReset), buffer));
@@ -549,9 +544,9 @@ impl<P: Platform> IoQueuePair<P> {
     fn revive(&mut self, g: u32) {
         let max = self.policy.retries;
         let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
-        let (cmds, codec, fixed) = (&self.cmds, engine.codec(), &mut self.fixed);
+        let (codec, fixed) = (engine.codec(), &mut self.fixed);
         let bufs = &mut self.bufs;
-        engine.reinit(|cid, mut req| {
+        engine.reinit(|cid, mut req, cmd| {
             let buffer = take_buf(bufs, codec, cid);
             if req.timed_out {
                 req.released(fixed);
@@ -559,11 +554,7 @@ impl<P: Platform> IoQueuePair<P> {
             }
             if req.retries < max {
                 req.retries += 1;
-                let cmd = cmds
-                    .get(codec.decode(cid).0 as usize)
-                    .copied()
-                    .unwrap_or_default();
-                retry.push((req, cmd, buffer));
+                retry.push((req, crate::engine::bare(cmd), buffer));
             } else {
                 let req = req.released(fixed);
                 parked.push_back(req.end(cid, Err(Error::ControllerReset), buffer));
@@ -585,7 +576,7 @@ impl<P: Platform> IoQueuePair<P> {
     fn resubmit(&mut self) -> bool {
         let mut any = false;
         let (parked, retry, engine) = (&mut self.parked, &mut self.retry, &mut self.engine);
-        let (cmds, fixed, bufs) = (&mut self.cmds, &mut self.fixed, &mut self.bufs);
+        let (fixed, bufs) = (&mut self.fixed, &mut self.bufs);
         for (req, cmd, buffer) in retry.drain(..) {
             let mem = match (&buffer, req.fixed) {
                 (Some(b), _) => Some(b.mem()),
@@ -606,9 +597,6 @@ impl<P: Platform> IoQueuePair<P> {
             match engine.submit(cmd, data, req, None) {
                 Ok(cid) => {
                     let i = engine.codec().decode(cid).0 as usize;
-                    if let Some(c) = cmds.get_mut(i) {
-                        *c = cmd;
-                    }
                     if let Some(b) = bufs.get_mut(i) {
                         *b = buffer;
                     }
@@ -833,7 +821,7 @@ impl<P: Platform> IoQueuePair<P> {
         let req = IoReq::new(tag, xfer, sync, NOT_FIXED);
         match self.engine.submit(cmd, data, req, None) {
             Ok(cid) => {
-                self.keep(cid, cmd, buffer);
+                self.keep(cid, buffer);
                 Ok(cid)
             }
             Err((error, _)) => Err(IoError { error, buffer }),
@@ -869,7 +857,7 @@ impl<P: Platform> IoQueuePair<P> {
         match self.engine.submit(cmd, None, req, None) {
             Ok(cid) => {
                 // Kept for resubmission after a reset, as every command is.
-                self.keep(cid, cmd, Some(buffer));
+                self.keep(cid, Some(buffer));
                 Ok(cid)
             }
             Err((error, _)) => Err(IoError {
@@ -879,14 +867,11 @@ impl<P: Platform> IoQueuePair<P> {
         }
     }
 
-    /// Keeps the command just placed as `cid` (for resubmission, `crate::recovery`) and its
-    /// buffer beside its slot.
+    /// Keeps the buffer of the command just placed as `cid` beside its slot (the engine
+    /// keeps the command itself, for resubmission: `crate::recovery`).
     #[inline(always)]
-    fn keep(&mut self, cid: u16, cmd: Command, buffer: Option<DmaBuffer<P>>) {
+    fn keep(&mut self, cid: u16, buffer: Option<DmaBuffer<P>>) {
         let i = self.engine.codec().decode(cid).0 as usize;
-        if let Some(c) = self.cmds.get_mut(i) {
-            *c = cmd;
-        }
         if let Some(b) = self.bufs.get_mut(i) {
             debug_assert!(b.is_none(), "a free slot holds no buffer");
             *b = buffer;
@@ -1155,7 +1140,7 @@ impl<P: Platform> IoQueuePair<P> {
         }
         let bar = self.shared.platform.bar();
         let max = self.policy.retries;
-        let (retry, engine, cmds) = (&mut self.retry, &mut self.engine, &self.cmds);
+        let (retry, engine) = (&mut self.retry, &mut self.engine);
         let (fixed, parked, bufs) = (&mut self.fixed, &mut self.parked, &mut self.bufs);
         engine.reap(bar, usize::MAX, |r| {
             let st = r.completion.status();
@@ -1168,10 +1153,9 @@ impl<P: Platform> IoQueuePair<P> {
             {
                 let mut req = r.payload;
                 req.retries += 1;
-                let cmd = cmds.get(r.slot as usize).copied().unwrap_or_default();
                 retry.push((
                     req,
-                    cmd,
+                    crate::engine::bare(r.cmd),
                     bufs.get_mut(r.slot as usize).and_then(Option::take),
                 ));
                 return;
@@ -1405,7 +1389,7 @@ impl<P: Platform> IoQueuePair<P> {
         let (shared, generation) = (self.shared.clone(), self.generation);
         let (parked, engine, fixed) = (&mut self.parked, &mut self.engine, &mut self.fixed);
         let (bufs, codec) = (&mut self.bufs, engine.codec());
-        engine.take_all(|cid, req| {
+        engine.take_all(|cid, req, _| {
             let (tag, sync, reported, fixed_id) = (req.tag, req.sync, req.timed_out, req.fixed);
             req.retire(take_buf(bufs, codec, cid), &shared, generation, fixed);
             if !reported {

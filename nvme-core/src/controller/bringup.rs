@@ -408,7 +408,7 @@ impl<P: Platform> Controller<P> {
         // the doorbell buffer (§5.8).
         *self.shared.dbbuf.lock() = None;
         self.shared.reclaim.device_stopped(&*p);
-        self.admin.take_all(|_, req| drop(req));
+        self.admin.take_all(|_, req, _| drop(req));
         self.scratch_busy = false;
         self.aers_outstanding = 0;
         let generation = self.generation();

@@ -387,12 +387,6 @@ impl<P: Platform> IoQueuePair<P> {
         match self.engine.submit(cmd, Some(data), req, None) {
             Ok(cid) => {
                 *busy = true;
-                if let Some(c) = self
-                    .cmds
-                    .get_mut(self.engine.codec().decode(cid).0 as usize)
-                {
-                    *c = cmd;
-                }
                 Ok(cid)
             }
             Err((error, _)) => Err(error),
