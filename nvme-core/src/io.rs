@@ -311,6 +311,10 @@ pub struct IoQueuePair<P: Platform> {
     /// Completions reaped by a blocking call on behalf of other requests.
     parked: VecDeque<IoCompletion<P>>,
     dead: bool,
+    /// `generation` while the pair lives, [`u64::MAX`] once it is dead: the controller's
+    /// generation (a `u32`) equals it exactly when the pair may go on, one comparison on
+    /// every submission, ring and poll.
+    alive_in: u64,
     released: bool,
     /// The controller's view of this pair, to re-create it after a reset (`None` for a
     /// detached pair).
@@ -370,6 +374,7 @@ impl<P: Platform> IoQueuePair<P> {
             generation,
             parked: VecDeque::with_capacity(cap),
             dead: false,
+            alive_in: u64::from(generation),
             released: false,
             record,
             policy,
@@ -493,7 +498,7 @@ impl<P: Platform> IoQueuePair<P> {
     /// re-creates the queues); otherwise it dies, failing everything outstanding.
     #[inline]
     fn check_alive(&mut self) -> Result<()> {
-        if !self.dead && self.shared.reclaim.generation() == self.generation {
+        if u64::from(self.shared.reclaim.generation()) == self.alive_in {
             return Ok(());
         }
         self.after_reset()
@@ -527,6 +532,7 @@ impl<P: Platform> IoQueuePair<P> {
     /// its buffer is freed here (the device can no longer reach it), not reported again.
     fn die(&mut self) {
         self.dead = true;
+        self.alive_in = u64::MAX;
         let (parked, engine, fixed) = (&mut self.parked, &mut self.engine, &mut self.fixed);
         let (bufs, codec) = (&mut self.bufs, engine.codec());
         engine.take_all(|cid, req, _| {
@@ -562,6 +568,7 @@ impl<P: Platform> IoQueuePair<P> {
         });
         self.engine.set_shadow(None, false);
         self.generation = g;
+        self.alive_in = u64::from(g);
         self.resubmit();
         self.awaiting_queues = true;
         if let Some(r) = &self.record {
@@ -1386,6 +1393,7 @@ impl<P: Platform> IoQueuePair<P> {
             return;
         }
         self.dead = true;
+        self.alive_in = u64::MAX;
         let (shared, generation) = (self.shared.clone(), self.generation);
         let (parked, engine, fixed) = (&mut self.parked, &mut self.engine, &mut self.fixed);
         let (bufs, codec) = (&mut self.bufs, engine.codec());
