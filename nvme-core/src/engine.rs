@@ -292,15 +292,15 @@ impl<T> Engine<T> {
                 payload,
             ));
         };
+        let slot = &mut self.slots[slot_idx as usize];
         // An SGL Data Block descriptor instead of PRPs when the policy picks one
         // (`crate::sgl`); then no PRP list is used and the slot's old list is cleared below.
+        let sgl = self.sgl;
         let data = data.filter(|t| {
             t.offset
                 .checked_add(t.len)
                 .is_none_or(|end| end > t.mem.len())
-                || !self
-                    .sgl
-                    .apply(&mut cmd, t.mem.iova() + t.offset as u64, t.len)
+                || !sgl.apply(&mut cmd, t.mem.iova() + t.offset as u64, t.len)
         });
         if let Some(t) = data {
             if t.offset
@@ -334,12 +334,12 @@ impl<T> Engine<T> {
             match built {
                 Ok(p) => {
                     cmd.set_prps(p.prp1, p.prp2);
-                    let old = self.slots[slot_idx as usize].list_len as usize;
+                    let old = slot.list_len as usize;
                     if old > p.list_len && self.lists.is_some() {
                         // Stale entries of an earlier, longer list are zeroed.
                         lists().clear(p.list_len, old);
                     }
-                    self.slots[slot_idx as usize].list_len = p.list_len as u32;
+                    slot.list_len = p.list_len as u32;
                 }
                 Err(PrpError::Misaligned) => {
                     return Err((Error::Misaligned { offset: t.offset }, payload))
@@ -364,20 +364,19 @@ impl<T> Engine<T> {
                 }
             }
         }
-        if data.is_none() && self.lists.is_some() {
-            let slot = &self.slots[slot_idx as usize];
-            if slot.list_len > 0 {
+        if data.is_none() && slot.list_len > 0 {
+            // Only a slot of an engine with list pages has a list.
+            if let Some(mem) = self.lists {
                 let lists = SlotLists {
-                    mem: self.lists.unwrap_or(self.sq.mem()),
+                    mem,
                     first: slot_idx as usize * self.lists_per_slot,
                     count: self.lists_per_slot,
                     _p: core::marker::PhantomData,
                 };
                 lists.clear(0, slot.list_len as usize);
-                self.slots[slot_idx as usize].list_len = 0;
             }
+            slot.list_len = 0;
         }
-        let slot = &mut self.slots[slot_idx as usize];
         self.free_head = slot.next_free;
         self.live += 1;
         let cid = self.codec.encode(slot_idx, slot.generation);
