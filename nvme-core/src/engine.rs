@@ -327,41 +327,40 @@ impl<T> Engine<T> {
             };
             // `offset + len` fits the region (checked above), so the sum does not overflow.
             let addr = t.mem.iova() + t.offset as u64;
-            let built = match prp::build_small(addr, t.len) {
-                Some(p) => Ok(p),
-                None => prp::build(addr, t.len, PAGE_SIZE, &mut lists()),
-            };
-            match built {
-                Ok(p) => {
-                    cmd.set_prps(p.prp1, p.prp2);
-                    let old = slot.list_len as usize;
-                    if old > p.list_len && self.lists.is_some() {
-                        // Stale entries of an earlier, longer list are zeroed.
-                        lists().clear(p.list_len, old);
+            // One or two pages (the common case) need no list and cannot fail.
+            let p = match prp::build_small(addr, t.len) {
+                Some(p) => p,
+                None => match prp::build(addr, t.len, PAGE_SIZE, &mut lists()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let error = match e {
+                            PrpError::Misaligned => Error::Misaligned { offset: t.offset },
+                            PrpError::TooLong { .. } => Error::TransferTooLarge {
+                                bytes: t.len as u64,
+                                max: (self.lists_per_slot * (PAGE_SIZE / 8 - 1) * PAGE_SIZE)
+                                    as u64,
+                            },
+                            PrpError::Empty => Error::InvalidArgument("zero-length transfer"),
+                            PrpError::Invalid => {
+                                Error::InvalidArgument("transfer address overflows")
+                            }
+                        };
+                        return Err((error, payload));
                     }
-                    slot.list_len = p.list_len as u32;
+                },
+            };
+            cmd.set_prps(p.prp1, p.prp2);
+            let old = slot.list_len as usize;
+            // Usually both 0: one comparison.
+            if old > p.list_len {
+                // Stale entries of an earlier, longer list are zeroed (only an engine with
+                // list pages ever wrote a list).
+                if self.lists.is_some() {
+                    lists().clear(p.list_len, old);
                 }
-                Err(PrpError::Misaligned) => {
-                    return Err((Error::Misaligned { offset: t.offset }, payload))
-                }
-                Err(PrpError::TooLong { .. }) => {
-                    return Err((
-                        Error::TransferTooLarge {
-                            bytes: t.len as u64,
-                            max: (self.lists_per_slot * (PAGE_SIZE / 8 - 1) * PAGE_SIZE) as u64,
-                        },
-                        payload,
-                    ))
-                }
-                Err(PrpError::Empty) => {
-                    return Err((Error::InvalidArgument("zero-length transfer"), payload))
-                }
-                Err(PrpError::Invalid) => {
-                    return Err((
-                        Error::InvalidArgument("transfer address overflows"),
-                        payload,
-                    ))
-                }
+                slot.list_len = p.list_len as u32;
+            } else if old < p.list_len {
+                slot.list_len = p.list_len as u32;
             }
         }
         if data.is_none() && slot.list_len > 0 {
