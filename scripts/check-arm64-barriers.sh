@@ -28,7 +28,7 @@ check() { # "fn-pattern[|fn-pattern...]" barrier: the functions the code may be 
 # The release build inlines the I/O path (ring, completion processing, CompQueue::pop) into
 # the queue pair's entry points and those into the benchmark's loop: each check names every
 # function the code may land in.
-io="nvme_core::io::IoQueuePair<P>::service>|nvme_core::io::IoQueuePair<P>::poll>|nvme_core::io::fixed::<impl nvme_core::io::IoQueuePair<P>>::poll_fixed>|iopath::main>"
+io="nvme_core::io::IoQueuePair<P>::service>|nvme_core::io::IoQueuePair<P>::poll>|nvme_core::io::fixed::<impl nvme_core::io::IoQueuePair<P>>::poll_fixed>|iopath::main>|iopath::registered>|iopath::owned>"
 # The SQ doorbell write (Engine::ring, inlined into IoQueuePair::ring in release builds).
 check "nvme_core::engine::Engine<T>::ring>|nvme_core::io::IoQueuePair<P>::ring>|$io" oshst
 # The CQ head doorbell write.

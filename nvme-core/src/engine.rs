@@ -337,8 +337,7 @@ impl<T> Engine<T> {
                             PrpError::Misaligned => Error::Misaligned { offset: t.offset },
                             PrpError::TooLong { .. } => Error::TransferTooLarge {
                                 bytes: t.len as u64,
-                                max: (self.lists_per_slot * (PAGE_SIZE / 8 - 1) * PAGE_SIZE)
-                                    as u64,
+                                max: (self.lists_per_slot * (PAGE_SIZE / 8 - 1) * PAGE_SIZE) as u64,
                             },
                             PrpError::Empty => Error::InvalidArgument("zero-length transfer"),
                             PrpError::Invalid => {

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use nvme_core::{Controller, ControllerConfig, DmaBuffer};
+use nvme_core::{Controller, ControllerConfig, DmaBuffer, FixedBuf, IoQueuePair, Namespace};
 use sim_backend::{SimConfig, SimPlatform, Simulator};
 
 fn main() {
@@ -40,66 +40,118 @@ fn main() {
     let mut c = Controller::new(p, config).expect("bring-up");
     let ns = c.namespace(2).expect("namespace 2").clone();
     let blocks = ns.blocks();
-    let mut qp = c.create_io_queue_pair((qd + 1) as u16).expect("queue pair");
+    let qp = c.create_io_queue_pair((qd + 1) as u16).expect("queue pair");
     let mut bufs: Vec<Option<DmaBuffer<SimPlatform>>> = (0..qd)
         .map(|_| Some(c.alloc_buffer(4096).expect("buffer")))
         .collect();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
+    let next = move || {
         rng ^= rng >> 12;
         rng ^= rng << 25;
         rng ^= rng >> 27;
         rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % blocks
     };
-    if fixed {
+    let mut w = Workload {
+        qp,
+        ns,
+        write,
+        ios,
+        next,
+    };
+    let (qp, completed, kind) = if fixed {
         let ids: Vec<_> = bufs
             .iter_mut()
             .map(|b| {
                 let b = b.take().expect("buffer");
-                qp.register_buffer(b)
+                w.qp.register_buffer(b)
                     .map_err(|e| e.error)
                     .expect("register")
             })
             .collect();
-        let mut idle: Vec<bool> = vec![true; qd];
-        let (mut submitted, mut completed) = (0u64, 0u64);
-        loop {
-            for (tag, free) in idle.iter_mut().enumerate() {
-                if submitted == ios {
-                    break;
-                }
-                if *free {
-                    let r = if write {
-                        qp.submit_write_fixed(&ns, next(), ids[tag], tag as u64)
-                    } else {
-                        qp.submit_read_fixed(&ns, next(), ids[tag], tag as u64)
-                    };
-                    r.expect("submit");
-                    *free = false;
-                    submitted += 1;
-                }
-            }
-            qp.ring();
-            if completed == ios {
+        let (qp, n) = registered(w, &ids);
+        (qp, n, ", registered buffers")
+    } else {
+        let (qp, n) = owned(w, &mut bufs);
+        (qp, n, "")
+    };
+    c.delete_io_queue_pair(qp).expect("delete");
+    c.shutdown().expect("shutdown");
+    println!(
+        "iopath: {completed} {} at QD{qd}{kind}",
+        if write { "writes" } else { "reads" }
+    );
+}
+
+/// What both loops run: `ios` I/Os at the LBAs `next` draws, with the queue pair and the
+/// namespace handle held by the loop itself, as in an application's I/O loop.
+struct Workload<F> {
+    qp: IoQueuePair<SimPlatform>,
+    ns: Namespace,
+    write: bool,
+    ios: u64,
+    next: F,
+}
+
+/// The loop on registered buffers (one per slot of `ids`): each loop is a function of its
+/// own, so that the code of one does not change how the other compiles. Returns the pair
+/// and the I/Os completed.
+#[inline(never)]
+fn registered(
+    w: Workload<impl FnMut() -> u64>,
+    ids: &[FixedBuf],
+) -> (IoQueuePair<SimPlatform>, u64) {
+    let Workload {
+        mut qp,
+        ns,
+        write,
+        ios,
+        mut next,
+    } = w;
+    let mut idle: Vec<bool> = vec![true; ids.len()];
+    let (mut submitted, mut completed) = (0u64, 0u64);
+    loop {
+        for (tag, free) in idle.iter_mut().enumerate() {
+            if submitted == ios {
                 break;
             }
-            qp.poll_fixed(|cpl| {
-                cpl.result.expect("I/O");
-                idle[cpl.tag as usize] = true;
-                completed += 1;
-            })
-            .expect("poll");
+            if *free {
+                let r = if write {
+                    qp.submit_write_fixed(&ns, next(), ids[tag], tag as u64)
+                } else {
+                    qp.submit_read_fixed(&ns, next(), ids[tag], tag as u64)
+                };
+                r.expect("submit");
+                *free = false;
+                submitted += 1;
+            }
         }
-        c.delete_io_queue_pair(qp).expect("delete");
-        c.shutdown().expect("shutdown");
-        println!(
-            "iopath: {completed} {} at QD{qd}, registered buffers",
-            if write { "writes" } else { "reads" }
-        );
-        return;
+        qp.ring();
+        if completed == ios {
+            return (qp, completed);
+        }
+        qp.poll_fixed(|cpl| {
+            cpl.result.expect("I/O");
+            idle[cpl.tag as usize] = true;
+            completed += 1;
+        })
+        .expect("poll");
     }
+}
+
+/// The loop on owned buffers, moved into each command and back out of its completion.
+#[inline(never)]
+fn owned(
+    w: Workload<impl FnMut() -> u64>,
+    bufs: &mut [Option<DmaBuffer<SimPlatform>>],
+) -> (IoQueuePair<SimPlatform>, u64) {
+    let Workload {
+        mut qp,
+        ns,
+        write,
+        ios,
+        mut next,
+    } = w;
     let (mut submitted, mut completed) = (0u64, 0u64);
-    let mut done = Vec::with_capacity(qd);
     loop {
         for (tag, b) in bufs.iter_mut().enumerate() {
             if submitted == ios {
@@ -117,19 +169,13 @@ fn main() {
         }
         qp.ring();
         if completed == ios {
-            break;
+            return (qp, completed);
         }
-        qp.poll(|cpl| done.push(cpl)).expect("poll");
-        for cpl in done.drain(..) {
+        qp.poll(|cpl| {
             cpl.result.expect("I/O");
             bufs[cpl.tag as usize] = cpl.buffer;
             completed += 1;
-        }
+        })
+        .expect("poll");
     }
-    c.delete_io_queue_pair(qp).expect("delete");
-    c.shutdown().expect("shutdown");
-    println!(
-        "iopath: {completed} {} at QD{qd}",
-        if write { "writes" } else { "reads" }
-    );
 }
