@@ -1974,6 +1974,57 @@ mod tests {
         unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), p, 16) };
     }
 
+    /// The test plays the device: reads SQ entry `idx`.
+    fn fetch(qp: &IoQueuePair<TestPlatform>, idx: usize) -> Command {
+        let p = (qp.sq_iova() as usize + idx * 64) as *const [u8; 64];
+        // SAFETY: the test platform's IOVA is the CPU address; entry `idx` lies inside the SQ
+        // ring, which is live while `qp` is; the queue pair writes it only on submission.
+        Command::from_le_bytes(unsafe { &p.read_volatile() })
+    }
+
+    /// A command the device asks to be resubmitted (Command Abort Requested, NVMe Base
+    /// §5.1.1) goes back into the SQ from the copy its slot kept: same command, a fresh CID,
+    /// the data pointer placed again for the same buffer; the buffer comes back once, with
+    /// the second completion.
+    #[test]
+    fn abort_requested_command_is_resubmitted_from_its_slot() {
+        let p = Arc::new(TestPlatform::default());
+        let mut qp = IoQueuePair::detached(p.clone(), 1, 4, 8192, Duration::from_secs(1)).unwrap();
+        qp.policy.retries = 1;
+        let ns = qp.detached_namespace(1, 64, 512);
+        let buf = qp.alloc_buffer(8192).unwrap();
+        let iova = buf.mem().iova();
+        let cid = qp.submit_read(&ns, 5, buf, 9).unwrap();
+        qp.ring();
+        let first = fetch(&qp, 0);
+        assert_eq!((first.cid(), first.prp1(), first.psdt()), (cid, iova, 0));
+        let abort = Status::generic(generic::ABORT_REQUESTED, false);
+        post(&qp, 0, Completion::new(0, 0, 1, 1, cid, true, abort));
+        assert!(poll_all(&mut qp).is_empty(), "resubmitted, not reported");
+        assert_eq!(qp.stats().retried, 1);
+        let again = fetch(&qp, 1);
+        assert_ne!(again.cid(), cid, "a fresh CID");
+        assert_eq!(
+            (again.opcode(), again.nsid(), again.cdw10(), again.cdw12()),
+            (NvmOpcode::READ.0, 1, 5, 15),
+            "the same Read: SLBA 5, 16 blocks"
+        );
+        assert_eq!(
+            (again.prp1(), again.prp2(), again.psdt()),
+            (iova, iova + 4096, 0)
+        );
+        qp.ring();
+        let ok = Status::SUCCESS;
+        post(&qp, 1, Completion::new(0, 0, 2, 1, again.cid(), true, ok));
+        let done = poll_all(&mut qp);
+        assert_eq!(done.len(), 1);
+        assert!(matches!(done[0], (9, Ok(()), true)));
+        assert_eq!(qp.outstanding(), 0);
+        qp.detach_device();
+        drop(qp);
+        assert!(p.dma.live() == 0);
+    }
+
     /// Found by `fuzz/` (hostile_device): a completion naming a command whose SQ entry was
     /// not yet covered by a doorbell was accepted, handing back a buffer the device would
     /// reach as soon as the doorbell was written.
