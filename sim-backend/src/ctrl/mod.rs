@@ -271,6 +271,9 @@ pub(crate) struct Controller {
     /// A shutdown notification completed since the last enable (for "unsafe shutdowns").
     shutdown_clean: bool,
     sqs: Vec<Option<Sq>>,
+    /// No SQ at or above this index exists (an upper bound, raised when one is created):
+    /// the arbitration scan stops there.
+    sq_end: usize,
     cqs: Vec<Option<Cq>>,
     /// Granted I/O SQs / CQs (1's based).
     granted: (u16, u16),
@@ -284,6 +287,9 @@ pub(crate) struct Controller {
     held: Vec<Held>,
     pub(crate) violations: Vec<Violation>,
     pub(crate) stats: SimStats,
+    /// Commands fetched per opcode, admin (0) and I/O (1): counted here with one add, and
+    /// folded into [`SimStats`] when the counters are read ([`Controller::stats`]).
+    op_counts: Box<[[u64; 256]; 2]>,
     pub(crate) faults: FaultState,
     dma: DeviceDma,
     irq: Arc<IrqCore>,
@@ -352,6 +358,7 @@ impl Controller {
             shutdown_done_at: None,
             shutdown_clean: true,
             sqs: (0..nq).map(|_| None).collect(),
+            sq_end: 0,
             cqs: (0..nq).map(|_| None).collect(),
             granted: (max, max),
             io_queues_created: false,
@@ -366,6 +373,7 @@ impl Controller {
             held: Vec::new(),
             violations: Vec::new(),
             stats: SimStats::default(),
+            op_counts: Box::new([[0; 256]; 2]),
             faults: FaultState::default(),
             dma: DeviceDma::new(dma),
             irq,
@@ -790,6 +798,7 @@ impl Controller {
             self.set_fatal("invalid configuration at enable");
             return;
         }
+        self.sq_end = self.sq_end.max(1);
         self.sqs[0] = Some(Sq {
             base: self.asq,
             size: u32::from(aqa.asqs_z()) + 1,
@@ -825,6 +834,7 @@ impl Controller {
         for q in &mut self.sqs {
             *q = None;
         }
+        self.sq_end = 0;
         for q in &mut self.cqs {
             *q = None;
         }
@@ -1195,7 +1205,7 @@ impl Controller {
             return false;
         }
         let mut progressed = false;
-        for qid in 0..self.sqs.len() {
+        for qid in 0..self.sq_end.min(self.sqs.len()) {
             let ready = match &self.sqs[qid] {
                 Some(sq) if sq.head != sq.tail => self
                     .cqs
@@ -1217,26 +1227,23 @@ impl Controller {
             return;
         };
         let addr = sq.base + u64::from(sq.head) * SQE_SIZE as u64;
-        let mut raw = [0u8; SQE_SIZE];
-        if let Err(f) = self.dma.read(addr, &mut raw) {
-            self.violation(
-                ViolationKind::UnmappedDma,
-                format!("SQ {sqid} entry fetch: {f}"),
-            );
-            // The controller cannot fetch: it is broken until reset.
-            self.set_fatal("SQ entry fetch failed");
-            return;
-        }
+        let raw = match self.dma.read_array::<SQE_SIZE>(addr) {
+            Ok(raw) => raw,
+            Err(f) => {
+                self.violation(
+                    ViolationKind::UnmappedDma,
+                    format!("SQ {sqid} entry fetch: {f}"),
+                );
+                // The controller cannot fetch: it is broken until reset.
+                self.set_fatal("SQ entry fetch failed");
+                return;
+            }
+        };
         sq.head = (sq.head + 1) % sq.size;
         let cmd = Command::from_le_bytes(&raw);
         let cid = cmd.cid();
         let opcode = cmd.opcode();
-        let counter = if sqid == 0 {
-            &mut self.stats.admin_commands
-        } else {
-            &mut self.stats.io_commands
-        };
-        *counter.entry(opcode).or_default() += 1;
+        self.op_counts[usize::from(sqid != 0)][usize::from(opcode)] += 1;
 
         if sq.outstanding.contains(cid) {
             self.violation(
@@ -1739,6 +1746,22 @@ impl Controller {
         self.error_log.iter()
     }
 
+    /// The counters, with the per-opcode command counts folded in.
+    pub(crate) fn stats(&self) -> SimStats {
+        let mut s = self.stats.clone();
+        for (map, counts) in [
+            (&mut s.admin_commands, &self.op_counts[0]),
+            (&mut s.io_commands, &self.op_counts[1]),
+        ] {
+            for (op, &n) in counts.iter().enumerate() {
+                if n > 0 {
+                    map.insert(op as u8, n);
+                }
+            }
+        }
+        s
+    }
+
     pub(crate) fn error_count(&self) -> u64 {
         self.error_count
     }
@@ -1754,10 +1777,10 @@ impl Controller {
 
 /// The CID of the submission queue entry in slot `i` of the SQ at `base`, if mapped.
 fn sqe_cid(dma: &DeviceDma, base: u64, i: u32) -> Option<u16> {
-    let mut b = [0u8; 4];
-    dma.read(base + u64::from(i) * SQE_SIZE as u64, &mut b)
+    // Dwords 0 and 1 in one word load (the base is page aligned).
+    dma.read_array::<8>(base + u64::from(i) * SQE_SIZE as u64)
         .ok()
-        .map(|()| (u32::from_le_bytes(b) >> 16) as u16)
+        .map(|b| u16::from_le_bytes([b[2], b[3]]))
 }
 
 pub(crate) fn done_status(status: Status) -> Done {
