@@ -617,6 +617,24 @@ impl DeviceDma {
         })
     }
 
+    /// Runs `f` on the words of the word-aligned range `iova .. iova + len` (a whole
+    /// queue): one translation for many entry reads. A fault if the range is not word
+    /// aligned or not inside one live mapping. `f` must not access device memory.
+    pub(crate) fn with_words<R>(
+        &self,
+        iova: u64,
+        len: usize,
+        f: impl FnOnce(&[AtomicU64]) -> R,
+    ) -> Result<R, DmaFault> {
+        if iova % WORD as u64 != 0 || len % WORD != 0 {
+            return Err(DmaFault { iova, len });
+        }
+        self.access(iova, len, |m, off| {
+            let w = m.first_word + off / WORD;
+            f(&m.words[w..w + len / WORD])
+        })
+    }
+
     /// Device read of `N` bytes of host memory into an array (Relaxed, as [`Self::read`]):
     /// a submission queue entry, the first dwords of one. At a word-aligned `iova`, with
     /// `N` a multiple of 8, it is `N / 8` word loads of a fixed count, no length checks.

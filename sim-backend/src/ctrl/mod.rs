@@ -980,24 +980,40 @@ impl Controller {
         // duplicate within the new batch (one outstanding at fetch is caught there). The
         // controller's batch set is left empty again afterwards.
         let (batch, seen) = (&mut self.batch_cids, &mut self.batch_list);
-        let dups = {
-            let view = &self.dma;
-            let mut dups = 0usize;
-            let mut i = tail;
-            while i != v {
-                if let Some(cid) = sqe_cid(view, base, i) {
-                    if batch.insert(cid) {
-                        seen.push(cid);
-                    } else {
-                        dups += 1;
+        let walk =
+            |batch: &mut CidSet, seen: &mut Vec<u16>, cid_at: &dyn Fn(u32) -> Option<u16>| {
+                let mut dups = 0usize;
+                let mut i = tail;
+                while i != v {
+                    if let Some(cid) = cid_at(i) {
+                        if batch.insert(cid) {
+                            seen.push(cid);
+                        } else {
+                            dups += 1;
+                        }
                     }
+                    i = if i + 1 == size { 0 } else { i + 1 };
                 }
-                i = (i + 1) % size;
+                for cid in seen.drain(..) {
+                    batch.remove(cid);
+                }
+                dups
+            };
+        // The whole queue through one translation (dwords 0-1 of entry `i` are word
+        // `8 i`); entry by entry if it is not one mapped region.
+        let dups = match self.dma.with_words(base, size as usize * SQE_SIZE, |ws| {
+            walk(batch, seen, &|i| {
+                let b = ws[i as usize * (SQE_SIZE / 8)]
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_ne_bytes();
+                Some(u16::from_le_bytes([b[2], b[3]]))
+            })
+        }) {
+            Ok(dups) => dups,
+            Err(_) => {
+                let view = &self.dma;
+                walk(batch, seen, &|i| sqe_cid(view, base, i))
             }
-            for cid in seen.drain(..) {
-                batch.remove(cid);
-            }
-            dups
         };
         if dups > 0 {
             // Rare: find the slots again for the report.
@@ -1403,14 +1419,25 @@ impl Controller {
         let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|c| c.as_mut()) else {
             return;
         };
-        cq.backlog.push_back(PendingCqe {
+        let p = PendingCqe {
             sqid,
             cid,
             dw0: done.dw0,
             dw1: done.dw1,
             status: st,
             fault,
-        });
+        };
+        if fault == PostFault::None
+            && cq.backlog.is_empty()
+            && cq.phase_hold.is_none()
+            && !cq.full()
+        {
+            // Room now and nothing ahead of it: what `drain_cq` would do with a backlog of
+            // this one entry, without queueing it.
+            self.write_completion(cqid, p);
+            return;
+        }
+        cq.backlog.push_back(p);
         self.drain_cq(cqid);
     }
 
@@ -1482,38 +1509,48 @@ impl Controller {
                     return;
                 }
             }
-            let (ien, iv) = (cq.ien, cq.iv);
-            let sq = self
-                .sqs
-                .get_mut(usize::from(p.sqid))
-                .and_then(|s| s.as_mut());
-            let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
-            let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, phase, p.status);
-            if let Err(f) = self.dma.write_cqe(addr, &cqe.to_le_bytes()) {
-                self.violation(
-                    ViolationKind::UnmappedDma,
-                    format!("CQ {cqid} entry post: {f}"),
-                );
-                self.set_fatal("CQ entry post failed");
+            if !self.write_completion(cqid, p) {
                 return;
             }
-            if let Some(sq) = self
-                .sqs
-                .get_mut(usize::from(p.sqid))
-                .and_then(|s| s.as_mut())
-            {
-                sq.outstanding.remove(p.cid);
-            }
-            let cq = self.cqs[usize::from(cqid)].as_mut().expect("exists");
-            cq.tail = (cq.tail + 1) % cq.size;
-            if cq.tail == 0 {
-                cq.phase = !cq.phase;
-            }
-            self.stats.completions_posted += 1;
-            if ien {
-                self.pending_irqs.push(iv);
-            }
         }
+    }
+
+    /// Writes completion `p` into the next slot of CQ `cqid` (which exists and has room),
+    /// with the CQ's phase tag and the SQ head now (§4.2.1 SQHD), and advances the tail;
+    /// the command is no longer outstanding. False (and the controller fatal) if the CQ
+    /// memory is not mapped.
+    fn write_completion(&mut self, cqid: u16, p: PendingCqe) -> bool {
+        let cq = self.cqs[usize::from(cqid)].as_ref().expect("exists");
+        let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
+        let (phase, ien, iv) = (cq.phase, cq.ien, cq.iv);
+        let sq = self
+            .sqs
+            .get_mut(usize::from(p.sqid))
+            .and_then(|s| s.as_mut());
+        let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
+        let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, phase, p.status);
+        if let Err(f) = self.dma.write_cqe(addr, &cqe.to_le_bytes()) {
+            self.violation(
+                ViolationKind::UnmappedDma,
+                format!("CQ {cqid} entry post: {f}"),
+            );
+            self.set_fatal("CQ entry post failed");
+            return false;
+        }
+        if let Some(sq) = sq {
+            sq.outstanding.remove(p.cid);
+        }
+        let cq = self.cqs[usize::from(cqid)].as_mut().expect("exists");
+        cq.tail += 1;
+        if cq.tail == cq.size {
+            cq.tail = 0;
+            cq.phase = !cq.phase;
+        }
+        self.stats.completions_posted += 1;
+        if ien {
+            self.pending_irqs.push(iv);
+        }
+        true
     }
 
     // ---------------------------------------------------------------- data transfer
