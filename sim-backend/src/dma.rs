@@ -518,7 +518,7 @@ type Cached = Option<(u64, Arc<Mapping>)>;
 /// free fails as an unmapped one. Not `Sync`: one controller uses it, under its lock.
 pub(crate) struct DeviceDma {
     space: Arc<DmaSpace>,
-    cache: RefCell<Box<[Cached]>>,
+    cache: RefCell<Box<[Cached; CACHE_SLOTS]>>,
     /// [`DmaSpace::frees`] when the cache last let go of freed regions.
     frees_seen: Cell<u64>,
 }
@@ -535,7 +535,7 @@ impl DeviceDma {
     pub(crate) fn new(space: Arc<DmaSpace>) -> Self {
         Self {
             space,
-            cache: RefCell::new((0..CACHE_SLOTS).map(|_| None).collect()),
+            cache: RefCell::new(Box::new(std::array::from_fn(|_| None))),
             frees_seen: Cell::new(0),
         }
     }
@@ -560,7 +560,8 @@ impl DeviceDma {
     }
 
     /// Runs `f` on the mapping holding `iova .. iova + len` and the byte offset of `iova` in
-    /// it; a fault if no live mapping holds the whole range.
+    /// it; a fault if no live mapping holds the whole range. The hit is inlined into every
+    /// access; the miss is out of line.
     #[inline]
     fn access<R>(
         &self,
@@ -569,19 +570,36 @@ impl DeviceDma {
         f: impl FnOnce(&Mapping, usize) -> R,
     ) -> Result<R, DmaFault> {
         let slot = (iova / DMA_PAGE as u64) as usize % CACHE_SLOTS;
-        let mut cache = self.cache.borrow_mut();
-        if let Some((start, m)) = &cache[slot] {
-            // Relaxed: the host's free happens before any later doorbell write (a lock), so
-            // an access caused by one sees the flag.
-            if let Some(off) = iova.checked_sub(*start) {
-                if off < m.len as u64
-                    && len <= m.len - off as usize
-                    && !m.unmapped.load(Ordering::Relaxed)
-                {
-                    return Ok(f(m, off as usize));
+        {
+            let cache = self.cache.borrow();
+            if let Some((start, m)) = &cache[slot] {
+                // Relaxed: the host's free happens before any later doorbell write (a
+                // lock), so an access caused by one sees the flag.
+                if let Some(off) = iova.checked_sub(*start) {
+                    if off < m.len as u64
+                        && len <= m.len - off as usize
+                        && !m.unmapped.load(Ordering::Relaxed)
+                    {
+                        return Ok(f(m, off as usize));
+                    }
                 }
             }
         }
+        self.access_miss(slot, iova, len, f)
+    }
+
+    /// [`Self::access`] when the cache slot does not hold the range: the space's read lock
+    /// and a search, and the slot remembers what was found.
+    #[cold]
+    #[inline(never)]
+    fn access_miss<R>(
+        &self,
+        slot: usize,
+        iova: u64,
+        len: usize,
+        f: impl FnOnce(&Mapping, usize) -> R,
+    ) -> Result<R, DmaFault> {
+        let mut cache = self.cache.borrow_mut();
         let g = self.space.read_lock();
         match lookup(&g, iova, len) {
             Ok((m, off)) => {
@@ -605,12 +623,14 @@ impl DeviceDma {
     }
 
     /// True if `iova .. iova + len` lies in one mapped region.
+    #[inline]
     pub(crate) fn is_mapped(&self, iova: u64, len: usize) -> bool {
         self.access(iova, len, |_, _| ()).is_ok()
     }
 
     /// Device read of host memory. Relaxed: the data's visibility is ordered by the
     /// doorbell write (a lock in this model) that made the device look at it.
+    #[inline]
     pub(crate) fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
         self.access(iova, buf.len(), |m, off| {
             copy_out(m, off, buf, Ordering::Relaxed);
@@ -656,6 +676,7 @@ impl DeviceDma {
 
     /// Device write of host memory. Relaxed: published to the host by the Release store of
     /// the completion's phase dword (or the interrupt) that follows.
+    #[inline]
     pub(crate) fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
         self.access(iova, data.len(), |m, off| {
             copy_in(m, off, data, Ordering::Relaxed);
@@ -666,6 +687,7 @@ impl DeviceDma {
     /// then dwords 2–3 (dword 3 holds the phase tag, bit 16) last, with Release ordering, so
     /// a host that reads dwords 2–3 with Acquire sees the whole entry (NVMe Base §4.2.1,
     /// §4.2.4). One atomic store per 8 bytes, as wide as the host's load.
+    #[inline]
     pub(crate) fn write_cqe(&self, iova: u64, bytes: &[u8; 16]) -> Result<(), DmaFault> {
         if iova % 16 != 0 {
             return Err(DmaFault { iova, len: 16 });
