@@ -980,29 +980,10 @@ impl Controller {
         // duplicate within the new batch (one outstanding at fetch is caught there). The
         // controller's batch set is left empty again afterwards.
         let (batch, seen) = (&mut self.batch_cids, &mut self.batch_list);
-        let walk =
-            |batch: &mut CidSet, seen: &mut Vec<u16>, cid_at: &dyn Fn(u32) -> Option<u16>| {
-                let mut dups = 0usize;
-                let mut i = tail;
-                while i != v {
-                    if let Some(cid) = cid_at(i) {
-                        if batch.insert(cid) {
-                            seen.push(cid);
-                        } else {
-                            dups += 1;
-                        }
-                    }
-                    i = if i + 1 == size { 0 } else { i + 1 };
-                }
-                for cid in seen.drain(..) {
-                    batch.remove(cid);
-                }
-                dups
-            };
         // The whole queue through one translation (dwords 0-1 of entry `i` are word
         // `8 i`); entry by entry if it is not one mapped region.
         let dups = match self.dma.with_words(base, size as usize * SQE_SIZE, |ws| {
-            walk(batch, seen, &|i| {
+            batch_duplicates(batch, seen, tail, v, size, |i| {
                 let b = ws[i as usize * (SQE_SIZE / 8)]
                     .load(std::sync::atomic::Ordering::Relaxed)
                     .to_ne_bytes();
@@ -1012,7 +993,7 @@ impl Controller {
             Ok(dups) => dups,
             Err(_) => {
                 let view = &self.dma;
-                walk(batch, seen, &|i| sqe_cid(view, base, i))
+                batch_duplicates(batch, seen, tail, v, size, |i| sqe_cid(view, base, i))
             }
         };
         if dups > 0 {
@@ -1243,8 +1224,8 @@ impl Controller {
             return;
         };
         let addr = sq.base + u64::from(sq.head) * SQE_SIZE as u64;
-        let raw = match self.dma.read_array::<SQE_SIZE>(addr) {
-            Ok(raw) => raw,
+        let cmd = match self.dma.read_sqe(addr) {
+            Ok(cmd) => cmd,
             Err(f) => {
                 self.violation(
                     ViolationKind::UnmappedDma,
@@ -1255,8 +1236,11 @@ impl Controller {
                 return;
             }
         };
-        sq.head = (sq.head + 1) % sq.size;
-        let cmd = Command::from_le_bytes(&raw);
+        sq.head = if sq.head + 1 == sq.size {
+            0
+        } else {
+            sq.head + 1
+        };
         let cid = cmd.cid();
         let opcode = cmd.opcode();
         self.op_counts[usize::from(sqid != 0)][usize::from(opcode)] += 1;
@@ -1520,16 +1504,14 @@ impl Controller {
     /// the command is no longer outstanding. False (and the controller fatal) if the CQ
     /// memory is not mapped.
     fn write_completion(&mut self, cqid: u16, p: PendingCqe) -> bool {
-        let cq = self.cqs[usize::from(cqid)].as_ref().expect("exists");
+        // Disjoint borrows of the queues and the DMA handle: each looked up once.
+        let Self { cqs, sqs, dma, .. } = self;
+        let cq = cqs[usize::from(cqid)].as_mut().expect("exists");
         let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
-        let (phase, ien, iv) = (cq.phase, cq.ien, cq.iv);
-        let sq = self
-            .sqs
-            .get_mut(usize::from(p.sqid))
-            .and_then(|s| s.as_mut());
+        let mut sq = sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut());
         let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
-        let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, phase, p.status);
-        if let Err(f) = self.dma.write_cqe(addr, &cqe.to_le_bytes()) {
+        let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, cq.phase, p.status);
+        if let Err(f) = dma.write_cqe_dwords(addr, cqe.dwords()) {
             self.violation(
                 ViolationKind::UnmappedDma,
                 format!("CQ {cqid} entry post: {f}"),
@@ -1537,15 +1519,15 @@ impl Controller {
             self.set_fatal("CQ entry post failed");
             return false;
         }
-        if let Some(sq) = sq {
+        if let Some(sq) = sq.as_mut() {
             sq.outstanding.remove(p.cid);
         }
-        let cq = self.cqs[usize::from(cqid)].as_mut().expect("exists");
         cq.tail += 1;
         if cq.tail == cq.size {
             cq.tail = 0;
             cq.phase = !cq.phase;
         }
+        let (ien, iv) = (cq.ien, cq.iv);
         self.stats.completions_posted += 1;
         if ien {
             self.pending_irqs.push(iv);
@@ -1810,6 +1792,36 @@ impl Controller {
         }
         Ok(nsid as usize - 1)
     }
+}
+
+/// Counts the entries of slots `tail .. v` (modulo `size`) whose CID (`cid_at`, `None` for
+/// an unreadable entry) an earlier entry of the range has too; `batch` and `seen` are left
+/// empty again.
+#[inline(always)]
+fn batch_duplicates(
+    batch: &mut CidSet,
+    seen: &mut Vec<u16>,
+    tail: u32,
+    v: u32,
+    size: u32,
+    cid_at: impl Fn(u32) -> Option<u16>,
+) -> usize {
+    let mut dups = 0usize;
+    let mut i = tail;
+    while i != v {
+        if let Some(cid) = cid_at(i) {
+            if batch.insert(cid) {
+                seen.push(cid);
+            } else {
+                dups += 1;
+            }
+        }
+        i = if i + 1 == size { 0 } else { i + 1 };
+    }
+    for cid in seen.drain(..) {
+        batch.remove(cid);
+    }
+    dups
 }
 
 /// The CID of the submission queue entry in slot `i` of the SQ at `base`, if mapped.
