@@ -563,7 +563,7 @@ impl DeviceDma {
     /// Runs `f` on the mapping holding `iova .. iova + len` and the byte offset of `iova` in
     /// it; a fault if no live mapping holds the whole range. The hit is inlined into every
     /// access; the miss is out of line.
-    #[inline]
+    #[inline(always)]
     fn access<R>(
         &self,
         iova: u64,

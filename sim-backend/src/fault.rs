@@ -330,7 +330,11 @@ impl FaultState {
     }
 
     /// True if any LBA of `slba .. slba + nlb` of `nsid` has an injected media error.
+    #[inline]
     pub(crate) fn media_error(&self, nsid: u32, slba: u64, nlb: u64) -> Option<u64> {
+        if self.media_errors.is_empty() {
+            return None;
+        }
         let end = slba.saturating_add(nlb);
         self.media_errors
             .iter()

@@ -437,6 +437,7 @@ impl Namespace {
     }
 
     /// True if any LBA of the range was made uncorrectable (Write Uncorrectable).
+    #[inline]
     pub(crate) fn first_uncorrectable(&self, slba: u64, nlb: u64) -> Option<u64> {
         if !self.any_uncorrectable {
             return None;

@@ -132,7 +132,12 @@ pub(crate) struct Cq {
 
 impl Cq {
     fn full(&self) -> bool {
-        (self.tail + 1) % self.size == self.head
+        let next = if self.tail + 1 == self.size {
+            0
+        } else {
+            self.tail + 1
+        };
+        next == self.head
     }
 }
 
@@ -1503,6 +1508,7 @@ impl Controller {
     /// with the CQ's phase tag and the SQ head now (§4.2.1 SQHD), and advances the tail;
     /// the command is no longer outstanding. False (and the controller fatal) if the CQ
     /// memory is not mapped.
+    #[inline]
     fn write_completion(&mut self, cqid: u16, p: PendingCqe) -> bool {
         // Disjoint borrows of the queues and the DMA handle: each looked up once.
         let Self { cqs, sqs, dma, .. } = self;
@@ -1605,20 +1611,25 @@ impl Controller {
         if cmd.psdt() != 0 {
             // SGLs (`crate::sgl`): the descriptors are walked and checked first, then the
             // blocks go straight from the medium into the pieces they describe.
-            let mut pieces = std::mem::take(&mut self.sgl_pieces);
-            let (dma, ns, scratch) = (&self.dma, &self.namespaces[i], &mut self.scratch);
-            let r = sgl::walk_into(dma, Sgls(self.cfg.sgls), sgl1(cmd), len, true, &mut pieces)
+            let Self {
+                dma,
+                namespaces,
+                scratch,
+                sgl_pieces: pieces,
+                cfg,
+                ..
+            } = self;
+            let ns = &namespaces[i];
+            return sgl::walk_into(dma, Sgls(cfg.sgls), sgl1(cmd), len, true, pieces)
                 .map_err(ReadFailure::Prp)
                 .and_then(|()| {
-                    let mut out = sgl::Scatter::new(dma, &pieces);
+                    let mut out = sgl::Scatter::new(dma, pieces);
                     ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
                         .map_err(|e| match e {
                             ReadError::Medium => ReadFailure::Medium,
                             ReadError::Sink(e) => ReadFailure::Prp(e),
                         })
                 });
-            self.sgl_pieces = pieces;
-            return r;
         }
         let mut segs = std::mem::take(&mut self.segs);
         let ns = &self.namespaces[i];
