@@ -461,7 +461,7 @@ impl Controller {
             );
             self.pending_irqs.clear();
             self.pending_irqs.extend(v);
-        } else {
+        } else if self.pending_irqs.len() > 1 {
             // No coalescing (the default): no clock read, no allocation.
             self.pending_irqs.sort_unstable();
             self.pending_irqs.dedup();
@@ -982,23 +982,27 @@ impl Controller {
             return;
         }
         // CIDs must be unique among the commands outstanding on one SQ (§4.1): look for a
-        // duplicate within the new batch (one outstanding at fetch is caught there). The
-        // controller's batch set is left empty again afterwards.
+        // duplicate within the new batch (one outstanding at fetch is caught there; a batch
+        // of one entry has none). The controller's batch set is left empty again afterwards.
         let (batch, seen) = (&mut self.batch_cids, &mut self.batch_list);
         // The whole queue through one translation (dwords 0-1 of entry `i` are word
         // `8 i`); entry by entry if it is not one mapped region.
-        let dups = match self.dma.with_words(base, size as usize * SQE_SIZE, |ws| {
-            batch_duplicates(batch, seen, tail, v, size, |i| {
-                let b = ws[i as usize * (SQE_SIZE / 8)]
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .to_ne_bytes();
-                Some(u16::from_le_bytes([b[2], b[3]]))
-            })
-        }) {
-            Ok(dups) => dups,
-            Err(_) => {
-                let view = &self.dma;
-                batch_duplicates(batch, seen, tail, v, size, |i| sqe_cid(view, base, i))
+        let dups = if added < 2 {
+            0
+        } else {
+            match self.dma.with_words(base, size as usize * SQE_SIZE, |ws| {
+                batch_duplicates(batch, seen, tail, v, size, |i| {
+                    let b = ws[i as usize * (SQE_SIZE / 8)]
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .to_ne_bytes();
+                    Some(u16::from_le_bytes([b[2], b[3]]))
+                })
+            }) {
+                Ok(dups) => dups,
+                Err(_) => {
+                    let view = &self.dma;
+                    batch_duplicates(batch, seen, tail, v, size, |i| sqe_cid(view, base, i))
+                }
             }
         };
         if dups > 0 {
@@ -1054,6 +1058,7 @@ impl Controller {
 
     /// Writes EventIdx for an I/O queue when the host configured a doorbell buffer (§5.8):
     /// the host writes the doorbell register once its shadow value moves past `v`.
+    #[inline]
     pub(crate) fn set_event_idx(&mut self, qid: usize, cq: bool, v: u32) {
         let Some((_, eis)) = self.dbbuf else {
             return;
@@ -1061,6 +1066,11 @@ impl Controller {
         if qid == 0 {
             return;
         }
+        self.write_event_idx(eis, qid, cq, v);
+    }
+
+    /// [`Controller::set_event_idx`] with a doorbell buffer configured.
+    fn write_event_idx(&mut self, eis: u64, qid: usize, cq: bool, v: u32) {
         let at = eis + self.dbbuf_offset(qid, cq);
         if self.dma.write(at, &v.to_le_bytes()).is_err() {
             self.violation(
