@@ -43,6 +43,17 @@ enum Storage {
     File(File),
 }
 
+/// Sets the bits of `r` to `v`: one bit (a one-block command) directly, a range through
+/// the word-wise fill.
+#[inline]
+fn fill_bits(bits: &mut BitVec, r: std::ops::Range<usize>, v: bool) {
+    if r.len() == 1 {
+        bits.set(r.start, v);
+    } else {
+        bits[r].fill(v);
+    }
+}
+
 /// Chunk `idx` of a memory medium, if it was ever written.
 fn chunk(chunks: &[Option<Box<[u8]>>], idx: u64) -> Option<&[u8]> {
     chunks.get(idx as usize).and_then(|c| c.as_deref())
@@ -519,8 +530,11 @@ impl Namespace {
         let bs = self.lba_size() as usize;
         let nlb = (data.len() / bs) as u64;
         let r = self.range(slba, nlb);
-        self.uncorrectable[r.clone()].fill(false);
-        self.alloc[r.clone()].fill(true);
+        // No LBA was ever made uncorrectable: every bit is already clear.
+        if self.any_uncorrectable {
+            self.uncorrectable[r.clone()].fill(false);
+        }
+        fill_bits(&mut self.alloc, r.clone(), true);
         if cached {
             for (i, blk) in data.chunks_exact(bs).enumerate() {
                 self.cache.put_data(slba + i as u64, blk);
@@ -531,7 +545,7 @@ impl Namespace {
             Ok(())
         } else {
             self.cache.remove_range(slba, nlb);
-            self.persist_alloc[r].fill(true);
+            fill_bits(&mut self.persist_alloc, r, true);
             self.medium.write(slba * bs as u64, data)
         }
     }
