@@ -17,7 +17,7 @@
 //! space's read lock); the controller reaches them through a [`DeviceDma`], whose cache of
 //! recent translations makes an access to the queues and buffers in use lock-free.
 //!
-//! The bulk copies are loops of Relaxed word loads and stores over fixed-size groups of 16
+//! The bulk copies are loops of Relaxed word loads and stores over fixed-size groups of 32
 //! words, which compile to one plain load and one plain store per 8 bytes (no read-modify-
 //! write, no fence); only a partial word at either end of an access is merged with an
 //! atomic read-modify-write, so the bytes around it (which the host may own) are kept.
@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nvme_core::hw::{DmaAllocator, DmaError, DmaErrorKind, DmaRegion};
+use nvme_core::spec::{Command, SQE_SIZE};
 
 /// The first IOVA the simulator hands out. Far from any heap address, so a host that puts a
 /// CPU pointer where an IOVA belongs is caught.
@@ -303,6 +304,18 @@ fn lookup(inner: &SpaceInner, iova: u64, len: usize) -> Result<(&Arc<Mapping>, u
 
 /// Copies the `buf.len()` bytes at byte `off` of `m` into `buf`, one atomic word load each.
 fn copy_out(m: &Mapping, off: usize, buf: &mut [u8], order: Ordering) {
+    if off % WORD == 0 && buf.len() % WORD == 0 {
+        // Whole words (SQ entries, PRP lists, SGL segments, word-aligned buffers): no
+        // head or tail to merge.
+        let w = m.first_word + off / WORD;
+        let words = &m.words[w..w + buf.len() / WORD];
+        match order {
+            Ordering::Relaxed => load_words::<false>(words, buf),
+            Ordering::Acquire => load_words::<true>(words, buf),
+            _ => load_words_any(words, buf, order),
+        }
+        return;
+    }
     let Split { head, whole, tail } = split(m, off, buf.len());
     let mut pos = 0;
     if let Some((w, in_word, n)) = head {
@@ -316,11 +329,7 @@ fn copy_out(m: &Mapping, off: usize, buf: &mut [u8], order: Ordering) {
     match order {
         Ordering::Relaxed => load_words::<false>(words, body),
         Ordering::Acquire => load_words::<true>(words, body),
-        _ => {
-            for (w, out) in words.iter().zip(body.chunks_exact_mut(WORD)) {
-                out.copy_from_slice(&w.load(order).to_ne_bytes());
-            }
-        }
+        _ => load_words_any(words, body, order),
     }
     if let Some((w, n)) = tail {
         let v = m.words[w].load(order).to_ne_bytes();
@@ -333,6 +342,12 @@ fn copy_out(m: &Mapping, off: usize, buf: &mut [u8], order: Ordering) {
 /// word is merged (one atomic read-modify-write), so bytes of the word outside this access
 /// (which the host may own) are preserved.
 fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
+    if off % WORD == 0 && data.len() % WORD == 0 {
+        // Whole words (every block-sized transfer to a word-aligned buffer): nothing to merge.
+        let w = m.first_word + off / WORD;
+        store_blocks(&m.words[w..w + data.len() / WORD], data, order);
+        return;
+    }
     let load = if order == Ordering::Release {
         Ordering::Relaxed
     } else {
@@ -351,42 +366,83 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
         merge(&m.words[w], in_word, &data[..n]);
         pos = n;
     }
-    let body = &data[pos..pos + whole.len() * WORD];
-    let words = &m.words[whole];
-    // Block by block: first one load per cache line of the source block (independent
-    // loads, so their misses overlap: the source is usually cold, a random block of the
-    // medium), then the word stores, whose loads now hit the L1 cache. A plain word loop
-    // over cold memory would keep far fewer misses in flight than memcpy does.
-    for (ws, src) in words.chunks(BLOCK / WORD).zip(body.chunks(BLOCK)) {
-        let mut touch = 0u8;
-        for line in src.chunks_exact(64) {
-            touch ^= line[0];
-        }
-        std::hint::black_box(touch);
-        // One branch on the ordering per block, not per store.
-        match order {
-            Ordering::Relaxed => store_words::<false>(ws, src),
-            Ordering::Release => store_words::<true>(ws, src),
-            _ => {
-                for (w, d) in ws.iter().zip(src.chunks_exact(WORD)) {
-                    w.store(word_of(d), order);
-                }
-            }
-        }
-    }
+    store_blocks(
+        &m.words[whole.clone()],
+        &data[pos..pos + whole.len() * WORD],
+        order,
+    );
     if let Some((w, n)) = tail {
         merge(&m.words[w], 0, &data[data.len() - n..]);
     }
 }
 
-/// Words per iteration of the copy loops: the inner loop over a fixed count unrolls into
-/// one load and one store per word, with one counter update and branch per 128 bytes.
-const UNROLL: usize = 16;
+/// Stores `src` into `ws` (`src.len() == 8 * ws.len()`) block by block: first one load per
+/// cache line of the source block (independent loads, so their misses overlap: the source
+/// is usually cold, a random block of the medium), then the word stores, whose loads now
+/// hit the L1 cache. A plain word loop over cold memory would keep far fewer misses in
+/// flight than memcpy does.
+#[inline(always)]
+fn store_blocks(ws: &[AtomicU64], src: &[u8], order: Ordering) {
+    let mut blocks = src.chunks_exact(BLOCK);
+    let mut words = ws.chunks_exact(BLOCK / WORD);
+    for (src, ws) in (&mut blocks).zip(&mut words) {
+        let src: &[u8; BLOCK] = src.try_into().expect("a whole block");
+        touch_block(src);
+        store_ordered(ws, src, order);
+    }
+    let (src, ws) = (blocks.remainder(), words.remainder());
+    if !src.is_empty() {
+        let mut touch = 0u8;
+        for line in src.chunks(64) {
+            touch ^= line[0];
+        }
+        std::hint::black_box(touch);
+        store_ordered(ws, src, order);
+    }
+}
+
+/// One load per cache line of a whole source block (see [`store_blocks`]): a fixed count,
+/// so the loop unrolls into 64 loads.
+#[inline(always)]
+fn touch_block(src: &[u8; BLOCK]) {
+    let mut touch = 0u8;
+    for k in 0..BLOCK / 64 {
+        touch ^= src[k * 64];
+    }
+    std::hint::black_box(touch);
+}
+
+/// [`store_words`] with the ordering as a constant where it can be (one branch per block).
+#[inline(always)]
+fn store_ordered(ws: &[AtomicU64], src: &[u8], order: Ordering) {
+    match order {
+        Ordering::Relaxed => store_words::<false>(ws, src),
+        Ordering::Release => store_words::<true>(ws, src),
+        _ => {
+            for (w, d) in ws.iter().zip(src.chunks_exact(WORD)) {
+                w.store(word_of(d), order);
+            }
+        }
+    }
+}
+
+/// Words per iteration of the copy loops: the inner loop over a fixed-size array unrolls
+/// into one load and one store per word, with no bounds check, and one counter update and
+/// branch per 256 bytes.
+const UNROLL: usize = 32;
 
 /// The native-endian word in the first 8 bytes of `d` (`d.len() >= 8`).
 #[inline(always)]
 fn word_of(d: &[u8]) -> u64 {
     u64::from_ne_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// [`load_words`] for an ordering that is not a constant (SeqCst; never used by the data
+/// path).
+fn load_words_any(ws: &[AtomicU64], out: &mut [u8], order: Ordering) {
+    for (w, out) in ws.iter().zip(out.chunks_exact_mut(WORD)) {
+        out.copy_from_slice(&w.load(order).to_ne_bytes());
+    }
 }
 
 /// Loads `ws` into `out` (`out.len() == 8 * ws.len()`), one atomic load per word;
@@ -400,9 +456,11 @@ fn load_words<const ACQUIRE: bool>(ws: &[AtomicU64], out: &mut [u8]) {
     };
     let mut src = ws.chunks_exact(UNROLL);
     let mut dst = out.chunks_exact_mut(UNROLL * WORD);
-    for (w16, o) in (&mut src).zip(&mut dst) {
-        for (w, b) in w16.iter().zip(o.chunks_exact_mut(WORD)) {
-            b.copy_from_slice(&w.load(order).to_ne_bytes());
+    for (ws, o) in (&mut src).zip(&mut dst) {
+        let ws: &[AtomicU64; UNROLL] = ws.try_into().expect("UNROLL words");
+        let o: &mut [u8; UNROLL * WORD] = o.try_into().expect("UNROLL words");
+        for k in 0..UNROLL {
+            o[k * WORD..(k + 1) * WORD].copy_from_slice(&ws[k].load(order).to_ne_bytes());
         }
     }
     for (w, o) in src
@@ -426,9 +484,11 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU64], src: &[u8]) {
     };
     let mut dst = ws.chunks_exact(UNROLL);
     let mut from = src.chunks_exact(UNROLL * WORD);
-    for (w16, d) in (&mut dst).zip(&mut from) {
-        for (w, b) in w16.iter().zip(d.chunks_exact(WORD)) {
-            w.store(word_of(b), order);
+    for (ws, d) in (&mut dst).zip(&mut from) {
+        let ws: &[AtomicU64; UNROLL] = ws.try_into().expect("UNROLL words");
+        let d: &[u8; UNROLL * WORD] = d.try_into().expect("UNROLL words");
+        for k in 0..UNROLL {
+            ws[k].store(word_of(&d[k * WORD..]), order);
         }
     }
     for (w, b) in dst
@@ -459,7 +519,7 @@ type Cached = Option<(u64, Arc<Mapping>)>;
 /// free fails as an unmapped one. Not `Sync`: one controller uses it, under its lock.
 pub(crate) struct DeviceDma {
     space: Arc<DmaSpace>,
-    cache: RefCell<Box<[Cached]>>,
+    cache: RefCell<Box<[Cached; CACHE_SLOTS]>>,
     /// [`DmaSpace::frees`] when the cache last let go of freed regions.
     frees_seen: Cell<u64>,
 }
@@ -476,7 +536,7 @@ impl DeviceDma {
     pub(crate) fn new(space: Arc<DmaSpace>) -> Self {
         Self {
             space,
-            cache: RefCell::new((0..CACHE_SLOTS).map(|_| None).collect()),
+            cache: RefCell::new(Box::new(std::array::from_fn(|_| None))),
             frees_seen: Cell::new(0),
         }
     }
@@ -501,8 +561,9 @@ impl DeviceDma {
     }
 
     /// Runs `f` on the mapping holding `iova .. iova + len` and the byte offset of `iova` in
-    /// it; a fault if no live mapping holds the whole range.
-    #[inline]
+    /// it; a fault if no live mapping holds the whole range. The hit is inlined into every
+    /// access; the miss is out of line.
+    #[inline(always)]
     fn access<R>(
         &self,
         iova: u64,
@@ -510,19 +571,36 @@ impl DeviceDma {
         f: impl FnOnce(&Mapping, usize) -> R,
     ) -> Result<R, DmaFault> {
         let slot = (iova / DMA_PAGE as u64) as usize % CACHE_SLOTS;
-        let mut cache = self.cache.borrow_mut();
-        if let Some((start, m)) = &cache[slot] {
-            // Relaxed: the host's free happens before any later doorbell write (a lock), so
-            // an access caused by one sees the flag.
-            if let Some(off) = iova.checked_sub(*start) {
-                if off < m.len as u64
-                    && len <= m.len - off as usize
-                    && !m.unmapped.load(Ordering::Relaxed)
-                {
-                    return Ok(f(m, off as usize));
+        {
+            let cache = self.cache.borrow();
+            if let Some((start, m)) = &cache[slot] {
+                // Relaxed: the host's free happens before any later doorbell write (a
+                // lock), so an access caused by one sees the flag.
+                if let Some(off) = iova.checked_sub(*start) {
+                    if off < m.len as u64
+                        && len <= m.len - off as usize
+                        && !m.unmapped.load(Ordering::Relaxed)
+                    {
+                        return Ok(f(m, off as usize));
+                    }
                 }
             }
         }
+        self.access_miss(slot, iova, len, f)
+    }
+
+    /// [`Self::access`] when the cache slot does not hold the range: the space's read lock
+    /// and a search, and the slot remembers what was found.
+    #[cold]
+    #[inline(never)]
+    fn access_miss<R>(
+        &self,
+        slot: usize,
+        iova: u64,
+        len: usize,
+        f: impl FnOnce(&Mapping, usize) -> R,
+    ) -> Result<R, DmaFault> {
+        let mut cache = self.cache.borrow_mut();
         let g = self.space.read_lock();
         match lookup(&g, iova, len) {
             Ok((m, off)) => {
@@ -546,20 +624,85 @@ impl DeviceDma {
     }
 
     /// True if `iova .. iova + len` lies in one mapped region.
+    #[inline]
     pub(crate) fn is_mapped(&self, iova: u64, len: usize) -> bool {
         self.access(iova, len, |_, _| ()).is_ok()
     }
 
     /// Device read of host memory. Relaxed: the data's visibility is ordered by the
     /// doorbell write (a lock in this model) that made the device look at it.
+    #[inline]
     pub(crate) fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
         self.access(iova, buf.len(), |m, off| {
             copy_out(m, off, buf, Ordering::Relaxed);
         })
     }
 
+    /// Runs `f` on the words of the word-aligned range `iova .. iova + len` (a whole
+    /// queue): one translation for many entry reads. A fault if the range is not word
+    /// aligned or not inside one live mapping. `f` must not access device memory.
+    pub(crate) fn with_words<R>(
+        &self,
+        iova: u64,
+        len: usize,
+        f: impl FnOnce(&[AtomicU64]) -> R,
+    ) -> Result<R, DmaFault> {
+        if iova % WORD as u64 != 0 || len % WORD != 0 {
+            return Err(DmaFault { iova, len });
+        }
+        self.access(iova, len, |m, off| {
+            let w = m.first_word + off / WORD;
+            f(&m.words[w..w + len / WORD])
+        })
+    }
+
+    /// Fetches the 64-byte submission queue entry at `iova` (Relaxed, as [`Self::read`]):
+    /// at a word-aligned address (every queue base is page aligned) eight word loads
+    /// straight into the command's dwords, the low half of each word first (the entry is
+    /// little endian, NVMe Base §4.1).
+    #[inline]
+    pub(crate) fn read_sqe(&self, iova: u64) -> Result<Command, DmaFault> {
+        if iova % WORD as u64 != 0 {
+            let b: [u8; SQE_SIZE] = self.read_array(iova)?;
+            return Ok(Command::from_le_bytes(&b));
+        }
+        self.access(iova, SQE_SIZE, |m, off| {
+            let w = m.first_word + off / WORD;
+            let ws: &[AtomicU64; SQE_SIZE / WORD] = m.words[w..w + SQE_SIZE / WORD]
+                .try_into()
+                .expect("one entry of words");
+            let mut cdw = [0u32; SQE_SIZE / 4];
+            for (k, word) in ws.iter().enumerate() {
+                let b = word.load(Ordering::Relaxed).to_ne_bytes();
+                cdw[2 * k] = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                cdw[2 * k + 1] = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            }
+            Command::from_dwords(cdw)
+        })
+    }
+
+    /// Device read of `N` bytes of host memory into an array (Relaxed, as [`Self::read`]):
+    /// a submission queue entry, the first dwords of one. At a word-aligned `iova`, with
+    /// `N` a multiple of 8, it is `N / 8` word loads of a fixed count, no length checks.
+    #[inline]
+    pub(crate) fn read_array<const N: usize>(&self, iova: u64) -> Result<[u8; N], DmaFault> {
+        let mut out = [0u8; N];
+        if iova % WORD as u64 != 0 || N % WORD != 0 {
+            self.read(iova, &mut out)?;
+            return Ok(out);
+        }
+        self.access(iova, N, |m, off| {
+            let w = m.first_word + off / WORD;
+            for (o, word) in out.chunks_exact_mut(WORD).zip(&m.words[w..w + N / WORD]) {
+                o.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+            }
+        })?;
+        Ok(out)
+    }
+
     /// Device write of host memory. Relaxed: published to the host by the Release store of
     /// the completion's phase dword (or the interrupt) that follows.
+    #[inline]
     pub(crate) fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
         self.access(iova, data.len(), |m, off| {
             copy_in(m, off, data, Ordering::Relaxed);
@@ -570,11 +713,23 @@ impl DeviceDma {
     /// then dwords 2–3 (dword 3 holds the phase tag, bit 16) last, with Release ordering, so
     /// a host that reads dwords 2–3 with Acquire sees the whole entry (NVMe Base §4.2.1,
     /// §4.2.4). One atomic store per 8 bytes, as wide as the host's load.
+    #[inline]
     pub(crate) fn write_cqe(&self, iova: u64, bytes: &[u8; 16]) -> Result<(), DmaFault> {
         if iova % 16 != 0 {
             return Err(DmaFault { iova, len: 16 });
         }
         self.access(iova, 16, |m, off| store_cqe(m, off, bytes))
+    }
+
+    /// [`Self::write_cqe`] from the entry's four dwords (dword `2k` in the low half of
+    /// word `k`, as the little-endian bytes are laid out).
+    #[inline]
+    pub(crate) fn write_cqe_dwords(&self, iova: u64, dw: [u32; 4]) -> Result<(), DmaFault> {
+        let mut b = [0u8; 16];
+        for (o, d) in b.chunks_exact_mut(4).zip(dw) {
+            o.copy_from_slice(&d.to_le_bytes());
+        }
+        self.write_cqe(iova, &b)
     }
 }
 
@@ -745,6 +900,53 @@ mod tests {
             dma.allocate(usize::MAX).unwrap_err().kind(),
             DmaErrorKind::InvalidRequest
         );
+    }
+
+    /// The whole-word paths (a word-aligned access of whole words: whole blocks plus a
+    /// partial block, and fixed-size entry reads) move the same bytes as the merging path,
+    /// and an unmapped or overrunning access fails the same way.
+    #[test]
+    fn whole_word_paths_match_the_byte_paths() {
+        let space = Arc::new(DmaSpace::new(DMA_PAGE));
+        let dma = SimDma::new(space.clone());
+        let dev = DeviceDma::new(space.clone());
+        let r = dma.allocate(4 * 4096).unwrap();
+        let len = 3 * 4096 + 512 + 8;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        dev.write(r.iova() + 8, &data).unwrap();
+        let mut back = vec![0u8; len + 16];
+        dev.read(r.iova(), &mut back).unwrap();
+        assert_eq!(back[..8], [0; 8]);
+        assert_eq!(back[8..8 + len], data[..]);
+        assert_eq!(back[8 + len..], [0; 8]);
+        // Entry reads: aligned (word loads) and not (the byte path) agree with `read`.
+        let a: [u8; 64] = dev.read_array(r.iova() + 64).unwrap();
+        assert_eq!(a[..], back[64..128]);
+        let b: [u8; 12] = dev.read_array(r.iova() + 3).unwrap();
+        assert_eq!(b[..], back[3..15]);
+        assert!(dev.read_array::<64>(r.iova() + 4 * 4096 - 32).is_err());
+        // An SQ entry: the word-aligned fetch and the byte path decode the same command.
+        let want = Command::from_le_bytes(&a);
+        assert_eq!(dev.read_sqe(r.iova() + 64).unwrap(), want);
+        let odd: [u8; 64] = dev.read_array(r.iova() + 68).unwrap();
+        assert_eq!(
+            dev.read_sqe(r.iova() + 68).unwrap(),
+            Command::from_le_bytes(&odd)
+        );
+        assert!(dev.read_sqe(r.iova() + 4 * 4096 - 32).is_err());
+        // A completion from dwords lands as its little-endian bytes.
+        dev.write_cqe_dwords(
+            r.iova() + 15360,
+            [0x0403_0201, 0x0807_0605, 0x0C0B_0A09, 0x100F_0E0D],
+        )
+        .unwrap();
+        let mut cqe = [0u8; 16];
+        dev.read(r.iova() + 15360, &mut cqe).unwrap();
+        assert_eq!(cqe, std::array::from_fn(|i| i as u8 + 1));
+        assert!(dev.write(r.iova() + 4 * 4096 - 8, &[0; 16]).is_err());
+        let mut host = vec![0u8; len];
+        assert!(dma.host_read(r.iova() + 8, &mut host));
+        assert!(host == data, "host view differs");
     }
 
     /// The driver core's accesses to memory the device may touch at the same time are 64-bit

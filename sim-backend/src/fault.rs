@@ -249,11 +249,20 @@ fn take_armed<F>(list: &mut Vec<Armed<F>>, sqid: u16, cmd: &Command) -> Option<F
 impl FaultState {
     /// Takes the completion fault for a command being fetched: a one-shot fault whose match
     /// selects it, else (I/O commands) a random draw.
+    #[inline]
     pub(crate) fn take_completion_fault(
         &mut self,
         sqid: u16,
         cmd: &Command,
     ) -> Option<CompletionFault> {
+        // Nothing armed and no random faults (the common case): one check per command.
+        if self.completion.is_empty() && self.random.is_none() {
+            return None;
+        }
+        self.draw_completion_fault(sqid, cmd)
+    }
+
+    fn draw_completion_fault(&mut self, sqid: u16, cmd: &Command) -> Option<CompletionFault> {
         if let Some(f) = take_armed(&mut self.completion, sqid, cmd) {
             self.injected += 1;
             return Some(f);
@@ -321,7 +330,11 @@ impl FaultState {
     }
 
     /// True if any LBA of `slba .. slba + nlb` of `nsid` has an injected media error.
+    #[inline]
     pub(crate) fn media_error(&self, nsid: u32, slba: u64, nlb: u64) -> Option<u64> {
+        if self.media_errors.is_empty() {
+            return None;
+        }
         let end = slba.saturating_add(nlb);
         self.media_errors
             .iter()

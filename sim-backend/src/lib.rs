@@ -546,7 +546,7 @@ impl Simulator {
     /// Counters: commands per opcode, doorbell writes, completions, interrupts, resets.
     pub fn stats(&self) -> SimStats {
         let irq = self.shared.irq.raised();
-        let mut s = self.shared.with_ctrl(|c| c.stats.clone());
+        let mut s = self.shared.with_ctrl(|c| c.stats());
         s.interrupts_raised = s.interrupts_raised.max(irq);
         s
     }

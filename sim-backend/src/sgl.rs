@@ -78,6 +78,26 @@ pub(crate) fn walk_into(
     pieces: &mut Vec<Piece>,
 ) -> Result<(), PrpError> {
     pieces.clear();
+    // The common SGL: SGL1 one Data Block descriptor (sub type Address) covering exactly
+    // the transfer (or more, where SGLS bit 18 allows the excess), aligned as SGLS asks.
+    // Every check of the walk below applies to it and passes but the mapping one, which
+    // is made here the same way; anything else takes the full walk.
+    let d = &sgl1;
+    if d.kind() == desc_type::DATA_BLOCK
+        && d.sub() == sub_type::ADDRESS
+        && len > 0
+        && (d.length as usize == len || (d.length as usize > len && sgls.excess_length()))
+        && (sgls.support() != SglSupport::Dword || (d.address & 3 == 0 && d.length & 3 == 0))
+    {
+        if !dma.is_mapped(d.address, len) {
+            return Err(unmapped(format!(
+                "SGL Data Block {:#x}+{len:#x} is not mapped",
+                d.address
+            )));
+        }
+        pieces.push((Some(d.address), len));
+        return Ok(());
+    }
     let mut described: usize = 0;
     let mut count = 0usize;
     // The descriptors of the current segment (SGL1 alone at first: no allocation for the
@@ -249,6 +269,7 @@ impl<'a> Scatter<'a> {
     }
 
     /// The next bytes of the transfer.
+    #[inline]
     pub(crate) fn put(&mut self, mut data: &[u8]) -> Result<(), PrpError> {
         while !data.is_empty() {
             let (i, off) = self.at;

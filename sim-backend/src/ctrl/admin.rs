@@ -267,6 +267,7 @@ impl Controller {
             );
             return Done::err(Status::generic(generic::DATA_TRANSFER_ERROR, true));
         }
+        self.sq_end = self.sq_end.max(usize::from(qid) + 1);
         self.sqs[usize::from(qid)] = Some(Sq {
             base,
             size,

@@ -132,7 +132,12 @@ pub(crate) struct Cq {
 
 impl Cq {
     fn full(&self) -> bool {
-        (self.tail + 1) % self.size == self.head
+        let next = if self.tail + 1 == self.size {
+            0
+        } else {
+            self.tail + 1
+        };
+        next == self.head
     }
 }
 
@@ -271,6 +276,9 @@ pub(crate) struct Controller {
     /// A shutdown notification completed since the last enable (for "unsafe shutdowns").
     shutdown_clean: bool,
     sqs: Vec<Option<Sq>>,
+    /// No SQ at or above this index exists (an upper bound, raised when one is created):
+    /// the arbitration scan stops there.
+    sq_end: usize,
     cqs: Vec<Option<Cq>>,
     /// Granted I/O SQs / CQs (1's based).
     granted: (u16, u16),
@@ -284,6 +292,9 @@ pub(crate) struct Controller {
     held: Vec<Held>,
     pub(crate) violations: Vec<Violation>,
     pub(crate) stats: SimStats,
+    /// Commands fetched per opcode, admin (0) and I/O (1): counted here with one add, and
+    /// folded into [`SimStats`] when the counters are read ([`Controller::stats`]).
+    op_counts: Box<[[u64; 256]; 2]>,
     pub(crate) faults: FaultState,
     dma: DeviceDma,
     irq: Arc<IrqCore>,
@@ -352,6 +363,7 @@ impl Controller {
             shutdown_done_at: None,
             shutdown_clean: true,
             sqs: (0..nq).map(|_| None).collect(),
+            sq_end: 0,
             cqs: (0..nq).map(|_| None).collect(),
             granted: (max, max),
             io_queues_created: false,
@@ -366,6 +378,7 @@ impl Controller {
             held: Vec::new(),
             violations: Vec::new(),
             stats: SimStats::default(),
+            op_counts: Box::new([[0; 256]; 2]),
             faults: FaultState::default(),
             dma: DeviceDma::new(dma),
             irq,
@@ -448,7 +461,7 @@ impl Controller {
             );
             self.pending_irqs.clear();
             self.pending_irqs.extend(v);
-        } else {
+        } else if self.pending_irqs.len() > 1 {
             // No coalescing (the default): no clock read, no allocation.
             self.pending_irqs.sort_unstable();
             self.pending_irqs.dedup();
@@ -790,6 +803,7 @@ impl Controller {
             self.set_fatal("invalid configuration at enable");
             return;
         }
+        self.sq_end = self.sq_end.max(1);
         self.sqs[0] = Some(Sq {
             base: self.asq,
             size: u32::from(aqa.asqs_z()) + 1,
@@ -825,6 +839,7 @@ impl Controller {
         for q in &mut self.sqs {
             *q = None;
         }
+        self.sq_end = 0;
         for q in &mut self.cqs {
             *q = None;
         }
@@ -967,27 +982,28 @@ impl Controller {
             return;
         }
         // CIDs must be unique among the commands outstanding on one SQ (§4.1): look for a
-        // duplicate within the new batch (one outstanding at fetch is caught there). The
-        // controller's batch set is left empty again afterwards.
+        // duplicate within the new batch (one outstanding at fetch is caught there; a batch
+        // of one entry has none). The controller's batch set is left empty again afterwards.
         let (batch, seen) = (&mut self.batch_cids, &mut self.batch_list);
-        let dups = {
-            let view = &self.dma;
-            let mut dups = 0usize;
-            let mut i = tail;
-            while i != v {
-                if let Some(cid) = sqe_cid(view, base, i) {
-                    if batch.insert(cid) {
-                        seen.push(cid);
-                    } else {
-                        dups += 1;
-                    }
+        // The whole queue through one translation (dwords 0-1 of entry `i` are word
+        // `8 i`); entry by entry if it is not one mapped region.
+        let dups = if added < 2 {
+            0
+        } else {
+            match self.dma.with_words(base, size as usize * SQE_SIZE, |ws| {
+                batch_duplicates(batch, seen, tail, v, size, |i| {
+                    let b = ws[i as usize * (SQE_SIZE / 8)]
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .to_ne_bytes();
+                    Some(u16::from_le_bytes([b[2], b[3]]))
+                })
+            }) {
+                Ok(dups) => dups,
+                Err(_) => {
+                    let view = &self.dma;
+                    batch_duplicates(batch, seen, tail, v, size, |i| sqe_cid(view, base, i))
                 }
-                i = (i + 1) % size;
             }
-            for cid in seen.drain(..) {
-                batch.remove(cid);
-            }
-            dups
         };
         if dups > 0 {
             // Rare: find the slots again for the report.
@@ -1042,6 +1058,7 @@ impl Controller {
 
     /// Writes EventIdx for an I/O queue when the host configured a doorbell buffer (§5.8):
     /// the host writes the doorbell register once its shadow value moves past `v`.
+    #[inline]
     pub(crate) fn set_event_idx(&mut self, qid: usize, cq: bool, v: u32) {
         let Some((_, eis)) = self.dbbuf else {
             return;
@@ -1049,6 +1066,11 @@ impl Controller {
         if qid == 0 {
             return;
         }
+        self.write_event_idx(eis, qid, cq, v);
+    }
+
+    /// [`Controller::set_event_idx`] with a doorbell buffer configured.
+    fn write_event_idx(&mut self, eis: u64, qid: usize, cq: bool, v: u32) {
         let at = eis + self.dbbuf_offset(qid, cq);
         if self.dma.write(at, &v.to_le_bytes()).is_err() {
             self.violation(
@@ -1195,7 +1217,7 @@ impl Controller {
             return false;
         }
         let mut progressed = false;
-        for qid in 0..self.sqs.len() {
+        for qid in 0..self.sq_end.min(self.sqs.len()) {
             let ready = match &self.sqs[qid] {
                 Some(sq) if sq.head != sq.tail => self
                     .cqs
@@ -1217,26 +1239,26 @@ impl Controller {
             return;
         };
         let addr = sq.base + u64::from(sq.head) * SQE_SIZE as u64;
-        let mut raw = [0u8; SQE_SIZE];
-        if let Err(f) = self.dma.read(addr, &mut raw) {
-            self.violation(
-                ViolationKind::UnmappedDma,
-                format!("SQ {sqid} entry fetch: {f}"),
-            );
-            // The controller cannot fetch: it is broken until reset.
-            self.set_fatal("SQ entry fetch failed");
-            return;
-        }
-        sq.head = (sq.head + 1) % sq.size;
-        let cmd = Command::from_le_bytes(&raw);
+        let cmd = match self.dma.read_sqe(addr) {
+            Ok(cmd) => cmd,
+            Err(f) => {
+                self.violation(
+                    ViolationKind::UnmappedDma,
+                    format!("SQ {sqid} entry fetch: {f}"),
+                );
+                // The controller cannot fetch: it is broken until reset.
+                self.set_fatal("SQ entry fetch failed");
+                return;
+            }
+        };
+        sq.head = if sq.head + 1 == sq.size {
+            0
+        } else {
+            sq.head + 1
+        };
         let cid = cmd.cid();
         let opcode = cmd.opcode();
-        let counter = if sqid == 0 {
-            &mut self.stats.admin_commands
-        } else {
-            &mut self.stats.io_commands
-        };
-        *counter.entry(opcode).or_default() += 1;
+        self.op_counts[usize::from(sqid != 0)][usize::from(opcode)] += 1;
 
         if sq.outstanding.contains(cid) {
             self.violation(
@@ -1396,14 +1418,25 @@ impl Controller {
         let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|c| c.as_mut()) else {
             return;
         };
-        cq.backlog.push_back(PendingCqe {
+        let p = PendingCqe {
             sqid,
             cid,
             dw0: done.dw0,
             dw1: done.dw1,
             status: st,
             fault,
-        });
+        };
+        if fault == PostFault::None
+            && cq.backlog.is_empty()
+            && cq.phase_hold.is_none()
+            && !cq.full()
+        {
+            // Room now and nothing ahead of it: what `drain_cq` would do with a backlog of
+            // this one entry, without queueing it.
+            self.write_completion(cqid, p);
+            return;
+        }
+        cq.backlog.push_back(p);
         self.drain_cq(cqid);
     }
 
@@ -1475,38 +1508,47 @@ impl Controller {
                     return;
                 }
             }
-            let (ien, iv) = (cq.ien, cq.iv);
-            let sq = self
-                .sqs
-                .get_mut(usize::from(p.sqid))
-                .and_then(|s| s.as_mut());
-            let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
-            let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, phase, p.status);
-            if let Err(f) = self.dma.write_cqe(addr, &cqe.to_le_bytes()) {
-                self.violation(
-                    ViolationKind::UnmappedDma,
-                    format!("CQ {cqid} entry post: {f}"),
-                );
-                self.set_fatal("CQ entry post failed");
+            if !self.write_completion(cqid, p) {
                 return;
             }
-            if let Some(sq) = self
-                .sqs
-                .get_mut(usize::from(p.sqid))
-                .and_then(|s| s.as_mut())
-            {
-                sq.outstanding.remove(p.cid);
-            }
-            let cq = self.cqs[usize::from(cqid)].as_mut().expect("exists");
-            cq.tail = (cq.tail + 1) % cq.size;
-            if cq.tail == 0 {
-                cq.phase = !cq.phase;
-            }
-            self.stats.completions_posted += 1;
-            if ien {
-                self.pending_irqs.push(iv);
-            }
         }
+    }
+
+    /// Writes completion `p` into the next slot of CQ `cqid` (which exists and has room),
+    /// with the CQ's phase tag and the SQ head now (§4.2.1 SQHD), and advances the tail;
+    /// the command is no longer outstanding. False (and the controller fatal) if the CQ
+    /// memory is not mapped.
+    #[inline]
+    fn write_completion(&mut self, cqid: u16, p: PendingCqe) -> bool {
+        // Disjoint borrows of the queues and the DMA handle: each looked up once.
+        let Self { cqs, sqs, dma, .. } = self;
+        let cq = cqs[usize::from(cqid)].as_mut().expect("exists");
+        let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
+        let mut sq = sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut());
+        let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
+        let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, cq.phase, p.status);
+        if let Err(f) = dma.write_cqe_dwords(addr, cqe.dwords()) {
+            self.violation(
+                ViolationKind::UnmappedDma,
+                format!("CQ {cqid} entry post: {f}"),
+            );
+            self.set_fatal("CQ entry post failed");
+            return false;
+        }
+        if let Some(sq) = sq.as_mut() {
+            sq.outstanding.remove(p.cid);
+        }
+        cq.tail += 1;
+        if cq.tail == cq.size {
+            cq.tail = 0;
+            cq.phase = !cq.phase;
+        }
+        let (ien, iv) = (cq.ien, cq.iv);
+        self.stats.completions_posted += 1;
+        if ien {
+            self.pending_irqs.push(iv);
+        }
+        true
     }
 
     // ---------------------------------------------------------------- data transfer
@@ -1579,20 +1621,25 @@ impl Controller {
         if cmd.psdt() != 0 {
             // SGLs (`crate::sgl`): the descriptors are walked and checked first, then the
             // blocks go straight from the medium into the pieces they describe.
-            let mut pieces = std::mem::take(&mut self.sgl_pieces);
-            let (dma, ns, scratch) = (&self.dma, &self.namespaces[i], &mut self.scratch);
-            let r = sgl::walk_into(dma, Sgls(self.cfg.sgls), sgl1(cmd), len, true, &mut pieces)
+            let Self {
+                dma,
+                namespaces,
+                scratch,
+                sgl_pieces: pieces,
+                cfg,
+                ..
+            } = self;
+            let ns = &namespaces[i];
+            return sgl::walk_into(dma, Sgls(cfg.sgls), sgl1(cmd), len, true, pieces)
                 .map_err(ReadFailure::Prp)
                 .and_then(|()| {
-                    let mut out = sgl::Scatter::new(dma, &pieces);
+                    let mut out = sgl::Scatter::new(dma, pieces);
                     ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
                         .map_err(|e| match e {
                             ReadError::Medium => ReadFailure::Medium,
                             ReadError::Sink(e) => ReadFailure::Prp(e),
                         })
                 });
-            self.sgl_pieces = pieces;
-            return r;
         }
         let mut segs = std::mem::take(&mut self.segs);
         let ns = &self.namespaces[i];
@@ -1739,6 +1786,22 @@ impl Controller {
         self.error_log.iter()
     }
 
+    /// The counters, with the per-opcode command counts folded in.
+    pub(crate) fn stats(&self) -> SimStats {
+        let mut s = self.stats.clone();
+        for (map, counts) in [
+            (&mut s.admin_commands, &self.op_counts[0]),
+            (&mut s.io_commands, &self.op_counts[1]),
+        ] {
+            for (op, &n) in counts.iter().enumerate() {
+                if n > 0 {
+                    map.insert(op as u8, n);
+                }
+            }
+        }
+        s
+    }
+
     pub(crate) fn error_count(&self) -> u64 {
         self.error_count
     }
@@ -1752,12 +1815,42 @@ impl Controller {
     }
 }
 
+/// Counts the entries of slots `tail .. v` (modulo `size`) whose CID (`cid_at`, `None` for
+/// an unreadable entry) an earlier entry of the range has too; `batch` and `seen` are left
+/// empty again.
+#[inline(always)]
+fn batch_duplicates(
+    batch: &mut CidSet,
+    seen: &mut Vec<u16>,
+    tail: u32,
+    v: u32,
+    size: u32,
+    cid_at: impl Fn(u32) -> Option<u16>,
+) -> usize {
+    let mut dups = 0usize;
+    let mut i = tail;
+    while i != v {
+        if let Some(cid) = cid_at(i) {
+            if batch.insert(cid) {
+                seen.push(cid);
+            } else {
+                dups += 1;
+            }
+        }
+        i = if i + 1 == size { 0 } else { i + 1 };
+    }
+    for cid in seen.drain(..) {
+        batch.remove(cid);
+    }
+    dups
+}
+
 /// The CID of the submission queue entry in slot `i` of the SQ at `base`, if mapped.
 fn sqe_cid(dma: &DeviceDma, base: u64, i: u32) -> Option<u16> {
-    let mut b = [0u8; 4];
-    dma.read(base + u64::from(i) * SQE_SIZE as u64, &mut b)
+    // Dwords 0 and 1 in one word load (the base is page aligned).
+    dma.read_array::<8>(base + u64::from(i) * SQE_SIZE as u64)
         .ok()
-        .map(|()| (u32::from_le_bytes(b) >> 16) as u16)
+        .map(|b| u16::from_le_bytes([b[2], b[3]]))
 }
 
 pub(crate) fn done_status(status: Status) -> Done {
