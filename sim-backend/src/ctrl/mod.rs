@@ -1202,9 +1202,41 @@ impl Controller {
     /// Fetches and executes commands until every SQ is empty or stalled: round robin, one
     /// command per SQ per round, the admin queue first (§3.4.1 "Round Robin Arbitration").
     /// An SQ whose CQ has completions waiting for room is not fetched from.
+    ///
+    /// A round that executed a command from one I/O SQ alone is followed by a burst on that
+    /// SQ: executing an I/O command makes no other SQ ready (only a doorbell write moves a
+    /// tail, and only a CQ head doorbell or the timer service empties a CQ backlog), so each
+    /// following round would again find that SQ alone ready. The burst fetches from it
+    /// while it stays ready and the controller is not fatal (the only state of
+    /// [`Controller::operational`] a command can change), without scanning the other
+    /// queues each time: the same commands in the same order as those rounds.
     pub(crate) fn process(&mut self) {
-        while self.process_round() {}
+        loop {
+            match self.round() {
+                Round::Idle => break,
+                Round::Sole(qid) if qid != 0 => {
+                    while !self.cfs && self.sq_ready(usize::from(qid)) {
+                        self.fetch_and_execute(qid);
+                    }
+                }
+                _ => {}
+            }
+        }
         self.raise_interrupts();
+    }
+
+    /// True if SQ `qid` exists, has an entry to fetch and its CQ has no completions
+    /// waiting for room.
+    #[inline(always)]
+    fn sq_ready(&self, qid: usize) -> bool {
+        match &self.sqs[qid] {
+            Some(sq) if sq.head != sq.tail => self
+                .cqs
+                .get(usize::from(sq.cqid))
+                .and_then(|c| c.as_ref())
+                .is_some_and(|cq| cq.backlog.is_empty()),
+            _ => false,
+        }
     }
 
     /// One arbitration round of [`Controller::process`]: at most one command from each SQ
@@ -1212,26 +1244,26 @@ impl Controller {
     /// device thread runs one round per hold of the controller lock, so doorbell writes of
     /// other queues are not held up for a whole batch.
     pub(crate) fn process_round(&mut self) -> bool {
+        self.round() != Round::Idle
+    }
+
+    /// [`Controller::process_round`], telling which SQs it executed a command from.
+    fn round(&mut self) -> Round {
         self.dma.release_freed();
         if !self.operational() {
-            return false;
+            return Round::Idle;
         }
-        let mut progressed = false;
+        let mut r = Round::Idle;
         for qid in 0..self.sq_end.min(self.sqs.len()) {
-            let ready = match &self.sqs[qid] {
-                Some(sq) if sq.head != sq.tail => self
-                    .cqs
-                    .get(usize::from(sq.cqid))
-                    .and_then(|c| c.as_ref())
-                    .is_some_and(|cq| cq.backlog.is_empty()),
-                _ => false,
-            };
-            if ready {
+            if self.sq_ready(qid) {
                 self.fetch_and_execute(qid as u16);
-                progressed = true;
+                r = match r {
+                    Round::Idle => Round::Sole(qid as u16),
+                    _ => Round::Many,
+                };
             }
         }
-        progressed
+        r
     }
 
     fn fetch_and_execute(&mut self, sqid: u16) {
@@ -1851,6 +1883,17 @@ fn sqe_cid(dma: &DeviceDma, base: u64, i: u32) -> Option<u16> {
     dma.read_array::<8>(base + u64::from(i) * SQE_SIZE as u64)
         .ok()
         .map(|b| u16::from_le_bytes([b[2], b[3]]))
+}
+
+/// What one arbitration round ([`Controller::process_round`]) executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// No command: every SQ is empty or stalled, or the controller is not operational.
+    Idle,
+    /// One command, from this SQ alone.
+    Sole(u16),
+    /// Commands from more than one SQ.
+    Many,
 }
 
 pub(crate) fn done_status(status: Status) -> Done {
