@@ -332,6 +332,9 @@ pub(crate) struct Namespace {
     pub(crate) nsid: u32,
     /// Index into [`LBA_FORMATS`].
     pub(crate) lbaf: usize,
+    /// `LBA_FORMATS[lbaf]`: log2 of the LBA data size, kept with `lbaf` so that the data
+    /// path reads it without an index check.
+    lba_shift: u32,
     pub(crate) blocks: u64,
     medium: Medium,
     /// Allocation state as the host sees it (cache included).
@@ -418,6 +421,7 @@ impl Namespace {
         Ok(Self {
             nsid,
             lbaf,
+            lba_shift: u32::from(LBA_FORMATS[lbaf]),
             blocks: cfg.blocks,
             medium: Medium { storage, len },
             persist_alloc: alloc.clone(),
@@ -435,7 +439,7 @@ impl Namespace {
     }
 
     pub(crate) fn lba_size(&self) -> u32 {
-        1u32 << LBA_FORMATS[self.lbaf]
+        1u32 << self.lba_shift
     }
 
     /// NUSE: allocated LBAs.
@@ -483,6 +487,7 @@ impl Namespace {
     /// to `sink` in order, in pieces: straight from the memory medium and the cache, or, for
     /// an image file, through `scratch` (grown as needed, never shrunk, so a read allocates
     /// nothing once it is as large as the largest transfer). The range must be valid.
+    #[inline(always)]
     pub(crate) fn read_with<E>(
         &self,
         slba: u64,
@@ -644,6 +649,7 @@ impl Namespace {
     pub(crate) fn format(&mut self, lbaf: usize) -> io::Result<()> {
         let bytes = self.blocks * u64::from(self.lba_size());
         self.lbaf = lbaf;
+        self.lba_shift = u32::from(LBA_FORMATS[lbaf]);
         self.blocks = bytes / u64::from(self.lba_size());
         let n = self.blocks as usize;
         self.cache.reset(self.lba_size() as usize, n);

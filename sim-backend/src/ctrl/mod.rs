@@ -16,7 +16,7 @@ use nvme_core::spec::{AsyncEvent, Command, Completion, ErrorLogEntry, Status, CQ
 
 use crate::coalesce::Coalescer;
 use crate::config::SimConfig;
-use crate::dma::{DeviceDma, DmaSpace};
+use crate::dma::{DeviceDma, DmaFault, DmaSpace};
 use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
 use crate::namespace::{Namespace, ReadError};
@@ -1443,11 +1443,13 @@ impl Controller {
             });
             self.error_log.truncate(ERROR_LOG_ENTRIES);
         }
-        let Some(sq) = self.sqs.get(usize::from(sqid)).and_then(|s| s.as_ref()) else {
+        // Disjoint borrows of the queues and the DMA handle: each queue looked up once.
+        let Self { sqs, cqs, dma, .. } = self;
+        let Some(sq) = sqs.get_mut(usize::from(sqid)).and_then(|s| s.as_mut()) else {
             return;
         };
         let cqid = sq.cqid;
-        let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|c| c.as_mut()) else {
+        let Some(cq) = cqs.get_mut(usize::from(cqid)).and_then(|c| c.as_mut()) else {
             return;
         };
         let p = PendingCqe {
@@ -1465,7 +1467,8 @@ impl Controller {
         {
             // Room now and nothing ahead of it: what `drain_cq` would do with a backlog of
             // this one entry, without queueing it.
-            self.write_completion(cqid, p);
+            let r = put_entry(dma, cq, Some(sq), p);
+            self.entry_written(cqid, r);
             return;
         }
         cq.backlog.push_back(p);
@@ -1555,32 +1558,33 @@ impl Controller {
         // Disjoint borrows of the queues and the DMA handle: each looked up once.
         let Self { cqs, sqs, dma, .. } = self;
         let cq = cqs[usize::from(cqid)].as_mut().expect("exists");
-        let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
-        let mut sq = sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut());
-        let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
-        let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, cq.phase, p.status);
-        if let Err(f) = dma.write_cqe_dwords(addr, cqe.dwords()) {
-            self.violation(
-                ViolationKind::UnmappedDma,
-                format!("CQ {cqid} entry post: {f}"),
-            );
-            self.set_fatal("CQ entry post failed");
-            return false;
+        let sq = sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut());
+        let r = put_entry(dma, cq, sq, p);
+        self.entry_written(cqid, r)
+    }
+
+    /// Accounts for a completion [`put_entry`] wrote into CQ `cqid` (its interrupt vector
+    /// queued when the CQ has interrupts enabled), or reports the unmapped CQ memory and
+    /// makes the controller fatal. True if the entry was written.
+    #[inline(always)]
+    fn entry_written(&mut self, cqid: u16, r: Result<Option<u16>, DmaFault>) -> bool {
+        match r {
+            Ok(irq) => {
+                self.stats.completions_posted += 1;
+                if let Some(iv) = irq {
+                    self.pending_irqs.push(iv);
+                }
+                true
+            }
+            Err(f) => {
+                self.violation(
+                    ViolationKind::UnmappedDma,
+                    format!("CQ {cqid} entry post: {f}"),
+                );
+                self.set_fatal("CQ entry post failed");
+                false
+            }
         }
-        if let Some(sq) = sq.as_mut() {
-            sq.outstanding.remove(p.cid);
-        }
-        cq.tail += 1;
-        if cq.tail == cq.size {
-            cq.tail = 0;
-            cq.phase = !cq.phase;
-        }
-        let (ien, iv) = (cq.ien, cq.iv);
-        self.stats.completions_posted += 1;
-        if ien {
-            self.pending_irqs.push(iv);
-        }
-        true
     }
 
     // ---------------------------------------------------------------- data transfer
@@ -1883,6 +1887,33 @@ fn sqe_cid(dma: &DeviceDma, base: u64, i: u32) -> Option<u16> {
     dma.read_array::<8>(base + u64::from(i) * SQE_SIZE as u64)
         .ok()
         .map(|b| u16::from_le_bytes([b[2], b[3]]))
+}
+
+/// Writes completion `p` into the next slot of `cq` (which has room), with the CQ's phase
+/// tag and the head of `sq`, the entry's SQ, now (§4.2.1 SQHD), and advances the tail
+/// (§4.2.4: the phase tag inverts at each wrap); the command is no longer outstanding on
+/// `sq`. Returns the interrupt vector to raise if the CQ has interrupts enabled; a fault
+/// (nothing changed) if the CQ memory is not mapped.
+#[inline(always)]
+fn put_entry(
+    dma: &DeviceDma,
+    cq: &mut Cq,
+    mut sq: Option<&mut Sq>,
+    p: PendingCqe,
+) -> Result<Option<u16>, DmaFault> {
+    let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
+    let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
+    let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, cq.phase, p.status);
+    dma.write_cqe_dwords(addr, cqe.dwords())?;
+    if let Some(sq) = sq.as_mut() {
+        sq.outstanding.remove(p.cid);
+    }
+    cq.tail += 1;
+    if cq.tail == cq.size {
+        cq.tail = 0;
+        cq.phase = !cq.phase;
+    }
+    Ok(cq.ien.then_some(cq.iv))
 }
 
 /// What one arbitration round ([`Controller::process_round`]) executed.
