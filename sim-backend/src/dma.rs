@@ -660,24 +660,32 @@ impl DeviceDma {
     /// at a word-aligned address (every queue base is page aligned) eight word loads
     /// straight into the command's dwords, the low half of each word first (the entry is
     /// little endian, NVMe Base §4.1).
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn read_sqe(&self, iova: u64) -> Result<Command, DmaFault> {
+        let mut cmd = Command::new(0);
+        self.read_sqe_into(iova, &mut cmd)?;
+        Ok(cmd)
+    }
+
+    /// [`Self::read_sqe`] into `cmd` (left as it was on a fault): the dwords are stored
+    /// where the caller keeps the command, not moved there from a returned value.
+    #[inline]
+    pub(crate) fn read_sqe_into(&self, iova: u64, cmd: &mut Command) -> Result<(), DmaFault> {
         if iova % WORD as u64 != 0 {
             let b: [u8; SQE_SIZE] = self.read_array(iova)?;
-            return Ok(Command::from_le_bytes(&b));
+            *cmd = Command::from_le_bytes(&b);
+            return Ok(());
         }
         self.access(iova, SQE_SIZE, |m, off| {
             let w = m.first_word + off / WORD;
             let ws: &[AtomicU64; SQE_SIZE / WORD] = m.words[w..w + SQE_SIZE / WORD]
                 .try_into()
                 .expect("one entry of words");
-            let mut cdw = [0u32; SQE_SIZE / 4];
             for (k, word) in ws.iter().enumerate() {
                 let b = word.load(Ordering::Relaxed).to_ne_bytes();
-                cdw[2 * k] = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                cdw[2 * k + 1] = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                cmd.set_cdw(2 * k, u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                cmd.set_cdw(2 * k + 1, u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
             }
-            Command::from_dwords(cdw)
         })
     }
 

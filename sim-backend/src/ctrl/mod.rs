@@ -1271,18 +1271,16 @@ impl Controller {
             return;
         };
         let addr = sq.base + u64::from(sq.head) * SQE_SIZE as u64;
-        let cmd = match self.dma.read_sqe(addr) {
-            Ok(cmd) => cmd,
-            Err(f) => {
-                self.violation(
-                    ViolationKind::UnmappedDma,
-                    format!("SQ {sqid} entry fetch: {f}"),
-                );
-                // The controller cannot fetch: it is broken until reset.
-                self.set_fatal("SQ entry fetch failed");
-                return;
-            }
-        };
+        let mut cmd = Command::new(0);
+        if let Err(f) = self.dma.read_sqe_into(addr, &mut cmd) {
+            self.violation(
+                ViolationKind::UnmappedDma,
+                format!("SQ {sqid} entry fetch: {f}"),
+            );
+            // The controller cannot fetch: it is broken until reset.
+            self.set_fatal("SQ entry fetch failed");
+            return;
+        }
         sq.head = if sq.head + 1 == sq.size {
             0
         } else {
