@@ -251,7 +251,7 @@ impl DmaSpace {
 
 /// Stores a completion entry at byte `off` (16-byte aligned) of `m`: dwords 0–1 Relaxed,
 /// then dwords 2–3, which hold the phase tag, with Release (see [`DeviceDma::write_cqe`]).
-#[inline]
+#[inline(always)]
 fn store_cqe(m: &Mapping, off: usize, bytes: &[u8; 16]) {
     let w = m.first_word + off / WORD;
     let ws = &m.words[w..w + 2];
@@ -669,24 +669,29 @@ impl DeviceDma {
 
     /// [`Self::read_sqe`] into `cmd` (left as it was on a fault): the dwords are stored
     /// where the caller keeps the command, not moved there from a returned value.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_sqe_into(&self, iova: u64, cmd: &mut Command) -> Result<(), DmaFault> {
         if iova % WORD as u64 != 0 {
             let b: [u8; SQE_SIZE] = self.read_array(iova)?;
             *cmd = Command::from_le_bytes(&b);
             return Ok(());
         }
-        self.access(iova, SQE_SIZE, |m, off| {
-            let w = m.first_word + off / WORD;
-            let ws: &[AtomicU64; SQE_SIZE / WORD] = m.words[w..w + SQE_SIZE / WORD]
-                .try_into()
-                .expect("one entry of words");
-            for (k, word) in ws.iter().enumerate() {
-                let b = word.load(Ordering::Relaxed).to_ne_bytes();
-                cmd.set_cdw(2 * k, u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                cmd.set_cdw(2 * k + 1, u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
-            }
-        })
+        self.access(
+            iova,
+            SQE_SIZE,
+            #[inline(always)]
+            |m, off| {
+                let w = m.first_word + off / WORD;
+                let ws: &[AtomicU64; SQE_SIZE / WORD] = m.words[w..w + SQE_SIZE / WORD]
+                    .try_into()
+                    .expect("one entry of words");
+                for (k, word) in ws.iter().enumerate() {
+                    let b = word.load(Ordering::Relaxed).to_ne_bytes();
+                    cmd.set_cdw(2 * k, u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                    cmd.set_cdw(2 * k + 1, u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
+                }
+            },
+        )
     }
 
     /// Device read of `N` bytes of host memory into an array (Relaxed, as [`Self::read`]):
@@ -721,17 +726,22 @@ impl DeviceDma {
     /// then dwords 2–3 (dword 3 holds the phase tag, bit 16) last, with Release ordering, so
     /// a host that reads dwords 2–3 with Acquire sees the whole entry (NVMe Base §4.2.1,
     /// §4.2.4). One atomic store per 8 bytes, as wide as the host's load.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_cqe(&self, iova: u64, bytes: &[u8; 16]) -> Result<(), DmaFault> {
         if iova % 16 != 0 {
             return Err(DmaFault { iova, len: 16 });
         }
-        self.access(iova, 16, |m, off| store_cqe(m, off, bytes))
+        self.access(
+            iova,
+            16,
+            #[inline(always)]
+            |m, off| store_cqe(m, off, bytes),
+        )
     }
 
     /// [`Self::write_cqe`] from the entry's four dwords (dword `2k` in the low half of
     /// word `k`, as the little-endian bytes are laid out).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_cqe_dwords(&self, iova: u64, dw: [u32; 4]) -> Result<(), DmaFault> {
         let mut b = [0u8; 16];
         for (o, d) in b.chunks_exact_mut(4).zip(dw) {

@@ -88,6 +88,7 @@ impl Medium {
 
     /// The bytes `off .. off + len` of a memory medium, in order, as slices of its chunks
     /// (or of [`ZEROS`] where nothing was written), handed to `sink`: no copy, no buffer.
+    #[inline(always)]
     fn memory_pieces<E>(
         chunks: &[Option<Box<[u8]>>],
         off: u64,
@@ -100,10 +101,12 @@ impl Medium {
             let idx = abs / CHUNK as u64;
             let in_chunk = (abs % CHUNK as u64) as usize;
             let n = (CHUNK - in_chunk).min(len - pos);
-            match chunk(chunks, idx) {
-                Some(c) => sink(&c[in_chunk..in_chunk + n])?,
-                None => sink(&ZEROS[..n])?,
-            }
+            // One call site: the sink is inlined here.
+            let piece = match chunk(chunks, idx) {
+                Some(c) => &c[in_chunk..in_chunk + n],
+                None => &ZEROS[..n],
+            };
+            sink(piece)?;
             pos += n;
         }
         Ok(())

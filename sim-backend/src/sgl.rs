@@ -285,7 +285,7 @@ impl<'a> Scatter<'a> {
     }
 
     /// The next bytes of the transfer.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn put(&mut self, mut data: &[u8]) -> Result<(), PrpError> {
         while !data.is_empty() {
             let (i, off) = self.at;

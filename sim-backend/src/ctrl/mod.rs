@@ -1668,11 +1668,17 @@ impl Controller {
                 .map_err(ReadFailure::Prp)
                 .and_then(|()| {
                     let mut out = sgl::Scatter::new(dma, pieces);
-                    ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
-                        .map_err(|e| match e {
-                            ReadError::Medium => ReadFailure::Medium,
-                            ReadError::Sink(e) => ReadFailure::Prp(e),
-                        })
+                    ns.read_with(
+                        slba,
+                        nlb,
+                        scratch,
+                        #[inline(always)]
+                        |piece| out.put(piece),
+                    )
+                    .map_err(|e| match e {
+                        ReadError::Medium => ReadFailure::Medium,
+                        ReadError::Sink(e) => ReadFailure::Prp(e),
+                    })
                 });
         }
         let mut segs = std::mem::take(&mut self.segs);
@@ -1683,11 +1689,17 @@ impl Controller {
             .map_err(ReadFailure::Prp)
             .and_then(|()| {
                 let mut out = prp::Scatter::new(v, &segs);
-                ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
-                    .map_err(|e| match e {
-                        ReadError::Medium => ReadFailure::Medium,
-                        ReadError::Sink(e) => ReadFailure::Prp(e),
-                    })
+                ns.read_with(
+                    slba,
+                    nlb,
+                    scratch,
+                    #[inline(always)]
+                    |piece| out.put(piece),
+                )
+                .map_err(|e| match e {
+                    ReadError::Medium => ReadFailure::Medium,
+                    ReadError::Sink(e) => ReadFailure::Prp(e),
+                })
             });
         self.segs = segs;
         r
