@@ -1363,12 +1363,12 @@ impl Controller {
                 self.post(sqid, bogus, done);
             }
             Some(CompletionFault::DuplicateCid) => {
-                self.post_with(sqid, cid, done, PostFault::Duplicate);
+                self.post_faulty(sqid, cid, done, PostFault::Duplicate);
             }
             Some(CompletionFault::WrongPhase(d)) => {
-                self.post_with(sqid, cid, done, PostFault::WrongPhase(d));
+                self.post_faulty(sqid, cid, done, PostFault::WrongPhase(d));
             }
-            _ => self.post(sqid, cid, done),
+            _ => self.post_with(sqid, cid, done, PostFault::None),
         }
     }
 
@@ -1412,34 +1412,23 @@ impl Controller {
 
     /// Queues a completion for `sqid`'s CQ and records failed commands in the Error
     /// Information log (§5.1.12.1.2).
+    #[inline(never)]
     pub(crate) fn post(&mut self, sqid: u16, cid: u16, done: Done) {
         self.post_with(sqid, cid, done, PostFault::None);
     }
 
+    /// [`Controller::post_with`] out of line (fault injection).
+    #[inline(never)]
+    fn post_faulty(&mut self, sqid: u16, cid: u16, done: Done, fault: PostFault) {
+        self.post_with(sqid, cid, done, fault);
+    }
+
+    /// [`Controller::post`] with an injected posting fault; inlined into the command loop.
+    #[inline(always)]
     fn post_with(&mut self, sqid: u16, cid: u16, done: Done, fault: PostFault) {
         let st = done.status;
-        if !st.is_success()
-            && !st.is(
-                nvme_core::spec::StatusCodeType::GENERIC,
-                generic::ABORT_REQUESTED,
-            )
-            && !st.is(
-                nvme_core::spec::StatusCodeType::GENERIC,
-                generic::ABORTED_SQ_DELETION,
-            )
-        {
-            self.error_count += 1;
-            self.error_log.push_front(ErrorLogEntry {
-                error_count: self.error_count,
-                sqid,
-                cid,
-                status_field: st.bits() << 1,
-                param_error_location: 0xFFFF,
-                lba: done.lba.unwrap_or(0),
-                nsid: done.nsid,
-                ..Default::default()
-            });
-            self.error_log.truncate(ERROR_LOG_ENTRIES);
+        if !st.is_success() {
+            self.log_error(sqid, cid, &done);
         }
         // Disjoint borrows of the queues and the DMA handle: each queue looked up once.
         let Self { sqs, cqs, dma, .. } = self;
@@ -1471,6 +1460,35 @@ impl Controller {
         }
         cq.backlog.push_back(p);
         self.drain_cq(cqid);
+    }
+
+    /// Records a failed command in the Error Information log (§5.1.12.1.2), unless it was
+    /// aborted (Command Abort Requested, Command Aborted due to SQ Deletion).
+    #[cold]
+    #[inline(never)]
+    fn log_error(&mut self, sqid: u16, cid: u16, done: &Done) {
+        let st = done.status;
+        if st.is(
+            nvme_core::spec::StatusCodeType::GENERIC,
+            generic::ABORT_REQUESTED,
+        ) || st.is(
+            nvme_core::spec::StatusCodeType::GENERIC,
+            generic::ABORTED_SQ_DELETION,
+        ) {
+            return;
+        }
+        self.error_count += 1;
+        self.error_log.push_front(ErrorLogEntry {
+            error_count: self.error_count,
+            sqid,
+            cid,
+            status_field: st.bits() << 1,
+            param_error_location: 0xFFFF,
+            lba: done.lba.unwrap_or(0),
+            nsid: done.nsid,
+            ..Default::default()
+        });
+        self.error_log.truncate(ERROR_LOG_ENTRIES);
     }
 
     /// Posts a completion for a command that is not tracked as outstanding (CID conflict).
