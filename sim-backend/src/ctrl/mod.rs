@@ -299,12 +299,8 @@ pub(crate) struct Controller {
     dma: DeviceDma,
     irq: Arc<IrqCore>,
     pending_irqs: Vec<u16>,
-    /// The CIDs of one SQ doorbell's new commands while they are checked (empty between
-    /// doorbells).
-    batch_cids: CidSet,
-    /// The CIDs added to `batch_cids`, to empty it again without reading the entries twice
-    /// (reused: no allocation per doorbell).
-    batch_list: Vec<u16>,
+    /// The CIDs of one SQ doorbell's new commands while they are checked.
+    batch_cids: BatchCids,
     /// The PRP segments of the command being executed (reused: no allocation per command).
     segs: Vec<(u64, usize)>,
     /// Staging for writes and image-file reads (reused, grown to the largest transfer).
@@ -383,8 +379,7 @@ impl Controller {
             dma: DeviceDma::new(dma),
             irq,
             pending_irqs: Vec::new(),
-            batch_cids: CidSet::new(),
-            batch_list: Vec::new(),
+            batch_cids: BatchCids::new(),
             segs: Vec::new(),
             scratch: Vec::new(),
             sgl_pieces: Vec::new(),
@@ -984,14 +979,14 @@ impl Controller {
         // CIDs must be unique among the commands outstanding on one SQ (§4.1): look for a
         // duplicate within the new batch (one outstanding at fetch is caught there; a batch
         // of one entry has none). The controller's batch set is left empty again afterwards.
-        let (batch, seen) = (&mut self.batch_cids, &mut self.batch_list);
+        let batch = &mut self.batch_cids;
         // The whole queue through one translation (dwords 0-1 of entry `i` are word
         // `8 i`); entry by entry if it is not one mapped region.
         let dups = if added < 2 {
             0
         } else {
             match self.dma.with_words(base, size as usize * SQE_SIZE, |ws| {
-                batch_duplicates(batch, seen, tail, v, size, |i| {
+                batch_duplicates(batch, tail, v, size, |i| {
                     let b = ws[i as usize * (SQE_SIZE / 8)]
                         .load(std::sync::atomic::Ordering::Relaxed)
                         .to_ne_bytes();
@@ -1001,7 +996,7 @@ impl Controller {
                 Ok(dups) => dups,
                 Err(_) => {
                     let view = &self.dma;
-                    batch_duplicates(batch, seen, tail, v, size, |i| sqe_cid(view, base, i))
+                    batch_duplicates(batch, tail, v, size, |i| sqe_cid(view, base, i))
                 }
             }
         };
@@ -1880,33 +1875,73 @@ impl Controller {
 }
 
 /// Counts the entries of slots `tail .. v` (modulo `size`) whose CID (`cid_at`, `None` for
-/// an unreadable entry) an earlier entry of the range has too; `batch` and `seen` are left
-/// empty again.
+/// an unreadable entry) an earlier entry of the range has too.
 #[inline(always)]
 fn batch_duplicates(
-    batch: &mut CidSet,
-    seen: &mut Vec<u16>,
+    batch: &mut BatchCids,
     tail: u32,
     v: u32,
     size: u32,
     cid_at: impl Fn(u32) -> Option<u16>,
 ) -> usize {
+    batch.begin();
     let mut dups = 0usize;
     let mut i = tail;
     while i != v {
         if let Some(cid) = cid_at(i) {
-            if batch.insert(cid) {
-                seen.push(cid);
-            } else {
+            if !batch.insert(cid) {
                 dups += 1;
             }
         }
         i = if i + 1 == size { 0 } else { i + 1 };
     }
-    for cid in seen.drain(..) {
-        batch.remove(cid);
-    }
     dups
+}
+
+/// A set of CIDs for one batch at a time: each CID's slot holds the number of the last
+/// batch that had it, so starting a new batch empties the set without touching it (a
+/// full clear once every 65,535 batches, when the number wraps).
+struct BatchCids {
+    stamps: Box<[u16; 1 << 16]>,
+    batch: u16,
+}
+
+impl BatchCids {
+    fn new() -> Self {
+        let stamps = vec![0u16; 1 << 16]
+            .into_boxed_slice()
+            .try_into()
+            .expect("one stamp per CID");
+        Self { stamps, batch: 0 }
+    }
+
+    /// Empties the set.
+    fn begin(&mut self) {
+        self.batch = self.batch.wrapping_add(1);
+        if self.batch == 0 {
+            self.stamps.fill(0);
+            self.batch = 1;
+        }
+    }
+
+    /// Adds `cid`; false if it was already in.
+    #[inline(always)]
+    fn insert(&mut self, cid: u16) -> bool {
+        let s = &mut self.stamps[usize::from(cid)];
+        if *s == self.batch {
+            return false;
+        }
+        *s = self.batch;
+        true
+    }
+}
+
+impl std::fmt::Debug for BatchCids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchCids")
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The CID of the submission queue entry in slot `i` of the SQ at `base`, if mapped.
@@ -1962,5 +1997,48 @@ pub(crate) fn done_status(status: Status) -> Done {
         status,
         nsid: 0,
         lba: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots `0 .. cids.len()` of a ring of `size` entries holding `cids`.
+    fn dups(batch: &mut BatchCids, cids: &[u16], size: u32) -> usize {
+        batch_duplicates(batch, 0, cids.len() as u32, size, |i| {
+            Some(cids[i as usize])
+        })
+    }
+
+    #[test]
+    fn batch_duplicates_are_counted_within_one_batch_only() {
+        let mut b = BatchCids::new();
+        assert_eq!(dups(&mut b, &[1, 2, 3, 2, 1, 2], 8), 3);
+        // A new batch starts empty: the CIDs of the last one are no duplicates.
+        assert_eq!(dups(&mut b, &[1, 2, 3], 8), 0);
+        // Across the batch number's wrap the set is emptied too.
+        b.batch = u16::MAX - 1;
+        assert_eq!(dups(&mut b, &[7, 9], 8), 0);
+        assert_eq!(b.batch, u16::MAX);
+        assert_eq!(dups(&mut b, &[7, 9, 7], 8), 1);
+        assert_eq!(b.batch, 1);
+        assert_eq!(dups(&mut b, &[7, 9, 0xFFFF, 0xFFFF], 8), 1);
+    }
+
+    #[test]
+    fn batch_duplicates_follow_the_ring_around_its_end() {
+        let mut b = BatchCids::new();
+        let ring = [5u16, 6, 7, 5];
+        // Slots 2, 3, 0: CIDs 7, 5, 5.
+        assert_eq!(
+            batch_duplicates(&mut b, 2, 1, 4, |i| Some(ring[i as usize])),
+            1
+        );
+        // An unreadable entry counts as no CID.
+        assert_eq!(
+            batch_duplicates(&mut b, 0, 3, 4, |i| (i != 0).then_some(6)),
+            1
+        );
     }
 }
