@@ -1656,15 +1656,16 @@ impl Controller {
     /// straight from the medium and the write cache into the host memory the command's
     /// PRPs describe, in one pass (no intermediate buffer for a memory medium). The PRPs are
     /// walked and every segment checked to be mapped before any byte moves.
+    /// `len` is the transfer's size in bytes (`nlb` blocks of the namespace's LBA size).
     pub(crate) fn read_to_host(
         &mut self,
         i: usize,
         slba: u64,
         nlb: u64,
+        len: usize,
         cmd: &Command,
     ) -> Result<(), ReadFailure> {
-        let ps = self.page_size();
-        let len = nlb as usize * self.namespaces[i].lba_size() as usize;
+        debug_assert_eq!(len, nlb as usize * self.namespaces[i].lba_size() as usize);
         if cmd.psdt() != 0 {
             // SGLs (`crate::sgl`): the descriptors are walked and checked first, then the
             // blocks go straight from the medium into the pieces they describe.
@@ -1694,6 +1695,7 @@ impl Controller {
                     })
                 });
         }
+        let ps = self.page_size();
         let mut segs = std::mem::take(&mut self.segs);
         let ns = &self.namespaces[i];
         let scratch = &mut self.scratch;
