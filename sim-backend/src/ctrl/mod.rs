@@ -16,7 +16,7 @@ use nvme_core::spec::{AsyncEvent, Command, Completion, ErrorLogEntry, Status, CQ
 
 use crate::coalesce::Coalescer;
 use crate::config::SimConfig;
-use crate::dma::{DeviceDma, DmaFault, DmaSpace};
+use crate::dma::{DeviceDma, DmaFault, DmaSpace, Pinned};
 use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
 use crate::namespace::{Namespace, ReadError};
@@ -80,6 +80,9 @@ pub(crate) struct Sq {
     outstanding: CidSet,
     /// CIDs an Abort asked for before they were fetched.
     abort_on_fetch: HashSet<u16>,
+    /// The queue's memory, pinned at creation if one mapping holds it (entries are then
+    /// fetched without a translation each).
+    pin: Option<Pinned>,
 }
 
 /// A completion waiting for room in its CQ.
@@ -128,6 +131,9 @@ pub(crate) struct Cq {
     /// The head was last taken from the shadow CQ head doorbell (§5.8): the host, having
     /// found EventIdx asking for it, may still write the register with that same value.
     head_from_shadow: bool,
+    /// The queue's memory, pinned at creation if one mapping holds it (entries are then
+    /// posted without a translation each).
+    pin: Option<Pinned>,
 }
 
 impl Cq {
@@ -799,18 +805,20 @@ impl Controller {
             return;
         }
         self.sq_end = self.sq_end.max(1);
+        let (asqs, acqs) = (u32::from(aqa.asqs_z()) + 1, u32::from(aqa.acqs_z()) + 1);
         self.sqs[0] = Some(Sq {
             base: self.asq,
-            size: u32::from(aqa.asqs_z()) + 1,
+            size: asqs,
             head: 0,
             tail: 0,
             cqid: 0,
             outstanding: CidSet::new(),
             abort_on_fetch: HashSet::new(),
+            pin: self.dma.pin(self.asq, asqs as usize * SQE_SIZE),
         });
         self.cqs[0] = Some(Cq {
             base: self.acq,
-            size: u32::from(aqa.acqs_z()) + 1,
+            size: acqs,
             tail: 0,
             head: 0,
             phase: true,
@@ -819,6 +827,7 @@ impl Controller {
             backlog: VecDeque::new(),
             phase_hold: None,
             head_from_shadow: false,
+            pin: self.dma.pin(self.acq, acqs as usize * CQE_SIZE),
         });
         if self.rdy {
             // EN toggled back on before RDY fell: the transition starts over.
@@ -1265,16 +1274,25 @@ impl Controller {
         let Some(sq) = self.sqs[usize::from(sqid)].as_mut() else {
             return;
         };
-        let addr = sq.base + u64::from(sq.head) * SQE_SIZE as u64;
         let mut cmd = Command::new(0);
-        if let Err(f) = self.dma.read_sqe_into(addr, &mut cmd) {
-            self.violation(
-                ViolationKind::UnmappedDma,
-                format!("SQ {sqid} entry fetch: {f}"),
-            );
-            // The controller cannot fetch: it is broken until reset.
-            self.set_fatal("SQ entry fetch failed");
-            return;
+        if !sq
+            .pin
+            .as_ref()
+            .is_some_and(|p| p.read_sqe_into(sq.head, &mut cmd))
+        {
+            // Not pinned, or freed by the host since: the translated fetch (a freed
+            // region's memory goes back to the allocator once nothing holds it).
+            sq.pin = None;
+            let addr = sq.base + u64::from(sq.head) * SQE_SIZE as u64;
+            if let Err(f) = self.dma.read_sqe_into(addr, &mut cmd) {
+                self.violation(
+                    ViolationKind::UnmappedDma,
+                    format!("SQ {sqid} entry fetch: {f}"),
+                );
+                // The controller cannot fetch: it is broken until reset.
+                self.set_fatal("SQ entry fetch failed");
+                return;
+            }
         }
         sq.head = if sq.head + 1 == sq.size {
             0
@@ -1966,10 +1984,18 @@ fn put_entry(
     mut sq: Option<&mut Sq>,
     p: PendingCqe,
 ) -> Result<Option<u16>, DmaFault> {
-    let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
     let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
     let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, cq.phase, p.status);
-    dma.write_cqe_dwords(addr, cqe.dwords())?;
+    if !cq
+        .pin
+        .as_ref()
+        .is_some_and(|pin| pin.write_cqe_dwords(cq.tail, cqe.dwords()))
+    {
+        // Not pinned, or freed by the host since: the translated store.
+        cq.pin = None;
+        let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
+        dma.write_cqe_dwords(addr, cqe.dwords())?;
+    }
     if let Some(sq) = sq.as_mut() {
         sq.outstanding.remove(p.cid);
     }
