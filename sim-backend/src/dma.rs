@@ -428,7 +428,7 @@ fn store_ordered(ws: &[AtomicU64], src: &[u8], order: Ordering) {
 
 /// Words per iteration of the copy loops: the inner loop over a fixed-size array unrolls
 /// into one load and one store per word, with no bounds check, and one counter update and
-/// branch per 256 bytes.
+/// branch per 256 bytes (per 512 in [`store_words`], two runs per iteration).
 const UNROLL: usize = 32;
 
 /// The native-endian word in the first 8 bytes of `d` (`d.len() >= 8`).
@@ -482,14 +482,19 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU64], src: &[u8]) {
     } else {
         Ordering::Relaxed
     };
-    let mut dst = ws.chunks_exact(UNROLL);
-    let mut from = src.chunks_exact(UNROLL * WORD);
+    // Two unrolled runs per iteration: one counter update and branch per 512 bytes.
+    let mut dst = ws.chunks_exact(2 * UNROLL);
+    let mut from = src.chunks_exact(2 * UNROLL * WORD);
     for (ws, d) in (&mut dst).zip(&mut from) {
-        let ws: &[AtomicU64; UNROLL] = ws.try_into().expect("UNROLL words");
-        let d: &[u8; UNROLL * WORD] = d.try_into().expect("UNROLL words");
-        for k in 0..UNROLL {
-            ws[k].store(word_of(&d[k * WORD..]), order);
-        }
+        let (w0, w1) = ws.split_at(UNROLL);
+        let (d0, d1) = d.split_at(UNROLL * WORD);
+        store_run(w0, d0, order);
+        store_run(w1, d1, order);
+    }
+    let mut dst = dst.remainder().chunks_exact(UNROLL);
+    let mut from = from.remainder().chunks_exact(UNROLL * WORD);
+    for (ws, d) in (&mut dst).zip(&mut from) {
+        store_run(ws, d, order);
     }
     for (w, b) in dst
         .remainder()
@@ -497,6 +502,17 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU64], src: &[u8]) {
         .zip(from.remainder().chunks_exact(WORD))
     {
         w.store(word_of(b), order);
+    }
+}
+
+/// One unrolled run of [`store_words`]: `UNROLL` words from `d` (`UNROLL * 8` bytes) into
+/// `ws` (`UNROLL` words), one load and one store each.
+#[inline(always)]
+fn store_run(ws: &[AtomicU64], d: &[u8], order: Ordering) {
+    let ws: &[AtomicU64; UNROLL] = ws.try_into().expect("UNROLL words");
+    let d: &[u8; UNROLL * WORD] = d.try_into().expect("UNROLL words");
+    for k in 0..UNROLL {
+        ws[k].store(word_of(&d[k * WORD..]), order);
     }
 }
 
