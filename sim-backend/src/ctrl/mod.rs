@@ -449,10 +449,16 @@ impl Controller {
 
     /// Raises the interrupts collected while posting (after the entries were written), as
     /// interrupt coalescing allows (`crate::coalesce`).
+    #[inline(always)]
     pub(crate) fn raise_interrupts(&mut self) {
-        if self.pending_irqs.is_empty() {
-            return;
+        if !self.pending_irqs.is_empty() {
+            self.raise_pending_interrupts();
         }
+    }
+
+    /// [`Controller::raise_interrupts`] with interrupts collected.
+    #[inline(never)]
+    fn raise_pending_interrupts(&mut self) {
         if crate::coalesce::coalesces(self.feat.irq_coalescing) {
             let v = self.coalesce.admit(
                 &self.pending_irqs,
@@ -1213,7 +1219,8 @@ impl Controller {
     /// following round would again find that SQ alone ready. The burst fetches from it
     /// while it stays ready and the controller is not fatal (the only state of
     /// [`Controller::operational`] a command can change), without scanning the other
-    /// queues each time: the same commands in the same order as those rounds.
+    /// queues each time: the same commands in the same order as those rounds. When that SQ
+    /// is no longer ready, no SQ is, and processing ends without another (idle) round.
     pub(crate) fn process(&mut self) {
         loop {
             match self.round() {
@@ -1222,6 +1229,8 @@ impl Controller {
                     while !self.cfs && self.sq_ready(usize::from(qid)) {
                         self.fetch_and_execute(qid);
                     }
+                    // The other SQs are still not ready: the next round would be idle.
+                    break;
                 }
                 _ => {}
             }
