@@ -914,7 +914,9 @@ impl Controller {
     fn doorbell(&mut self, off: usize, v: u32) {
         self.stats.doorbell_writes += 1;
         let rel = off - offset::DBS;
-        if rel % self.stride() != 0 {
+        // The stride is a power of two: a mask and a shift, not a division.
+        let shift = 2 + u32::from(self.cfg.dstrd);
+        if rel & ((1 << shift) - 1) != 0 {
             self.violation(
                 ViolationKind::UndefinedRegister,
                 format!(
@@ -924,11 +926,11 @@ impl Controller {
             );
             return;
         }
-        let idx = rel / self.stride();
+        let idx = rel >> shift;
         let qid = idx / 2;
         let is_cq = idx % 2 == 1;
-        let name = if is_cq { "CQ" } else { "SQ" };
         if !self.operational() {
+            let name = if is_cq { "CQ" } else { "SQ" };
             self.violation(
                 ViolationKind::DoorbellWhileNotReady,
                 format!(
@@ -944,6 +946,7 @@ impl Controller {
             self.sqs.get(qid).is_some_and(|q| q.is_some())
         };
         if !exists {
+            let name = if is_cq { "CQ" } else { "SQ" };
             self.violation(
                 ViolationKind::DoorbellNonexistentQueue,
                 format!("{name} {qid} doorbell written with {v}, but the queue does not exist"),
