@@ -251,7 +251,7 @@ impl DmaSpace {
 
 /// Stores a completion entry at byte `off` (16-byte aligned) of `m`: dwords 0–1 Relaxed,
 /// then dwords 2–3, which hold the phase tag, with Release (see [`DeviceDma::write_cqe`]).
-#[inline]
+#[inline(always)]
 fn store_cqe(m: &Mapping, off: usize, bytes: &[u8; 16]) {
     let w = m.first_word + off / WORD;
     let ws = &m.words[w..w + 2];
@@ -428,7 +428,7 @@ fn store_ordered(ws: &[AtomicU64], src: &[u8], order: Ordering) {
 
 /// Words per iteration of the copy loops: the inner loop over a fixed-size array unrolls
 /// into one load and one store per word, with no bounds check, and one counter update and
-/// branch per 256 bytes.
+/// branch per 256 bytes (per 512 in [`store_words`], two runs per iteration).
 const UNROLL: usize = 32;
 
 /// The native-endian word in the first 8 bytes of `d` (`d.len() >= 8`).
@@ -482,14 +482,19 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU64], src: &[u8]) {
     } else {
         Ordering::Relaxed
     };
-    let mut dst = ws.chunks_exact(UNROLL);
-    let mut from = src.chunks_exact(UNROLL * WORD);
+    // Two unrolled runs per iteration: one counter update and branch per 512 bytes.
+    let mut dst = ws.chunks_exact(2 * UNROLL);
+    let mut from = src.chunks_exact(2 * UNROLL * WORD);
     for (ws, d) in (&mut dst).zip(&mut from) {
-        let ws: &[AtomicU64; UNROLL] = ws.try_into().expect("UNROLL words");
-        let d: &[u8; UNROLL * WORD] = d.try_into().expect("UNROLL words");
-        for k in 0..UNROLL {
-            ws[k].store(word_of(&d[k * WORD..]), order);
-        }
+        let (w0, w1) = ws.split_at(UNROLL);
+        let (d0, d1) = d.split_at(UNROLL * WORD);
+        store_run(w0, d0, order);
+        store_run(w1, d1, order);
+    }
+    let mut dst = dst.remainder().chunks_exact(UNROLL);
+    let mut from = from.remainder().chunks_exact(UNROLL * WORD);
+    for (ws, d) in (&mut dst).zip(&mut from) {
+        store_run(ws, d, order);
     }
     for (w, b) in dst
         .remainder()
@@ -497,6 +502,17 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU64], src: &[u8]) {
         .zip(from.remainder().chunks_exact(WORD))
     {
         w.store(word_of(b), order);
+    }
+}
+
+/// One unrolled run of [`store_words`]: `UNROLL` words from `d` (`UNROLL * 8` bytes) into
+/// `ws` (`UNROLL` words), one load and one store each.
+#[inline(always)]
+fn store_run(ws: &[AtomicU64], d: &[u8], order: Ordering) {
+    let ws: &[AtomicU64; UNROLL] = ws.try_into().expect("UNROLL words");
+    let d: &[u8; UNROLL * WORD] = d.try_into().expect("UNROLL words");
+    for k in 0..UNROLL {
+        ws[k].store(word_of(&d[k * WORD..]), order);
     }
 }
 
@@ -660,25 +676,38 @@ impl DeviceDma {
     /// at a word-aligned address (every queue base is page aligned) eight word loads
     /// straight into the command's dwords, the low half of each word first (the entry is
     /// little endian, NVMe Base §4.1).
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn read_sqe(&self, iova: u64) -> Result<Command, DmaFault> {
+        let mut cmd = Command::new(0);
+        self.read_sqe_into(iova, &mut cmd)?;
+        Ok(cmd)
+    }
+
+    /// [`Self::read_sqe`] into `cmd` (left as it was on a fault): the dwords are stored
+    /// where the caller keeps the command, not moved there from a returned value.
+    #[inline(always)]
+    pub(crate) fn read_sqe_into(&self, iova: u64, cmd: &mut Command) -> Result<(), DmaFault> {
         if iova % WORD as u64 != 0 {
             let b: [u8; SQE_SIZE] = self.read_array(iova)?;
-            return Ok(Command::from_le_bytes(&b));
+            *cmd = Command::from_le_bytes(&b);
+            return Ok(());
         }
-        self.access(iova, SQE_SIZE, |m, off| {
-            let w = m.first_word + off / WORD;
-            let ws: &[AtomicU64; SQE_SIZE / WORD] = m.words[w..w + SQE_SIZE / WORD]
-                .try_into()
-                .expect("one entry of words");
-            let mut cdw = [0u32; SQE_SIZE / 4];
-            for (k, word) in ws.iter().enumerate() {
-                let b = word.load(Ordering::Relaxed).to_ne_bytes();
-                cdw[2 * k] = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                cdw[2 * k + 1] = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-            }
-            Command::from_dwords(cdw)
-        })
+        self.access(
+            iova,
+            SQE_SIZE,
+            #[inline(always)]
+            |m, off| {
+                let w = m.first_word + off / WORD;
+                let ws: &[AtomicU64; SQE_SIZE / WORD] = m.words[w..w + SQE_SIZE / WORD]
+                    .try_into()
+                    .expect("one entry of words");
+                for (k, word) in ws.iter().enumerate() {
+                    let b = word.load(Ordering::Relaxed).to_ne_bytes();
+                    cmd.set_cdw(2 * k, u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                    cmd.set_cdw(2 * k + 1, u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
+                }
+            },
+        )
     }
 
     /// Device read of `N` bytes of host memory into an array (Relaxed, as [`Self::read`]):
@@ -713,23 +742,120 @@ impl DeviceDma {
     /// then dwords 2–3 (dword 3 holds the phase tag, bit 16) last, with Release ordering, so
     /// a host that reads dwords 2–3 with Acquire sees the whole entry (NVMe Base §4.2.1,
     /// §4.2.4). One atomic store per 8 bytes, as wide as the host's load.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_cqe(&self, iova: u64, bytes: &[u8; 16]) -> Result<(), DmaFault> {
         if iova % 16 != 0 {
             return Err(DmaFault { iova, len: 16 });
         }
-        self.access(iova, 16, |m, off| store_cqe(m, off, bytes))
+        self.access(
+            iova,
+            16,
+            #[inline(always)]
+            |m, off| store_cqe(m, off, bytes),
+        )
     }
 
     /// [`Self::write_cqe`] from the entry's four dwords (dword `2k` in the low half of
     /// word `k`, as the little-endian bytes are laid out).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_cqe_dwords(&self, iova: u64, dw: [u32; 4]) -> Result<(), DmaFault> {
         let mut b = [0u8; 16];
         for (o, d) in b.chunks_exact_mut(4).zip(dw) {
             o.copy_from_slice(&d.to_le_bytes());
         }
         self.write_cqe(iova, &b)
+    }
+}
+
+/// A queue's memory held by the controller from the queue's creation: one translation
+/// then, and each access after it checks only that the host has not freed the region
+/// since (the IOVA space never maps an IOVA again once freed, so an access that finds the
+/// region freed is one the translation would refuse; the caller then takes the translated
+/// path, which reports the fault). Holding the mapping keeps its memory valid, as the
+/// [`DeviceDma`] cache does.
+pub(crate) struct Pinned {
+    m: Arc<Mapping>,
+    /// The word of the region's first byte in `m.words`.
+    word: usize,
+    /// The region's length in words.
+    words: usize,
+}
+
+impl fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pinned")
+            .field("words", &self.words)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pinned {
+    /// The region's words, unless the host freed it.
+    #[inline(always)]
+    fn live_words(&self) -> Option<&[AtomicU64]> {
+        // Relaxed: as the cache's check in [`DeviceDma::access`].
+        if self.m.unmapped.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.m.words.get(self.word..self.word + self.words)
+    }
+
+    /// [`DeviceDma::read_sqe_into`] of entry `i` of the pinned SQ; false (nothing read) if
+    /// the region was freed or has no entry `i`.
+    #[inline(always)]
+    pub(crate) fn read_sqe_into(&self, i: u32, cmd: &mut Command) -> bool {
+        const N: usize = SQE_SIZE / WORD;
+        let at = i as usize * N;
+        let Some(ws) = self.live_words().and_then(|ws| ws.get(at..at + N)) else {
+            return false;
+        };
+        let ws: &[AtomicU64; N] = ws.try_into().expect("one entry of words");
+        for (k, word) in ws.iter().enumerate() {
+            let b = word.load(Ordering::Relaxed).to_ne_bytes();
+            cmd.set_cdw(2 * k, u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            cmd.set_cdw(2 * k + 1, u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
+        }
+        true
+    }
+
+    /// [`DeviceDma::write_cqe_dwords`] into entry `i` of the pinned CQ (the same stores:
+    /// dwords 0–1, then dwords 2–3 with the phase tag, Release); false (nothing written)
+    /// if the region was freed or has no entry `i`.
+    #[inline(always)]
+    pub(crate) fn write_cqe_dwords(&self, i: u32, dw: [u32; 4]) -> bool {
+        let at = i as usize * 2;
+        let Some(ws) = self.live_words().and_then(|ws| ws.get(at..at + 2)) else {
+            return false;
+        };
+        let mut b = [0u8; 16];
+        for (o, d) in b.chunks_exact_mut(4).zip(dw) {
+            o.copy_from_slice(&d.to_le_bytes());
+        }
+        // Relaxed: ordered before the Release store below.
+        ws[0].store(word_of(&b[..WORD]), Ordering::Relaxed);
+        // Release: the phase tag is in this word; it publishes the entry.
+        ws[1].store(word_of(&b[WORD..]), Ordering::Release);
+        true
+    }
+}
+
+impl DeviceDma {
+    /// Pins the word-aligned range `iova .. iova + len` (a queue) if one live mapping holds
+    /// it all.
+    pub(crate) fn pin(&self, iova: u64, len: usize) -> Option<Pinned> {
+        if iova % WORD as u64 != 0 || len % WORD != 0 {
+            return None;
+        }
+        let g = self.space.read_lock();
+        let (m, off) = lookup(&g, iova, len).ok()?;
+        if m.unmapped.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(Pinned {
+            m: Arc::clone(m),
+            word: m.first_word + off / WORD,
+            words: len / WORD,
+        })
     }
 }
 
@@ -900,6 +1026,48 @@ mod tests {
             dma.allocate(usize::MAX).unwrap_err().kind(),
             DmaErrorKind::InvalidRequest
         );
+    }
+
+    /// A pinned queue reads and writes the same entries as the translated accesses, and
+    /// once the host frees its memory every access through it fails, as the translated
+    /// ones do.
+    #[test]
+    fn pinned_queue_accesses_match_the_translated_ones_until_freed() {
+        let space = Arc::new(DmaSpace::new(DMA_PAGE));
+        let dma = SimDma::new(space.clone());
+        let dev = DeviceDma::new(space.clone());
+        let r = dma.allocate(2 * 4096).unwrap();
+        // Not word aligned, past the region, or unmapped: nothing to pin.
+        assert!(dev.pin(r.iova() + 4, 64).is_none());
+        assert!(dev.pin(r.iova(), 3 * 4096).is_none());
+        assert!(dev.pin(0x10, 64).is_none());
+        let sq = dev
+            .pin(r.iova(), 4096)
+            .expect("one mapping holds the queue");
+        let raw: Vec<u8> = (0..4096).map(|i| (i * 13 % 253) as u8).collect();
+        dev.write(r.iova(), &raw).unwrap();
+        for i in [0u32, 1, 63] {
+            let mut cmd = Command::new(0);
+            assert!(sq.read_sqe_into(i, &mut cmd));
+            assert_eq!(cmd, dev.read_sqe(r.iova() + u64::from(i) * 64).unwrap());
+        }
+        // Entry 64 is past the 4 KiB pinned.
+        assert!(!sq.read_sqe_into(64, &mut Command::new(0)));
+        // A CQ entry through the pin lands where the translated store puts it.
+        let cq = dev.pin(r.iova() + 4096, 4096).unwrap();
+        let dw = [0x0403_0201, 0x0807_0605, 0x0c0b_0a09, 0x100f_0e0d];
+        assert!(cq.write_cqe_dwords(3, dw));
+        dev.write_cqe_dwords(r.iova() + 4096 + 5 * 16, dw).unwrap();
+        let mut back = [0u8; 6 * 16];
+        dev.read(r.iova() + 4096, &mut back).unwrap();
+        assert_eq!(back[3 * 16..4 * 16], (1..=16).collect::<Vec<u8>>()[..]);
+        assert_eq!(back[3 * 16..4 * 16], back[5 * 16..]);
+        assert!(!cq.write_cqe_dwords(256, dw));
+        // Freed: the pins refuse, as the translation does.
+        assert!(space.free(r));
+        assert!(!sq.read_sqe_into(0, &mut Command::new(0)));
+        assert!(!cq.write_cqe_dwords(0, dw));
+        assert!(dev.read_sqe(r.iova()).is_err());
     }
 
     /// The whole-word paths (a word-aligned access of whole words: whole blocks plus a

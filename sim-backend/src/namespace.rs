@@ -88,6 +88,7 @@ impl Medium {
 
     /// The bytes `off .. off + len` of a memory medium, in order, as slices of its chunks
     /// (or of [`ZEROS`] where nothing was written), handed to `sink`: no copy, no buffer.
+    #[inline(always)]
     fn memory_pieces<E>(
         chunks: &[Option<Box<[u8]>>],
         off: u64,
@@ -100,10 +101,12 @@ impl Medium {
             let idx = abs / CHUNK as u64;
             let in_chunk = (abs % CHUNK as u64) as usize;
             let n = (CHUNK - in_chunk).min(len - pos);
-            match chunk(chunks, idx) {
-                Some(c) => sink(&c[in_chunk..in_chunk + n])?,
-                None => sink(&ZEROS[..n])?,
-            }
+            // One call site: the sink is inlined here.
+            let piece = match chunk(chunks, idx) {
+                Some(c) => &c[in_chunk..in_chunk + n],
+                None => &ZEROS[..n],
+            };
+            sink(piece)?;
             pos += n;
         }
         Ok(())
@@ -332,6 +335,9 @@ pub(crate) struct Namespace {
     pub(crate) nsid: u32,
     /// Index into [`LBA_FORMATS`].
     pub(crate) lbaf: usize,
+    /// `LBA_FORMATS[lbaf]`: log2 of the LBA data size, kept with `lbaf` so that the data
+    /// path reads it without an index check.
+    lba_shift: u32,
     pub(crate) blocks: u64,
     medium: Medium,
     /// Allocation state as the host sees it (cache included).
@@ -418,6 +424,7 @@ impl Namespace {
         Ok(Self {
             nsid,
             lbaf,
+            lba_shift: u32::from(LBA_FORMATS[lbaf]),
             blocks: cfg.blocks,
             medium: Medium { storage, len },
             persist_alloc: alloc.clone(),
@@ -435,7 +442,7 @@ impl Namespace {
     }
 
     pub(crate) fn lba_size(&self) -> u32 {
-        1u32 << LBA_FORMATS[self.lbaf]
+        1u32 << self.lba_shift
     }
 
     /// NUSE: allocated LBAs.
@@ -483,6 +490,7 @@ impl Namespace {
     /// to `sink` in order, in pieces: straight from the memory medium and the cache, or, for
     /// an image file, through `scratch` (grown as needed, never shrunk, so a read allocates
     /// nothing once it is as large as the largest transfer). The range must be valid.
+    #[inline(always)]
     pub(crate) fn read_with<E>(
         &self,
         slba: u64,
@@ -644,6 +652,7 @@ impl Namespace {
     pub(crate) fn format(&mut self, lbaf: usize) -> io::Result<()> {
         let bytes = self.blocks * u64::from(self.lba_size());
         self.lbaf = lbaf;
+        self.lba_shift = u32::from(LBA_FORMATS[lbaf]);
         self.blocks = bytes / u64::from(self.lba_size());
         let n = self.blocks as usize;
         self.cache.reset(self.lba_size() as usize, n);

@@ -68,7 +68,9 @@ pub(crate) fn walk(
 }
 
 /// As `walk`, into `pieces` (cleared first; reused by the controller, so the common
-/// one-descriptor SGL allocates nothing once it has room).
+/// one-descriptor SGL allocates nothing once it has room). The common SGL's checks are
+/// inlined into the caller; any other SGL is walked out of line.
+#[inline(always)]
 pub(crate) fn walk_into(
     dma: &DeviceDma,
     sgls: Sgls,
@@ -98,6 +100,20 @@ pub(crate) fn walk_into(
         pieces.push((Some(d.address), len));
         return Ok(());
     }
+    walk_segments(dma, sgls, sgl1, len, to_host, pieces)
+}
+
+/// [`walk_into`] for an SGL other than one Data Block descriptor covering the transfer:
+/// every segment and descriptor walked and checked.
+#[inline(never)]
+fn walk_segments(
+    dma: &DeviceDma,
+    sgls: Sgls,
+    sgl1: SglDescriptor,
+    len: usize,
+    to_host: bool,
+    pieces: &mut Vec<Piece>,
+) -> Result<(), PrpError> {
     let mut described: usize = 0;
     let mut count = 0usize;
     // The descriptors of the current segment (SGL1 alone at first: no allocation for the
@@ -269,7 +285,7 @@ impl<'a> Scatter<'a> {
     }
 
     /// The next bytes of the transfer.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn put(&mut self, mut data: &[u8]) -> Result<(), PrpError> {
         while !data.is_empty() {
             let (i, off) = self.at;

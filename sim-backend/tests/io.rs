@@ -310,3 +310,73 @@ fn sgl_refused_without_support() {
     let kinds: Vec<_> = h.sim.violations().iter().map(|v| v.kind).collect();
     assert_eq!(kinds, vec![ViolationKind::Psdt]);
 }
+
+/// Two SQs on one CQ, both holding commands while the CQ is full: as the host frees
+/// entries, the controller takes one command from each ready SQ per round (NVMe Base
+/// §3.4.1, round robin), an SQ whose CQ has a completion waiting for room is skipped, and
+/// one SQ left alone is served on its own.
+#[test]
+fn sqs_sharing_a_full_cq_are_served_round_robin() {
+    use nvme_core::spec::{CQE_SIZE, SQE_SIZE};
+    let mut h = Host::enabled(cfg());
+    // CQ 1: 4 slots, 3 entries at most; SQs 1 and 2 post to it.
+    let cq = h.alloc(4 * CQE_SIZE);
+    h.admin_ok(Command::create_io_cq(1, 3, cq.iova(), false, 0));
+    h.cqs.insert(
+        1,
+        HostCq {
+            region: cq,
+            size: 4,
+            head: 0,
+            phase: true,
+        },
+    );
+    for q in [1u16, 2] {
+        let sq = h.alloc(16 * SQE_SIZE);
+        h.admin_ok(Command::create_io_sq(q, 15, sq.iova(), 1, 0));
+        h.sqs.insert(
+            q,
+            HostSq {
+                region: sq,
+                size: 16,
+                tail: 0,
+            },
+        );
+    }
+    let flush = |cid: u16| {
+        let mut c = Command::flush(1);
+        c.set_cid(cid);
+        c
+    };
+    // 1..=4 on SQ 1: three posted, the fourth executed and waiting for room.
+    for cid in 1..=4 {
+        h.push(1, &flush(cid));
+    }
+    h.ring_sq(1);
+    // Meanwhile 101, 102 on SQ 2 and 5, 6 on SQ 1: nothing fetched while 4 waits.
+    h.push(2, &flush(101));
+    h.push(2, &flush(102));
+    h.ring_sq(2);
+    h.push(1, &flush(5));
+    h.push(1, &flush(6));
+    h.ring_sq(1);
+    let take = |h: &mut Host| {
+        let mut got = Vec::new();
+        while let Some(c) = h.poll(1) {
+            assert_eq!(sc(&c), (0, 0));
+            got.push(c.cid());
+        }
+        if !got.is_empty() {
+            h.ring_cq(1);
+        }
+        got
+    };
+    assert_eq!(take(&mut h), [1, 2, 3]);
+    // 4 goes in; then one round takes 5 from SQ 1 and 101 from SQ 2 (the CQ is full
+    // again), the next takes 6 from SQ 1, which waits for room, and SQ 2 is skipped.
+    assert_eq!(take(&mut h), [4, 5, 101]);
+    // 6 goes in; SQ 2 alone is ready.
+    assert_eq!(take(&mut h), [6, 102]);
+    assert_eq!(take(&mut h), Vec::<u16>::new());
+    h.sim.assert_no_violations();
+}

@@ -197,6 +197,7 @@ impl Controller {
             backlog: VecDeque::new(),
             phase_hold: None,
             head_from_shadow: false,
+            pin: self.dma.pin(base, size as usize * CQE_SIZE),
         });
         self.io_queues_created = true;
         Done::ok(0)
@@ -276,6 +277,7 @@ impl Controller {
             cqid,
             outstanding: super::CidSet::new(),
             abort_on_fetch: HashSet::new(),
+            pin: self.dma.pin(base, size as usize * SQE_SIZE),
         });
         self.io_queues_created = true;
         Done::ok(0)

@@ -16,7 +16,7 @@ use nvme_core::spec::{AsyncEvent, Command, Completion, ErrorLogEntry, Status, CQ
 
 use crate::coalesce::Coalescer;
 use crate::config::SimConfig;
-use crate::dma::{DeviceDma, DmaSpace};
+use crate::dma::{DeviceDma, DmaFault, DmaSpace, Pinned};
 use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
 use crate::namespace::{Namespace, ReadError};
@@ -80,6 +80,9 @@ pub(crate) struct Sq {
     outstanding: CidSet,
     /// CIDs an Abort asked for before they were fetched.
     abort_on_fetch: HashSet<u16>,
+    /// The queue's memory, pinned at creation if one mapping holds it (entries are then
+    /// fetched without a translation each).
+    pin: Option<Pinned>,
 }
 
 /// A completion waiting for room in its CQ.
@@ -128,6 +131,9 @@ pub(crate) struct Cq {
     /// The head was last taken from the shadow CQ head doorbell (§5.8): the host, having
     /// found EventIdx asking for it, may still write the register with that same value.
     head_from_shadow: bool,
+    /// The queue's memory, pinned at creation if one mapping holds it (entries are then
+    /// posted without a translation each).
+    pin: Option<Pinned>,
 }
 
 impl Cq {
@@ -299,12 +305,8 @@ pub(crate) struct Controller {
     dma: DeviceDma,
     irq: Arc<IrqCore>,
     pending_irqs: Vec<u16>,
-    /// The CIDs of one SQ doorbell's new commands while they are checked (empty between
-    /// doorbells).
-    batch_cids: CidSet,
-    /// The CIDs added to `batch_cids`, to empty it again without reading the entries twice
-    /// (reused: no allocation per doorbell).
-    batch_list: Vec<u16>,
+    /// The CIDs of one SQ doorbell's new commands while they are checked.
+    batch_cids: BatchCids,
     /// The PRP segments of the command being executed (reused: no allocation per command).
     segs: Vec<(u64, usize)>,
     /// Staging for writes and image-file reads (reused, grown to the largest transfer).
@@ -383,8 +385,7 @@ impl Controller {
             dma: DeviceDma::new(dma),
             irq,
             pending_irqs: Vec::new(),
-            batch_cids: CidSet::new(),
-            batch_list: Vec::new(),
+            batch_cids: BatchCids::new(),
             segs: Vec::new(),
             scratch: Vec::new(),
             sgl_pieces: Vec::new(),
@@ -448,10 +449,16 @@ impl Controller {
 
     /// Raises the interrupts collected while posting (after the entries were written), as
     /// interrupt coalescing allows (`crate::coalesce`).
+    #[inline(always)]
     pub(crate) fn raise_interrupts(&mut self) {
-        if self.pending_irqs.is_empty() {
-            return;
+        if !self.pending_irqs.is_empty() {
+            self.raise_pending_interrupts();
         }
+    }
+
+    /// [`Controller::raise_interrupts`] with interrupts collected.
+    #[inline(never)]
+    fn raise_pending_interrupts(&mut self) {
         if crate::coalesce::coalesces(self.feat.irq_coalescing) {
             let v = self.coalesce.admit(
                 &self.pending_irqs,
@@ -804,18 +811,20 @@ impl Controller {
             return;
         }
         self.sq_end = self.sq_end.max(1);
+        let (asqs, acqs) = (u32::from(aqa.asqs_z()) + 1, u32::from(aqa.acqs_z()) + 1);
         self.sqs[0] = Some(Sq {
             base: self.asq,
-            size: u32::from(aqa.asqs_z()) + 1,
+            size: asqs,
             head: 0,
             tail: 0,
             cqid: 0,
             outstanding: CidSet::new(),
             abort_on_fetch: HashSet::new(),
+            pin: self.dma.pin(self.asq, asqs as usize * SQE_SIZE),
         });
         self.cqs[0] = Some(Cq {
             base: self.acq,
-            size: u32::from(aqa.acqs_z()) + 1,
+            size: acqs,
             tail: 0,
             head: 0,
             phase: true,
@@ -824,6 +833,7 @@ impl Controller {
             backlog: VecDeque::new(),
             phase_hold: None,
             head_from_shadow: false,
+            pin: self.dma.pin(self.acq, acqs as usize * CQE_SIZE),
         });
         if self.rdy {
             // EN toggled back on before RDY fell: the transition starts over.
@@ -904,7 +914,9 @@ impl Controller {
     fn doorbell(&mut self, off: usize, v: u32) {
         self.stats.doorbell_writes += 1;
         let rel = off - offset::DBS;
-        if rel % self.stride() != 0 {
+        // The stride is a power of two: a mask and a shift, not a division.
+        let shift = 2 + u32::from(self.cfg.dstrd);
+        if rel & ((1 << shift) - 1) != 0 {
             self.violation(
                 ViolationKind::UndefinedRegister,
                 format!(
@@ -914,11 +926,11 @@ impl Controller {
             );
             return;
         }
-        let idx = rel / self.stride();
+        let idx = rel >> shift;
         let qid = idx / 2;
         let is_cq = idx % 2 == 1;
-        let name = if is_cq { "CQ" } else { "SQ" };
         if !self.operational() {
+            let name = if is_cq { "CQ" } else { "SQ" };
             self.violation(
                 ViolationKind::DoorbellWhileNotReady,
                 format!(
@@ -934,6 +946,7 @@ impl Controller {
             self.sqs.get(qid).is_some_and(|q| q.is_some())
         };
         if !exists {
+            let name = if is_cq { "CQ" } else { "SQ" };
             self.violation(
                 ViolationKind::DoorbellNonexistentQueue,
                 format!("{name} {qid} doorbell written with {v}, but the queue does not exist"),
@@ -984,14 +997,14 @@ impl Controller {
         // CIDs must be unique among the commands outstanding on one SQ (§4.1): look for a
         // duplicate within the new batch (one outstanding at fetch is caught there; a batch
         // of one entry has none). The controller's batch set is left empty again afterwards.
-        let (batch, seen) = (&mut self.batch_cids, &mut self.batch_list);
+        let batch = &mut self.batch_cids;
         // The whole queue through one translation (dwords 0-1 of entry `i` are word
         // `8 i`); entry by entry if it is not one mapped region.
         let dups = if added < 2 {
             0
         } else {
             match self.dma.with_words(base, size as usize * SQE_SIZE, |ws| {
-                batch_duplicates(batch, seen, tail, v, size, |i| {
+                batch_duplicates(batch, tail, v, size, |i| {
                     let b = ws[i as usize * (SQE_SIZE / 8)]
                         .load(std::sync::atomic::Ordering::Relaxed)
                         .to_ne_bytes();
@@ -1001,7 +1014,7 @@ impl Controller {
                 Ok(dups) => dups,
                 Err(_) => {
                     let view = &self.dma;
-                    batch_duplicates(batch, seen, tail, v, size, |i| sqe_cid(view, base, i))
+                    batch_duplicates(batch, tail, v, size, |i| sqe_cid(view, base, i))
                 }
             }
         };
@@ -1202,9 +1215,44 @@ impl Controller {
     /// Fetches and executes commands until every SQ is empty or stalled: round robin, one
     /// command per SQ per round, the admin queue first (§3.4.1 "Round Robin Arbitration").
     /// An SQ whose CQ has completions waiting for room is not fetched from.
+    ///
+    /// A round that executed a command from one I/O SQ alone is followed by a burst on that
+    /// SQ: executing an I/O command makes no other SQ ready (only a doorbell write moves a
+    /// tail, and only a CQ head doorbell or the timer service empties a CQ backlog), so each
+    /// following round would again find that SQ alone ready. The burst fetches from it
+    /// while it stays ready and the controller is not fatal (the only state of
+    /// [`Controller::operational`] a command can change), without scanning the other
+    /// queues each time: the same commands in the same order as those rounds. When that SQ
+    /// is no longer ready, no SQ is, and processing ends without another (idle) round.
     pub(crate) fn process(&mut self) {
-        while self.process_round() {}
+        loop {
+            match self.round() {
+                Round::Idle => break,
+                Round::Sole(qid) if qid != 0 => {
+                    while !self.cfs && self.sq_ready(usize::from(qid)) {
+                        self.fetch_and_execute(qid);
+                    }
+                    // The other SQs are still not ready: the next round would be idle.
+                    break;
+                }
+                _ => {}
+            }
+        }
         self.raise_interrupts();
+    }
+
+    /// True if SQ `qid` exists, has an entry to fetch and its CQ has no completions
+    /// waiting for room.
+    #[inline(always)]
+    fn sq_ready(&self, qid: usize) -> bool {
+        match &self.sqs[qid] {
+            Some(sq) if sq.head != sq.tail => self
+                .cqs
+                .get(usize::from(sq.cqid))
+                .and_then(|c| c.as_ref())
+                .is_some_and(|cq| cq.backlog.is_empty()),
+            _ => false,
+        }
     }
 
     /// One arbitration round of [`Controller::process`]: at most one command from each SQ
@@ -1212,36 +1260,43 @@ impl Controller {
     /// device thread runs one round per hold of the controller lock, so doorbell writes of
     /// other queues are not held up for a whole batch.
     pub(crate) fn process_round(&mut self) -> bool {
+        self.round() != Round::Idle
+    }
+
+    /// [`Controller::process_round`], telling which SQs it executed a command from.
+    fn round(&mut self) -> Round {
         self.dma.release_freed();
         if !self.operational() {
-            return false;
+            return Round::Idle;
         }
-        let mut progressed = false;
+        let mut r = Round::Idle;
         for qid in 0..self.sq_end.min(self.sqs.len()) {
-            let ready = match &self.sqs[qid] {
-                Some(sq) if sq.head != sq.tail => self
-                    .cqs
-                    .get(usize::from(sq.cqid))
-                    .and_then(|c| c.as_ref())
-                    .is_some_and(|cq| cq.backlog.is_empty()),
-                _ => false,
-            };
-            if ready {
+            if self.sq_ready(qid) {
                 self.fetch_and_execute(qid as u16);
-                progressed = true;
+                r = match r {
+                    Round::Idle => Round::Sole(qid as u16),
+                    _ => Round::Many,
+                };
             }
         }
-        progressed
+        r
     }
 
     fn fetch_and_execute(&mut self, sqid: u16) {
         let Some(sq) = self.sqs[usize::from(sqid)].as_mut() else {
             return;
         };
-        let addr = sq.base + u64::from(sq.head) * SQE_SIZE as u64;
-        let cmd = match self.dma.read_sqe(addr) {
-            Ok(cmd) => cmd,
-            Err(f) => {
+        let mut cmd = Command::new(0);
+        if !sq
+            .pin
+            .as_ref()
+            .is_some_and(|p| p.read_sqe_into(sq.head, &mut cmd))
+        {
+            // Not pinned, or freed by the host since: the translated fetch (a freed
+            // region's memory goes back to the allocator once nothing holds it).
+            sq.pin = None;
+            let addr = sq.base + u64::from(sq.head) * SQE_SIZE as u64;
+            if let Err(f) = self.dma.read_sqe_into(addr, &mut cmd) {
                 self.violation(
                     ViolationKind::UnmappedDma,
                     format!("SQ {sqid} entry fetch: {f}"),
@@ -1250,7 +1305,7 @@ impl Controller {
                 self.set_fatal("SQ entry fetch failed");
                 return;
             }
-        };
+        }
         sq.head = if sq.head + 1 == sq.size {
             0
         } else {
@@ -1333,12 +1388,12 @@ impl Controller {
                 self.post(sqid, bogus, done);
             }
             Some(CompletionFault::DuplicateCid) => {
-                self.post_with(sqid, cid, done, PostFault::Duplicate);
+                self.post_faulty(sqid, cid, done, PostFault::Duplicate);
             }
             Some(CompletionFault::WrongPhase(d)) => {
-                self.post_with(sqid, cid, done, PostFault::WrongPhase(d));
+                self.post_faulty(sqid, cid, done, PostFault::WrongPhase(d));
             }
-            _ => self.post(sqid, cid, done),
+            _ => self.post_with(sqid, cid, done, PostFault::None),
         }
     }
 
@@ -1382,40 +1437,31 @@ impl Controller {
 
     /// Queues a completion for `sqid`'s CQ and records failed commands in the Error
     /// Information log (§5.1.12.1.2).
+    #[inline(never)]
     pub(crate) fn post(&mut self, sqid: u16, cid: u16, done: Done) {
         self.post_with(sqid, cid, done, PostFault::None);
     }
 
+    /// [`Controller::post_with`] out of line (fault injection).
+    #[inline(never)]
+    fn post_faulty(&mut self, sqid: u16, cid: u16, done: Done, fault: PostFault) {
+        self.post_with(sqid, cid, done, fault);
+    }
+
+    /// [`Controller::post`] with an injected posting fault; inlined into the command loop.
+    #[inline(always)]
     fn post_with(&mut self, sqid: u16, cid: u16, done: Done, fault: PostFault) {
         let st = done.status;
-        if !st.is_success()
-            && !st.is(
-                nvme_core::spec::StatusCodeType::GENERIC,
-                generic::ABORT_REQUESTED,
-            )
-            && !st.is(
-                nvme_core::spec::StatusCodeType::GENERIC,
-                generic::ABORTED_SQ_DELETION,
-            )
-        {
-            self.error_count += 1;
-            self.error_log.push_front(ErrorLogEntry {
-                error_count: self.error_count,
-                sqid,
-                cid,
-                status_field: st.bits() << 1,
-                param_error_location: 0xFFFF,
-                lba: done.lba.unwrap_or(0),
-                nsid: done.nsid,
-                ..Default::default()
-            });
-            self.error_log.truncate(ERROR_LOG_ENTRIES);
+        if !st.is_success() {
+            self.log_error(sqid, cid, &done);
         }
-        let Some(sq) = self.sqs.get(usize::from(sqid)).and_then(|s| s.as_ref()) else {
+        // Disjoint borrows of the queues and the DMA handle: each queue looked up once.
+        let Self { sqs, cqs, dma, .. } = self;
+        let Some(sq) = sqs.get_mut(usize::from(sqid)).and_then(|s| s.as_mut()) else {
             return;
         };
         let cqid = sq.cqid;
-        let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(|c| c.as_mut()) else {
+        let Some(cq) = cqs.get_mut(usize::from(cqid)).and_then(|c| c.as_mut()) else {
             return;
         };
         let p = PendingCqe {
@@ -1433,11 +1479,41 @@ impl Controller {
         {
             // Room now and nothing ahead of it: what `drain_cq` would do with a backlog of
             // this one entry, without queueing it.
-            self.write_completion(cqid, p);
+            let r = put_entry(dma, cq, Some(sq), p);
+            self.entry_written(cqid, r);
             return;
         }
         cq.backlog.push_back(p);
         self.drain_cq(cqid);
+    }
+
+    /// Records a failed command in the Error Information log (§5.1.12.1.2), unless it was
+    /// aborted (Command Abort Requested, Command Aborted due to SQ Deletion).
+    #[cold]
+    #[inline(never)]
+    fn log_error(&mut self, sqid: u16, cid: u16, done: &Done) {
+        let st = done.status;
+        if st.is(
+            nvme_core::spec::StatusCodeType::GENERIC,
+            generic::ABORT_REQUESTED,
+        ) || st.is(
+            nvme_core::spec::StatusCodeType::GENERIC,
+            generic::ABORTED_SQ_DELETION,
+        ) {
+            return;
+        }
+        self.error_count += 1;
+        self.error_log.push_front(ErrorLogEntry {
+            error_count: self.error_count,
+            sqid,
+            cid,
+            status_field: st.bits() << 1,
+            param_error_location: 0xFFFF,
+            lba: done.lba.unwrap_or(0),
+            nsid: done.nsid,
+            ..Default::default()
+        });
+        self.error_log.truncate(ERROR_LOG_ENTRIES);
     }
 
     /// Posts a completion for a command that is not tracked as outstanding (CID conflict).
@@ -1523,32 +1599,33 @@ impl Controller {
         // Disjoint borrows of the queues and the DMA handle: each looked up once.
         let Self { cqs, sqs, dma, .. } = self;
         let cq = cqs[usize::from(cqid)].as_mut().expect("exists");
-        let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
-        let mut sq = sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut());
-        let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
-        let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, cq.phase, p.status);
-        if let Err(f) = dma.write_cqe_dwords(addr, cqe.dwords()) {
-            self.violation(
-                ViolationKind::UnmappedDma,
-                format!("CQ {cqid} entry post: {f}"),
-            );
-            self.set_fatal("CQ entry post failed");
-            return false;
+        let sq = sqs.get_mut(usize::from(p.sqid)).and_then(|s| s.as_mut());
+        let r = put_entry(dma, cq, sq, p);
+        self.entry_written(cqid, r)
+    }
+
+    /// Accounts for a completion [`put_entry`] wrote into CQ `cqid` (its interrupt vector
+    /// queued when the CQ has interrupts enabled), or reports the unmapped CQ memory and
+    /// makes the controller fatal. True if the entry was written.
+    #[inline(always)]
+    fn entry_written(&mut self, cqid: u16, r: Result<Option<u16>, DmaFault>) -> bool {
+        match r {
+            Ok(irq) => {
+                self.stats.completions_posted += 1;
+                if let Some(iv) = irq {
+                    self.pending_irqs.push(iv);
+                }
+                true
+            }
+            Err(f) => {
+                self.violation(
+                    ViolationKind::UnmappedDma,
+                    format!("CQ {cqid} entry post: {f}"),
+                );
+                self.set_fatal("CQ entry post failed");
+                false
+            }
         }
-        if let Some(sq) = sq.as_mut() {
-            sq.outstanding.remove(p.cid);
-        }
-        cq.tail += 1;
-        if cq.tail == cq.size {
-            cq.tail = 0;
-            cq.phase = !cq.phase;
-        }
-        let (ien, iv) = (cq.ien, cq.iv);
-        self.stats.completions_posted += 1;
-        if ien {
-            self.pending_irqs.push(iv);
-        }
-        true
     }
 
     // ---------------------------------------------------------------- data transfer
@@ -1609,15 +1686,16 @@ impl Controller {
     /// straight from the medium and the write cache into the host memory the command's
     /// PRPs describe, in one pass (no intermediate buffer for a memory medium). The PRPs are
     /// walked and every segment checked to be mapped before any byte moves.
+    /// `len` is the transfer's size in bytes (`nlb` blocks of the namespace's LBA size).
     pub(crate) fn read_to_host(
         &mut self,
         i: usize,
         slba: u64,
         nlb: u64,
+        len: usize,
         cmd: &Command,
     ) -> Result<(), ReadFailure> {
-        let ps = self.page_size();
-        let len = nlb as usize * self.namespaces[i].lba_size() as usize;
+        debug_assert_eq!(len, nlb as usize * self.namespaces[i].lba_size() as usize);
         if cmd.psdt() != 0 {
             // SGLs (`crate::sgl`): the descriptors are walked and checked first, then the
             // blocks go straight from the medium into the pieces they describe.
@@ -1634,13 +1712,20 @@ impl Controller {
                 .map_err(ReadFailure::Prp)
                 .and_then(|()| {
                     let mut out = sgl::Scatter::new(dma, pieces);
-                    ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
-                        .map_err(|e| match e {
-                            ReadError::Medium => ReadFailure::Medium,
-                            ReadError::Sink(e) => ReadFailure::Prp(e),
-                        })
+                    ns.read_with(
+                        slba,
+                        nlb,
+                        scratch,
+                        #[inline(always)]
+                        |piece| out.put(piece),
+                    )
+                    .map_err(|e| match e {
+                        ReadError::Medium => ReadFailure::Medium,
+                        ReadError::Sink(e) => ReadFailure::Prp(e),
+                    })
                 });
         }
+        let ps = self.page_size();
         let mut segs = std::mem::take(&mut self.segs);
         let ns = &self.namespaces[i];
         let scratch = &mut self.scratch;
@@ -1649,11 +1734,17 @@ impl Controller {
             .map_err(ReadFailure::Prp)
             .and_then(|()| {
                 let mut out = prp::Scatter::new(v, &segs);
-                ns.read_with(slba, nlb, scratch, |piece| out.put(piece))
-                    .map_err(|e| match e {
-                        ReadError::Medium => ReadFailure::Medium,
-                        ReadError::Sink(e) => ReadFailure::Prp(e),
-                    })
+                ns.read_with(
+                    slba,
+                    nlb,
+                    scratch,
+                    #[inline(always)]
+                    |piece| out.put(piece),
+                )
+                .map_err(|e| match e {
+                    ReadError::Medium => ReadFailure::Medium,
+                    ReadError::Sink(e) => ReadFailure::Prp(e),
+                })
             });
         self.segs = segs;
         r
@@ -1816,33 +1907,73 @@ impl Controller {
 }
 
 /// Counts the entries of slots `tail .. v` (modulo `size`) whose CID (`cid_at`, `None` for
-/// an unreadable entry) an earlier entry of the range has too; `batch` and `seen` are left
-/// empty again.
+/// an unreadable entry) an earlier entry of the range has too.
 #[inline(always)]
 fn batch_duplicates(
-    batch: &mut CidSet,
-    seen: &mut Vec<u16>,
+    batch: &mut BatchCids,
     tail: u32,
     v: u32,
     size: u32,
     cid_at: impl Fn(u32) -> Option<u16>,
 ) -> usize {
+    batch.begin();
     let mut dups = 0usize;
     let mut i = tail;
     while i != v {
         if let Some(cid) = cid_at(i) {
-            if batch.insert(cid) {
-                seen.push(cid);
-            } else {
+            if !batch.insert(cid) {
                 dups += 1;
             }
         }
         i = if i + 1 == size { 0 } else { i + 1 };
     }
-    for cid in seen.drain(..) {
-        batch.remove(cid);
-    }
     dups
+}
+
+/// A set of CIDs for one batch at a time: each CID's slot holds the number of the last
+/// batch that had it, so starting a new batch empties the set without touching it (a
+/// full clear once every 65,535 batches, when the number wraps).
+struct BatchCids {
+    stamps: Box<[u16; 1 << 16]>,
+    batch: u16,
+}
+
+impl BatchCids {
+    fn new() -> Self {
+        let stamps = vec![0u16; 1 << 16]
+            .into_boxed_slice()
+            .try_into()
+            .expect("one stamp per CID");
+        Self { stamps, batch: 0 }
+    }
+
+    /// Empties the set.
+    fn begin(&mut self) {
+        self.batch = self.batch.wrapping_add(1);
+        if self.batch == 0 {
+            self.stamps.fill(0);
+            self.batch = 1;
+        }
+    }
+
+    /// Adds `cid`; false if it was already in.
+    #[inline(always)]
+    fn insert(&mut self, cid: u16) -> bool {
+        let s = &mut self.stamps[usize::from(cid)];
+        if *s == self.batch {
+            return false;
+        }
+        *s = self.batch;
+        true
+    }
+}
+
+impl std::fmt::Debug for BatchCids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchCids")
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The CID of the submission queue entry in slot `i` of the SQ at `base`, if mapped.
@@ -1853,6 +1984,52 @@ fn sqe_cid(dma: &DeviceDma, base: u64, i: u32) -> Option<u16> {
         .map(|b| u16::from_le_bytes([b[2], b[3]]))
 }
 
+/// Writes completion `p` into the next slot of `cq` (which has room), with the CQ's phase
+/// tag and the head of `sq`, the entry's SQ, now (§4.2.1 SQHD), and advances the tail
+/// (§4.2.4: the phase tag inverts at each wrap); the command is no longer outstanding on
+/// `sq`. Returns the interrupt vector to raise if the CQ has interrupts enabled; a fault
+/// (nothing changed) if the CQ memory is not mapped.
+#[inline(always)]
+fn put_entry(
+    dma: &DeviceDma,
+    cq: &mut Cq,
+    mut sq: Option<&mut Sq>,
+    p: PendingCqe,
+) -> Result<Option<u16>, DmaFault> {
+    let sqhd = sq.as_ref().map_or(0, |s| s.head as u16);
+    let cqe = Completion::new(p.dw0, p.dw1, sqhd, p.sqid, p.cid, cq.phase, p.status);
+    if !cq
+        .pin
+        .as_ref()
+        .is_some_and(|pin| pin.write_cqe_dwords(cq.tail, cqe.dwords()))
+    {
+        // Not pinned, or freed by the host since: the translated store.
+        cq.pin = None;
+        let addr = cq.base + u64::from(cq.tail) * CQE_SIZE as u64;
+        dma.write_cqe_dwords(addr, cqe.dwords())?;
+    }
+    if let Some(sq) = sq.as_mut() {
+        sq.outstanding.remove(p.cid);
+    }
+    cq.tail += 1;
+    if cq.tail == cq.size {
+        cq.tail = 0;
+        cq.phase = !cq.phase;
+    }
+    Ok(cq.ien.then_some(cq.iv))
+}
+
+/// What one arbitration round ([`Controller::process_round`]) executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// No command: every SQ is empty or stalled, or the controller is not operational.
+    Idle,
+    /// One command, from this SQ alone.
+    Sole(u16),
+    /// Commands from more than one SQ.
+    Many,
+}
+
 pub(crate) fn done_status(status: Status) -> Done {
     Done {
         dw0: 0,
@@ -1860,5 +2037,48 @@ pub(crate) fn done_status(status: Status) -> Done {
         status,
         nsid: 0,
         lba: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots `0 .. cids.len()` of a ring of `size` entries holding `cids`.
+    fn dups(batch: &mut BatchCids, cids: &[u16], size: u32) -> usize {
+        batch_duplicates(batch, 0, cids.len() as u32, size, |i| {
+            Some(cids[i as usize])
+        })
+    }
+
+    #[test]
+    fn batch_duplicates_are_counted_within_one_batch_only() {
+        let mut b = BatchCids::new();
+        assert_eq!(dups(&mut b, &[1, 2, 3, 2, 1, 2], 8), 3);
+        // A new batch starts empty: the CIDs of the last one are no duplicates.
+        assert_eq!(dups(&mut b, &[1, 2, 3], 8), 0);
+        // Across the batch number's wrap the set is emptied too.
+        b.batch = u16::MAX - 1;
+        assert_eq!(dups(&mut b, &[7, 9], 8), 0);
+        assert_eq!(b.batch, u16::MAX);
+        assert_eq!(dups(&mut b, &[7, 9, 7], 8), 1);
+        assert_eq!(b.batch, 1);
+        assert_eq!(dups(&mut b, &[7, 9, 0xFFFF, 0xFFFF], 8), 1);
+    }
+
+    #[test]
+    fn batch_duplicates_follow_the_ring_around_its_end() {
+        let mut b = BatchCids::new();
+        let ring = [5u16, 6, 7, 5];
+        // Slots 2, 3, 0: CIDs 7, 5, 5.
+        assert_eq!(
+            batch_duplicates(&mut b, 2, 1, 4, |i| Some(ring[i as usize])),
+            1
+        );
+        // An unreadable entry counts as no CID.
+        assert_eq!(
+            batch_duplicates(&mut b, 0, 3, 4, |i| (i != 0).then_some(6)),
+            1
+        );
     }
 }

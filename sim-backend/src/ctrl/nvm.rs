@@ -146,7 +146,7 @@ impl Controller {
         }
         match op {
             NvmOpcode::READ => {
-                match self.read_to_host(i, slba, nlb, cmd) {
+                match self.read_to_host(i, slba, nlb, bytes, cmd) {
                     Ok(()) => {}
                     Err(ReadFailure::Prp(e)) => return Done::err(self.prp_violation(e)),
                     Err(ReadFailure::Medium) => return internal_error(),
