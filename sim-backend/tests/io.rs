@@ -322,26 +322,11 @@ fn sqs_sharing_a_full_cq_are_served_round_robin() {
     // CQ 1: 4 slots, 3 entries at most; SQs 1 and 2 post to it.
     let cq = h.alloc(4 * CQE_SIZE);
     h.admin_ok(Command::create_io_cq(1, 3, cq.iova(), false, 0));
-    h.cqs.insert(
-        1,
-        HostCq {
-            region: cq,
-            size: 4,
-            head: 0,
-            phase: true,
-        },
-    );
+    h.track_cq(1, cq, 4);
     for q in [1u16, 2] {
         let sq = h.alloc(16 * SQE_SIZE);
         h.admin_ok(Command::create_io_sq(q, 15, sq.iova(), 1, 0));
-        h.sqs.insert(
-            q,
-            HostSq {
-                region: sq,
-                size: 16,
-                tail: 0,
-            },
-        );
+        h.track_sq(q, sq, 16);
     }
     let flush = |cid: u16| {
         let mut c = Command::flush(1);

@@ -173,23 +173,8 @@ fn iosqes_unset_is_refused() {
     assert_eq!(v[0].kind, ViolationKind::QueueEntrySize);
     assert!(v[0].detail.contains("unset"), "{}", v[0].detail);
     h.sim.clear_violations();
-    h.sqs.insert(
-        0,
-        HostSq {
-            region: asq,
-            size: 16,
-            tail: 0,
-        },
-    );
-    h.cqs.insert(
-        0,
-        HostCq {
-            region: acq,
-            size: 16,
-            head: 0,
-            phase: true,
-        },
-    );
+    h.track_sq(0, asq, 16);
+    h.track_cq(0, acq, 16);
     let mem = h.alloc(4096);
     assert_eq!(
         sc(&h.admin(Command::create_io_cq(1, 15, mem.iova(), false, 0))),
@@ -225,23 +210,8 @@ fn cq_full_stalls_until_the_host_frees_entries() {
     let sq = h.alloc(4096);
     h.admin_ok(Command::create_io_cq(1, 3, cq.iova(), false, 0));
     h.admin_ok(Command::create_io_sq(1, 15, sq.iova(), 1, 0));
-    h.cqs.insert(
-        1,
-        HostCq {
-            region: cq,
-            size: 4,
-            head: 0,
-            phase: true,
-        },
-    );
-    h.sqs.insert(
-        1,
-        HostSq {
-            region: sq,
-            size: 16,
-            tail: 0,
-        },
-    );
+    h.track_cq(1, cq, 4);
+    h.track_sq(1, sq, 16);
     for cid in 0..8u16 {
         let mut f = Command::flush(1);
         f.set_cid(100 + cid);

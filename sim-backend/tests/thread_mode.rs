@@ -80,23 +80,8 @@ fn interrupts_signal_completions() {
         let sq = h.alloc(4096);
         h.admin_ok(Command::create_io_cq(2, 15, cq.iova(), false, 2));
         h.admin_ok(Command::create_io_sq(2, 15, sq.iova(), 2, 0));
-        h.cqs.insert(
-            2,
-            HostCq {
-                region: cq,
-                size: 16,
-                head: 0,
-                phase: true,
-            },
-        );
-        h.sqs.insert(
-            2,
-            HostSq {
-                region: sq,
-                size: 16,
-                tail: 0,
-            },
-        );
+        h.track_cq(2, cq, 16);
+        h.track_sq(2, sq, 16);
         let before = h.sim.stats().interrupts_raised;
         let before_2 = h.sim.interrupts_on(2);
         h.io(2, Command::flush(1));

@@ -156,6 +156,15 @@ pub(crate) enum ReadFailure {
     Medium,
 }
 
+impl From<ReadError<PrpError>> for ReadFailure {
+    fn from(e: ReadError<PrpError>) -> Self {
+        match e {
+            ReadError::Medium => Self::Medium,
+            ReadError::Sink(e) => Self::Prp(e),
+        }
+    }
+}
+
 /// The result of executing one command.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Outcome {
@@ -1719,10 +1728,7 @@ impl Controller {
                         #[inline(always)]
                         |piece| out.put(piece),
                     )
-                    .map_err(|e| match e {
-                        ReadError::Medium => ReadFailure::Medium,
-                        ReadError::Sink(e) => ReadFailure::Prp(e),
-                    })
+                    .map_err(ReadFailure::from)
                 });
         }
         let ps = self.page_size();
@@ -1741,10 +1747,7 @@ impl Controller {
                     #[inline(always)]
                     |piece| out.put(piece),
                 )
-                .map_err(|e| match e {
-                    ReadError::Medium => ReadFailure::Medium,
-                    ReadError::Sink(e) => ReadFailure::Prp(e),
-                })
+                .map_err(ReadFailure::from)
             });
         self.segs = segs;
         r

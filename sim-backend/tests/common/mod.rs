@@ -108,6 +108,31 @@ impl Host {
         }
     }
 
+    /// Tracks SQ `qid`, created on `region` with `size` entries (tail 0).
+    pub fn track_sq(&mut self, qid: u16, region: DmaRegion, size: u16) {
+        self.sqs.insert(
+            qid,
+            HostSq {
+                region,
+                size,
+                tail: 0,
+            },
+        );
+    }
+
+    /// Tracks CQ `qid`, created on `region` with `size` entries (head 0, phase tag 1).
+    pub fn track_cq(&mut self, qid: u16, region: DmaRegion, size: u16) {
+        self.cqs.insert(
+            qid,
+            HostCq {
+                region,
+                size,
+                head: 0,
+                phase: true,
+            },
+        );
+    }
+
     /// Programs admin queues of `entries` entries and sets CC.EN, without waiting.
     pub fn start_enable(&mut self, entries: u16) {
         let asq = self.alloc(usize::from(entries) * SQE_SIZE);
@@ -116,23 +141,8 @@ impl Host {
             .write32(offset::AQA, Aqa::new(entries - 1, entries - 1).0);
         self.bar().write64(offset::ASQ, asq.iova());
         self.bar().write64(offset::ACQ, acq.iova());
-        self.sqs.insert(
-            0,
-            HostSq {
-                region: asq,
-                size: entries,
-                tail: 0,
-            },
-        );
-        self.cqs.insert(
-            0,
-            HostCq {
-                region: acq,
-                size: entries,
-                head: 0,
-                phase: true,
-            },
-        );
+        self.track_sq(0, asq, entries);
+        self.track_cq(0, acq, entries);
         let cc = Cc(0).with_iosqes(6).with_iocqes(4).with_en(true);
         self.bar().write32(offset::CC, cc.0);
     }
@@ -253,23 +263,8 @@ impl Host {
         let sq = self.alloc(usize::from(entries) * SQE_SIZE);
         self.admin_ok(Command::create_io_cq(qid, entries - 1, cq.iova(), ien, qid));
         self.admin_ok(Command::create_io_sq(qid, entries - 1, sq.iova(), qid, 0));
-        self.cqs.insert(
-            qid,
-            HostCq {
-                region: cq,
-                size: entries,
-                head: 0,
-                phase: true,
-            },
-        );
-        self.sqs.insert(
-            qid,
-            HostSq {
-                region: sq,
-                size: entries,
-                tail: 0,
-            },
-        );
+        self.track_cq(qid, cq, entries);
+        self.track_sq(qid, sq, entries);
     }
 
     pub fn io(&mut self, qid: u16, cmd: Command) -> Completion {
