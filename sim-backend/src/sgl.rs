@@ -323,7 +323,7 @@ pub(crate) fn scatter(dma: &DeviceDma, pieces: &[Piece], data: &[u8]) -> Result<
     Ok(())
 }
 
-/// Gathers `out.len()` bytes from the host through `pieces` (which hold no bit bucket: [`walk`]
+/// Gathers `out.len()` bytes from the host through `pieces` (which hold no bit bucket: [`walk_into`]
 /// refuses them for this direction).
 pub(crate) fn gather(dma: &DeviceDma, pieces: &[Piece], out: &mut [u8]) -> Result<(), PrpError> {
     let mut pos = 0;
