@@ -672,10 +672,7 @@ impl DeviceDma {
         })
     }
 
-    /// Fetches the 64-byte submission queue entry at `iova` (Relaxed, as [`Self::read`]):
-    /// at a word-aligned address (every queue base is page aligned) eight word loads
-    /// straight into the command's dwords, the low half of each word first (the entry is
-    /// little endian, NVMe Base §4.1).
+    /// [`Self::read_sqe_into`] returning the command.
     #[cfg(test)]
     pub(crate) fn read_sqe(&self, iova: u64) -> Result<Command, DmaFault> {
         let mut cmd = Command::new(0);
@@ -683,8 +680,11 @@ impl DeviceDma {
         Ok(cmd)
     }
 
-    /// [`Self::read_sqe`] into `cmd` (left as it was on a fault): the dwords are stored
-    /// where the caller keeps the command, not moved there from a returned value.
+    /// Fetches the 64-byte submission queue entry at `iova` (Relaxed, as [`Self::read`])
+    /// into `cmd` (left as it was on a fault): at a word-aligned address (every queue base
+    /// is page aligned) eight word loads straight into the command's dwords, the low half of
+    /// each word first (the entry is little endian, NVMe Base §4.1), stored where the caller
+    /// keeps the command, not moved there from a returned value.
     #[inline(always)]
     pub(crate) fn read_sqe_into(&self, iova: u64, cmd: &mut Command) -> Result<(), DmaFault> {
         if iova % WORD as u64 != 0 {
