@@ -2069,6 +2069,18 @@ mod tests {
         assert_eq!(dups(&mut b, &[7, 9, 0xFFFF, 0xFFFF], 8), 1);
     }
 
+    /// When the batch number wraps, the stamps are cleared: a CID seen in the old batch 1
+    /// is no duplicate in the new batch 1.
+    #[test]
+    fn a_wrapped_batch_number_does_not_revive_old_cids() {
+        let mut b = BatchCids::new();
+        assert_eq!(dups(&mut b, &[42], 8), 0);
+        assert_eq!(b.batch, 1);
+        b.batch = u16::MAX;
+        assert_eq!(dups(&mut b, &[42], 8), 0);
+        assert_eq!(b.batch, 1);
+    }
+
     #[test]
     fn batch_duplicates_follow_the_ring_around_its_end() {
         let mut b = BatchCids::new();
