@@ -21,6 +21,13 @@
 //! words, which compile to one plain load and one plain store per 8 bytes (no read-modify-
 //! write, no fence); only a partial word at either end of an access is merged with an
 //! atomic read-modify-write, so the bytes around it (which the host may own) are kept.
+//!
+//! A device write can carry a read-ahead hint ([`DeviceDma::write_ahead`]): the first bytes
+//! of the data the controller will copy next (the medium under the next queued Read). The
+//! copy loop issues one cache prefetch per 64 bytes of the hint for every 64 bytes it
+//! stores, so the next command's data arrives from the outer caches or memory while this
+//! one is copied, as a controller's fetch engine overlaps a data transfer with the next
+//! command's media read. The hint never changes what is copied.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -48,6 +55,46 @@ const WORD: usize = 8;
 /// The block size in which a device write to host memory touches its source before copying
 /// it (see `copy_in`).
 const BLOCK: usize = 4096;
+
+/// Bytes of a cache line, the unit of [`prefetch_line`].
+const LINE: usize = 64;
+
+/// The most bytes of read-ahead hint a copy takes (see [`DeviceDma::write_ahead`]): one
+/// page of the next transfer. Past its first page a sequential transfer is found by the
+/// hardware's own stream prefetcher.
+pub(crate) const AHEAD_MAX: usize = 4096;
+
+/// Asks the CPU to start loading the cache line holding `byte` into all cache levels: a
+/// hint with no effect on memory or on what any load returns. x86 and x86_64 have the
+/// instruction (SSE's `prefetcht0`, always present on x86_64), through `safe_arch`'s safe
+/// wrapper; elsewhere this does nothing.
+#[inline(always)]
+fn prefetch_line(byte: &u8) {
+    #[cfg(all(
+        any(target_arch = "x86", target_arch = "x86_64"),
+        target_feature = "sse"
+    ))]
+    safe_arch::prefetch_t0(byte);
+    #[cfg(not(all(
+        any(target_arch = "x86", target_arch = "x86_64"),
+        target_feature = "sse"
+    )))]
+    let _ = byte;
+}
+
+/// Prefetches the lines of the first `n` bytes of `ahead` (all of it if shorter) and drops
+/// them from it: the read-ahead hint's share of `n` bytes copied.
+#[inline(always)]
+fn prefetch_some(ahead: &mut &[u8], n: usize) {
+    if ahead.is_empty() {
+        return;
+    }
+    let (now, rest) = ahead.split_at(n.min(ahead.len()));
+    for line in now.chunks(LINE) {
+        prefetch_line(&line[0]);
+    }
+    *ahead = rest;
+}
 
 /// Why an access by the device to host memory failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +212,9 @@ impl DmaSpace {
         data: &[u8],
         order: Ordering,
     ) -> Result<(), DmaFault> {
-        self.with_mapping(iova, data.len(), |m, off| copy_in(m, off, data, order))
+        self.with_mapping(iova, data.len(), |m, off| {
+            copy_in(m, off, data, order, &mut &[][..]);
+        })
     }
 
     fn allocate(&self, len: usize) -> Result<DmaRegion, SimDmaError> {
@@ -340,12 +389,14 @@ fn copy_out(m: &Mapping, off: usize, buf: &mut [u8], order: Ordering) {
 
 /// Copies `data` to the bytes at byte `off` of `m`, one atomic word store each; a partial
 /// word is merged (one atomic read-modify-write), so bytes of the word outside this access
-/// (which the host may own) are preserved.
-fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
+/// (which the host may own) are preserved. Prefetches `ahead` (a read-ahead hint, see
+/// [`DeviceDma::write_ahead`]) as it goes, one line per line stored, and drops what it
+/// prefetched from it.
+fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering, ahead: &mut &[u8]) {
     if off % WORD == 0 && data.len() % WORD == 0 {
         // Whole words (every block-sized transfer to a word-aligned buffer): nothing to merge.
         let w = m.first_word + off / WORD;
-        store_blocks(&m.words[w..w + data.len() / WORD], data, order);
+        store_blocks(&m.words[w..w + data.len() / WORD], data, order, ahead);
         return;
     }
     let load = if order == Ordering::Release {
@@ -370,6 +421,7 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
         &m.words[whole.clone()],
         &data[pos..pos + whole.len() * WORD],
         order,
+        ahead,
     );
     if let Some((w, n)) = tail {
         merge(&m.words[w], 0, &data[data.len() - n..]);
@@ -380,24 +432,24 @@ fn copy_in(m: &Mapping, off: usize, data: &[u8], order: Ordering) {
 /// cache line of the source block (independent loads, so their misses overlap: the source
 /// is usually cold, a random block of the medium), then the word stores, whose loads now
 /// hit the L1 cache. A plain word loop over cold memory would keep far fewer misses in
-/// flight than memcpy does.
+/// flight than memcpy does. `ahead` is prefetched along the way (see [`copy_in`]).
 #[inline(always)]
-fn store_blocks(ws: &[AtomicU64], src: &[u8], order: Ordering) {
+fn store_blocks(ws: &[AtomicU64], src: &[u8], order: Ordering, ahead: &mut &[u8]) {
     let mut blocks = src.chunks_exact(BLOCK);
     let mut words = ws.chunks_exact(BLOCK / WORD);
     for (src, ws) in (&mut blocks).zip(&mut words) {
         let src: &[u8; BLOCK] = src.try_into().expect("a whole block");
         touch_block(src);
-        store_ordered(ws, src, order);
+        store_ordered(ws, src, order, ahead);
     }
     let (src, ws) = (blocks.remainder(), words.remainder());
     if !src.is_empty() {
         let mut touch = 0u8;
-        for line in src.chunks(64) {
+        for line in src.chunks(LINE) {
             touch ^= line[0];
         }
         std::hint::black_box(touch);
-        store_ordered(ws, src, order);
+        store_ordered(ws, src, order, ahead);
     }
 }
 
@@ -406,19 +458,22 @@ fn store_blocks(ws: &[AtomicU64], src: &[u8], order: Ordering) {
 #[inline(always)]
 fn touch_block(src: &[u8; BLOCK]) {
     let mut touch = 0u8;
-    for k in 0..BLOCK / 64 {
-        touch ^= src[k * 64];
+    for k in 0..BLOCK / LINE {
+        touch ^= src[k * LINE];
     }
     std::hint::black_box(touch);
 }
 
 /// [`store_words`] with the ordering as a constant where it can be (one branch per block).
 #[inline(always)]
-fn store_ordered(ws: &[AtomicU64], src: &[u8], order: Ordering) {
-    match order {
-        Ordering::Relaxed => store_words::<false>(ws, src),
-        Ordering::Release => store_words::<true>(ws, src),
+fn store_ordered(ws: &[AtomicU64], src: &[u8], order: Ordering, ahead: &mut &[u8]) {
+    // One test of the hint per access: the loop without it has no prefetch step at all.
+    match (order, ahead.is_empty()) {
+        (Ordering::Relaxed, true) => store_words::<false, false>(ws, src, ahead),
+        (Ordering::Relaxed, false) => store_words::<false, true>(ws, src, ahead),
+        (Ordering::Release, _) => store_words::<true, false>(ws, src, ahead),
         _ => {
+            prefetch_some(ahead, src.len());
             for (w, d) in ws.iter().zip(src.chunks_exact(WORD)) {
                 w.store(word_of(d), order);
             }
@@ -474,9 +529,15 @@ fn load_words<const ACQUIRE: bool>(ws: &[AtomicU64], out: &mut [u8]) {
 
 /// Stores `src` into `ws` (`src.len() == 8 * ws.len()`), one atomic store per word;
 /// `RELEASE`: Release stores, else Relaxed (a constant, so that the loop holds plain
-/// moves and nothing else: on x86_64 two instructions per 8 bytes).
+/// moves and nothing else: on x86_64 two instructions per 8 bytes). `AHEAD`: each 512
+/// bytes stored first prefetch the next 512 bytes of `ahead`, so the prefetches spread over
+/// the copy instead of filling the CPU's miss buffers at once; else `ahead` is left alone.
 #[inline(always)]
-fn store_words<const RELEASE: bool>(ws: &[AtomicU64], src: &[u8]) {
+fn store_words<const RELEASE: bool, const AHEAD: bool>(
+    ws: &[AtomicU64],
+    src: &[u8],
+    ahead: &mut &[u8],
+) {
     let order = if RELEASE {
         Ordering::Release
     } else {
@@ -488,11 +549,17 @@ fn store_words<const RELEASE: bool>(ws: &[AtomicU64], src: &[u8]) {
     for (ws, d) in (&mut dst).zip(&mut from) {
         let (w0, w1) = ws.split_at(UNROLL);
         let (d0, d1) = d.split_at(UNROLL * WORD);
+        if AHEAD {
+            prefetch_some(ahead, 2 * UNROLL * WORD);
+        }
         store_run(w0, d0, order);
         store_run(w1, d1, order);
     }
     let mut dst = dst.remainder().chunks_exact(UNROLL);
     let mut from = from.remainder().chunks_exact(UNROLL * WORD);
+    if AHEAD {
+        prefetch_some(ahead, from.len() * UNROLL * WORD + from.remainder().len());
+    }
     for (ws, d) in (&mut dst).zip(&mut from) {
         store_run(ws, d, order);
     }
@@ -733,8 +800,24 @@ impl DeviceDma {
     /// the completion's phase dword (or the interrupt) that follows.
     #[inline]
     pub(crate) fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
+        self.write_ahead(iova, data, &mut &[][..])
+    }
+
+    /// [`Self::write`] with a read-ahead hint: `ahead` holds the bytes the controller will
+    /// copy next (at most [`AHEAD_MAX`] of them, the first of the next queued Read's data on
+    /// the medium). One cache line of it is prefetched per line written, and what was
+    /// prefetched is dropped from `ahead`, so a transfer in several pieces spreads the
+    /// hint over them. The hint changes only timing, never what is written (see the
+    /// module's documentation).
+    #[inline]
+    pub(crate) fn write_ahead(
+        &self,
+        iova: u64,
+        data: &[u8],
+        ahead: &mut &[u8],
+    ) -> Result<(), DmaFault> {
         self.access(iova, data.len(), |m, off| {
-            copy_in(m, off, data, Ordering::Relaxed);
+            copy_in(m, off, data, Ordering::Relaxed, ahead);
         })
     }
 
@@ -765,6 +848,16 @@ impl DeviceDma {
         }
         self.write_cqe(iova, &b)
     }
+}
+
+/// Where a queued, not yet fetched, command's data is: [`Pinned::peek_sqe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peek {
+    pub opcode: u8,
+    pub nsid: u32,
+    pub slba: u64,
+    /// Number of logical blocks, 0's based.
+    pub nlb_z: u16,
 }
 
 /// A queue's memory held by the controller from the queue's creation: one translation
@@ -816,6 +909,29 @@ impl Pinned {
             cmd.set_cdw(2 * k + 1, u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
         }
         true
+    }
+
+    /// The fields of entry `i` of the pinned SQ that say where its data is on the medium
+    /// (three word loads: dwords 0–1, 10–11 and 12–13), for a read-ahead hint; `None` if
+    /// the region was freed or has no entry `i`. Nothing else is read, and nothing depends
+    /// on the values but a prefetch: the entry is fetched and checked as usual when its
+    /// turn comes.
+    #[inline(always)]
+    pub(crate) fn peek_sqe(&self, i: u32) -> Option<Peek> {
+        const N: usize = SQE_SIZE / WORD;
+        let at = i as usize * N;
+        let ws = self.live_words()?.get(at..at + N)?;
+        let w0 = ws[0].load(Ordering::Relaxed);
+        let w5 = ws[5].load(Ordering::Relaxed);
+        let w6 = ws[6].load(Ordering::Relaxed);
+        // Little-endian dwords: CDW0 byte 0 is the opcode, CDW1 the NSID, CDW11:10 the
+        // SLBA, CDW12 bits 15:0 the NLB (NVMe Base §4.1, NVM Command Set §3.2.4).
+        Some(Peek {
+            opcode: u64::from_le(w0) as u8,
+            nsid: (u64::from_le(w0) >> 32) as u32,
+            slba: u64::from_le(w5),
+            nlb_z: u64::from_le(w6) as u16,
+        })
     }
 
     /// [`DeviceDma::write_cqe_dwords`] into entry `i` of the pinned CQ (the same stores:
@@ -1051,8 +1167,19 @@ mod tests {
             assert!(sq.read_sqe_into(i, &mut cmd));
             assert_eq!(cmd, dev.read_sqe(r.iova() + u64::from(i) * 64).unwrap());
         }
+        // The peek decodes the same fields as the fetch.
+        for i in [0u32, 1, 63] {
+            let mut cmd = Command::new(0);
+            assert!(sq.read_sqe_into(i, &mut cmd));
+            let p = sq.peek_sqe(i).expect("entry in the pinned queue");
+            assert_eq!(
+                (p.opcode, p.nsid, p.slba, p.nlb_z),
+                (cmd.opcode(), cmd.nsid(), cmd.slba(), cmd.nlb_z())
+            );
+        }
         // Entry 64 is past the 4 KiB pinned.
         assert!(!sq.read_sqe_into(64, &mut Command::new(0)));
+        assert!(sq.peek_sqe(64).is_none());
         // A CQ entry through the pin lands where the translated store puts it.
         let cq = dev.pin(r.iova() + 4096, 4096).unwrap();
         let dw = [0x0403_0201, 0x0807_0605, 0x0c0b_0a09, 0x100f_0e0d];
@@ -1066,6 +1193,7 @@ mod tests {
         // Freed: the pins refuse, as the translation does.
         assert!(space.free(r));
         assert!(!sq.read_sqe_into(0, &mut Command::new(0)));
+        assert!(sq.peek_sqe(0).is_none());
         assert!(!cq.write_cqe_dwords(0, dw));
         assert!(dev.read_sqe(r.iova()).is_err());
     }
@@ -1115,6 +1243,57 @@ mod tests {
         let mut host = vec![0u8; len];
         assert!(dma.host_read(r.iova() + 8, &mut host));
         assert!(host == data, "host view differs");
+    }
+
+    /// A read-ahead hint changes nothing that is written, whatever its length against the
+    /// write's, aligned or not, and each write takes one byte of hint per byte written
+    /// (so a transfer in pieces spreads it over them) until it runs out.
+    #[test]
+    fn a_read_ahead_hint_is_consumed_as_the_write_goes_and_changes_no_byte() {
+        let space = Arc::new(DmaSpace::new(DMA_PAGE));
+        let dma = SimDma::new(space.clone());
+        let dev = DeviceDma::new(space.clone());
+        let r = dma.allocate(4 * 4096).unwrap();
+        let hint: Vec<u8> = (0..AHEAD_MAX).map(|i| (i % 7) as u8).collect();
+        for (at, len) in [
+            (0u64, 4096usize),
+            (8, 512),
+            (3, 1000),
+            (0, 3 * 4096 + 8),
+            (5, 1),
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 253) as u8 + 1).collect();
+            let mut want = vec![0u8; 4 * 4096];
+            dev.read(r.iova(), &mut want).unwrap();
+            want[at as usize..at as usize + len].copy_from_slice(&data);
+            let mut ahead = &hint[..];
+            dev.write_ahead(r.iova() + at, &data, &mut ahead).unwrap();
+            let mut back = vec![0u8; 4 * 4096];
+            dev.read(r.iova(), &mut back).unwrap();
+            assert!(
+                back == want,
+                "write_ahead of {len} bytes at +{at} changed other bytes"
+            );
+            let taken = AHEAD_MAX - ahead.len();
+            // Whole words are stored with the hint, a partial word at either end without.
+            assert!(
+                taken <= len && taken + 2 * WORD >= len.min(AHEAD_MAX),
+                "{len} bytes took {taken}"
+            );
+            assert_eq!(ahead, &hint[taken..]);
+        }
+        // Two pieces share one hint.
+        let mut ahead = &hint[..];
+        dev.write_ahead(r.iova(), &[1; 1024], &mut ahead).unwrap();
+        dev.write_ahead(r.iova() + 8192, &[2; 1024], &mut ahead)
+            .unwrap();
+        assert_eq!(ahead.len(), AHEAD_MAX - 2048);
+        // A failed access takes none.
+        let mut ahead = &hint[..];
+        assert!(dev
+            .write_ahead(r.iova() + 4 * 4096 - 8, &[0; 16], &mut ahead)
+            .is_err());
+        assert_eq!(ahead.len(), AHEAD_MAX);
     }
 
     /// The driver core's accesses to memory the device may touch at the same time are 64-bit

@@ -486,6 +486,25 @@ impl Namespace {
         Ok(())
     }
 
+    /// The first bytes (at most [`crate::dma::AHEAD_MAX`], within one chunk) of the medium
+    /// under blocks `slba .. slba + nlb`, for a read-ahead hint: a memory medium's own
+    /// bytes, where that range was written; empty for an image file, for never-written
+    /// chunks (they read as zeroes) and for a range outside the namespace. The volatile
+    /// write cache is not looked at: the hint only warms caches, it is never read as data.
+    pub(crate) fn ahead(&self, slba: u64, nlb: u64) -> &[u8] {
+        let Storage::Memory(chunks) = &self.medium.storage else {
+            return &[];
+        };
+        let end = slba.checked_add(nlb);
+        if end.is_none_or(|e| e > self.blocks) {
+            return &[];
+        }
+        let off = slba << self.lba_shift;
+        let len = (nlb << self.lba_shift).min(crate::dma::AHEAD_MAX as u64) as usize;
+        let in_chunk = (off % CHUNK as u64) as usize;
+        chunk(chunks, off / CHUNK as u64).map_or(&[], |c| &c[in_chunk..(in_chunk + len).min(CHUNK)])
+    }
+
     /// Reads `nlb` blocks at `slba` as the host sees them (cache first), handing the bytes
     /// to `sink` in order, in pieces: straight from the memory medium and the cache, or, for
     /// an image file, through `scratch` (grown as needed, never shrunk, so a read allocates

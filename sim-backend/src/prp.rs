@@ -175,6 +175,8 @@ pub(crate) struct Scatter<'v, 's> {
     /// The current segment and the bytes of it already written.
     seg: usize,
     done: usize,
+    /// Read-ahead hint not yet prefetched ([`DeviceDma::write_ahead`]).
+    ahead: &'s [u8],
 }
 
 impl<'v, 's> Scatter<'v, 's> {
@@ -184,7 +186,19 @@ impl<'v, 's> Scatter<'v, 's> {
             segs,
             seg: 0,
             done: 0,
+            ahead: &[],
         }
+    }
+
+    /// Prefetches `ahead` (the first bytes of the next transfer) while this one is written:
+    /// see [`DeviceDma::write_ahead`].
+    pub(crate) fn with_ahead(self, ahead: &'s [u8]) -> Self {
+        Self { ahead, ..self }
+    }
+
+    /// The bytes of the read-ahead hint not prefetched yet.
+    pub(crate) fn ahead_left(&self) -> usize {
+        self.ahead.len()
     }
 
     /// Writes the next `data.len()` bytes of the transfer (which must not run past its end).
@@ -195,7 +209,7 @@ impl<'v, 's> Scatter<'v, 's> {
             };
             let n = (len - self.done).min(data.len());
             self.dma
-                .write(addr + self.done as u64, &data[..n])
+                .write_ahead(addr + self.done as u64, &data[..n], &mut self.ahead)
                 .map_err(|f| unmapped(f.to_string()))?;
             data = &data[n..];
             self.done += n;

@@ -273,6 +273,8 @@ pub(crate) struct Scatter<'a> {
     pieces: &'a [Piece],
     /// The piece being filled, and the bytes of it already written.
     at: (usize, usize),
+    /// Read-ahead hint not yet prefetched ([`DeviceDma::write_ahead`]).
+    ahead: &'a [u8],
 }
 
 impl<'a> Scatter<'a> {
@@ -281,7 +283,19 @@ impl<'a> Scatter<'a> {
             dma,
             pieces,
             at: (0, 0),
+            ahead: &[],
         }
+    }
+
+    /// Prefetches `ahead` (the first bytes of the next transfer) while this one is written:
+    /// see [`DeviceDma::write_ahead`].
+    pub(crate) fn with_ahead(self, ahead: &'a [u8]) -> Self {
+        Self { ahead, ..self }
+    }
+
+    /// The bytes of the read-ahead hint not prefetched yet.
+    pub(crate) fn ahead_left(&self) -> usize {
+        self.ahead.len()
     }
 
     /// The next bytes of the transfer.
@@ -295,7 +309,7 @@ impl<'a> Scatter<'a> {
             let k = (n - off).min(data.len());
             if let Some(a) = addr {
                 self.dma
-                    .write(a + off as u64, &data[..k])
+                    .write_ahead(a + off as u64, &data[..k], &mut self.ahead)
                     .map_err(|f| unmapped(f.to_string()))?;
             }
             data = &data[k..];

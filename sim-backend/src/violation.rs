@@ -96,6 +96,10 @@ pub struct SimStats {
     pub interrupts_raised: u64,
     /// Controller resets (CC.EN 1 → 0).
     pub resets: u64,
+    /// Bytes of a memory medium prefetched into the CPU's caches, during a Read's data
+    /// transfer, for the Read queued behind it in the same SQ (read-ahead: a speed hint,
+    /// never read as data).
+    pub read_ahead_bytes: u64,
 }
 
 impl SimStats {

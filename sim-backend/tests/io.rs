@@ -365,3 +365,161 @@ fn sqs_sharing_a_full_cq_are_served_round_robin() {
     assert_eq!(take(&mut h), Vec::<u16>::new());
     h.sim.assert_no_violations();
 }
+
+/// Read-ahead: while a Read's data is copied, the simulator prefetches the medium under the
+/// Read queued behind it in the same SQ. The hint comes from an entry not fetched yet, so it
+/// must never be trusted: a hostile next entry (unknown NSID, a range past the end or
+/// wrapping around) gives no hint and no panic, and a Write queued between changes what the
+/// Read behind it returns (the hint is never read as data). Every command still completes
+/// with its own status and data, through PRPs and through SGLs.
+#[test]
+fn queued_reads_return_their_own_data_whatever_the_entry_behind_them_holds() {
+    use nvme_core::hw::DmaRegion;
+    use nvme_core::spec::sgl::{set_sgl1, SglDescriptor};
+    let mut h = host();
+    let medium = pattern(64 * 4096, 11);
+    h.sim.write_namespace_bytes(2, 0, &medium).unwrap();
+    let blocks = (64 << 20) / 4096;
+    h.sim
+        .write_namespace_bytes(2, blocks - 1, &medium[..4096])
+        .unwrap();
+    let block = |lba: usize, n: usize| medium[lba * 4096..(lba + n) * 4096].to_vec();
+    let new = pattern(4096, 77);
+    let staged = h.alloc(4096);
+    h.write_mem(staged.iova(), &new);
+    enum Want {
+        Data(Vec<u8>),
+        Status(u8, u8),
+    }
+    let mut cmds: Queued = Vec::new();
+    type Queued = Vec<(Command, Option<DmaRegion>, Want)>;
+    fn queue_read(
+        h: &mut Host,
+        cmds: &mut Queued,
+        nsid: u32,
+        slba: u64,
+        nlb: u16,
+        sgl: bool,
+        want: Want,
+    ) {
+        let len = usize::from(nlb) * 4096;
+        let mut c = Command::rw(NvmOpcode::READ, nsid, slba, nlb.saturating_sub(1), false);
+        let b = h.alloc(len.max(4096) + 4096);
+        if sgl {
+            set_sgl1(&mut c, SglDescriptor::data_block(b.iova() + 8, len as u32));
+        } else {
+            c.set_prps(b.iova(), b.iova() + 4096);
+        }
+        cmds.push((c, Some(b), want));
+    }
+    queue_read(&mut h, &mut cmds, 2, 3, 1, false, Want::Data(block(3, 1)));
+    // Behind it: an NSID no namespace has.
+    queue_read(
+        &mut h,
+        &mut cmds,
+        0xFFFF_FFFF,
+        7,
+        1,
+        false,
+        Want::Status(0, 0x0B),
+    );
+    queue_read(&mut h, &mut cmds, 2, 7, 2, true, Want::Data(block(7, 2)));
+    // Behind it: a range that wraps around the LBA space.
+    let mut wrap = Command::rw(NvmOpcode::READ, 2, u64::MAX - 1, 0xFFFF, false);
+    wrap.set_prps(staged.iova(), 0);
+    cmds.push((wrap, None, Want::Status(0, 0x80)));
+    queue_read(&mut h, &mut cmds, 2, 62, 2, false, Want::Data(block(62, 2)));
+    // Behind it: the last block and one past the end.
+    queue_read(
+        &mut h,
+        &mut cmds,
+        2,
+        blocks - 1,
+        2,
+        false,
+        Want::Status(0, 0x80),
+    );
+    queue_read(&mut h, &mut cmds, 2, 20, 1, true, Want::Data(block(20, 1)));
+    // Behind it: a Write of block 21 through to the medium, then a Read of block 21 (its
+    // hint, taken while the Write waits, is the old data).
+    let mut w = Command::rw(NvmOpcode::WRITE, 2, 21, 0, true);
+    w.set_prps(staged.iova(), 0);
+    cmds.push((w, None, Want::Status(0, 0)));
+    queue_read(&mut h, &mut cmds, 2, 21, 1, false, Want::Data(new.clone()));
+    // The same through the volatile write cache.
+    let mut w = Command::rw(NvmOpcode::WRITE, 2, 22, 0, false);
+    w.set_prps(staged.iova(), 0);
+    cmds.push((w, None, Want::Status(0, 0)));
+    queue_read(&mut h, &mut cmds, 2, 22, 1, true, Want::Data(new.clone()));
+    // Never written: zeroes.
+    queue_read(
+        &mut h,
+        &mut cmds,
+        2,
+        10_000,
+        1,
+        false,
+        Want::Data(vec![0; 4096]),
+    );
+    for k in 0..4 {
+        queue_read(
+            &mut h,
+            &mut cmds,
+            2,
+            30 + 2 * k,
+            1,
+            k % 2 == 1,
+            Want::Data(block(30 + 2 * k as usize, 1)),
+        );
+    }
+
+    let before = h.sim.stats().read_ahead_bytes;
+    let mut cids = Vec::new();
+    for (c, _, _) in &mut cmds {
+        let cid = h.cid();
+        c.set_cid(cid);
+        h.push(1, c);
+        cids.push(cid);
+    }
+    h.ring_sq(1);
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..cmds.len() {
+        let c = h.wait(1);
+        got.insert(c.cid(), c);
+    }
+    for ((cmd, buf, want), cid) in cmds.iter().zip(&cids) {
+        let c = &got[cid];
+        match want {
+            Want::Status(sct, sc_) => assert_eq!(sc(c), (*sct, *sc_), "{cmd:?}"),
+            Want::Data(data) => {
+                assert_eq!(sc(c), (0, 0), "{cmd:?}");
+                let b = buf.as_ref().expect("a read buffer");
+                let at = if cmd.psdt() != 0 { 8 } else { 0 };
+                assert!(
+                    h.read_mem(b.iova() + at, data.len()) == *data,
+                    "{cmd:?} returned other data"
+                );
+            }
+        }
+    }
+    // The Reads with a good Read behind them were prefetched for: at least the four at the
+    // end and the pair at the start (one page each at most).
+    let ahead = h.sim.stats().read_ahead_bytes - before;
+    assert!(ahead >= 4 * 4096, "read-ahead prefetched {ahead} bytes");
+    assert!(ahead <= cmds.len() as u64 * 4096, "{ahead}");
+    h.sim.assert_no_violations();
+}
+
+/// One Read at a time (nothing queued behind it): no read-ahead.
+#[test]
+fn a_read_alone_in_its_queue_prefetches_nothing() {
+    let mut h = host();
+    let data = pattern(8192, 5);
+    h.sim.write_namespace_bytes(2, 0, &data).unwrap();
+    for lba in 0..2 {
+        let (st, back) = read(&mut h, 2, lba, 4096);
+        assert_eq!(st, (0, 0));
+        assert_eq!(back, data[lba as usize * 4096..][..4096]);
+    }
+    assert_eq!(h.sim.stats().read_ahead_bytes, 0);
+}

@@ -15,8 +15,9 @@ use std::time::Duration;
 use nvme_core::{Controller, ControllerConfig};
 use sim_backend::{NamespaceConfig, SimConfig, SimMode, Simulator};
 
-/// Bring-up, an I/O queue pair, a write and a read back through the device thread, deletion
-/// and shutdown: every kind of access the two sides make to queue entries and data buffers.
+/// Bring-up, an I/O queue pair, a write and reads back through the device thread (one alone,
+/// two queued together), deletion and shutdown: every kind of access the two sides make to
+/// queue entries and data buffers.
 #[test]
 fn driver_core_and_device_thread_share_dma_memory_soundly() {
     let sim = Simulator::new(SimConfig {
@@ -63,6 +64,21 @@ fn driver_core_and_device_thread_share_dma_memory_soundly() {
     let mut back = vec![0u8; 512];
     read.expect("read buffer").read(0, &mut back).unwrap();
     assert_eq!(back, data);
+    // Two Reads queued together: the first one's transfer prefetches the medium under the
+    // second (read-ahead, a cache hint on the device thread's side).
+    for tag in [3, 4] {
+        qp.submit_read(&ns, 3, c.alloc_buffer(512).unwrap(), tag)
+            .unwrap();
+    }
+    qp.ring();
+    for _ in 0..2 {
+        let mut back = vec![0u8; 512];
+        one(&mut qp)
+            .expect("read buffer")
+            .read(0, &mut back)
+            .unwrap();
+        assert_eq!(back, data);
+    }
     c.delete_io_queue_pair(qp).unwrap();
     c.shutdown().unwrap();
     sim.assert_no_violations();

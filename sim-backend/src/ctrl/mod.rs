@@ -16,7 +16,7 @@ use nvme_core::spec::{AsyncEvent, Command, Completion, ErrorLogEntry, Status, CQ
 
 use crate::coalesce::Coalescer;
 use crate::config::SimConfig;
-use crate::dma::{DeviceDma, DmaFault, DmaSpace, Pinned};
+use crate::dma::{DeviceDma, DmaFault, DmaSpace, Peek, Pinned};
 use crate::fault::{CompletionFault, FaultState};
 use crate::irq::IrqCore;
 use crate::namespace::{Namespace, ReadError};
@@ -322,6 +322,10 @@ pub(crate) struct Controller {
     scratch: Vec<u8>,
     /// The SGL pieces of the command being executed (reused: no allocation per command).
     sgl_pieces: Vec<sgl::Piece>,
+    /// The next entry of the I/O SQ the command being executed came from, if it is a Read
+    /// already queued there: the command's data transfer prefetches the medium under it
+    /// (see [`Controller::read_ahead_hint`]).
+    read_ahead: Option<Peek>,
     /// Completions whose interrupt coalescing holds back (feature 08h).
     coalesce: Coalescer,
     inline: bool,
@@ -398,6 +402,7 @@ impl Controller {
             segs: Vec::new(),
             scratch: Vec::new(),
             sgl_pieces: Vec::new(),
+            read_ahead: None,
             coalesce: Coalescer::new(cfg.msix_vectors),
             inline,
             phase_holds: false,
@@ -1320,6 +1325,15 @@ impl Controller {
         } else {
             sq.head + 1
         };
+        // Read-ahead: a look at the next queued entry of an I/O SQ (never the admin SQ).
+        self.read_ahead = None;
+        if sqid != 0 && sq.head != sq.tail {
+            if let Some(next) = sq.pin.as_ref().and_then(|p| p.peek_sqe(sq.head)) {
+                if next.opcode == nvme_core::spec::opcode::NvmOpcode::READ.0 {
+                    self.read_ahead = Some(next);
+                }
+            }
+        }
         let cid = cmd.cid();
         let opcode = cmd.opcode();
         self.op_counts[usize::from(sqid != 0)][usize::from(opcode)] += 1;
@@ -1696,6 +1710,24 @@ impl Controller {
     /// PRPs describe, in one pass (no intermediate buffer for a memory medium). The PRPs are
     /// walked and every segment checked to be mapped before any byte moves.
     /// `len` is the transfer's size in bytes (`nlb` blocks of the namespace's LBA size).
+    /// The read-ahead hint for a transfer: the first bytes (at most [`crate::dma::AHEAD_MAX`])
+    /// of the medium under `next`, a Read queued behind the command being executed, when
+    /// they are in memory ([`Namespace::ahead`]); empty otherwise. `next` comes straight
+    /// from host memory and is not checked yet: a bad NSID or range gives no hint, never a
+    /// panic, and nothing but a prefetch depends on it.
+    fn read_ahead_hint(namespaces: &[Namespace], next: Option<Peek>) -> &[u8] {
+        let Some(next) = next else {
+            return &[];
+        };
+        let Some(ns) = (next.nsid as usize)
+            .checked_sub(1)
+            .and_then(|i| namespaces.get(i))
+        else {
+            return &[];
+        };
+        ns.ahead(next.slba, u64::from(next.nlb_z) + 1)
+    }
+
     pub(crate) fn read_to_host(
         &mut self,
         i: usize,
@@ -1705,6 +1737,7 @@ impl Controller {
         cmd: &Command,
     ) -> Result<(), ReadFailure> {
         debug_assert_eq!(len, nlb as usize * self.namespaces[i].lba_size() as usize);
+        let next = self.read_ahead.take();
         if cmd.psdt() != 0 {
             // SGLs (`crate::sgl`): the descriptors are walked and checked first, then the
             // blocks go straight from the medium into the pieces they describe.
@@ -1714,40 +1747,45 @@ impl Controller {
                 scratch,
                 sgl_pieces: pieces,
                 cfg,
+                stats,
                 ..
             } = self;
             let ns = &namespaces[i];
+            let ahead = Self::read_ahead_hint(namespaces, next);
             return sgl::walk_into(dma, Sgls(cfg.sgls), sgl1(cmd), len, true, pieces)
                 .map_err(ReadFailure::Prp)
                 .and_then(|()| {
-                    let mut out = sgl::Scatter::new(dma, pieces);
-                    ns.read_with(
+                    let mut out = sgl::Scatter::new(dma, pieces).with_ahead(ahead);
+                    let r = ns.read_with(
                         slba,
                         nlb,
                         scratch,
                         #[inline(always)]
                         |piece| out.put(piece),
-                    )
-                    .map_err(ReadFailure::from)
+                    );
+                    stats.read_ahead_bytes += (ahead.len() - out.ahead_left()) as u64;
+                    r.map_err(ReadFailure::from)
                 });
         }
         let ps = self.page_size();
         let mut segs = std::mem::take(&mut self.segs);
         let ns = &self.namespaces[i];
+        let ahead = Self::read_ahead_hint(&self.namespaces, next);
         let scratch = &mut self.scratch;
         let v = &self.dma;
         let r = prp::walk(v, cmd.prp1(), cmd.prp2(), len, ps, &mut segs)
             .map_err(ReadFailure::Prp)
             .and_then(|()| {
-                let mut out = prp::Scatter::new(v, &segs);
-                ns.read_with(
+                let mut out = prp::Scatter::new(v, &segs).with_ahead(ahead);
+                let r = ns.read_with(
                     slba,
                     nlb,
                     scratch,
                     #[inline(always)]
                     |piece| out.put(piece),
-                )
-                .map_err(ReadFailure::from)
+                );
+                self.stats.read_ahead_bytes += (ahead.len() - out.ahead_left()) as u64;
+                r.map_err(ReadFailure::from)
             });
         self.segs = segs;
         r
