@@ -130,7 +130,7 @@ use std::time::{Duration, Instant};
 
 use nvme_core::hw::{Bar, Clock, Platform};
 
-pub use config::{Backing, NamespaceConfig, SimConfig, SimMode};
+pub use config::{Backing, NamespaceConfig, SimConfig, SimMode, DEFAULT_READ_CACHE};
 pub use ctrl::BAR_SIZE;
 pub use dma::{SimDma, SimDmaError, DMA_PAGE, IOVA_BASE};
 pub use fault::{CommandMatch, FaultInjector, QueueMatch, RandomFault};
