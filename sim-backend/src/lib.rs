@@ -56,8 +56,10 @@
 //!
 //! # Data path and what it costs
 //! A Read moves the data once, from the memory medium (or the write cache) straight into the
-//! host memory its PRPs describe; an image-backed namespace is read with `pread` into a
-//! staging buffer first. A Write gathers the host's data into a staging buffer, then into
+//! host memory its PRPs describe; an image-backed namespace the same way from its read cache
+//! ([`NamespaceConfig::read_cache`]: whole 64 KiB chunks of the image, filled by the first
+//! read of each), or, for chunks the cache has no room for, with `pread` into a staging
+//! buffer first. A Write gathers the host's data into a staging buffer, then into
 //! the write cache (a slab of reused block slots) or the medium. The PRP segment list, the
 //! staging buffer, the cache's slab and map, the CID sets and the interrupt list are all
 //! reused: an I/O allocates nothing once they have grown (`scripts/iocost.sh` counts 0.00
