@@ -24,9 +24,20 @@ pub enum Backing {
     /// A raw image file, byte-compatible with `qemu-img create -f raw`: LBA `n` is at byte
     /// `n × lba_size`. Created (or extended) to `blocks × lba_size` bytes if it is missing
     /// or shorter.
+    ///
+    /// Reads are served from an in-memory cache of the file's chunks
+    /// ([`NamespaceConfig::read_cache`]): up to that many bytes of heap (256 MiB by
+    /// default, never more than the namespace's size), taken as the image is read. The file
+    /// is not locked: a change made to it by another process while the simulator runs is
+    /// not seen by the chunks already cached (use [`Backing::Image`], which locks it, or a
+    /// `read_cache` of 0).
     File(PathBuf),
     /// An image opened by [`crate::ImageFile::open`] (created only on request, locked, maybe
     /// read-only). Never resized: the namespace must fit in it.
+    ///
+    /// Reads are served from an in-memory cache of the image's chunks, read-only images
+    /// included ([`NamespaceConfig::read_cache`]): up to that many bytes of heap (256 MiB by
+    /// default, never more than the namespace's size), taken as the image is read.
     Image(crate::ImageFile),
 }
 
@@ -41,7 +52,29 @@ pub struct NamespaceConfig {
     pub blocks: u64,
     /// The medium.
     pub backing: Backing,
+    /// Read cache of an image-backed namespace ([`Backing::File`], [`Backing::Image`]), in
+    /// bytes of heap memory; 0 turns it off. Ignored for [`Backing::Memory`].
+    ///
+    /// The cache holds whole 64 KiB chunks of the image (the budget is rounded down to whole
+    /// chunks). A Read whose chunks are all cached moves its data straight from them into
+    /// host memory, as a memory-backed namespace does; a miss reads the missing chunks
+    /// whole from the file (one `pread` of 64 KiB each, so a cold 4 KiB read costs a 64 KiB
+    /// one) and keeps them while the budget allows. Once the budget is used up, reads of
+    /// chunks not cached go to the file as if there were no cache: nothing is evicted, the
+    /// memory is held until the simulator is dropped (or the namespace formatted, which
+    /// empties the cache). Every write to the medium (Write, Write Zeroes, Dataset
+    /// Management deallocation, write cache flushes, Format NVM, the test back door) goes
+    /// to the file and to the cached chunks it touches, so a read never sees stale data.
+    ///
+    /// The constructors set [`DEFAULT_READ_CACHE`] (256 MiB): it holds the whole of the
+    /// namespaces tests and examples use (64 MiB by default), while a large image costs at
+    /// most 256 MiB of memory, and only as much of it as is actually read.
+    pub read_cache: u64,
 }
+
+/// The default [`NamespaceConfig::read_cache`]: 256 MiB (less for a smaller namespace, whose
+/// chunks all fit in less).
+pub const DEFAULT_READ_CACHE: u64 = 256 << 20;
 
 impl NamespaceConfig {
     /// A memory-backed namespace of `bytes` bytes with `lba_size`-byte blocks.
@@ -50,6 +83,7 @@ impl NamespaceConfig {
             lba_size,
             blocks: bytes / u64::from(lba_size.max(1)),
             backing: Backing::Memory,
+            read_cache: DEFAULT_READ_CACHE,
         }
     }
     /// A file-backed namespace (raw image) of `bytes` bytes with `lba_size`-byte blocks.
@@ -58,7 +92,15 @@ impl NamespaceConfig {
             lba_size,
             blocks: bytes / u64::from(lba_size.max(1)),
             backing: Backing::File(path.into()),
+            read_cache: DEFAULT_READ_CACHE,
         }
+    }
+    /// The same namespace with a read cache of `bytes` bytes (0: none); see
+    /// [`read_cache`](Self::read_cache).
+    #[must_use]
+    pub fn with_read_cache(mut self, bytes: u64) -> Self {
+        self.read_cache = bytes;
+        self
     }
 }
 

@@ -335,6 +335,7 @@ impl ImageFile {
             lba_size,
             blocks: self.0.len / u64::from(lba_size),
             backing: Backing::Image(self.clone()),
+            read_cache: crate::config::DEFAULT_READ_CACHE,
         })
     }
 }

@@ -56,12 +56,14 @@
 //!
 //! # Data path and what it costs
 //! A Read moves the data once, from the memory medium (or the write cache) straight into the
-//! host memory its PRPs describe; an image-backed namespace is read with `pread` into a
-//! staging buffer first. A Write gathers the host's data into a staging buffer, then into
+//! host memory its PRPs describe; an image-backed namespace the same way from its read cache
+//! ([`NamespaceConfig::read_cache`]: whole 64 KiB chunks of the image, filled by the first
+//! read of each, which allocates the chunk), or, when the chunks a read misses do not fit
+//! the cache's budget, with `pread` into a staging buffer first. A Write gathers the host's data into a staging buffer, then into
 //! the write cache (a slab of reused block slots) or the medium. The PRP segment list, the
 //! staging buffer, the cache's slab and map, the CID sets and the interrupt list are all
 //! reused: an I/O allocates nothing once they have grown (`scripts/iocost.sh` counts 0.00
-//! heap allocations per I/O for 4 KiB reads and writes at QD1 and QD128). Device accesses
+//! heap allocations per I/O for 4 KiB reads and writes at QD1 and QD128, memory-backed). Device accesses
 //! to host memory go through the controller's cache of IOVA translations (see `dma.rs`): an
 //! access to a queue or buffer used recently takes no lock and no search, one bounds check
 //! and one load of the region's "freed" flag, so a host that frees a buffer and lets the
@@ -130,7 +132,7 @@ use std::time::{Duration, Instant};
 
 use nvme_core::hw::{Bar, Clock, Platform};
 
-pub use config::{Backing, NamespaceConfig, SimConfig, SimMode};
+pub use config::{Backing, NamespaceConfig, SimConfig, SimMode, DEFAULT_READ_CACHE};
 pub use ctrl::BAR_SIZE;
 pub use dma::{SimDma, SimDmaError, DMA_PAGE, IOVA_BASE};
 pub use fault::{CommandMatch, FaultInjector, QueueMatch, RandomFault};

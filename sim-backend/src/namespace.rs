@@ -1,7 +1,8 @@
-//! A namespace's medium (memory or a raw image file), its per-LBA allocation state and its
-//! volatile write cache (NVM Command Set §4.1.5.1 DLFEAT, NVMe Base §5.1.25.2.x "Volatile
-//! Write Cache").
+//! A namespace's medium (memory or a raw image file, with the image's read cache), its
+//! per-LBA allocation state and its volatile write cache (NVM Command Set §4.1.5.1 DLFEAT,
+//! NVMe Base §5.1.25.2.x "Volatile Write Cache").
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -40,7 +41,139 @@ enum Storage {
     /// Sparse: chunks never written (`None`) read as zeroes. Indexed by chunk number: a
     /// lookup is an index, one pointer per 64 KiB of capacity.
     Memory(Vec<Option<Box<[u8]>>>),
-    File(File),
+    /// A raw image, and the chunks of it read so far. The cache is filled by reads, which
+    /// see the namespace through `&self` (the controller reads one namespace while it writes
+    /// host memory), hence the `RefCell`; the controller's lock serializes every access.
+    File {
+        file: File,
+        cache: RefCell<ChunkCache>,
+    },
+}
+
+/// The read cache of an image-backed medium ([`NamespaceConfig::read_cache`]): copies of
+/// whole `CHUNK`-byte chunks of the file, in the memory medium's representation (a boxed
+/// chunk each), so that a read of cached chunks takes the memory medium's path
+/// ([`Medium::pieces`]).
+///
+/// Coherent by construction: every change to the file goes through [`Medium`], which writes
+/// the file and then the cached chunks it touches (or drops them if the file write failed,
+/// its outcome then being unknown), and no one else writes the file: an image opened by
+/// [`crate::ImageFile`] holds an exclusive `flock` (a read-only one a shared lock, which
+/// keeps writers out), and a [`Backing::File`] image is documented as the simulator's alone
+/// while it runs. A reopened namespace starts with an empty cache.
+///
+/// Bounded: at most `max_chunks` chunks; a miss is cached while they fit, and read from the
+/// file without caching once they do not (nothing is evicted).
+struct ChunkCache {
+    chunks: HashMap<u64, Box<[u8]>, BuildHasherDefault<LbaHasher>>,
+    max_chunks: usize,
+}
+
+impl ChunkCache {
+    /// A cache of at most `budget` bytes (whole chunks).
+    fn new(budget: u64) -> Self {
+        Self {
+            chunks: HashMap::default(),
+            max_chunks: usize::try_from(budget / CHUNK as u64).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Chunk `idx` (`CHUNK` bytes), if cached.
+    #[inline(always)]
+    fn get(&self, idx: u64) -> Option<&[u8]> {
+        self.chunks.get(&idx).map(|c| &c[..])
+    }
+
+    /// Caches every chunk of the bytes `off .. off + len` of `file`, a medium of `medium_len`
+    /// bytes, that is not cached yet: each with one read of the whole chunk (clipped at the
+    /// medium's end). `Ok(false)`, with nothing read, if the missing chunks do not fit the
+    /// budget. A chunk that starts beyond the medium's end, or a file shorter than the
+    /// medium, is an error (the chunks read before it stay cached: they are the file's).
+    fn fill(&mut self, file: &File, medium_len: u64, off: u64, len: usize) -> io::Result<bool> {
+        if len == 0 {
+            return Ok(true);
+        }
+        let first = off / CHUNK as u64;
+        let last = (off + len as u64 - 1) / CHUNK as u64;
+        let missing = (first..=last)
+            .filter(|i| !self.chunks.contains_key(i))
+            .count();
+        if missing == 0 {
+            return Ok(true);
+        }
+        if self.chunks.len() + missing > self.max_chunks {
+            return Ok(false);
+        }
+        for idx in first..=last {
+            if self.chunks.contains_key(&idx) {
+                continue;
+            }
+            let start = idx * CHUNK as u64;
+            let n = medium_len
+                .checked_sub(start)
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("chunk at byte {start} is beyond the medium's {medium_len} bytes"),
+                    )
+                })?;
+            let n = n.min(CHUNK as u64) as usize;
+            let mut c = vec![0u8; CHUNK].into_boxed_slice();
+            file.read_exact_at(&mut c[..n], start)?;
+            self.chunks.insert(idx, c);
+        }
+        Ok(true)
+    }
+
+    /// Calls `f(chunk, offset in it, offset in the range, length)` for each cached chunk
+    /// that the bytes `off .. off + len` touch.
+    fn each_cached(
+        &mut self,
+        off: u64,
+        len: u64,
+        mut f: impl FnMut(&mut Box<[u8]>, usize, usize, usize),
+    ) {
+        if self.chunks.is_empty() {
+            return;
+        }
+        let mut pos = 0u64;
+        while pos < len {
+            let abs = off + pos;
+            let in_chunk = (abs % CHUNK as u64) as usize;
+            let n = ((CHUNK - in_chunk) as u64).min(len - pos) as usize;
+            if let Some(c) = self.chunks.get_mut(&(abs / CHUNK as u64)) {
+                f(c, in_chunk, pos as usize, n);
+            }
+            pos += n as u64;
+        }
+    }
+
+    /// The file's bytes at `off` are now `data`.
+    fn write(&mut self, off: u64, data: &[u8]) {
+        self.each_cached(off, data.len() as u64, |c, at, pos, n| {
+            c[at..at + n].copy_from_slice(&data[pos..pos + n]);
+        });
+    }
+
+    /// The file's bytes `off .. off + len` are now zeroes.
+    fn zero(&mut self, off: u64, len: u64) {
+        self.each_cached(off, len, |c, at, _, n| c[at..at + n].fill(0));
+    }
+
+    /// The file's bytes `off .. off + len` are unknown (a failed write): their chunks are
+    /// dropped, to be read again.
+    fn forget(&mut self, off: u64, len: u64) {
+        if self.chunks.is_empty() || len == 0 {
+            return;
+        }
+        let (first, last) = (off / CHUNK as u64, (off + len - 1) / CHUNK as u64);
+        self.chunks.retain(|&i, _| i < first || i > last);
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+    }
 }
 
 /// Sets the bits of `r` to `v`: one bit (a one-block command) directly, a range through
@@ -51,6 +184,16 @@ fn fill_bits(bits: &mut BitVec, r: std::ops::Range<usize>, v: bool) {
         bits.set(r.start, v);
     } else {
         bits[r].fill(v);
+    }
+}
+
+impl Storage {
+    /// An image medium with a read cache of `budget` bytes.
+    fn file(file: File, budget: u64) -> Self {
+        Self::File {
+            file,
+            cache: RefCell::new(ChunkCache::new(budget)),
+        }
     }
 }
 
@@ -67,7 +210,7 @@ struct Medium {
 impl Medium {
     fn read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         match &self.storage {
-            Storage::File(f) => f.read_exact_at(buf, off),
+            Storage::File { file, .. } => file.read_exact_at(buf, off),
             Storage::Memory(chunks) => {
                 let mut pos = 0usize;
                 while pos < buf.len() {
@@ -86,11 +229,13 @@ impl Medium {
         }
     }
 
-    /// The bytes `off .. off + len` of a memory medium, in order, as slices of its chunks
-    /// (or of [`ZEROS`] where nothing was written), handed to `sink`: no copy, no buffer.
+    /// The bytes `off .. off + len` of a medium held in `CHUNK`-byte chunks (the memory
+    /// medium's, or an image's cached ones), in order, as slices of the chunks `chunk_at`
+    /// returns by chunk number (or of [`ZEROS`] where it returns none: never written), handed
+    /// to `sink`: no copy, no buffer.
     #[inline(always)]
-    fn memory_pieces<E>(
-        chunks: &[Option<Box<[u8]>>],
+    fn pieces<'a, E>(
+        chunk_at: impl Fn(u64) -> Option<&'a [u8]>,
         off: u64,
         len: usize,
         sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
@@ -102,7 +247,7 @@ impl Medium {
             let in_chunk = (abs % CHUNK as u64) as usize;
             let n = (CHUNK - in_chunk).min(len - pos);
             // One call site: the sink is inlined here.
-            let piece = match chunk(chunks, idx) {
+            let piece = match chunk_at(idx) {
                 Some(c) => &c[in_chunk..in_chunk + n],
                 None => &ZEROS[..n],
             };
@@ -114,7 +259,15 @@ impl Medium {
 
     fn write(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
         match &mut self.storage {
-            Storage::File(f) => f.write_all_at(data, off),
+            Storage::File { file, cache } => {
+                let r = file.write_all_at(data, off);
+                let cache = cache.get_mut();
+                match r {
+                    Ok(()) => cache.write(off, data),
+                    Err(_) => cache.forget(off, data.len() as u64),
+                }
+                r
+            }
             Storage::Memory(chunks) => {
                 let mut pos = 0usize;
                 while pos < data.len() {
@@ -134,14 +287,20 @@ impl Medium {
 
     fn zero(&mut self, off: u64, len: u64) -> io::Result<()> {
         match &mut self.storage {
-            Storage::File(f) => {
+            Storage::File { file, cache } => {
                 let mut pos = 0u64;
-                while pos < len {
+                let mut r = Ok(());
+                while pos < len && r.is_ok() {
                     let n = (len - pos).min(CHUNK as u64) as usize;
-                    f.write_all_at(&ZEROS[..n], off + pos)?;
+                    r = file.write_all_at(&ZEROS[..n], off + pos);
                     pos += n as u64;
                 }
-                Ok(())
+                let cache = cache.get_mut();
+                match r {
+                    Ok(()) => cache.zero(off, len),
+                    Err(_) => cache.forget(off, len),
+                }
+                r
             }
             Storage::Memory(chunks) => {
                 let mut pos = 0u64;
@@ -168,9 +327,10 @@ impl Medium {
                 chunks.iter_mut().for_each(|c| *c = None);
                 Ok(())
             }
-            Storage::File(f) => {
-                f.set_len(0)?;
-                f.set_len(self.len)
+            Storage::File { file, cache } => {
+                cache.get_mut().clear();
+                file.set_len(0)?;
+                file.set_len(self.len)
             }
         }
     }
@@ -409,12 +569,12 @@ impl Namespace {
                         .map_err(|e| format!("namespace {nsid}: {}: {e}", path.display()))?;
                 }
                 // An existing image may hold data anywhere: every LBA counts as allocated.
-                (Storage::File(f), existed && cur > 0)
+                (Storage::file(f, cfg.read_cache), existed && cur > 0)
             }
             Backing::Image(img) if img.len() < len => {
                 return Err(format!("namespace {nsid}: {} holds {} bytes, the namespace needs {len}; an image is never resized", img.path().display(), img.len()))
             }
-            Backing::Image(img) => (Storage::File(img.file().map_err(|e| format!("namespace {nsid}: {}: {e}", img.path().display()))?), true),
+            Backing::Image(img) => (Storage::file(img.file().map_err(|e| format!("namespace {nsid}: {}: {e}", img.path().display()))?, cfg.read_cache), true),
         };
         let image = match &cfg.backing {
             Backing::Image(img) => Some(img.clone()),
@@ -506,9 +666,11 @@ impl Namespace {
     }
 
     /// Reads `nlb` blocks at `slba` as the host sees them (cache first), handing the bytes
-    /// to `sink` in order, in pieces: straight from the memory medium and the cache, or, for
-    /// an image file, through `scratch` (grown as needed, never shrunk, so a read allocates
-    /// nothing once it is as large as the largest transfer). The range must be valid.
+    /// to `sink` in order, in pieces: straight from the memory medium, or the image's read
+    /// cache once it holds the range's chunks (a miss fills them), and the write cache; or,
+    /// for an image whose read cache is full or off, through `scratch` (grown as needed,
+    /// never shrunk, so a read allocates nothing once it is as large as the largest
+    /// transfer). The range must be valid.
     #[inline(always)]
     pub(crate) fn read_with<E>(
         &self,
@@ -520,40 +682,66 @@ impl Namespace {
         let bs = self.lba_size() as usize;
         let len = nlb as usize * bs;
         match &self.medium.storage {
-            Storage::File(f) => {
+            Storage::Memory(chunks) => self
+                .chunk_pieces(|i| chunk(chunks, i), slba, nlb, &mut sink)
+                .map_err(ReadError::Sink),
+            Storage::File { file, cache } => {
+                let mut cache = cache.borrow_mut();
+                let off = slba * bs as u64;
+                if cache
+                    .fill(file, self.medium.len, off, len)
+                    .map_err(|_| ReadError::Medium)?
+                {
+                    // Every chunk of the range is cached: `get` finds each one.
+                    let cache = &*cache;
+                    return self
+                        .chunk_pieces(|i| cache.get(i), slba, nlb, &mut sink)
+                        .map_err(ReadError::Sink);
+                }
+                drop(cache);
                 if scratch.len() < len {
                     scratch.resize(len, 0);
                 }
                 let buf = &mut scratch[..len];
-                f.read_exact_at(buf, slba * bs as u64)
+                file.read_exact_at(buf, off)
                     .map_err(|_| ReadError::Medium)?;
                 self.overlay(slba, nlb, buf);
                 sink(buf).map_err(ReadError::Sink)
             }
-            Storage::Memory(chunks) if self.cache.is_empty() => {
-                // Nothing cached: the medium's pieces of the whole range, in one pass.
-                Medium::memory_pieces(chunks, slba * bs as u64, len, &mut sink)
-                    .map_err(ReadError::Sink)
+        }
+    }
+
+    /// `nlb` blocks at `slba` as the host sees them, handed to `sink` in pieces: the
+    /// medium's chunks by number from `chunk_at` (see [`Medium::pieces`]), overlaid with
+    /// the write cache's blocks.
+    #[inline(always)]
+    fn chunk_pieces<'a, E>(
+        &self,
+        chunk_at: impl Fn(u64) -> Option<&'a [u8]> + Copy,
+        slba: u64,
+        nlb: u64,
+        sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let bs = self.lba_size() as usize;
+        if self.cache.is_empty() {
+            // Nothing cached: the medium's pieces of the whole range, in one pass.
+            return Medium::pieces(chunk_at, slba * bs as u64, nlb as usize * bs, sink);
+        }
+        let end = slba + nlb;
+        let mut lba = slba;
+        while lba < end {
+            let cached = self.cache.next_cached(lba, end).unwrap_or(end);
+            if cached > lba {
+                let n = (cached - lba) as usize * bs;
+                Medium::pieces(chunk_at, lba * bs as u64, n, sink)?;
+                lba = cached;
             }
-            Storage::Memory(chunks) => {
-                let end = slba + nlb;
-                let mut lba = slba;
-                while lba < end {
-                    let cached = self.cache.next_cached(lba, end).unwrap_or(end);
-                    if cached > lba {
-                        let n = (cached - lba) as usize * bs;
-                        Medium::memory_pieces(chunks, lba * bs as u64, n, &mut sink)
-                            .map_err(ReadError::Sink)?;
-                        lba = cached;
-                    }
-                    if lba < end {
-                        sink(self.cache.block(lba)).map_err(ReadError::Sink)?;
-                        lba += 1;
-                    }
-                }
-                Ok(())
+            if lba < end {
+                sink(self.cache.block(lba))?;
+                lba += 1;
             }
         }
+        Ok(())
     }
 
     /// Writes whole blocks. `cached`: into the volatile write cache; else through to the
@@ -792,6 +980,229 @@ mod tests {
             let r = ns.read_with(0, 4, &mut scratch, |_| Err::<(), u8>(5));
             assert!(matches!(r, Err(ReadError::Sink(5))));
         }
+    }
+
+    /// Image contents that differ in every block and chunk.
+    fn image_bytes(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed | 1)
+            .collect()
+    }
+
+    /// `nlb` blocks at `slba` through `read_with` (the Read command's path).
+    fn read_all(ns: &Namespace, slba: u64, nlb: u64) -> Result<Vec<u8>, ReadError<()>> {
+        let mut got = Vec::new();
+        let mut scratch = Vec::new();
+        ns.read_with(slba, nlb, &mut scratch, |p| {
+            got.extend_from_slice(p);
+            Ok(())
+        })?;
+        Ok(got)
+    }
+
+    impl Namespace {
+        /// Chunks held by the image's read cache.
+        fn read_cache_chunks(&self) -> usize {
+            match &self.medium.storage {
+                Storage::File { cache, .. } => cache.borrow().chunks.len(),
+                Storage::Memory(_) => 0,
+            }
+        }
+    }
+
+    /// Reads fill the read cache with whole chunks and are then served from it: the file
+    /// changed behind the namespace's back (which the documentation rules out for a
+    /// `Backing::File` image) shows through a plain `pread`, not through `read_with`.
+    #[test]
+    fn image_reads_are_served_from_the_read_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns.img");
+        let bytes = image_bytes(1 << 20, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
+        assert_eq!(ns.read_cache_chunks(), 0);
+        // Blocks 100..300 span chunks 0..=2 (128 blocks per chunk).
+        let got = read_all(&ns, 100, 200).unwrap();
+        assert_eq!(got, &bytes[100 * 512..300 * 512]);
+        assert_eq!(ns.read_cache_chunks(), 3);
+        // A hit reads nothing more.
+        assert_eq!(read_all(&ns, 0, 384).unwrap(), &bytes[..384 * 512]);
+        assert_eq!(ns.read_cache_chunks(), 3);
+        let other = File::options().write(true).open(&path).unwrap();
+        other.write_all_at(&[0xEE; 512], 200 * 512).unwrap();
+        let mut direct = vec![0u8; 512];
+        ns.read(200, 1, &mut direct).unwrap();
+        assert_eq!(direct, [0xEE; 512]);
+        assert_eq!(read_all(&ns, 200, 1).unwrap(), &bytes[200 * 512..201 * 512]);
+    }
+
+    /// Every path that changes the medium changes the cached chunks too: cached and FUA
+    /// writes, the write cache's flush, Write Zeroes and deallocation (cached or not), the
+    /// back door and Format NVM. After each, a read (of a range whose chunks are all cached)
+    /// returns what the host wrote, and the file holds it once flushed.
+    #[test]
+    fn image_read_cache_is_coherent_with_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns.img");
+        let bytes = image_bytes(1 << 20, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
+        let mut model = bytes.clone();
+        let check = |ns: &Namespace, model: &[u8], what: &str| {
+            let got = read_all(ns, 0, 2048).unwrap();
+            let bad = got.iter().zip(model).position(|(a, b)| a != b);
+            assert_eq!(bad, None, "{what}: first wrong byte");
+            assert_eq!(ns.read_cache_chunks(), 16, "{what}: every chunk cached");
+        };
+        check(&ns, &model, "initial");
+        let put = |model: &mut Vec<u8>, lba: usize, d: &[u8]| {
+            model[lba * 512..lba * 512 + d.len()].copy_from_slice(d)
+        };
+        // Write, FUA (through to the medium), across a chunk boundary.
+        let d = image_bytes(4096, 1);
+        ns.write(124, &d, false).unwrap();
+        put(&mut model, 124, &d);
+        check(&ns, &model, "FUA write");
+        assert_eq!(std::fs::read(&path).unwrap(), model, "FUA write on file");
+        // Write into the volatile write cache: the read overlays it; the flush writes it
+        // to the file and the chunks.
+        let d = image_bytes(3 * 512, 2);
+        ns.write(300, &d, true).unwrap();
+        put(&mut model, 300, &d);
+        check(&ns, &model, "cached write");
+        assert_ne!(std::fs::read(&path).unwrap(), model, "not yet on the file");
+        ns.flush().unwrap();
+        ns.lose_cache();
+        check(&ns, &model, "flushed write");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            model,
+            "flushed write on file"
+        );
+        // Write Zeroes and deallocation, through and cached (then flushed).
+        ns.zero(250, 20, false, false).unwrap();
+        put(&mut model, 250, &[0; 20 * 512]);
+        check(&ns, &model, "Write Zeroes");
+        ns.zero(600, 3, true, false).unwrap();
+        put(&mut model, 600, &[0; 3 * 512]);
+        check(&ns, &model, "deallocate");
+        ns.zero(700, 200, true, true).unwrap();
+        put(&mut model, 700, &[0; 200 * 512]);
+        check(&ns, &model, "cached deallocate");
+        ns.flush().unwrap();
+        ns.lose_cache();
+        check(&ns, &model, "flushed deallocate");
+        assert_eq!(std::fs::read(&path).unwrap(), model, "zeroes on file");
+        // The test back door.
+        ns.backdoor_write(1000, &[0x5A; 700]).unwrap();
+        put(&mut model, 1000, &[0x5A; 700]);
+        check(&ns, &model, "back door");
+        // Format NVM: all zeroes, in the new block size; the cache is emptied.
+        ns.format(3).unwrap();
+        assert_eq!(ns.read_cache_chunks(), 0);
+        assert!(read_all(&ns, 0, 256).unwrap().iter().all(|&b| b == 0));
+        assert_eq!(ns.read_cache_chunks(), 16);
+    }
+
+    /// The budget bounds the cached chunks (rounded down to whole chunks); reads beyond it
+    /// are still right; a budget of 0 caches nothing.
+    #[test]
+    fn image_read_cache_respects_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns.img");
+        let bytes = image_bytes(1 << 20, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        for (budget, max) in [(3 * CHUNK as u64 + 100, 3), (CHUNK as u64 - 1, 0), (0, 0)] {
+            let cfg = NamespaceConfig::file(4096, 1 << 20, &path).with_read_cache(budget);
+            let ns = Namespace::open(1, &cfg).unwrap();
+            // One block of every chunk, then every block, then ranges across chunks.
+            for chunk in 0..16u64 {
+                let lba = chunk * 16 + 5;
+                let at = lba as usize * 4096;
+                assert_eq!(read_all(&ns, lba, 1).unwrap(), &bytes[at..at + 4096]);
+                assert_eq!(ns.read_cache_chunks(), max.min(chunk as usize + 1));
+            }
+            for lba in 0..256 {
+                let at = lba as usize * 4096;
+                assert_eq!(read_all(&ns, lba, 1).unwrap(), &bytes[at..at + 4096]);
+            }
+            // 32 blocks from block 40: chunks 2, 3 and 4, some cached, some not.
+            assert_eq!(read_all(&ns, 40, 32).unwrap(), &bytes[40 * 4096..72 * 4096]);
+            assert_eq!(ns.read_cache_chunks(), max);
+        }
+    }
+
+    /// A read-only image (locked by `ImageFile`) is read through the cache too; a write to
+    /// it fails and drops the chunks it touched, and the data read stays the file's. An
+    /// image reopened starts with an empty cache and reads what the last one wrote.
+    #[test]
+    fn read_only_and_reopened_images_read_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns.img");
+        let bytes = image_bytes(1 << 20, 7);
+        std::fs::write(&path, &bytes).unwrap();
+        {
+            let img = crate::ImageFile::open(&path, None, false).unwrap();
+            let mut ns = Namespace::open(1, &img.namespace().unwrap()).unwrap();
+            assert_eq!(read_all(&ns, 0, 2048).unwrap(), bytes);
+            ns.write(2000, &[0x11; 512], false).unwrap();
+            ns.write(10, &[0x22; 512], true).unwrap();
+            ns.flush().unwrap();
+        }
+        let mut want = bytes.clone();
+        want[2000 * 512..2001 * 512].fill(0x11);
+        want[10 * 512..11 * 512].fill(0x22);
+        let img = crate::ImageFile::open(&path, None, true).unwrap();
+        let mut ns = Namespace::open(1, &img.namespace().unwrap()).unwrap();
+        assert!(ns.write_protected());
+        assert_eq!(ns.read_cache_chunks(), 0);
+        assert_eq!(read_all(&ns, 0, 2048).unwrap(), want);
+        assert_eq!(ns.read_cache_chunks(), 16);
+        assert!(ns.backdoor_write(130, &[0x33; 512]).is_err());
+        assert_eq!(ns.read_cache_chunks(), 15, "the chunk written is dropped");
+        assert_eq!(read_all(&ns, 0, 2048).unwrap(), want);
+        assert_eq!(ns.read_cache_chunks(), 16);
+    }
+
+    /// A namespace that ends inside a chunk (of an image longer than it) caches the chunk
+    /// up to its end; a file cut short under the namespace is a medium error, not a panic,
+    /// and caches nothing of what it could not read.
+    #[test]
+    fn image_read_cache_at_the_end_of_the_medium() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns.img");
+        let bytes = image_bytes(1 << 20, 9);
+        std::fs::write(&path, &bytes).unwrap();
+        // 300 blocks of 512 bytes: chunk 2 holds 22 KiB of the namespace.
+        let ns = Namespace::open(1, &NamespaceConfig::file(512, 300 * 512, &path)).unwrap();
+        assert_eq!(
+            read_all(&ns, 290, 10).unwrap(),
+            &bytes[290 * 512..300 * 512]
+        );
+        assert_eq!(read_all(&ns, 0, 300).unwrap(), &bytes[..300 * 512]);
+        assert_eq!(ns.read_cache_chunks(), 3);
+        drop(ns);
+        // An image exactly as long as the namespace.
+        let exact = dir.path().join("exact.img");
+        let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 300 * 512, &exact)).unwrap();
+        assert_eq!(std::fs::metadata(&exact).unwrap().len(), 300 * 512);
+        ns.write(0, &bytes[..300 * 512], false).unwrap();
+        assert_eq!(read_all(&ns, 299, 1).unwrap(), &bytes[299 * 512..300 * 512]);
+        assert_eq!(read_all(&ns, 0, 300).unwrap(), &bytes[..300 * 512]);
+        assert_eq!(ns.read_cache_chunks(), 3);
+        drop(ns);
+        let ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
+        assert_eq!(read_all(&ns, 0, 1).unwrap(), &bytes[..512]);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(150 * 512)
+            .unwrap();
+        assert!(matches!(read_all(&ns, 140, 20), Err(ReadError::Medium)));
+        assert!(matches!(read_all(&ns, 1000, 1), Err(ReadError::Medium)));
+        assert_eq!(ns.read_cache_chunks(), 1);
+        assert_eq!(read_all(&ns, 0, 1).unwrap(), &bytes[..512]);
     }
 
     #[test]
