@@ -2,7 +2,6 @@
 //! per-LBA allocation state and its volatile write cache (NVM Command Set §4.1.5.1 DLFEAT,
 //! NVMe Base §5.1.25.2.x "Volatile Write Cache").
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -41,13 +40,10 @@ enum Storage {
     /// Sparse: chunks never written (`None`) read as zeroes. Indexed by chunk number: a
     /// lookup is an index, one pointer per 64 KiB of capacity.
     Memory(Vec<Option<Box<[u8]>>>),
-    /// A raw image, and the chunks of it read so far. The cache is filled by reads, which
-    /// see the namespace through `&self` (the controller reads one namespace while it writes
-    /// host memory), hence the `RefCell`; the controller's lock serializes every access.
-    File {
-        file: File,
-        cache: RefCell<ChunkCache>,
-    },
+    /// A raw image, and the chunks of it read so far. The cache is filled before a read
+    /// ([`Namespace::cache_range`], with `&mut`), so the read itself, and a read-ahead hint
+    /// into the cache ([`Namespace::ahead`]), see it through `&self`.
+    File { file: File, cache: ChunkCache },
 }
 
 /// The read cache of an image-backed medium ([`NamespaceConfig::read_cache`]): copies of
@@ -126,6 +122,16 @@ impl ChunkCache {
         Ok(true)
     }
 
+    /// Whether every chunk the bytes `off .. off + len` touch is cached.
+    #[inline(always)]
+    fn covers(&self, off: u64, len: usize) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let (first, last) = (off / CHUNK as u64, (off + len as u64 - 1) / CHUNK as u64);
+        (first..=last).all(|i| self.chunks.contains_key(&i))
+    }
+
     /// Calls `f(chunk, offset in it, offset in the range, length)` for each cached chunk
     /// that the bytes `off .. off + len` touch.
     fn each_cached(
@@ -192,7 +198,7 @@ impl Storage {
     fn file(file: File, budget: u64) -> Self {
         Self::File {
             file,
-            cache: RefCell::new(ChunkCache::new(budget)),
+            cache: ChunkCache::new(budget),
         }
     }
 }
@@ -261,7 +267,6 @@ impl Medium {
         match &mut self.storage {
             Storage::File { file, cache } => {
                 let r = file.write_all_at(data, off);
-                let cache = cache.get_mut();
                 match r {
                     Ok(()) => cache.write(off, data),
                     Err(_) => cache.forget(off, data.len() as u64),
@@ -295,7 +300,6 @@ impl Medium {
                     r = file.write_all_at(&ZEROS[..n], off + pos);
                     pos += n as u64;
                 }
-                let cache = cache.get_mut();
                 match r {
                     Ok(()) => cache.zero(off, len),
                     Err(_) => cache.forget(off, len),
@@ -328,7 +332,7 @@ impl Medium {
                 Ok(())
             }
             Storage::File { file, cache } => {
-                cache.get_mut().clear();
+                cache.clear();
                 file.set_len(0)?;
                 file.set_len(self.len)
             }
@@ -648,29 +652,45 @@ impl Namespace {
 
     /// The first bytes (at most [`crate::dma::AHEAD_MAX`], within one chunk) of the medium
     /// under blocks `slba .. slba + nlb`, for a read-ahead hint: a memory medium's own
-    /// bytes, where that range was written; empty for an image file, for never-written
-    /// chunks (they read as zeroes) and for a range outside the namespace. The volatile
-    /// write cache is not looked at: the hint only warms caches, it is never read as data.
+    /// bytes where that range was written, an image's where its read cache holds them;
+    /// empty elsewhere (never-written chunks read as zeroes, the rest of an image through
+    /// the file) and for a range outside the namespace. The volatile write cache is not
+    /// looked at: the hint only warms caches, it is never read as data.
     pub(crate) fn ahead(&self, slba: u64, nlb: u64) -> &[u8] {
-        let Storage::Memory(chunks) = &self.medium.storage else {
-            return &[];
-        };
         let end = slba.checked_add(nlb);
         if end.is_none_or(|e| e > self.blocks) {
             return &[];
         }
         let off = slba << self.lba_shift;
         let len = (nlb << self.lba_shift).min(crate::dma::AHEAD_MAX as u64) as usize;
-        let in_chunk = (off % CHUNK as u64) as usize;
-        chunk(chunks, off / CHUNK as u64).map_or(&[], |c| &c[in_chunk..(in_chunk + len).min(CHUNK)])
+        let (idx, in_chunk) = (off / CHUNK as u64, (off % CHUNK as u64) as usize);
+        let c = match &self.medium.storage {
+            Storage::Memory(chunks) => chunk(chunks, idx),
+            Storage::File { cache, .. } => cache.get(idx),
+        };
+        c.map_or(&[], |c| &c[in_chunk..(in_chunk + len).min(CHUNK)])
+    }
+
+    /// Brings the chunks of an image under blocks `slba .. slba + nlb` into its read cache
+    /// (those not there yet, each with one read of the whole chunk), if they fit its
+    /// budget; a memory medium has nothing to do. Called before [`Self::read_with`], which
+    /// then serves the range from the cache. A failed read of the file caches nothing of
+    /// what it could not read, and is not reported here: `read_with` then reads the file
+    /// itself and reports it. The range must be valid.
+    #[inline]
+    pub(crate) fn cache_range(&mut self, slba: u64, nlb: u64) {
+        if let Storage::File { file, cache } = &mut self.medium.storage {
+            let off = slba << self.lba_shift;
+            let _ = cache.fill(file, self.medium.len, off, (nlb << self.lba_shift) as usize);
+        }
     }
 
     /// Reads `nlb` blocks at `slba` as the host sees them (cache first), handing the bytes
     /// to `sink` in order, in pieces: straight from the memory medium, or the image's read
-    /// cache once it holds the range's chunks (a miss fills them), and the write cache; or,
-    /// for an image whose read cache is full or off, through `scratch` (grown as needed,
-    /// never shrunk, so a read allocates nothing once it is as large as the largest
-    /// transfer). The range must be valid.
+    /// cache when it holds the range's chunks ([`Self::cache_range`] fills it), and the
+    /// write cache; or, for an image whose read cache does not hold them (full or off),
+    /// through `scratch` (grown as needed, never shrunk, so a read allocates nothing once it
+    /// is as large as the largest transfer). The range must be valid.
     #[inline(always)]
     pub(crate) fn read_with<E>(
         &self,
@@ -686,19 +706,13 @@ impl Namespace {
                 .chunk_pieces(|i| chunk(chunks, i), slba, nlb, &mut sink)
                 .map_err(ReadError::Sink),
             Storage::File { file, cache } => {
-                let mut cache = cache.borrow_mut();
                 let off = slba * bs as u64;
-                if cache
-                    .fill(file, self.medium.len, off, len)
-                    .map_err(|_| ReadError::Medium)?
-                {
+                if cache.covers(off, len) {
                     // Every chunk of the range is cached: `get` finds each one.
-                    let cache = &*cache;
                     return self
                         .chunk_pieces(|i| cache.get(i), slba, nlb, &mut sink)
                         .map_err(ReadError::Sink);
                 }
-                drop(cache);
                 if scratch.len() < len {
                     scratch.resize(len, 0);
                 }
@@ -990,7 +1004,8 @@ mod tests {
     }
 
     /// `nlb` blocks at `slba` through `read_with` (the Read command's path).
-    fn read_all(ns: &Namespace, slba: u64, nlb: u64) -> Result<Vec<u8>, ReadError<()>> {
+    fn read_all(ns: &mut Namespace, slba: u64, nlb: u64) -> Result<Vec<u8>, ReadError<()>> {
+        ns.cache_range(slba, nlb);
         let mut got = Vec::new();
         let mut scratch = Vec::new();
         ns.read_with(slba, nlb, &mut scratch, |p| {
@@ -1004,7 +1019,7 @@ mod tests {
         /// Chunks held by the image's read cache.
         fn read_cache_chunks(&self) -> usize {
             match &self.medium.storage {
-                Storage::File { cache, .. } => cache.borrow().chunks.len(),
+                Storage::File { cache, .. } => cache.chunks.len(),
                 Storage::Memory(_) => 0,
             }
         }
@@ -1019,21 +1034,24 @@ mod tests {
         let path = dir.path().join("ns.img");
         let bytes = image_bytes(1 << 20, 0);
         std::fs::write(&path, &bytes).unwrap();
-        let ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
+        let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
         assert_eq!(ns.read_cache_chunks(), 0);
         // Blocks 100..300 span chunks 0..=2 (128 blocks per chunk).
-        let got = read_all(&ns, 100, 200).unwrap();
+        let got = read_all(&mut ns, 100, 200).unwrap();
         assert_eq!(got, &bytes[100 * 512..300 * 512]);
         assert_eq!(ns.read_cache_chunks(), 3);
         // A hit reads nothing more.
-        assert_eq!(read_all(&ns, 0, 384).unwrap(), &bytes[..384 * 512]);
+        assert_eq!(read_all(&mut ns, 0, 384).unwrap(), &bytes[..384 * 512]);
         assert_eq!(ns.read_cache_chunks(), 3);
         let other = File::options().write(true).open(&path).unwrap();
         other.write_all_at(&[0xEE; 512], 200 * 512).unwrap();
         let mut direct = vec![0u8; 512];
         ns.read(200, 1, &mut direct).unwrap();
         assert_eq!(direct, [0xEE; 512]);
-        assert_eq!(read_all(&ns, 200, 1).unwrap(), &bytes[200 * 512..201 * 512]);
+        assert_eq!(
+            read_all(&mut ns, 200, 1).unwrap(),
+            &bytes[200 * 512..201 * 512]
+        );
     }
 
     /// Every path that changes the medium changes the cached chunks too: cached and FUA
@@ -1048,13 +1066,13 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
         let mut model = bytes.clone();
-        let check = |ns: &Namespace, model: &[u8], what: &str| {
+        let check = |ns: &mut Namespace, model: &[u8], what: &str| {
             let got = read_all(ns, 0, 2048).unwrap();
             let bad = got.iter().zip(model).position(|(a, b)| a != b);
             assert_eq!(bad, None, "{what}: first wrong byte");
             assert_eq!(ns.read_cache_chunks(), 16, "{what}: every chunk cached");
         };
-        check(&ns, &model, "initial");
+        check(&mut ns, &model, "initial");
         let put = |model: &mut Vec<u8>, lba: usize, d: &[u8]| {
             model[lba * 512..lba * 512 + d.len()].copy_from_slice(d)
         };
@@ -1062,18 +1080,18 @@ mod tests {
         let d = image_bytes(4096, 1);
         ns.write(124, &d, false).unwrap();
         put(&mut model, 124, &d);
-        check(&ns, &model, "FUA write");
+        check(&mut ns, &model, "FUA write");
         assert_eq!(std::fs::read(&path).unwrap(), model, "FUA write on file");
         // Write into the volatile write cache: the read overlays it; the flush writes it
         // to the file and the chunks.
         let d = image_bytes(3 * 512, 2);
         ns.write(300, &d, true).unwrap();
         put(&mut model, 300, &d);
-        check(&ns, &model, "cached write");
+        check(&mut ns, &model, "cached write");
         assert_ne!(std::fs::read(&path).unwrap(), model, "not yet on the file");
         ns.flush().unwrap();
         ns.lose_cache();
-        check(&ns, &model, "flushed write");
+        check(&mut ns, &model, "flushed write");
         assert_eq!(
             std::fs::read(&path).unwrap(),
             model,
@@ -1082,25 +1100,25 @@ mod tests {
         // Write Zeroes and deallocation, through and cached (then flushed).
         ns.zero(250, 20, false, false).unwrap();
         put(&mut model, 250, &[0; 20 * 512]);
-        check(&ns, &model, "Write Zeroes");
+        check(&mut ns, &model, "Write Zeroes");
         ns.zero(600, 3, true, false).unwrap();
         put(&mut model, 600, &[0; 3 * 512]);
-        check(&ns, &model, "deallocate");
+        check(&mut ns, &model, "deallocate");
         ns.zero(700, 200, true, true).unwrap();
         put(&mut model, 700, &[0; 200 * 512]);
-        check(&ns, &model, "cached deallocate");
+        check(&mut ns, &model, "cached deallocate");
         ns.flush().unwrap();
         ns.lose_cache();
-        check(&ns, &model, "flushed deallocate");
+        check(&mut ns, &model, "flushed deallocate");
         assert_eq!(std::fs::read(&path).unwrap(), model, "zeroes on file");
         // The test back door.
         ns.backdoor_write(1000, &[0x5A; 700]).unwrap();
         put(&mut model, 1000, &[0x5A; 700]);
-        check(&ns, &model, "back door");
+        check(&mut ns, &model, "back door");
         // Format NVM: all zeroes, in the new block size; the cache is emptied.
         ns.format(3).unwrap();
         assert_eq!(ns.read_cache_chunks(), 0);
-        assert!(read_all(&ns, 0, 256).unwrap().iter().all(|&b| b == 0));
+        assert!(read_all(&mut ns, 0, 256).unwrap().iter().all(|&b| b == 0));
         assert_eq!(ns.read_cache_chunks(), 16);
     }
 
@@ -1114,20 +1132,23 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         for (budget, max) in [(3 * CHUNK as u64 + 100, 3), (CHUNK as u64 - 1, 0), (0, 0)] {
             let cfg = NamespaceConfig::file(4096, 1 << 20, &path).with_read_cache(budget);
-            let ns = Namespace::open(1, &cfg).unwrap();
+            let mut ns = Namespace::open(1, &cfg).unwrap();
             // One block of every chunk, then every block, then ranges across chunks.
             for chunk in 0..16u64 {
                 let lba = chunk * 16 + 5;
                 let at = lba as usize * 4096;
-                assert_eq!(read_all(&ns, lba, 1).unwrap(), &bytes[at..at + 4096]);
+                assert_eq!(read_all(&mut ns, lba, 1).unwrap(), &bytes[at..at + 4096]);
                 assert_eq!(ns.read_cache_chunks(), max.min(chunk as usize + 1));
             }
             for lba in 0..256 {
                 let at = lba as usize * 4096;
-                assert_eq!(read_all(&ns, lba, 1).unwrap(), &bytes[at..at + 4096]);
+                assert_eq!(read_all(&mut ns, lba, 1).unwrap(), &bytes[at..at + 4096]);
             }
             // 32 blocks from block 40: chunks 2, 3 and 4, some cached, some not.
-            assert_eq!(read_all(&ns, 40, 32).unwrap(), &bytes[40 * 4096..72 * 4096]);
+            assert_eq!(
+                read_all(&mut ns, 40, 32).unwrap(),
+                &bytes[40 * 4096..72 * 4096]
+            );
             assert_eq!(ns.read_cache_chunks(), max);
         }
     }
@@ -1144,7 +1165,7 @@ mod tests {
         {
             let img = crate::ImageFile::open(&path, None, false).unwrap();
             let mut ns = Namespace::open(1, &img.namespace().unwrap()).unwrap();
-            assert_eq!(read_all(&ns, 0, 2048).unwrap(), bytes);
+            assert_eq!(read_all(&mut ns, 0, 2048).unwrap(), bytes);
             ns.write(2000, &[0x11; 512], false).unwrap();
             ns.write(10, &[0x22; 512], true).unwrap();
             ns.flush().unwrap();
@@ -1156,11 +1177,11 @@ mod tests {
         let mut ns = Namespace::open(1, &img.namespace().unwrap()).unwrap();
         assert!(ns.write_protected());
         assert_eq!(ns.read_cache_chunks(), 0);
-        assert_eq!(read_all(&ns, 0, 2048).unwrap(), want);
+        assert_eq!(read_all(&mut ns, 0, 2048).unwrap(), want);
         assert_eq!(ns.read_cache_chunks(), 16);
         assert!(ns.backdoor_write(130, &[0x33; 512]).is_err());
         assert_eq!(ns.read_cache_chunks(), 15, "the chunk written is dropped");
-        assert_eq!(read_all(&ns, 0, 2048).unwrap(), want);
+        assert_eq!(read_all(&mut ns, 0, 2048).unwrap(), want);
         assert_eq!(ns.read_cache_chunks(), 16);
     }
 
@@ -1174,12 +1195,12 @@ mod tests {
         let bytes = image_bytes(1 << 20, 9);
         std::fs::write(&path, &bytes).unwrap();
         // 300 blocks of 512 bytes: chunk 2 holds 22 KiB of the namespace.
-        let ns = Namespace::open(1, &NamespaceConfig::file(512, 300 * 512, &path)).unwrap();
+        let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 300 * 512, &path)).unwrap();
         assert_eq!(
-            read_all(&ns, 290, 10).unwrap(),
+            read_all(&mut ns, 290, 10).unwrap(),
             &bytes[290 * 512..300 * 512]
         );
-        assert_eq!(read_all(&ns, 0, 300).unwrap(), &bytes[..300 * 512]);
+        assert_eq!(read_all(&mut ns, 0, 300).unwrap(), &bytes[..300 * 512]);
         assert_eq!(ns.read_cache_chunks(), 3);
         drop(ns);
         // An image exactly as long as the namespace.
@@ -1187,22 +1208,25 @@ mod tests {
         let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 300 * 512, &exact)).unwrap();
         assert_eq!(std::fs::metadata(&exact).unwrap().len(), 300 * 512);
         ns.write(0, &bytes[..300 * 512], false).unwrap();
-        assert_eq!(read_all(&ns, 299, 1).unwrap(), &bytes[299 * 512..300 * 512]);
-        assert_eq!(read_all(&ns, 0, 300).unwrap(), &bytes[..300 * 512]);
+        assert_eq!(
+            read_all(&mut ns, 299, 1).unwrap(),
+            &bytes[299 * 512..300 * 512]
+        );
+        assert_eq!(read_all(&mut ns, 0, 300).unwrap(), &bytes[..300 * 512]);
         assert_eq!(ns.read_cache_chunks(), 3);
         drop(ns);
-        let ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
-        assert_eq!(read_all(&ns, 0, 1).unwrap(), &bytes[..512]);
+        let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
+        assert_eq!(read_all(&mut ns, 0, 1).unwrap(), &bytes[..512]);
         File::options()
             .write(true)
             .open(&path)
             .unwrap()
             .set_len(150 * 512)
             .unwrap();
-        assert!(matches!(read_all(&ns, 140, 20), Err(ReadError::Medium)));
-        assert!(matches!(read_all(&ns, 1000, 1), Err(ReadError::Medium)));
+        assert!(matches!(read_all(&mut ns, 140, 20), Err(ReadError::Medium)));
+        assert!(matches!(read_all(&mut ns, 1000, 1), Err(ReadError::Medium)));
         assert_eq!(ns.read_cache_chunks(), 1);
-        assert_eq!(read_all(&ns, 0, 1).unwrap(), &bytes[..512]);
+        assert_eq!(read_all(&mut ns, 0, 1).unwrap(), &bytes[..512]);
     }
 
     #[test]

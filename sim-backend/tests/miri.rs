@@ -71,12 +71,17 @@ fn driver_core_and_device_thread_share_dma_memory_soundly() {
             .unwrap();
     }
     qp.ring();
-    for _ in 0..2 {
+    let mut reads = Vec::new();
+    while reads.len() < 2 {
+        qp.wait(Duration::from_secs(600), |cpl| {
+            assert!(cpl.result.is_ok(), "{:?}", cpl.result);
+            reads.push(cpl.buffer.expect("read buffer"));
+        })
+        .unwrap();
+    }
+    for b in reads {
         let mut back = vec![0u8; 512];
-        one(&mut qp)
-            .expect("read buffer")
-            .read(0, &mut back)
-            .unwrap();
+        b.read(0, &mut back).unwrap();
         assert_eq!(back, data);
     }
     c.delete_io_queue_pair(qp).unwrap();

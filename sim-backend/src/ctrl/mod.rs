@@ -1737,6 +1737,7 @@ impl Controller {
         cmd: &Command,
     ) -> Result<(), ReadFailure> {
         debug_assert_eq!(len, nlb as usize * self.namespaces[i].lba_size() as usize);
+        self.namespaces[i].cache_range(slba, nlb);
         let next = self.read_ahead.take();
         if cmd.psdt() != 0 {
             // SGLs (`crate::sgl`): the descriptors are walked and checked first, then the
