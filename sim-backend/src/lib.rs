@@ -59,12 +59,12 @@
 //! host memory its PRPs describe; an image-backed namespace the same way from its read cache
 //! ([`NamespaceConfig::read_cache`]: whole 64 KiB chunks of the image, filled by the first
 //! read of each, which allocates the chunk), or, when the chunks a read misses do not fit
-//! the cache's budget, with `pread` into a staging buffer first. A Write gathers the host's data into a staging buffer, then into
-//! the write cache (a slab of reused block slots) or the medium. The PRP segment list, the
-//! staging buffer, the cache's slab and map, the CID sets and the interrupt list are all
-//! reused: an I/O allocates nothing once they have grown (`scripts/iocost.sh` counts 0.00
-//! heap allocations per I/O for 4 KiB reads and writes at QD1 and QD128, memory-backed). Device accesses
-//! to host memory go through the controller's cache of IOVA translations (see `dma.rs`): an
+//! the cache's budget, with `pread` into a staging buffer first. A Write gathers the host's
+//! data into a staging buffer, then into the write cache (a slab of reused block slots) or
+//! the medium. The PRP segment list, the staging buffer, the cache's slab and map, the CID
+//! sets and the interrupt list are all reused: an I/O allocates nothing once they have grown
+//! (`scripts/iocost.sh` counts 0.00 heap allocations per I/O for 4 KiB reads and writes at
+//! QD1 and QD128, memory-backed). Device accesses to host memory go through the controller's cache of IOVA translations (see `dma.rs`): an
 //! access to a queue or buffer used recently takes no lock and no search, one bounds check
 //! and one load of the region's "freed" flag, so a host that frees a buffer and lets the
 //! device use it still gets a Data Transfer Error. The clock is read only while a timed event
@@ -76,8 +76,14 @@
 //! nor racing atomics of another size there: the driver core polls completion entries, reads
 //! EventIdx and writes shadow doorbells with 64-bit atomics on 8-aligned words): 512 stores
 //! per 4 KiB, which no `memcpy` pays. The copy loop is plain moves (one load and one store
-//! per 8 bytes, unrolled by 16), after one load per cache line of each 4 KiB of the source,
-//! so that the source's cache misses overlap. `cargo run --release -p sim-backend --example
+//! per 8 bytes, unrolled by 32), after one load per cache line of each 4 KiB of the source,
+//! so that the source's cache misses overlap. Read-ahead hides most of those misses: when
+//! the next entry of the I/O SQ is a Read too (already queued, not fetched yet), the copy
+//! loop of this Read prefetches the first 4 KiB of that one's data, one cache line per line
+//! it stores, so it arrives while this one is copied (x86 and x86_64, through `safe_arch`'s
+//! `prefetcht0`; no hint on other architectures). The next entry is only looked at: it is
+//! fetched and checked in its turn, a hostile one gives no hint, and the hint is never read
+//! as data ([`SimStats::read_ahead_bytes`] counts it). `cargo run --release -p sim-backend --example
 //! simbw` measures it against `memcpy` (per CPU second, so that a busy machine does not skew
 //! it); the README's "Speed" section gives the latest figures.
 //!
