@@ -1003,6 +1003,16 @@ mod tests {
             .collect()
     }
 
+    /// A 1 MiB image of [`image_bytes`] (`seed`) in a new temporary directory: the
+    /// directory (dropping it deletes the image), the image's path and its bytes.
+    fn image_file(seed: u8) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ns.img");
+        let bytes = image_bytes(1 << 20, seed);
+        std::fs::write(&path, &bytes).unwrap();
+        (dir, path, bytes)
+    }
+
     /// `nlb` blocks at `slba` through `read_with` (the Read command's path).
     fn read_all(ns: &mut Namespace, slba: u64, nlb: u64) -> Result<Vec<u8>, ReadError<()>> {
         ns.cache_range(slba, nlb);
@@ -1030,10 +1040,7 @@ mod tests {
     /// `Backing::File` image) shows through a plain `pread`, not through `read_with`.
     #[test]
     fn image_reads_are_served_from_the_read_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ns.img");
-        let bytes = image_bytes(1 << 20, 0);
-        std::fs::write(&path, &bytes).unwrap();
+        let (_dir, path, bytes) = image_file(0);
         let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
         assert_eq!(ns.read_cache_chunks(), 0);
         // Blocks 100..300 span chunks 0..=2 (128 blocks per chunk).
@@ -1060,10 +1067,7 @@ mod tests {
     /// returns what the host wrote, and the file holds it once flushed.
     #[test]
     fn image_read_cache_is_coherent_with_every_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ns.img");
-        let bytes = image_bytes(1 << 20, 0);
-        std::fs::write(&path, &bytes).unwrap();
+        let (_dir, path, bytes) = image_file(0);
         let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 1 << 20, &path)).unwrap();
         let mut model = bytes.clone();
         let check = |ns: &mut Namespace, model: &[u8], what: &str| {
@@ -1126,10 +1130,7 @@ mod tests {
     /// are still right; a budget of 0 caches nothing.
     #[test]
     fn image_read_cache_respects_its_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ns.img");
-        let bytes = image_bytes(1 << 20, 0);
-        std::fs::write(&path, &bytes).unwrap();
+        let (_dir, path, bytes) = image_file(0);
         for (budget, max) in [(3 * CHUNK as u64 + 100, 3), (CHUNK as u64 - 1, 0), (0, 0)] {
             let cfg = NamespaceConfig::file(4096, 1 << 20, &path).with_read_cache(budget);
             let mut ns = Namespace::open(1, &cfg).unwrap();
@@ -1158,10 +1159,7 @@ mod tests {
     /// image reopened starts with an empty cache and reads what the last one wrote.
     #[test]
     fn read_only_and_reopened_images_read_through_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ns.img");
-        let bytes = image_bytes(1 << 20, 7);
-        std::fs::write(&path, &bytes).unwrap();
+        let (_dir, path, bytes) = image_file(7);
         {
             let img = crate::ImageFile::open(&path, None, false).unwrap();
             let mut ns = Namespace::open(1, &img.namespace().unwrap()).unwrap();
@@ -1190,10 +1188,7 @@ mod tests {
     /// and caches nothing of what it could not read.
     #[test]
     fn image_read_cache_at_the_end_of_the_medium() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ns.img");
-        let bytes = image_bytes(1 << 20, 9);
-        std::fs::write(&path, &bytes).unwrap();
+        let (dir, path, bytes) = image_file(9);
         // 300 blocks of 512 bytes: chunk 2 holds 22 KiB of the namespace.
         let mut ns = Namespace::open(1, &NamespaceConfig::file(512, 300 * 512, &path)).unwrap();
         assert_eq!(
